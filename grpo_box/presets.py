@@ -1,0 +1,71 @@
+"""Preset loading: the commented YAML files under `presets/` turned into validated RunConfigs.
+
+A preset is a RunConfig in YAML plus two metadata keys, `description` and `vram_gb`, that say
+which card it is for. Presets are data (like torchtune's recipe configs) so that trade-offs are
+documented next to the numbers, and every preset is validated by a test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ConfigError, RunConfig, apply_overrides, load_yaml, validate
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+_META_KEYS = ("description", "vram_gb")
+
+
+@dataclass
+class PresetInfo:
+    name: str
+    description: str
+    vram_gb: float
+    path: Path
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets, smallest card first (cpu, 8gb, 12gb, …)."""
+    return [p.name for p in list_presets()]
+
+
+def list_presets() -> list[PresetInfo]:
+    infos = []
+    for path in PRESETS_DIR.glob("*.yaml"):
+        raw = load_yaml(path)
+        infos.append(PresetInfo(path.stem, str(raw.get("description", "")), float(raw.get("vram_gb", 0)), path))
+    return sorted(infos, key=lambda info: info.vram_gb)
+
+
+def load_preset(name: str) -> RunConfig:
+    """Load and validate one preset by name (e.g. "cpu", "8gb")."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    raw = load_yaml(path)
+    for key in _META_KEYS:
+        raw.pop(key, None)
+    config = RunConfig.from_dict(raw)
+    config.preset = name
+    return validate(config)
+
+
+def resolve_config(preset: str, config_path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """The CLI's config: a preset, then an optional YAML file on top, then `--set` overrides."""
+    config = load_preset(preset)
+    if config_path:
+        merged = _deep_merge(config.to_dict(), load_yaml(config_path))
+        config = RunConfig.from_dict(merged)
+    if overrides:
+        config = apply_overrides(config, overrides)
+    return validate(config)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,266 @@
+"""Dry run: score example completions with a rubric before spending GPU hours on training.
+
+GRPO learns only from differences inside a group of completions for one prompt: the advantage
+of each is `(r - mean) / std` over its group (TRL's default `scale_rewards="group"`, with the
+sample standard deviation and TRL's 1e-4 guard). A rubric that scores every completion alike
+teaches nothing, and a correctness reward that is always 0 is too sparse for a small model. The
+dry run shows per-function scores, weighted totals and advantages, and warns about both, using
+exactly the callables `build_rubric` hands the trainer. `score_file` is what
+`python -m grpo_box rewards score RUBRIC.yaml DATA.jsonl` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grpo_box.config import RewardSpec
+from grpo_box.rewards.answers import to_text
+from grpo_box.rewards.registry import RewardError, get_reward
+from grpo_box.rewards.rubric import RewardFunction, as_spec, build_rubric, shorten
+
+STD_EPS = 1e-4  # TRL adds this to the group std before dividing
+SPARSE_WARNING = "reward too sparse for this model: add format rewards or use an easier task"
+
+
+@dataclass
+class ScoredCompletion:
+    completion: str
+    scores: dict[str, float | None]
+    total: float | None  # weighted sum; None when every function skipped it (TRL then gives advantage 0)
+    advantage: float
+
+
+@dataclass
+class GroupResult:
+    prompt: str
+    completions: list[ScoredCompletion]
+    mean: float | None
+    std: float
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DryRunReport:
+    rewards: list[dict[str, Any]]  # {name, weight, params} in rubric order
+    groups: list[GroupResult]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score_groups(groups: list[dict[str, Any]], rubric_specs: list[RewardSpec | dict | str],
+                 user_file: str | None = None) -> DryRunReport:
+    """Score each group {prompt, completions: [...], columns: {answer: ...}} with the rubric."""
+    funcs, weights = build_rubric(rubric_specs, user_file)
+    results = [_score_group(i, g, funcs, weights) for i, g in enumerate(groups)]
+    report = DryRunReport(
+        rewards=[{"name": f.name, "weight": w, "params": f.params} for f, w in zip(funcs, weights)],
+        groups=results,
+    )
+    for i, group in enumerate(results, 1):
+        report.warnings += [f"group {i}: {w}" for w in group.warnings]
+    report.warnings += _sparse_warnings(funcs, results)
+    return report
+
+
+def _noop(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+# What GRPOTrainer passes besides dataset columns; user rewards may read or call these.
+_TRAINER_KWARGS = {"trainer_state": None, "log_extra": _noop, "log_metric": _noop}
+
+
+def _score_group(index: int, group: dict[str, Any], funcs: list[RewardFunction], weights: list[float]) -> GroupResult:
+    prompt, completions, columns = _unpack_group(index, group)
+    n = len(completions)
+    prompts = [prompt] * n
+    # Conversational prompts get conversational completions, as in training.
+    if isinstance(prompt, list):
+        completions = [[{"role": "assistant", "content": c}] if isinstance(c, str) else c for c in completions]
+    kwargs = {**{k: [v] * n for k, v in columns.items()}, **_TRAINER_KWARGS}
+    scores = {}
+    for func in funcs:
+        try:
+            scores[func.name] = func(prompts, completions, None, **kwargs)
+        except RewardError as exc:
+            raise RewardError(f"{group.get('label') or f'group {index + 1}'}: {exc}") from exc
+    totals = [_weighted_total([scores[f.name][i] for f in funcs], weights) for i in range(n)]
+    mean, std, advantages = group_advantages(totals)
+    rows = [
+        ScoredCompletion(to_text(c), {f.name: scores[f.name][i] for f in funcs}, totals[i], advantages[i])
+        for i, c in enumerate(completions)
+    ]
+    warnings = []
+    if mean is not None and math.isclose(std, 0.0, abs_tol=1e-9):
+        warnings.append(f"no learning signal: every completion scored {_fmt(mean)}")
+    return GroupResult(to_text(prompt, role="user"), rows, mean, std, warnings)
+
+
+def _unpack_group(index: int, group: dict[str, Any]) -> tuple[Any, list[Any], dict[str, Any]]:
+    where = group.get("label") if isinstance(group, dict) else None
+    where = where or f"group {index + 1}"
+    if not isinstance(group, dict) or "prompt" not in group:
+        raise RewardError(f"{where}: expected {{prompt, completions, columns}}, got {group!r:.120}")
+    completions = group.get("completions")
+    if not isinstance(completions, list) or not completions:
+        raise RewardError(f"{where}: 'completions' must be a non-empty list of strings")
+    for c in completions:
+        if not isinstance(c, (str, list)):
+            raise RewardError(f"{where}: each completion must be a string (or a list of chat messages), got {c!r:.80}")
+    columns = group.get("columns") or {}
+    if not isinstance(columns, dict):
+        raise RewardError(f"{where}: 'columns' must be a mapping such as {{answer: '72'}}")
+    return group["prompt"], completions, columns
+
+
+def _weighted_total(values: list[float | None], weights: list[float]) -> float | None:
+    """TRL's nansum of weighted scores; None when every function returned None."""
+    present = [(v, w) for v, w in zip(values, weights) if v is not None]
+    return sum(v * w for v, w in present) if present else None
+
+
+def group_advantages(totals: list[float | None]) -> tuple[float | None, float, list[float]]:
+    """(mean, sample std, advantages) for one group, as TRL computes them; skipped rows get 0.
+
+    >>> group_advantages([1.0, 0.0, 0.0, 1.0])[2]  # doctest: +ELLIPSIS
+    [0.86..., -0.86..., -0.86..., 0.86...]
+    """
+    valid = [t for t in totals if t is not None]
+    if not valid:
+        return None, 0.0, [0.0] * len(totals)
+    mean = statistics.fmean(valid)
+    std = statistics.stdev(valid) if len(valid) > 1 else 0.0
+    return mean, std, [0.0 if t is None else (t - mean) / (std + STD_EPS) for t in totals]
+
+
+def _sparse_warnings(funcs: list[RewardFunction], groups: list[GroupResult]) -> list[str]:
+    correctness = get_reward("correctness")
+    warnings = []
+    for func in funcs:
+        if func.func is not correctness or not groups:
+            continue
+        values = [row.scores[func.name] for g in groups for row in g.completions]
+        if all(not v for v in values):
+            warnings.append(f"{func.name} scored 0 on every completion of every group: {SPARSE_WARNING}")
+    return warnings
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def format_report(report: DryRunReport, width: int = 60) -> str:
+    """Plain-text tables: one per group, a row per completion, then the warnings."""
+    names = [r["name"] for r in report.rewards]
+    lines = ["Rubric: " + ", ".join(f"{r['name']} ×{r['weight']:g}" for r in report.rewards)]
+    for i, group in enumerate(report.groups, 1):
+        lines += ["", f"Group {i}: {shorten(group.prompt, 100)}"]
+        lines += _group_table(group, names, width)
+        lines.append(f"  mean {_fmt(group.mean)}  std {_fmt(group.std)} (sample)")
+    lines += ["", "Warnings:" if report.warnings else "No warnings."]
+    lines += [f"  - {w}" for w in report.warnings]
+    return "\n".join(lines)
+
+
+def _group_table(group: GroupResult, names: list[str], width: int) -> list[str]:
+    headers = ["#", *names, "total", "advantage", "completion"]
+    rows = [
+        [str(j), *(_fmt(c.scores[n]) for n in names), _fmt(c.total), f"{c.advantage:+.3f}", shorten(c.completion, width)]
+        for j, c in enumerate(group.completions, 1)
+    ]
+    widths = [max(len(r[k]) for r in [headers, *rows]) for k in range(len(headers) - 1)]
+
+    def render(cells: list[str]) -> str:
+        return "  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths)) + "  " + cells[-1]
+
+    return [render(headers), *(render(r) for r in rows)]
+
+
+def score_file(rubric_yaml_path: str | Path, data_jsonl_path: str | Path, user_file: str | None = None) -> DryRunReport:
+    """The dry run from files: a rubric YAML and a JSONL of prompts with completions."""
+    specs = load_rubric(rubric_yaml_path)
+    groups = load_groups(data_jsonl_path)
+    return score_groups(groups, specs, user_file)
+
+
+def load_rubric(path: str | Path) -> list[RewardSpec]:
+    """Read a rubric YAML: a list of {name, weight, params}, or a mapping with a `rewards:` list."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RewardError(f"rubric file {path}: cannot read it ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise RewardError(f"rubric file {path}: not valid YAML ({exc})") from exc
+    if isinstance(raw, dict):
+        if "rewards" not in raw:
+            raise RewardError(f"rubric file {path}: a mapping needs a 'rewards:' list of {{name, weight, params}}")
+        raw = raw["rewards"]
+    if not isinstance(raw, list) or not raw:
+        raise RewardError(f"rubric file {path}: expected a non-empty list of {{name, weight, params}}")
+    try:
+        return [as_spec(item, i) for i, item in enumerate(raw)]
+    except RewardError as exc:
+        raise RewardError(f"rubric file {path}: {exc}") from exc
+
+
+_RESERVED = ("prompt", "completion", "completions")
+
+
+def load_groups(path: str | Path) -> list[dict[str, Any]]:
+    """Read dry-run JSONL into groups; rows with the same prompt join one group, in file order.
+
+    Each line: {"prompt": ..., "completion": "..."} or {"prompt": ..., "completions": [...]},
+    plus columns such as "answer". A bad line raises RewardError naming the file and line.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise RewardError(f"data file {path}: cannot read it ({exc})") from exc
+    groups: dict[str, dict[str, Any]] = {}
+    for lineno, line in enumerate(lines, 1):
+        if line.strip():
+            _add_row(groups, _parse_row(path, lineno, line), f"{path}, line {lineno}")
+    if not groups:
+        raise RewardError(f"data file {path}: no rows; each line needs a prompt and a completion")
+    return list(groups.values())
+
+
+def _parse_row(path: Path, lineno: int, line: str) -> dict[str, Any]:
+    where = f"data file {path}, line {lineno}"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RewardError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+    if not isinstance(row, dict) or "prompt" not in row:
+        raise RewardError(f"{where}: each line must be an object with a 'prompt'")
+    if ("completion" in row) == ("completions" in row):
+        raise RewardError(f"{where}: give either 'completion' (one string) or 'completions' (a list of strings)")
+    completions = [row["completion"]] if "completion" in row else row["completions"]
+    if not isinstance(completions, list) or not completions or not all(isinstance(c, (str, list)) for c in completions):
+        raise RewardError(f"{where}: completions must be strings (or lists of chat messages)")
+    row["_completions"] = completions
+    return row
+
+
+def _add_row(groups: dict[str, dict[str, Any]], row: dict[str, Any], label: str) -> None:
+    columns = {k: v for k, v in row.items() if k not in _RESERVED and k != "_completions"}
+    key = json.dumps(row["prompt"], sort_keys=True)
+    group = groups.get(key)
+    if group is None:
+        completions = list(row["_completions"])
+        groups[key] = {"prompt": row["prompt"], "completions": completions, "columns": columns, "label": label}
+    elif group["columns"] != columns:
+        raise RewardError(f"data file {label}: same prompt as {group['label']} but different columns {columns!r:.120}")
+    else:
+        group["completions"] += row["_completions"]

@@ -1,0 +1,136 @@
+"""Tests of GPU detection, preset proposal and the VRAM readers, with torch.cuda and nvidia-smi
+replaced by fakes so they run the same on CPU machines and GPU machines."""
+
+from __future__ import annotations
+
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+
+from grpo_box import hardware
+from grpo_box.hardware import GpuInfo, parse_memory_used, parse_nvidia_smi, propose_preset
+
+GIB = 1024**3
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """torch sees no CUDA device, pynvml is absent, and nvidia-smi is not on PATH."""
+    monkeypatch.setattr(hardware, "_torch_cuda", lambda: None)
+    monkeypatch.setattr(hardware, "_pynvml_reading", lambda index: None)
+
+    def missing(args):
+        raise FileNotFoundError("nvidia-smi")
+
+    monkeypatch.setattr(hardware, "_run_nvidia_smi", missing)
+
+
+def fake_cuda(total_gb: float = 23.99, allocated_gb: float = 3.0, reserved_gb: float = 4.0, peak_gb: float = 6.5):
+    props = SimpleNamespace(name="NVIDIA GeForce RTX 4090", total_memory=int(total_gb * GIB))
+    return SimpleNamespace(
+        get_device_properties=lambda index: props,
+        memory_allocated=lambda: int(allocated_gb * GIB),
+        memory_reserved=lambda: int(reserved_gb * GIB),
+        max_memory_reserved=lambda: int(peak_gb * GIB),
+    )
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("NVIDIA GeForce RTX 3060, 12288 MiB\n", [GpuInfo("NVIDIA GeForce RTX 3060", 12.0)]),
+    ("NVIDIA GeForce RTX 3070, 8192 MiB", [GpuInfo("NVIDIA GeForce RTX 3070", 8.0)]),
+    ("Tesla T4, 15360 MiB", [GpuInfo("Tesla T4", 15.0)]),
+    ("NVIDIA H100 80GB HBM3, 81559 MiB\nNVIDIA H100 80GB HBM3, 81559 MiB\n",
+     [GpuInfo("NVIDIA H100 80GB HBM3", 79.65), GpuInfo("NVIDIA H100 80GB HBM3", 79.65)]),
+    ("NVIDIA GeForce RTX 4090, 24564", [GpuInfo("NVIDIA GeForce RTX 4090", 23.99)]),  # nounits: MiB
+    ("NVIDIA Jetson, [N/A]\n", []),
+    ("", []),
+    ("garbage without a comma", []),
+])
+def test_parse_nvidia_smi(text, expected):
+    assert parse_nvidia_smi(text) == expected
+
+
+def test_parse_memory_used():
+    assert parse_memory_used("2048, 8192\n") == {"used": 2.0, "total": 8.0}
+    assert parse_memory_used("[N/A], 8192") is None
+    assert parse_memory_used("") is None
+
+
+@pytest.mark.parametrize("vram,preset", [
+    (None, "cpu"),
+    (4.0, "cpu"),      # smaller than the smallest preset
+    (6.0, "cpu"),
+    (7.6, "8gb"),      # an 8 GB card as torch reports it
+    (8.0, "8gb"),
+    (11.0, "8gb"),     # an 11 GB GTX 1080 Ti / RTX 2080 Ti
+    (11.6, "12gb"),    # a 12 GB card reporting a little less
+    (12.0, "12gb"),
+    (14.74, "12gb"),   # Colab T4: 15 GB, more than 5% under 16
+    (15.6, "16gb"),
+    (23.6, "24gb"),
+    (32.0, "24gb"),    # RTX 5090: the largest preset
+    (79.2, "24gb"),
+])
+def test_propose_preset(vram, preset):
+    gpu = None if vram is None else GpuInfo("card", vram)
+    assert propose_preset(gpu) == preset
+
+
+def test_detect_gpu_without_any_gpu(no_cuda):
+    assert hardware.detect_gpu() is None
+
+
+def test_detect_gpu_from_nvidia_smi_when_torch_is_a_cpu_build(no_cuda):
+    seen = []
+
+    def runner(args):
+        seen.append(args)
+        return "NVIDIA GeForce RTX 3060, 12288 MiB\n"
+
+    assert hardware.detect_gpu(runner) == GpuInfo("NVIDIA GeForce RTX 3060", 12.0)
+    assert seen == [["--query-gpu=name,memory.total", "--format=csv,noheader"]]
+
+
+def test_detect_gpu_when_nvidia_smi_fails(no_cuda):
+    def failing(args):
+        raise subprocess.CalledProcessError(9, "nvidia-smi", "NVIDIA-SMI has failed")
+
+    assert hardware.detect_gpu(failing) is None
+
+
+def test_detect_gpu_prefers_torch_cuda(monkeypatch):
+    monkeypatch.setattr(hardware, "_torch_cuda", lambda: fake_cuda(total_gb=23.99))
+    assert hardware.detect_gpu(lambda args: pytest.fail("nvidia-smi not needed")) == GpuInfo(
+        "NVIDIA GeForce RTX 4090", 23.99)
+
+
+def test_readers_return_none_on_cpu(no_cuda):
+    assert hardware.torch_vram_gb() is None
+    assert hardware.nvml_vram_gb() is None
+    assert hardware.current_vram_gb() is None
+    assert hardware.peak_vram_gb() is None
+    assert hardware.vram_snapshot() is None
+
+
+def test_readers_with_a_gpu(monkeypatch):
+    monkeypatch.setattr(hardware, "_torch_cuda", lambda: fake_cuda())
+    monkeypatch.setattr(hardware, "_pynvml_reading", lambda index: {"used": 17.5, "total": 24.0})
+    assert hardware.torch_vram_gb() == {"allocated": 3.0, "reserved": 4.0, "peak_reserved": 6.5}
+    assert hardware.current_vram_gb() == 17.5  # NVML sees vLLM's memory too
+    assert hardware.peak_vram_gb() == 6.5
+    assert hardware.vram_snapshot() == {
+        "vram/allocated_gb": 3.0, "vram/reserved_gb": 4.0, "vram/peak_reserved_gb": 6.5,
+        "vram/used_gb": 17.5, "vram/total_gb": 24.0,
+    }
+
+
+def test_nvml_falls_back_to_nvidia_smi(monkeypatch):
+    monkeypatch.setattr(hardware, "_pynvml_reading", lambda index: None)
+    assert hardware.nvml_vram_gb(runner=lambda args: "6144, 12288\n") == {"used": 6.0, "total": 12.0}
+
+
+def test_current_vram_falls_back_to_torch_without_nvml(no_cuda, monkeypatch):
+    monkeypatch.setattr(hardware, "_torch_cuda", lambda: fake_cuda())
+    assert hardware.current_vram_gb() == 3.0
+    assert hardware.vram_snapshot() == {"vram/allocated_gb": 3.0, "vram/reserved_gb": 4.0, "vram/peak_reserved_gb": 6.5}
