@@ -110,6 +110,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     rewards: list[RewardSpec] = field(default_factory=_default_rewards)
     output: OutputConfig = field(default_factory=OutputConfig)
+    reward_file: str | None = None  # a Python file of user reward functions (rubric names "user:<fn>")
+    evaluate: bool = False  # score the held-out split with the base model first and the adapter at the end
+    auto_fit: bool = False  # after a CUDA out-of-memory error, retry once with the next smaller setting
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -201,8 +204,19 @@ def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
             node = node[part]
         if parts[-1] not in node:
             raise ConfigError(f"--set {key}: unknown setting; valid keys: {', '.join(sorted(node))}")
-        node[parts[-1]] = yaml.safe_load(text)
+        node[parts[-1]] = _parse_value(text)
     return RunConfig.from_dict(raw)
+
+
+def _parse_value(text: str) -> Any:
+    """A YAML scalar, plus numbers YAML 1.1 leaves as strings (`1e-5` has no dot)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}

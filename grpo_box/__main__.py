@@ -1,0 +1,380 @@
+"""Command line: `python -m grpo_box <command>`; the same engine functions the app calls.
+
+Heavy libraries (torch, unsloth, trl) are imported inside the commands that need them, so
+`presets`, `estimate`, `runs` and `rewards list` answer instantly, and training imports unsloth
+before anything else imports transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import ConfigError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(name: str) -> Callable:
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable:
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+# -- setup ------------------------------------------------------------------------------------
+@command("presets")
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .hardware import detect_gpu, propose_preset
+    from .presets import list_presets, load_preset
+
+    rows = []
+    for info in list_presets():
+        cfg = load_preset(info.name)
+        rows.append({"preset": info.name, "card": f"{info.vram_gb:g} GB" if info.vram_gb else "no GPU",
+                     "model": cfg.model.name, "4bit": cfg.model.load_in_4bit, "vLLM": cfg.model.fast_inference,
+                     "description": info.description})
+    print(_table(rows, ["preset", "card", "model", "4bit", "vLLM", "description"]))
+    gpu = detect_gpu()
+    found = f"{gpu.name} ({gpu.vram_gb:g} GB)" if gpu else "no NVIDIA GPU"
+    print(f"\nDetected: {found} -> proposed preset: {propose_preset(gpu)}")
+    return 0
+
+
+def _resolve(args: argparse.Namespace):
+    from .presets import resolve_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "model", None):
+        overrides.append(f"model.name={args.model}")
+    return resolve_config(args.preset, args.config, overrides)
+
+
+@command("estimate")
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from .memory import estimate_report, format_estimate
+
+    report = estimate_report(_resolve(args), vram_gb=args.vram)
+    _print_json(report) if args.json else print(format_estimate(report))
+    return 0
+
+
+# -- training ---------------------------------------------------------------------------------
+def _check_fits(config: Any, force: bool) -> bool:
+    """Print the memory estimate; refuse (unless forced) a GPU run estimated not to fit."""
+    from .hardware import detect_gpu
+    from .memory import estimate_report, format_estimate
+
+    gpu = detect_gpu()
+    if gpu is None:
+        return True
+    report = estimate_report(config, vram_gb=gpu.vram_gb)
+    print(format_estimate(report))
+    if report["verdict"] == "will not fit" and not force:
+        print(f"\nRefusing to start: estimated not to fit on {gpu.name}. {report.get('suggestion') or ''}\n"
+              "Pass --force to try anyway.", file=sys.stderr)
+        return False
+    return True
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import run_training, start_run
+
+    config = _resolve(args)
+    if not _check_fits(config, args.force):
+        return 2
+    run = start_run(config)
+    print(f"Run directory: {run.path}")
+    return _finish(run_training(run))
+
+
+@command("resume")
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .runs import open_run
+    from .train import run_training
+
+    run = open_run(args.run_dir)
+    if run.last_checkpoint() is None:
+        print(f"{run.path} has no checkpoint yet; starting it from step 0", file=sys.stderr)
+    return _finish(run_training(run, resume=True))
+
+
+@command("worker")
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .runs import open_run
+    from .train import run_training
+
+    return _finish(run_training(open_run(args.run_dir), resume=args.resume))
+
+
+def _finish(run: Any) -> int:
+    status = run.status()
+    print(f"\n{status['state']}: step {status.get('step')}/{status.get('max_steps')}  ({run.path})")
+    if status.get("error"):
+        print(f"error: {status['error']}", file=sys.stderr)
+    return 0 if status["state"] in ("finished", "stopped") else 1
+
+
+@command("stop")
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .runs import open_run
+
+    open_run(args.run_dir).request_stop()
+    print("Stop requested: the run saves a checkpoint at the end of its current step.")
+    return 0
+
+
+@command("runs")
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import list_runs
+
+    rows = list_runs(args.root)
+    if args.json:
+        _print_json(rows)
+    else:
+        print(_table(rows, ["name", "state", "step", "max_steps", "reward", "path"]) if rows else "no runs yet")
+    return 0
+
+
+# -- data and rewards -------------------------------------------------------------------------
+@command("rewards")
+def cmd_rewards(args: argparse.Namespace) -> int:
+    from .rewards import format_report, list_rewards, score_file
+
+    if args.action == "list":
+        rows = [{"name": r["name"], "params": ", ".join(f"{k}={v!r}" for k, v in r["params"].items()),
+                 "description": r["description"]} for r in list_rewards()]
+        _print_json(list_rewards()) if args.json else print(_table(rows, ["name", "description", "params"]))
+        return 0
+    if not args.rubric or not args.data:
+        print("rewards score needs --rubric RUBRIC.yaml and --data FILE.jsonl", file=sys.stderr)
+        return 2
+    report = score_file(args.rubric, args.data, user_file=args.user_file)
+    _print_json(report.to_dict()) if args.json else print(format_report(report))
+    return 0
+
+
+@command("preview")
+def cmd_preview(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from .data import preview
+    from .models import resolve_model
+
+    config = _resolve(args)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model.name))
+    rows = preview(config, tokenizer, n=args.n)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for row in rows:
+        print(f"--- {row['tokens']} tokens, reference answer: {row['answer']}\n{row['text']}")
+    return 0
+
+
+# -- evaluation, chat, export -----------------------------------------------------------------
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, evaluate_run, format_eval
+
+    if args.run_dir:
+        result = evaluate_run(args.run_dir, base=not args.trained_only, trained=True, k=args.k, limit=args.limit)
+    else:
+        config = _resolve(args)
+        if args.limit:
+            config.data.eval_size = args.limit
+        result = {"base": evaluate(config, k=args.k)}
+    _print_json(result) if args.json else print(format_eval(result))
+    return 0
+
+
+@command("chat")
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .chat import chat_stream
+
+    source = args.source
+    if args.base:
+        from .runs import open_run
+
+        source = open_run(args.source).config().model.name
+    prompts = [args.prompt] if args.prompt else None
+    history: list[dict[str, str]] = []
+    while True:
+        text = prompts.pop(0) if prompts else (None if args.prompt else _ask())
+        if text is None:
+            return 0
+        history.append({"role": "user", "content": text})
+        reply = ""
+        for chunk in chat_stream(source, history, temperature=args.temperature, max_new_tokens=args.max_tokens):
+            piece = getattr(chunk, "delta", chunk if isinstance(chunk, str) else "")
+            reply += piece
+            print(piece, end="", flush=True)
+        print()
+        history.append({"role": "assistant", "content": reply})
+        if args.prompt:
+            return 0
+
+
+def _ask() -> str | None:
+    try:
+        text = input("\nyou> ").strip()
+    except EOFError:
+        return None
+    return text or None
+
+
+@command("merge")
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .merge import merge_run
+
+    out = merge_run(args.run_dir, progress=_progress)
+    print(f"Merged model: {getattr(out, 'path', out)}")
+    return 0
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    quants = [q.strip() for q in args.quant.split(",") if q.strip()]
+    report = export_run(args.run_dir, quants=quants, lora=args.lora, progress=None if args.json else _progress)
+    _print_json(report.to_dict()) if args.json else print(report.format_table())
+    return 0
+
+
+@command("serve")
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import start_server
+
+    handle = start_server(args.gguf, host=args.host, port=args.port)
+    print(f"OpenAI-compatible server on {handle.url}\nOpen WebUI: add a connection with base URL {handle.url}/v1"
+          if not handle.url.endswith("/v1") else f"OpenAI-compatible server: {handle.url} (paste into Open WebUI)")
+    try:
+        handle.process.wait()
+    except KeyboardInterrupt:
+        handle.stop()
+    return 0
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The headless demo: train the cpu preset on the offline task, evaluate, export to GGUF."""
+    from .train import run_training, start_run
+
+    config = _resolve(args)
+    config.evaluate = True
+    run = start_run(config)
+    print(f"[1/2] Training {config.model.name} on {config.data.source} for {config.grpo.max_steps} steps -> {run.path}")
+    code = _finish(run_training(run))
+    if code:
+        return code
+    from .evaluate import format_eval
+
+    print(format_eval(json.loads(run.file("eval.json").read_text())))
+    print("[2/2] Exporting to GGUF (f16, q4_k_m) with an Ollama Modelfile")
+    from .export import export_run
+
+    print(export_run(run.path, quants=["f16", "q4_k_m"], progress=_progress).format_table())
+    return 0
+
+
+def _progress(message: str, fraction: float | None = None) -> None:
+    pct = f"{fraction * 100:5.1f}% " if fraction is not None else ""
+    print(f"  {pct}{message}", flush=True)
+
+
+# -- parser -----------------------------------------------------------------------------------
+def _config_args(p: argparse.ArgumentParser, preset_default: str | None = "cpu") -> None:
+    p.add_argument("--preset", default=preset_default, help="cpu, 8gb, 12gb, 16gb, 24gb (see `presets`)")
+    p.add_argument("--config", help="a YAML file applied on top of the preset")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. grpo.max_steps=10")
+    p.add_argument("--model", help="model: bundled:…, a Hub id or a local HF directory")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m grpo_box", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("presets", help="list presets and the one proposed for this machine")
+    p = sub.add_parser("estimate", help="VRAM estimate for a preset/config")
+    _config_args(p)
+    p.add_argument("--vram", type=float, help="card size in GB (default: the preset's card)")
+    p.add_argument("--json", action="store_true")
+    for name in ("train", "demo"):
+        p = sub.add_parser(name, help="train a run" if name == "train" else "train, evaluate and export (headless demo)")
+        _config_args(p)
+        p.add_argument("--force", action="store_true", help="start even if the estimate says it will not fit")
+    p = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    p.add_argument("run_dir")
+    p = sub.add_parser("worker", help=argparse.SUPPRESS)
+    p.add_argument("run_dir")
+    p.add_argument("--resume", action="store_true")
+    p = sub.add_parser("stop", help="ask a running run to checkpoint and stop")
+    p.add_argument("run_dir")
+    p = sub.add_parser("runs", help="list runs")
+    p.add_argument("--root")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("rewards", help="list rewards or score completions with a rubric")
+    p.add_argument("action", choices=["list", "score"])
+    p.add_argument("--rubric")
+    p.add_argument("--data")
+    p.add_argument("--user-file")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("preview", help="the first prompts exactly as the model sees them")
+    _config_args(p)
+    p.add_argument("-n", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("eval", help="score the held-out split (base and trained)")
+    p.add_argument("run_dir", nargs="?")
+    _config_args(p)
+    p.add_argument("--k", type=int, default=1, help="pass@k samples (1 = greedy only)")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--trained-only", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("chat", help="chat with a run, a merged model or a GGUF")
+    p.add_argument("source")
+    p.add_argument("--prompt")
+    p.add_argument("--base", action="store_true", help="talk to the run's base model instead")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p = sub.add_parser("merge", help="merge the LoRA into a 16-bit model")
+    p.add_argument("run_dir")
+    p = sub.add_parser("export", help="export GGUF files (+ Ollama Modelfile)")
+    p.add_argument("run_dir")
+    p.add_argument("--quant", default="f16,q4_k_m")
+    p.add_argument("--lora", action="store_true", help="also export the adapter alone as a GGUF LoRA")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("serve", help="OpenAI-compatible server on a GGUF (for Open WebUI)")
+    p.add_argument("gguf")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Trainer callback that turns a TRL GRPO run into run-directory files.
+
+Per optimizer step it appends every metric TRL logged (reward, reward_std, rewards/<fn>/mean,
+frac_reward_zero_std, kl, completion lengths, loss, …) plus wall time, RAM and VRAM to
+metrics.jsonl; every `sample_every` steps it writes the last batch's prompts, completions and
+per-function rewards (TRL keeps them in `trainer._logs`) to samples.jsonl; it keeps status.json
+current and turns a STOP file into "save a checkpoint and stop".
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections import defaultdict
+from typing import Any
+
+from transformers import TrainerCallback
+
+from .hardware import vram_snapshot
+from .runs import METRICS, SAMPLES, RunDir
+
+# Keys the Trainer adds at the end of training; they are not per-step metrics.
+_SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
+
+
+def ram_peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+class RunFilesCallback(TrainerCallback):
+    def __init__(self, run: RunDir, sample_every: int, max_steps: int):
+        self.run = run
+        self.sample_every = sample_every
+        self.max_steps = max_steps
+        self.trainer: Any = None  # set after the trainer exists: samples come from trainer._logs
+        self.phase = "setup"
+        self._t0 = time.time()
+        self._last_step_at = time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._t0 = self._last_step_at = time.time()
+        self.run.set_status("running", step=state.global_step, max_steps=self.max_steps, error=None)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.run.stop_requested():
+            control.should_save = True
+            control.should_training_stop = True
+        self.run.set_status("running", step=state.global_step, max_steps=self.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        if not logs or set(logs) <= _SUMMARY_KEYS | {"epoch"}:
+            return
+        now = time.time()
+        record = {"step": state.global_step, **logs, "wall_time": round(now - self._t0, 3),
+                  "step_seconds": round(now - self._last_step_at, 3), "ram_peak_gb": round(ram_peak_gb(), 3)}
+        record.update(vram_snapshot() or {})
+        self._last_step_at = now
+        self.run.append(METRICS, record)
+        if state.global_step % self.sample_every == 0 or state.global_step == 1:
+            self._write_samples(state.global_step)
+
+    def _write_samples(self, step: int) -> None:
+        logs = getattr(self.trainer, "_logs", None)
+        if not logs or not logs.get("prompt"):
+            return
+        groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"completions": [], "rewards": defaultdict(list)})
+        order: list[str] = []
+        for i, (prompt, completion) in enumerate(zip(logs["prompt"], logs["completion"])):
+            key = _text(prompt)
+            if key not in groups:
+                order.append(key)
+            group = groups[key]
+            group["completions"].append(_text(completion))
+            for name, values in logs["rewards"].items():
+                group["rewards"][name].append(_num(list(values)[i]))
+            group.setdefault("advantages", []).append(_num(list(logs["advantages"])[i]))
+        for key in order:
+            group = groups[key]
+            self.run.append(SAMPLES, {"step": step, "prompt": key, "completions": group["completions"],
+                                      "rewards": dict(group["rewards"]), "advantages": group["advantages"]})
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):
+        return "\n".join(f"{m.get('role')}: {m.get('content')}" if m.get("role") != "assistant" else str(m.get("content"))
+                         for m in value if isinstance(m, dict))
+    return str(value)
+
+
+def _num(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if value != value else value  # NaN → None (the reward was skipped)

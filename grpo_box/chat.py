@@ -1,0 +1,228 @@
+"""Chat with a trained model: streaming replies, think/answer sections, base-vs-trained side by side.
+
+A chat source is whatever a user has after training: a run directory (the base model named in its
+config plus its LoRA adapter), a merged Hugging Face directory, or an exported `.gguf` file (a
+model name such as `bundled:…` or a Hub id works too). The run's system prompt is preselected so
+the model is asked for the same output shape it was trained on, and `split_think_answer` cuts a
+reply into its reasoning and its answer so the UI and CLI can show them apart, also mid-stream.
+
+These are plain functions for the CLI and the Gradio tab. The last loaded model is cached, so a
+conversation does not reload it on every turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ModelConfig, RunConfig
+from .inference import BaseGenerator, Messages, is_gguf, load_for_generation, run_adapter_dir
+from .prompts import get_template, system_prompt as template_system_prompt
+from .runs import CONFIG, RunDir, open_run
+
+_RUN_SEARCH_DEPTH = 3  # export/merged/ and export/gguf/x.gguf sit this deep under their run
+
+
+@dataclass
+class ChatSource:
+    """Where a chat's model comes from, and what its run (when known) asked of it."""
+
+    model: str  # what load_for_generation takes: model name/dir or .gguf path
+    adapter: str | None
+    run: RunDir | None
+    config: RunConfig | None
+
+    @property
+    def template(self) -> str | None:
+        return self.config.data.template if self.config else None
+
+    @property
+    def system_prompt(self) -> str | None:
+        return template_system_prompt(self.config.data) if self.config else None
+
+
+@dataclass
+class ChatChunk:
+    """One streaming step: the new piece, the reply so far, and the reply split into sections."""
+
+    delta: str
+    text: str
+    think: str
+    answer: str
+    done: bool = False
+
+
+def resolve_source(source: str | Path, base: bool = False) -> ChatSource:
+    """Classify a chat source; `base=True` ignores a run's adapter (the untrained model)."""
+    path = Path(source).expanduser()
+    if (path / CONFIG).is_file():
+        return _run_source(open_run(path), base)
+    config = _enclosing_run_config(path) if path.exists() else None
+    if is_gguf(path) or path.is_dir():
+        return ChatSource(str(path), None, None, config)
+    return ChatSource(str(source), None, None, None)  # bundled:… or a Hub id
+
+
+def _run_source(run: RunDir, base: bool) -> ChatSource:
+    config = run.config()
+    adapter = None if base else run_adapter_dir(run)
+    if not base and adapter is None:
+        raise FileNotFoundError(
+            f"{run.path} has no trained adapter yet (no adapter/ and no checkpoint); "
+            "train it first, or chat with the base model (--base)"
+        )
+    return ChatSource(config.model.name, str(adapter) if adapter else None, run, config)
+
+
+def _enclosing_run_config(path: Path) -> RunConfig | None:
+    """The config of the run an exported model sits in (e.g. <run>/export/merged), if any."""
+    for parent in list(path.resolve().parents)[:_RUN_SEARCH_DEPTH]:
+        if (parent / CONFIG).is_file():
+            try:
+                return RunDir(parent).config()
+            except Exception:  # an unreadable config only loses the preselected system prompt
+                return None
+    return None
+
+
+def default_system_prompt(source: str | Path) -> str | None:
+    """The system prompt to preselect for a source: its run's, or None when it has no run."""
+    return resolve_source(source, base=True).system_prompt
+
+
+# ---------------------------------------------------------------- model cache
+
+_cache: dict[tuple[str, str | None], BaseGenerator] = {}
+
+
+def get_generator(src: ChatSource) -> BaseGenerator:
+    """The generator for a source, reusing the last one loaded (only one model is kept)."""
+    key = (src.model, src.adapter)
+    if key not in _cache:
+        clear_cache()
+        model_config = src.config.model if src.config else ModelConfig()
+        _cache[key] = load_for_generation(src.model, src.adapter, model_config=model_config)
+    return _cache[key]
+
+
+def clear_cache() -> None:
+    """Drop the cached model (e.g. before training starts and needs the memory)."""
+    for generator in _cache.values():
+        generator.close()
+    _cache.clear()
+
+
+# ---------------------------------------------------------------- chat
+
+
+def with_system(messages: Messages, system: str | None) -> Messages:
+    """`messages` with `system` first, unless they already start with a system message or it is empty."""
+    if not system or (messages and messages[0].get("role") == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system}, *messages]
+
+
+def chat_stream(
+    source: str | Path,
+    messages: Messages,
+    system_prompt: str | None = None,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 256,
+    base: bool = False,
+) -> Iterator[ChatChunk]:
+    """Stream a reply to `messages` (the conversation so far, ending with the user's turn).
+
+    `system_prompt=None` uses the run's own system prompt; `""` sends none. The last chunk has
+    `done=True` and the whole reply.
+    """
+    src = resolve_source(source, base)
+    system = src.system_prompt if system_prompt is None else system_prompt
+    generator = get_generator(src)
+    text = ""
+    for piece in generator.stream(with_system(messages, system), max_new_tokens, temperature, top_p):
+        text += piece
+        yield ChatChunk(piece, text, *split_think_answer(text, src.template))
+    yield ChatChunk("", text, *split_think_answer(text, src.template), done=True)
+
+
+def reply(source: str | Path, prompt: str, system_prompt: str | None = None, base: bool = False,
+          temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 256) -> str:
+    """One whole reply to a single user prompt (greedy by default), e.g. for `chat --prompt`."""
+    src = resolve_source(source, base)
+    system = src.system_prompt if system_prompt is None else system_prompt
+    messages = with_system([{"role": "user", "content": prompt}], system)
+    return get_generator(src).generate([messages], max_new_tokens, temperature, top_p)[0][0]
+
+
+def side_by_side(
+    run_dir: str | Path,
+    prompt: str,
+    system_prompt: str | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 256,
+) -> tuple[str, str]:
+    """(base reply, trained reply) to the same prompt; one model load, the adapter switched off for base.
+
+    Greedy by default, so a difference between the two comes from the adapter, not from sampling.
+    """
+    src = resolve_source(run_dir)
+    system = src.system_prompt if system_prompt is None else system_prompt
+    messages = [with_system([{"role": "user", "content": prompt}], system)]
+    generator = get_generator(src)
+    with generator.adapter_disabled():
+        base_reply = generator.generate(messages, max_new_tokens, temperature, top_p, seed=0)[0][0]
+    trained_reply = generator.generate(messages, max_new_tokens, temperature, top_p, seed=0)[0][0]
+    return base_reply, trained_reply
+
+
+# ---------------------------------------------------------------- sections
+
+
+def split_think_answer(text: str, template: str | None = None) -> tuple[str, str]:
+    """(reasoning, answer) of a reply, for display; works on partial (streaming) text too.
+
+    Tags come from the template (`think` → `<think>`/`<answer>`, `reasoning` → `<reasoning>`/
+    `<answer>`); None tries `<think>`/`<answer>`; a template without tags (`boxed`) gives
+    ("", text). The answer is the `<answer>` block when there is one (unclosed: up to the end),
+    else everything outside the reasoning block. An unclosed reasoning block is all reasoning.
+
+    >>> split_think_answer("<think>2+2 is 4</think>\\n<answer>4</answer>", "think")
+    ('2+2 is 4', '4')
+    """
+    think_tag, answer_tag = _tags(template)
+    if think_tag is None and answer_tag is None:
+        return "", text.strip()
+    think_block = _find_block(text, think_tag) if think_tag else None
+    if think_block and not think_block[2]:  # reasoning still open: nothing answered yet
+        return think_block[0].strip(), ""
+    think, rest = (think_block[0], think_block[1]) if think_block else ("", text)
+    answer_block = _find_block(rest, answer_tag) if answer_tag else None
+    return think.strip(), (answer_block[0] if answer_block else rest).strip()
+
+
+def _tags(template: str | None) -> tuple[str | None, str | None]:
+    if template is None:
+        return "think", "answer"
+    t = get_template(template)
+    return t.think_tag, t.answer_tag
+
+
+def _find_block(text: str, tag: str) -> tuple[str, str, bool] | None:
+    """(content of the first <tag> block, the text around it, closed?) or None when absent.
+
+    An unclosed block runs to the end. A closing tag with no opening one (the chat template put
+    `<think>` in the prompt) makes everything before it the block.
+    """
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    start = text.find(opening)
+    end = text.find(closing, max(start, 0))
+    if start < 0 and end < 0:
+        return None
+    if start < 0:
+        return text[:end], text[end + len(closing) :], True
+    if end < 0:
+        return text[start + len(opening) :], text[:start], False
+    return text[start + len(opening) : end], text[:start] + text[end + len(closing) :], True

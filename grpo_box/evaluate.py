@@ -1,0 +1,349 @@
+"""Before/after evaluation: score held-out prompts with the run's own rubric, base vs trained.
+
+GRPO's training reward says how the policy does on prompts it is training on; whether it learned
+the task shows on prompts it never saw. `evaluate` generates greedy replies to the held-out rows
+(`data.load_rows`) and scores them with the same reward functions, called exactly as TRL calls
+them, so the numbers line up with the training curves: accuracy (the `correctness` reward > 0,
+or `answers_match` on the final answer when the rubric has none), the mean of each reward, the
+weighted total, completion length in tokens and the share cut off at the length limit. With
+`k > 1` it also samples k replies per prompt at temperature 1.0 and reports pass@k with the
+unbiased estimator of Chen et al. (2021).
+
+`evaluate_run` does this for a run's base model and its adapter with one model load (the adapter
+is switched off for the base pass) and keeps the results in the run's `eval.json` as
+{"base": …, "trained": …, "delta": …}, merged with what was there, since training evaluates the
+base before it starts and the adapter after it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .data import load_rows
+from .inference import BaseGenerator, Completion, load_for_generation, run_adapter_dir
+from .prompts import answer_tag_for
+from .rewards import answers_match, build_rubric, final_answer
+from .rewards.rubric import RewardFunction
+from .runs import EVAL, open_run
+
+Progress = Callable[[int, int, str], None]  # (done, total, what): called as rows are generated
+
+SAMPLE_TEMPERATURE = 1.0
+_CORRECTNESS = "correctness"
+_COMPARED = ("accuracy", "reward", "completion_length", "clipped_ratio", "pass_at_1", "pass_at_k")
+
+
+# ---------------------------------------------------------------- estimator
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k).
+
+    >>> pass_at_k(4, 1, 2)
+    0.5
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def evaluate(
+    config: RunConfig,
+    adapter_dir: str | Path | None = None,
+    split: str = "held_out",
+    k: int = 1,
+    max_new_tokens: int | None = None,
+    progress: Progress | None = None,
+    *,
+    limit: int | None = None,
+    generator: BaseGenerator | None = None,
+    n_examples: int = 3,
+) -> dict[str, Any]:
+    """Score `split` ("held_out" or "train") of the config's data with its rubric.
+
+    Loads the config's model (plus `adapter_dir`) unless a `generator` is given; a trainer that
+    holds its model passes `Generator(model, tokenizer)` instead of loading a second copy.
+    """
+    if k < 1:
+        raise ValueError(f"k={k}: pass@k needs at least one sample per prompt")
+    rows = _rows(config, split, limit)
+    funcs, weights = build_rubric(config.rewards, config.reward_file)
+    max_new = max_new_tokens or config.grpo.max_completion_length
+    started = time.time()
+    own = generator is None
+    gen = generator or load_for_generation(
+        config.model.name, adapter_dir, model_config=config.model, fast_inference=config.model.fast_inference
+    )
+    try:
+        greedy = _generate(gen, rows["prompt"], max_new, 0.0, 1, config.grpo.seed, progress, "greedy")
+        sampled = _generate(gen, rows["prompt"], max_new, SAMPLE_TEMPERATURE, k, config.grpo.seed,
+                            progress, f"{k} samples") if k > 1 else None
+    finally:
+        if own:
+            gen.close()
+    result = _summary(config, rows, funcs, weights, [g[0] for g in greedy], n_examples)
+    if sampled is not None:
+        result.update(_pass_at(config, rows, funcs, sampled, k))
+    result.update(model=config.model.name, adapter=str(adapter_dir) if adapter_dir else None, split=split,
+                  max_new_tokens=max_new, seconds=round(time.time() - started, 2), time=time.time())
+    return result
+
+
+def _rows(config: RunConfig, split: str, limit: int | None) -> dict[str, list[Any]]:
+    if split not in ("held_out", "train"):
+        raise ValueError(f"split={split!r}: choose held_out or train")
+    train, held_out = load_rows(config)
+    data = held_out if split == "held_out" else train
+    if len(data) == 0:
+        raise ValueError("there are no held-out rows: set data.eval_size above 0, or evaluate split='train'")
+    if limit is not None:
+        data = data.select(range(min(limit, len(data))))
+    return data.to_dict()
+
+
+def _generate(
+    gen: BaseGenerator, prompts: list[Any], max_new: int, temperature: float, n: int,
+    seed: int, progress: Progress | None, what: str,
+) -> list[list[Completion]]:
+    """Replies for every prompt, in batches so that `progress` moves."""
+    step = getattr(gen, "batch_size", len(prompts)) or len(prompts)
+    done: list[list[Completion]] = []
+    for start in range(0, len(prompts), step):
+        if progress:
+            progress(start, len(prompts), what)
+        chunk = prompts[start : start + step]
+        done += gen.complete(chunk, max_new, temperature, 1.0, n, seed=seed + start)
+    if progress:
+        progress(len(prompts), len(prompts), what)
+    return done
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def score_completions(
+    funcs: list[RewardFunction], rows: dict[str, list[Any]], completions: list[Completion], repeat: int = 1
+) -> dict[str, list[float | None]]:
+    """Each reward's scores, called as TRL does: prompts, conversational completions, columns."""
+    expand = (lambda values: [v for v in values for _ in range(repeat)]) if repeat > 1 else list
+    columns = {name: expand(values) for name, values in rows.items() if name != "prompt"}
+    ids = [c.token_ids for c in completions]
+    kwargs = {
+        "prompts": expand(rows["prompt"]),
+        "completions": [[{"role": "assistant", "content": c.text}] for c in completions],
+        "completion_ids": ids if all(i is not None for i in ids) else None,
+    }
+    return {f.name: f(**kwargs, **columns) for f in funcs}
+
+
+def _correct(funcs: list[RewardFunction], scores: dict[str, list[float | None]], config: RunConfig,
+             rows: dict[str, list[Any]], completions: list[Completion], repeat: int = 1) -> list[bool]:
+    """Per completion: correctness reward > 0, or answers_match when the rubric has no correctness."""
+    if any(f.name == _CORRECTNESS for f in funcs):
+        return [(s or 0.0) > 0 for s in scores[_CORRECTNESS]]
+    tag = answer_tag_for(config.data.template) or "answer"
+    answers = [a for a in rows["answer"] for _ in range(repeat)]
+    return [answers_match(final_answer(c.text, tag), a) for c, a in zip(completions, answers)]
+
+
+def _summary(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFunction], weights: list[float],
+             completions: list[Completion], n_examples: int) -> dict[str, Any]:
+    scores = score_completions(funcs, rows, completions)
+    correct = _correct(funcs, scores, config, rows, completions)
+    totals = [sum(w * (scores[f.name][i] or 0.0) for f, w in zip(funcs, weights)) for i in range(len(completions))]
+    return {
+        "rows": len(completions),
+        "accuracy": _mean([float(c) for c in correct]),
+        "correct": sum(correct),
+        "reward": _mean(totals),
+        "rewards": {f.name: _mean(scores[f.name]) for f in funcs},
+        "weights": {f.name: w for f, w in zip(funcs, weights)},
+        "completion_length": _mean([c.num_tokens for c in completions]),
+        "clipped_ratio": _mean([float(c.truncated) for c in completions]),
+        "examples": _examples(config, rows, funcs, scores, completions, correct, totals, n_examples),
+    }
+
+
+def _pass_at(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFunction],
+             sampled: list[list[Completion]], k: int) -> dict[str, Any]:
+    flat = [c for group in sampled for c in group]
+    correctness = [f for f in funcs if f.name == _CORRECTNESS]
+    scores = score_completions(correctness, rows, flat, repeat=k) if correctness else {}
+    correct = _correct(correctness, scores, config, rows, flat, repeat=k)
+    counts = [sum(correct[i * k : (i + 1) * k]) for i in range(len(sampled))]
+    return {
+        "k": k,
+        "pass_at_1": _mean([pass_at_k(k, c, 1) for c in counts]),
+        "pass_at_k": _mean([pass_at_k(k, c, k) for c in counts]),
+    }
+
+
+def _examples(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFunction],
+              scores: dict[str, list[float | None]], completions: list[Completion], correct: list[bool],
+              totals: list[float], n: int) -> list[dict[str, Any]]:
+    tag = answer_tag_for(config.data.template) or "answer"
+    return [
+        {
+            "question": rows["question"][i],
+            "answer": rows["answer"][i],
+            "completion": completions[i].text,
+            "predicted": final_answer(completions[i].text, tag),
+            "correct": correct[i],
+            "reward": totals[i],
+            "rewards": {f.name: scores[f.name][i] for f in funcs},
+        }
+        for i in range(min(n, len(completions)))
+    ]
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+# ---------------------------------------------------------------- runs
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    base: bool = True,
+    trained: bool = True,
+    k: int = 1,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    *,
+    max_new_tokens: int | None = None,
+    generator: BaseGenerator | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run's base model and/or its adapter; write and return the merged eval.json."""
+    if not (base or trained):
+        raise ValueError("nothing to evaluate: ask for base, trained or both")
+    run = open_run(run_dir)
+    config = run.config()
+    adapter = run_adapter_dir(run) if trained else None
+    if trained and adapter is None:
+        raise FileNotFoundError(f"{run.path} has no trained adapter yet (no adapter/ and no checkpoint); train it first")
+    own = generator is None
+    gen = generator or load_for_generation(
+        config.model.name, adapter, model_config=config.model, fast_inference=config.model.fast_inference
+    )
+    options = {"k": k, "max_new_tokens": max_new_tokens, "limit": limit, "generator": gen}
+    results = read_eval(run.path)
+    try:
+        if base:
+            with gen.adapter_disabled():
+                results["base"] = evaluate(config, None, progress=_phase(progress, "base"), **options)
+        if trained:
+            results["trained"] = evaluate(config, adapter, progress=_phase(progress, "trained"), **options)
+    finally:
+        if own:
+            gen.close()
+    results["delta"] = compare(results.get("base"), results.get("trained"))
+    _write_json(run.file(EVAL), results)
+    return results
+
+
+def read_eval(run_dir: str | Path) -> dict[str, Any]:
+    """A run's eval.json, or {} when it has none (or it is unreadable)."""
+    path = Path(run_dir) / EVAL
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def compare(base: dict[str, Any] | None, trained: dict[str, Any] | None) -> dict[str, Any]:
+    """trained − base for every shared number (accuracy, reward, each reward's mean, …)."""
+    if not base or not trained:
+        return {}
+    delta = {key: _minus(trained.get(key), base.get(key)) for key in _COMPARED}
+    if base.get("k") != trained.get("k"):
+        delta.pop("pass_at_k")
+    rewards = {name: _minus(value, base.get("rewards", {}).get(name))
+               for name, value in trained.get("rewards", {}).items()}
+    return {**{k: v for k, v in delta.items() if v is not None}, "rewards": {k: v for k, v in rewards.items() if v is not None}}
+
+
+def _minus(a: Any, b: Any) -> float | None:
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return a - b if ok else None
+
+
+def _phase(progress: Progress | None, name: str) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda done, total, what: progress(done, total, f"{name}: {what}")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- text
+
+
+def format_eval(result: dict[str, Any]) -> str:
+    """A plain-text table of one `evaluate` result or an `evaluate_run` result (base/trained/delta)."""
+    if "base" in result or "trained" in result:
+        columns = [(name, result.get(name)) for name in ("base", "trained") if result.get(name)]
+        delta = result.get("delta") or None
+    else:
+        columns, delta = [("value", result)], None
+    header = ["metric", *(name for name, _ in columns), *(["delta"] if delta else [])]
+    lines = [header] + [_table_row(label, key, columns, delta) for label, key in _metrics(columns)]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    text = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            for row in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(text)
+
+
+def _metrics(columns: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, tuple[str, ...]]]:
+    first = columns[0][1]
+    names = list(dict.fromkeys(n for _, r in columns for n in r.get("rewards", {})))
+    rows = [("rows", ("rows",)), ("accuracy", ("accuracy",))]
+    if any("pass_at_k" in r for _, r in columns):
+        rows += [("pass@1 (sampled)", ("pass_at_1",)), (f"pass@{first.get('k', 'k')}", ("pass_at_k",))]
+    rows += [("reward (weighted)", ("reward",))] + [(f"  {n}", ("rewards", n)) for n in names]
+    return rows + [("completion tokens", ("completion_length",)), ("clipped ratio", ("clipped_ratio",))]
+
+
+def _table_row(label: str, key: tuple[str, ...], columns: list[tuple[str, dict[str, Any]]],
+               delta: dict[str, Any] | None) -> list[str]:
+    cells = [label] + [_cell(_lookup(r, key), key) for _, r in columns]
+    if delta:
+        value = _lookup(delta, key)
+        cells.append("" if value is None else ("+" if value >= 0 else "") + _cell(value, key))
+    return cells
+
+
+def _lookup(data: dict[str, Any], key: tuple[str, ...]) -> Any:
+    for part in key:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _cell(value: Any, key: tuple[str, ...]) -> str:
+    if value is None:
+        return "-"
+    if key[0] in ("accuracy", "pass_at_1", "pass_at_k", "clipped_ratio"):
+        return f"{100 * value:.1f}%"
+    if key[0] in ("rows",):
+        return str(value)
+    if key[0] == "completion_length":
+        return f"{value:.1f}"
+    return f"{value:.3f}"

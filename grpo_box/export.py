@@ -1,0 +1,882 @@
+"""Export a trained run to GGUF for llama.cpp / Ollama / Open WebUI, and check every file.
+
+Steps (`export_run`): check the adapter, the converter and the architecture; check free disk
+space against an estimate of every output; merge the LoRA into the 16-bit base if the run has no
+current merge (`grpo_box.merge`); convert with llama.cpp's `convert_hf_to_gguf.py` to f16 / bf16
+/ q8_0 / f32; quantize K-quants and the rest with `llama_cpp.llama_model_quantize`
+(`grpo_box.llama_tools`); optionally convert the adapter alone with `convert_lora_to_gguf.py`.
+Every file is written under a temporary name in `<run>/export/` and renamed only when complete,
+so a failed or interrupted export never damages an earlier one.
+
+Every GGUF is then loaded with llama-cpp-python and greedy-decoded on the merge's check prompts:
+f16/bf16/f32 must reproduce the merged HF model's tokens exactly, quantized files report how many
+prompts agree and how far. The GGUF's chat template and EOS token are compared with the HF
+tokenizer's, and a chat completion must end at EOS instead of running to max tokens.
+
+Next to each GGUF goes an Ollama Modelfile. Ollama does not run Jinja chat templates; its TEMPLATE
+is a Go text/template, so for ChatML models (`<|im_start|>role … <|im_end|>`: Qwen, SmolLM, …) we
+write the Go equivalent, including the HF template's default system prompt, and check it by
+rendering both on probe conversations. `render_modelfile_template` is a small renderer for the
+subset of Go templates we emit (Ollama's own renderer is Go code; nothing in Python does this).
+Other chat formats get a Modelfile without TEMPLATE (Ollama then reads the GGUF's template).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import struct
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from math import prod
+from pathlib import Path
+from typing import Any
+
+from . import llama_tools
+from .merge import (
+    MERGE_INFO,
+    BaseSource,
+    MergeError,
+    NoAdapterError,
+    UnsupportedArchitectureError,
+    default_merged_dir,
+    locate_base,
+    merge_with_report,
+    merged_is_current,
+    read_merge_info,
+    require_adapter,
+)
+from .runs import EXPORT, RunDir, open_run
+
+Progress = Callable[[str, float], None]
+
+__all__ = [
+    "DiskSpaceError", "ExportError", "ExportReport", "GGUFResult", "LoraResult", "NoAdapterError",
+    "UnsupportedArchitectureError", "estimate_sizes", "export_run", "find_gguf", "free_bytes",
+    "modelfile_text", "ollama_template", "push_to_hub", "render_modelfile_template", "verify_gguf",
+]
+
+REPORT = "export.json"
+# Approximate bits per weight of each output type (llama.cpp's own tables, rounded up).
+BITS_PER_WEIGHT: dict[str, float] = {
+    "f32": 32, "f16": 16, "bf16": 16, "q8_0": 8.5, "q6_k": 6.6, "q5_k_m": 5.7, "q5_k_s": 5.6, "q5_0": 5.5,
+    "q5_1": 6.0, "q4_k_m": 4.9, "q4_k_s": 4.6, "q4_0": 4.5, "q4_1": 5.0, "q3_k_l": 4.3, "q3_k_m": 3.9,
+    "q3_k_s": 3.5, "q2_k": 3.4,
+}
+LOSSLESS = ("f32", "f16", "bf16")  # must reproduce the merged model's greedy tokens
+_MARGIN_BYTES = 256 * 2**20
+
+
+class ExportError(RuntimeError):
+    """An export problem; the message says what to change."""
+
+
+class DiskSpaceError(ExportError):
+    pass
+
+
+# -- report ------------------------------------------------------------------------------------
+@dataclass
+class GGUFResult:
+    quant: str
+    path: str
+    size_bytes: int
+    seconds: float
+    prompts: int = 0
+    identical: int = 0  # prompts whose greedy tokens equal the merged HF model's
+    prefix_agreement: float = 0.0  # mean share of reference tokens reproduced before the first difference
+    tokenizer_match: bool = False  # llama.cpp tokenizes the prompts like the HF tokenizer
+    chat_template_ok: bool = False  # GGUF template == HF template and renders the same prompt
+    eos_token: str = ""
+    eos_ok: bool = False
+    chat_stops: bool = False  # a chat reply ended at EOS, not at max tokens
+    chat_reply: str = ""
+    fallback_tensors: str = ""  # "180/272" when K-quant rows did not fit and llama.cpp fell back
+    modelfile: str = ""
+    ollama_command: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exact_required(self) -> bool:
+        return self.quant in LOSSLESS
+
+    @property
+    def ok(self) -> bool:
+        parity = self.identical == self.prompts if self.exact_required else True
+        return parity and self.chat_template_ok and self.eos_ok and self.chat_stops and self.tokenizer_match
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+@dataclass
+class LoraResult:
+    path: str
+    size_bytes: int
+    seconds: float
+    alpha: float | None = None
+    tensors: int = 0
+    identical: int | None = None  # base GGUF + this LoRA vs the merged model, when checked
+    prompts: int = 0
+    usage: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.tensors > 0 and (self.identical is None or self.identical == self.prompts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+@dataclass
+class ExportReport:
+    run: str
+    export_dir: str
+    merged_dir: str | None
+    files: list[GGUFResult] = field(default_factory=list)
+    lora: LoraResult | None = None
+    modelfile: str = ""
+    ollama_command: str = ""
+    seconds: float = 0.0
+    converter: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(f.ok for f in self.files) and (self.lora is None or self.lora.ok)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["files"] = [f.to_dict() for f in self.files]
+        data["lora"] = self.lora.to_dict() if self.lora else None
+        data["ok"] = self.ok
+        return data
+
+    def format_table(self) -> str:
+        header = ("file", "size", "tokens vs merged HF", "template", "EOS", "stops", "ok")
+        rows = [header] + [_row(f) for f in self.files]
+        if self.lora:
+            lo = self.lora
+            rows.append((Path(lo.path).name, _mb(lo.size_bytes),
+                         "-" if lo.identical is None else f"{lo.identical}/{lo.prompts} identical (base+LoRA)",
+                         "-", "-", "-", "yes" if lo.ok else "NO"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines += [""] + [f"ollama: {f.ollama_command}" for f in self.files if f.ollama_command]
+        if self.lora and self.lora.usage:
+            lines.append(f"LoRA: {self.lora.usage}")
+        lines += [f"note: {n}" for f in self.files for n in f.notes] + [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _row(f: GGUFResult) -> tuple[str, ...]:
+    agree = f"{f.identical}/{f.prompts} identical"
+    if f.identical < f.prompts:
+        agree += f" ({f.prefix_agreement:.0%} prefix)"
+    yes = lambda b: "ok" if b else "BAD"  # noqa: E731
+    return (Path(f.path).name, _mb(f.size_bytes), agree, yes(f.chat_template_ok), f.eos_token or "?",
+            "yes" if f.chat_stops else "NO", "yes" if f.ok else "NO")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.0f} MB" if n < 2**30 else f"{n / 2**30:.2f} GB"
+
+
+# -- public API --------------------------------------------------------------------------------
+def export_run(run_dir: str | Path, quants: list[str] | tuple[str, ...] = ("f16", "q4_k_m"), lora: bool = False,
+               progress: Progress | None = None, *, allow_4bit_merge: bool = False, download_base: bool = False,
+               verify: bool = True) -> ExportReport:
+    """Merge (if needed), convert, quantize and verify; returns the report (also in export/export.json)."""
+    say = progress or (lambda msg, frac: None)
+    start = time.time()
+    run = open_run(run_dir)
+    require_adapter(run)
+    quants = normalize_quants(quants)
+    if not quants and not lora:
+        raise ExportError("nothing to export: give at least one quantization (e.g. f16, q4_k_m) or lora=True")
+    say("checking converter, architecture and disk space", 0.0)
+    base = locate_base(run.config().model.name, run, allow_4bit_merge=allow_4bit_merge, download_base=download_base)
+    check_convertible(base)
+    export_dir = run.path / EXPORT
+    export_dir.mkdir(parents=True, exist_ok=True)
+    need_merge = bool(quants) and not merged_is_current(run)
+    check_disk(export_dir, estimate_sizes(base, quants, need_merge, lora))
+    report = ExportReport(run.path.name, str(export_dir), None, converter=_converter_info())
+    if quants:
+        _export_full(run, base, quants, need_merge, report, say, verify, allow_4bit_merge, download_base)
+    if lora:
+        report.lora = _export_lora(run, base, export_dir, say, verify)
+    report.seconds = round(time.time() - start, 1)
+    _write_json(export_dir / REPORT, report.to_dict())
+    say(f"export finished: {'all checks passed' if report.ok else 'some checks FAILED, see the report'}", 1.0)
+    return report
+
+
+def normalize_quants(quants: list[str] | tuple[str, ...] | str) -> list[str]:
+    items = [quants] if isinstance(quants, str) else list(quants)
+    out: list[str] = []
+    for q in (str(x).strip().lower() for x in items):
+        if q not in BITS_PER_WEIGHT:
+            raise ExportError(f"unknown quantization {q!r}; choose from: {', '.join(BITS_PER_WEIGHT)}")
+        if q not in out:
+            out.append(q)
+    return sorted(out, key=lambda q: (q not in llama_tools.CONVERTER_TYPES, out.index(q)))
+
+
+def find_gguf(run_dir: str | Path, quant: str | None = None) -> Path:
+    """The GGUF of a run's last export: `quant` if given, else the first quantized one, else f16."""
+    run = open_run(run_dir)
+    data = _read_json(run.path / EXPORT / REPORT) or {}
+    files = [f for f in data.get("files", []) if Path(f["path"]).is_file()]
+    if quant:
+        files = [f for f in files if f["quant"] == quant.lower()]
+    if not files:
+        raise ExportError(f"run {run.path.name} has no exported GGUF{' ' + quant if quant else ''}: run export first")
+    files.sort(key=lambda f: f["quant"] in LOSSLESS)
+    return Path(files[0]["path"])
+
+
+# -- checks before any work --------------------------------------------------------------------
+def check_convertible(base: BaseSource) -> None:
+    """The converter is installed and knows the base's architecture (checked before merging)."""
+    llama_tools.ensure_converter()
+    config = _base_config(base)
+    archs = config.get("architectures") or []
+    supported = llama_tools.supported_architectures()
+    if not archs or archs[0] not in supported:
+        close = sorted(a for a in supported if archs and a.lower()[:5] == archs[0].lower()[:5])[:8]
+        raise UnsupportedArchitectureError(
+            f"unsupported architecture {archs or '(none in config.json)'} in {base.path}: llama.cpp's converter "
+            f"(llama-cpp-python {llama_tools.llama_cpp_version()}) cannot turn it into GGUF"
+            + (f"; similar supported names: {', '.join(close)}" if close else "")
+            + ". Train on a supported model (Llama, Qwen2/3, Mistral, Gemma, SmolLM, Phi-3, …) or export the LoRA adapter only"
+        )
+
+
+def _base_config(base: BaseSource) -> dict[str, Any]:
+    path = Path(base.path) / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from .merge import cached_snapshot
+
+    snap = cached_snapshot(base.path)
+    return json.loads((snap / "config.json").read_text()) if snap is not None else {}
+
+
+def free_bytes(path: Path) -> int:
+    """Free disk space where `path` lives (the one function tests replace to simulate a full disk)."""
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def count_params(model_dir: Path) -> int:
+    """Parameter count from safetensors headers (no weights are read)."""
+    total = 0
+    for file in model_dir.glob("*.safetensors"):
+        with file.open("rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        total += sum(prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total
+
+
+def estimate_sizes(base: BaseSource, quants: list[str], need_merge: bool, lora: bool) -> dict[str, int]:
+    """Bytes each output will take (estimates, rounded up), keyed by what it is."""
+    params = _param_count(base)
+    sizes: dict[str, int] = {}
+    if need_merge:
+        sizes["merged HF model"] = int(params * _stored_bytes(base))
+    for q in quants:
+        sizes[q] = int(params * BITS_PER_WEIGHT[q] / 8 * 1.1)
+    if any(q not in llama_tools.CONVERTER_TYPES for q in quants) and not any(q in LOSSLESS for q in quants):
+        sizes["temporary f16 for quantizing"] = params * 2
+    if lora:
+        sizes["LoRA GGUF + temporary base f16"] = params * 2 + 64 * 2**20
+    return sizes
+
+
+def _param_count(base: BaseSource) -> int:
+    path = Path(base.path)
+    if path.is_dir():
+        return count_params(path)
+    from .merge import cached_snapshot
+
+    snap = cached_snapshot(base.path)
+    if snap is not None:
+        return count_params(snap)
+    from .catalog import resolve_arch
+
+    return resolve_arch(base.name).params
+
+
+def _stored_bytes(base: BaseSource) -> int:
+    if base.quantized_4bit:
+        return 2
+    dtype = str(_base_config(base).get("dtype") or _base_config(base).get("torch_dtype") or "bfloat16")
+    return 4 if dtype == "float32" else 2
+
+
+def check_disk(export_dir: Path, sizes: dict[str, int]) -> None:
+    need = int(sum(sizes.values()) * 1.1) + _MARGIN_BYTES
+    free = free_bytes(export_dir)
+    if free < need:
+        parts = ", ".join(f"{k} {_mb(v)}" for k, v in sizes.items())
+        raise DiskSpaceError(
+            f"not enough free disk space in {export_dir}: the export needs about {_mb(need)} ({parts}, plus margin) "
+            f"but only {_mb(free)} is free. Free some space, or export fewer/smaller files (e.g. quants=['q4_k_m'])"
+        )
+
+
+def _converter_info() -> dict[str, Any]:
+    return {"llama_cpp_python": llama_tools.llama_cpp_version(), "script": str(llama_tools.ensure_converter()),
+            "gguf": llama_tools.gguf_versions()}
+
+
+# -- full-model export -------------------------------------------------------------------------
+def _export_full(run: RunDir, base: BaseSource, quants: list[str], need_merge: bool, report: ExportReport,
+                 say: Progress, verify: bool, allow_4bit_merge: bool, download_base: bool) -> None:
+    merged = default_merged_dir(run)
+    if need_merge:
+        merge_with_report(run.path, merged, _scaled(say, 0.02, 0.3), allow_4bit_merge=allow_4bit_merge,
+                          download_base=download_base)
+    report.merged_dir = str(merged)
+    info = read_merge_info(merged) or {}
+    stem = _slug(run.path.name)
+    export_dir = run.path / EXPORT
+    produced = _produce_all(merged, export_dir, stem, quants, _scaled(say, 0.3, 0.8))
+    for i, (quant, path, seconds, log) in enumerate(produced):
+        result = GGUFResult(quant, str(path), path.stat().st_size, seconds, fallback_tensors=_fallbacks(log))
+        if verify:
+            say(f"verifying {path.name} in llama.cpp", 0.8 + 0.15 * i / len(produced))
+            verify_gguf(path, info, merged, result)
+        _attach_modelfile(run, merged, path, quant, result)
+        report.files.append(result)
+    best = next((f for f in report.files if f.quant not in LOSSLESS), report.files[0])
+    report.modelfile, report.ollama_command = _default_modelfile(export_dir, best)
+    report.warnings += info.get("warnings", [])
+
+
+def _produce_all(merged: Path, export_dir: Path, stem: str, quants: list[str],
+                 say: Progress) -> list[tuple[str, Path, float, Path]]:
+    """Convert / quantize each requested type; returns (quant, path, seconds, log) per file."""
+    logs = export_dir / "logs"
+    out: list[tuple[str, Path, float, Path]] = []
+    source16: Path | None = None
+    temp16: Path | None = None
+    try:
+        for i, quant in enumerate(quants):
+            step = _scaled(say, i / len(quants), (i + 1) / len(quants))
+            final = export_dir / f"{stem}-{quant}.gguf"
+            log = logs / f"{quant}.log"
+            t0 = time.time()
+            if quant in llama_tools.CONVERTER_TYPES:
+                with _staged(final) as tmp:
+                    step(f"converting to {quant}", 0.0)
+                    _convert(merged, tmp, quant, log, step)
+                source16 = final if quant in ("f16", "bf16") and source16 is None else source16
+            else:
+                if source16 is None:
+                    temp16 = export_dir / f".{stem}-intermediate-f16.gguf.partial"
+                    step("converting to f16 (temporary, for quantizing)", 0.0)
+                    _convert(merged, temp16, _intermediate_type(merged), logs / "intermediate.log", step)
+                    source16 = temp16
+                with _staged(final) as tmp:
+                    step(f"quantizing to {quant}", 0.5)
+                    _quantize(source16, tmp, quant, log)
+            out.append((quant, final, round(time.time() - t0, 1), log))
+    finally:
+        if temp16 is not None:
+            temp16.unlink(missing_ok=True)
+    return out
+
+
+def _convert(model_dir: Path, outfile: Path, outtype: str, log: Path, progress: Progress) -> None:
+    llama_tools.convert_hf(model_dir, outfile, outtype, log, progress)
+
+
+def _quantize(src: Path, dst: Path, quant: str, log: Path) -> None:
+    llama_tools.quantize(src, dst, quant, log)
+
+
+def _intermediate_type(merged: Path) -> str:
+    dtype = str(_read_json(merged / "config.json", {}).get("dtype", ""))
+    return "bf16" if dtype == "bfloat16" else "f16"
+
+
+@contextmanager
+def _staged(final: Path) -> Iterator[Path]:
+    """Yield a temp path beside `final`; rename it over `final` only if the block succeeds."""
+    tmp = final.with_name(f".{final.name}.partial")
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            raise ExportError(f"{final.name}: the converter reported success but wrote nothing")
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fallbacks(log: Path) -> str:
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    match = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback", text)
+    return f"{match.group(1)}/{match.group(2)}" if match else ""
+
+
+# -- verification in llama.cpp -----------------------------------------------------------------
+def verify_gguf(path: Path, merge_info: dict[str, Any], merged_dir: Path, result: GGUFResult,
+                chat_max_tokens: int = 256) -> GGUFResult:
+    """Load `path` in llama-cpp-python and fill `result` with parity, template, EOS and stop checks."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
+    cases = merge_info.get("prompts", [])
+    llm = _load_llama(path, cases, chat_max_tokens)
+    try:
+        _check_metadata(llm, tokenizer, cases, result)
+        eos_ids = set(merge_info.get("eos_ids", [])) | {llm.token_eos()}
+        _check_parity(llm, cases, eos_ids, int(merge_info.get("max_new_tokens", 32)), result)
+        _check_chat_stop(llm, cases, eos_ids, chat_max_tokens, result)
+    finally:
+        llm.close()
+    if result.fallback_tensors:
+        result.notes.append(f"{Path(path).name}: {result.fallback_tensors} tensors fell back to another type "
+                            f"(row width not a multiple of the K-quant block of 256)")
+    return result
+
+
+def _load_llama(path: Path, cases: list[dict[str, Any]], chat_max_tokens: int) -> Any:
+    from llama_cpp import Llama
+
+    longest = max((len(c["prompt_ids"]) + len(c.get("merged_ids", [])) for c in cases), default=0)
+    n_ctx = max(512, longest + chat_max_tokens + 64)
+    return Llama(model_path=str(path), n_ctx=n_ctx, seed=0, verbose=False)
+
+
+def _check_metadata(llm: Any, tokenizer: Any, cases: list[dict[str, Any]], result: GGUFResult) -> None:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template") or ""
+    eos_text = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
+    result.eos_token = eos_text
+    result.eos_ok = eos_text == tokenizer.eos_token
+    same_template = template.strip() == (tokenizer.chat_template or "").strip()
+    formatter = Jinja2ChatFormatter(template, eos_text, tokenizer.bos_token or "") if template else None
+    renders = bool(formatter) and all(formatter(messages=c["messages"]).prompt == c["prompt_text"] for c in cases)
+    result.chat_template_ok = same_template and renders
+    result.tokenizer_match = all(
+        llm.tokenize(c["prompt_text"].encode(), add_bos=False, special=True) == c["prompt_ids"] for c in cases
+    )
+    if not result.eos_ok:
+        result.notes.append(f"GGUF EOS is {eos_text!r} but the HF tokenizer's is {tokenizer.eos_token!r}")
+
+
+def llama_greedy(llm: Any, prompt_ids: list[int], max_new_tokens: int, eos_ids: set[int]) -> list[int]:
+    out: list[int] = []
+    for token in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
+        out.append(token)
+        if token in eos_ids or len(out) >= max_new_tokens:
+            break
+    return out
+
+
+def _check_parity(llm: Any, cases: list[dict[str, Any]], eos_ids: set[int], max_new_tokens: int,
+                  result: GGUFResult) -> None:
+    shares = []
+    for case in cases:
+        ref = case["merged_ids"]
+        got = llama_greedy(llm, case["prompt_ids"], max_new_tokens, eos_ids)
+        result.identical += got == ref
+        shares.append(_prefix_len(got, ref) / max(len(ref), 1))
+    result.prompts = len(cases)
+    result.prefix_agreement = round(sum(shares) / max(len(shares), 1), 3)
+
+
+def _prefix_len(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _check_chat_stop(llm: Any, cases: list[dict[str, Any]], eos_ids: set[int], max_tokens: int,
+                     result: GGUFResult) -> None:
+    """A chat completion through the GGUF's own template must stop at EOS, not at max_tokens.
+
+    Uses a check prompt whose merged-model reply ended at EOS when there is one, so a model that
+    simply talks long is not mistaken for one that never stops.
+    """
+    if not cases:
+        return
+    case = next((c for c in cases if c["merged_ids"] and c["merged_ids"][-1] in eos_ids), cases[0])
+    reply = llm.create_chat_completion(messages=case["messages"], max_tokens=max_tokens, temperature=0.0, seed=0)
+    choice = reply["choices"][0]
+    result.chat_stops = choice.get("finish_reason") == "stop"
+    result.chat_reply = (choice["message"].get("content") or "")[:500]
+    if not result.chat_stops:
+        result.notes.append(f"{Path(result.path).name}: chat reply ran to {max_tokens} tokens without EOS")
+
+
+# -- Ollama Modelfile --------------------------------------------------------------------------
+_CHATML_PREFIX = re.compile(r"^<\|im_start\|>system\n(.*)<\|im_end\|>\n$", re.S)
+_PROBES: tuple[list[dict[str, str]], ...] = (
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}],
+    [{"role": "system", "content": "S"}, {"role": "user", "content": "A"}, {"role": "assistant", "content": "B"},
+     {"role": "user", "content": "C"}],
+)
+
+
+def ollama_template(tokenizer: Any) -> str | None:
+    """A Go-template TEMPLATE equivalent to the tokenizer's ChatML chat template, or None."""
+    hf = tokenizer.chat_template or ""
+    if "<|im_start|>" not in hf or "<|im_end|>" not in hf:
+        return None
+    rendered = tokenizer.apply_chat_template(_PROBES[0], tokenize=False, add_generation_prompt=True)
+    prefix, sep, _ = rendered.partition("<|im_start|>user\nHi<|im_end|>\n")
+    match = _CHATML_PREFIX.match(prefix)
+    if not sep or (prefix and not match):
+        return None
+    go = _chatml_go(match.group(1) if match else None)
+    ok = all(
+        render_modelfile_template(go, probe) == tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        for probe in _PROBES
+    )
+    return go if ok else None
+
+
+def _chatml_go(default_system: str | None) -> str:
+    head = ""
+    if default_system is not None:
+        head = "{{- if not .System }}<|im_start|>system\n" + _go_text(default_system) + "<|im_end|>\n{{ end }}\n"
+    return head + "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+
+
+def _go_text(text: str) -> str:
+    return text.replace("{{", '{{ "{{" }}')
+
+
+def modelfile_text(gguf_name: str, template: str | None, stops: list[str], system: str | None) -> str:
+    lines = [f"FROM ./{gguf_name}"]
+    if template is not None:
+        lines.append(f'TEMPLATE """{template}"""')
+    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    if system:
+        lines.append(f'SYSTEM """{system.replace(chr(34) * 3, chr(39) * 3)}"""')
+    return "\n".join(lines) + "\n"
+
+
+def _attach_modelfile(run: RunDir, merged: Path, gguf: Path, quant: str, result: GGUFResult) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    template = ollama_template(tokenizer)
+    if template is None:
+        result.notes.append("chat template is not ChatML: the Modelfile has no TEMPLATE, Ollama will use the GGUF's")
+    stops = _stop_tokens(tokenizer, template is not None)
+    path = gguf.with_suffix(".Modelfile")
+    _write_text_atomic(path, modelfile_text(gguf.name, template, stops, _run_system_prompt(run)))
+    result.modelfile = str(path)
+    result.ollama_command = f"ollama create {_slug(run.path.name)}:{quant} -f {path}"
+
+
+def _stop_tokens(tokenizer: Any, chatml: bool) -> list[str]:
+    stops = ["<|im_end|>", "<|im_start|>"] if chatml else []
+    if tokenizer.eos_token and tokenizer.eos_token not in stops:
+        stops.insert(0, tokenizer.eos_token)
+    return stops
+
+
+def _default_modelfile(export_dir: Path, best: GGUFResult) -> tuple[str, str]:
+    """`export/Modelfile`: the same as the preferred GGUF's, so `ollama create NAME -f export/Modelfile` works."""
+    if not best.modelfile:
+        return "", ""
+    path = export_dir / "Modelfile"
+    _write_text_atomic(path, Path(best.modelfile).read_text())
+    return str(path), best.ollama_command.replace(best.modelfile, str(path))
+
+
+def _run_system_prompt(run: RunDir) -> str | None:
+    from .prompts import system_prompt
+
+    try:
+        return system_prompt(run.config().data) or None
+    except Exception:
+        return None
+
+
+# -- a renderer for the Go-template subset we emit ---------------------------------------------
+_ACTION = re.compile(r"\{\{(-\s)?\s*(.*?)\s*(\s-)?\}\}", re.S)
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\(|\)|\$?\.?[A-Za-z_][\w.]*|\$|\.|-?\d+')
+_FUNCS = {"not", "eq", "ne", "and", "or", "len", "index"}
+
+
+def render_modelfile_template(template: str, messages: list[dict[str, str]]) -> str:
+    """Render an Ollama TEMPLATE for chat `messages` the way Ollama does (Go text/template subset).
+
+    Supports text, `{{ .Field }}`, `{{ if }}/{{ else }}/{{ end }}`, `{{ range .Messages }}`, trim
+    markers `{{-`/`-}}`, and `not eq ne and or len index`. Like Ollama, `.System` is the system
+    messages joined by blank lines and consecutive messages of one role are merged.
+    """
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    collated: list[dict[str, str]] = []
+    for m in messages:
+        if collated and collated[-1]["Role"] == m["role"]:
+            collated[-1]["Content"] += "\n\n" + m["content"]
+        else:
+            collated.append({"Role": m["role"], "Content": m["content"]})
+    root = {"System": system, "Messages": collated, "Prompt": "", "Response": ""}
+    nodes, rest = _parse(_lex(template), 0, ())
+    if rest != len(_lex(template)):
+        raise ValueError("unbalanced {{ end }} in template")
+    return "".join(_render(nodes, root, root))
+
+
+def _lex(template: str) -> list[tuple[str, str]]:
+    parts: list[tuple[str, str]] = []
+    pos = 0
+    for m in _ACTION.finditer(template):
+        text = template[pos:m.start()]
+        if m.group(1):
+            text = text.rstrip()
+        parts.append(("text", text))
+        parts.append(("action", m.group(2).strip()))
+        pos = m.end()
+        if m.group(3):
+            remaining = template[pos:]
+            pos += len(remaining) - len(remaining.lstrip())
+    parts.append(("text", template[pos:]))
+    return parts
+
+
+def _parse(tokens: list[tuple[str, str]], i: int, stop: tuple[str, ...]) -> tuple[list[Any], int]:
+    nodes: list[Any] = []
+    while i < len(tokens):
+        kind, value = tokens[i]
+        if kind == "text":
+            nodes.append(("text", value))
+            i += 1
+            continue
+        word = value.split(None, 1)[0] if value else ""
+        if word in stop:
+            return nodes, i
+        if word in ("if", "range"):
+            body, i = _parse(tokens, i + 1, ("else", "end"))
+            other: list[Any] = []
+            if tokens[i][1] == "else":
+                other, i = _parse(tokens, i + 1, ("end",))
+            nodes.append((word, value[len(word):].strip(), body, other))
+            i += 1
+            continue
+        if word in ("end", "else"):
+            raise ValueError(f"unexpected {{{{ {value} }}}}")
+        nodes.append(("expr", value))
+        i += 1
+    if stop:
+        raise ValueError(f"missing {{{{ end }}}} (expected one of {stop})")
+    return nodes, i
+
+
+def _render(nodes: list[Any], dot: Any, root: Any) -> Iterator[str]:
+    for node in nodes:
+        if node[0] == "text":
+            yield node[1]
+        elif node[0] == "expr":
+            value = _eval(node[1], dot, root)
+            yield "" if value is None else str(value)
+        elif node[0] == "if":
+            yield from _render(node[2] if _truthy(_eval(node[1], dot, root)) else node[3], dot, root)
+        else:  # range
+            items = _eval(node[1], dot, root) or []
+            for item in items:
+                yield from _render(node[2], item, root)
+            if not items:
+                yield from _render(node[3], dot, root)
+
+
+def _eval(expr: str, dot: Any, root: Any) -> Any:
+    tokens = _TOKEN.findall(expr)
+    value, pos = _eval_tokens(tokens, 0, dot, root)
+    if pos != len(tokens):
+        raise ValueError(f"cannot parse template expression {expr!r}")
+    return value
+
+
+def _eval_tokens(tokens: list[str], pos: int, dot: Any, root: Any) -> tuple[Any, int]:
+    if tokens[pos] in _FUNCS:
+        name, args, pos = tokens[pos], [], pos + 1
+        while pos < len(tokens) and tokens[pos] != ")":
+            arg, pos = _operand(tokens, pos, dot, root)
+            args.append(arg)
+        return _call(name, args), pos
+    return _operand(tokens, pos, dot, root)
+
+
+def _operand(tokens: list[str], pos: int, dot: Any, root: Any) -> tuple[Any, int]:
+    tok = tokens[pos]
+    if tok == "(":
+        value, pos = _eval_tokens(tokens, pos + 1, dot, root)
+        return value, pos + 1
+    if tok.startswith('"'):
+        return json.loads(tok), pos + 1
+    if re.fullmatch(r"-?\d+", tok):
+        return int(tok), pos + 1
+    if tok in (".", "$"):
+        return (dot if tok == "." else root), pos + 1
+    base, path = (root, tok[2:]) if tok.startswith("$.") else (dot, tok[1:])
+    if not tok.startswith((".", "$.")):
+        raise ValueError(f"unsupported template token {tok!r}")
+    for key in path.split("."):
+        base = base.get(key) if isinstance(base, dict) else None
+    return base, pos + 1
+
+
+def _call(name: str, args: list[Any]) -> Any:
+    if name == "not":
+        return not _truthy(args[0])
+    if name in ("eq", "ne"):
+        same = any(args[0] == a for a in args[1:])
+        return same if name == "eq" else not same
+    if name == "and":
+        return next((a for a in args if not _truthy(a)), args[-1])
+    if name == "or":
+        return next((a for a in args if _truthy(a)), args[-1])
+    if name == "len":
+        return len(args[0] or [])
+    value = args[0]
+    for key in args[1:]:
+        value = value[key]
+    return value
+
+
+def _truthy(value: Any) -> bool:
+    return bool(value)
+
+
+# -- LoRA adapter as GGUF ----------------------------------------------------------------------
+def _export_lora(run: RunDir, base: BaseSource, export_dir: Path, say: Progress, verify: bool) -> LoraResult:
+    """convert_lora_to_gguf.py on the adapter; checked by loading base f16 GGUF + LoRA in llama.cpp."""
+    stem = _slug(run.path.name)
+    final = export_dir / f"{stem}-lora-f16.gguf"
+    base_dir = _base_dir_for_lora(run, base)
+    logs = export_dir / "logs"
+    t0 = time.time()
+    with _staged(final) as tmp:
+        say("converting the LoRA adapter to GGUF", 0.85)
+        llama_tools.convert_lora(run.adapter_dir, base_dir, tmp, "f16", logs / "lora.log")
+    result = LoraResult(str(final), final.stat().st_size, round(time.time() - t0, 1))
+    _read_lora_metadata(final, result)
+    result.usage = (f"llama.cpp: --model <base {base.name} GGUF> --lora {final}; "
+                    f"Ollama: FROM <base model> + ADAPTER ./{final.name}")
+    info = read_merge_info(default_merged_dir(run))
+    if verify and info and Path(base_dir, "config.json").is_file() and any(Path(base_dir).glob("*.safetensors")):
+        say("checking base + LoRA in llama.cpp", 0.92)
+        _verify_lora(final, base_dir, info, export_dir, result)
+    elif verify:
+        result.notes.append("not checked in llama.cpp: needs a merge report and local base weights")
+    return result
+
+
+def _base_dir_for_lora(run: RunDir, base: BaseSource) -> Path:
+    if Path(base.path).is_dir():
+        return Path(base.path)
+    from .merge import cached_snapshot
+
+    snap = cached_snapshot(base.path)
+    if snap is not None:
+        return snap
+    merged = default_merged_dir(run)
+    if (merged / "config.json").is_file():
+        return merged  # same config and tokenizer as the base
+    raise ExportError(f"the base model {base.name} is not on disk; the LoRA converter needs at least its config.json")
+
+
+def _read_lora_metadata(path: Path, result: LoraResult) -> None:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    fields = reader.fields
+    kind = fields["general.type"].contents() if "general.type" in fields else None
+    if kind != "adapter":
+        raise ExportError(f"{path.name}: expected a GGUF adapter, got general.type={kind!r}")
+    result.alpha = float(fields["adapter.lora.alpha"].contents()) if "adapter.lora.alpha" in fields else None
+    result.tensors = len(reader.tensors)
+
+
+def _verify_lora(lora: Path, base_dir: Path, info: dict[str, Any], export_dir: Path, result: LoraResult) -> None:
+    from llama_cpp import Llama
+
+    temp_base = export_dir / f".lora-check-base-f16.gguf.partial"
+    try:
+        llama_tools.convert_hf(base_dir, temp_base, "f16", export_dir / "logs" / "lora-base.log")
+        llm = Llama(model_path=str(temp_base), lora_path=str(lora), n_ctx=1024, seed=0, verbose=False)
+        try:
+            cases = info.get("prompts", [])
+            eos = {llm.token_eos()}
+            hits = [llama_greedy(llm, c["prompt_ids"], max(len(c["merged_ids"]), 1), eos) == c["merged_ids"] for c in cases]
+        finally:
+            llm.close()
+        result.identical, result.prompts = sum(hits), len(hits)
+    finally:
+        temp_base.unlink(missing_ok=True)
+
+
+# -- Hub push ----------------------------------------------------------------------------------
+def push_to_hub(path: str | Path, repo_id: str, token: str, private: bool = True,
+                progress: Progress | None = None) -> str:
+    """Upload a GGUF file or a folder (e.g. export/merged) to a Hub model repo; returns its URL.
+
+    The token goes only to `HfApi(token=…)`: it is never logged, never written to disk, and is
+    scrubbed from error messages.
+    """
+    from huggingface_hub import HfApi
+
+    path = Path(path)
+    say = progress or (lambda msg, frac: None)
+    api = HfApi(token=token)
+    try:
+        say(f"creating {repo_id}", 0.05)
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        say(f"uploading {path.name}", 0.1)
+        if path.is_dir():
+            api.upload_folder(folder_path=str(path), repo_id=repo_id, ignore_patterns=[".*", "*.partial"])
+        else:
+            api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=repo_id)
+    except Exception as exc:
+        message = str(exc).replace(token, "***") if token else str(exc)
+        raise ExportError(f"pushing {path.name} to {repo_id} failed: {message}") from None
+    say("uploaded", 1.0)
+    return f"https://huggingface.co/{repo_id}"
+
+
+# -- small helpers -----------------------------------------------------------------------------
+def _scaled(progress: Progress, lo: float, hi: float) -> Progress:
+    return lambda msg, frac: progress(msg, lo + (hi - lo) * max(0.0, min(1.0, frac)))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-.") or "grpo-box-model"
+
+
+def _read_json(path: Path, default: Any = None) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_text_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,481 @@
+"""Text generation for chat and evaluation: a base model, optionally with a LoRA adapter, or a GGUF.
+
+Chat, side-by-side comparison and before/after evaluation all need the same thing: chat messages
+in, assistant replies out, decoded exactly as the trainer saw them (the chat template with the
+assistant header, left padding, stop at the tokenizer's EOS). One `Generator` interface serves
+three back ends, chosen by `load_for_generation`:
+
+- CPU: plain transformers + PEFT. Unsloth's `FastLanguageModel` queries CUDA and cannot load here.
+- GPU: Unsloth. With `fast_inference=True` the base sits in Unsloth's colocated vLLM engine and
+  the adapter is passed per request (`model.fast_generate(..., lora_request=model.load_lora(dir))`),
+  which is what batched evaluation wants; without it, Unsloth's patched HF model is used, which
+  can stream token by token for chat.
+- GGUF: llama-cpp-python's `create_chat_completion`, so chat works on an exported model too.
+
+`import unsloth` must come before transformers / peft / trl, so this module imports all of them
+lazily, inside the functions that need them. An engine that already holds a model (the trainer)
+wraps it with `Generator(model, tokenizer)` instead of loading a second copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ModelConfig
+from .models import resolve_model
+from .runs import RunDir
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class Completion:
+    """One generated reply: its text (without EOS), its length in tokens (EOS included, as TRL
+    counts it), whether it ran into `max_new_tokens` before EOS, and its token ids (what TRL hands
+    reward functions as `completion_ids`; None where the back end does not expose them)."""
+
+    text: str
+    num_tokens: int
+    truncated: bool
+    token_ids: list[int] | None = None
+
+
+def is_gguf(path: str | Path) -> bool:
+    return str(path).lower().endswith(".gguf")
+
+
+def run_adapter_dir(run: RunDir) -> Path | None:
+    """The adapter a run offers: the final `adapter/`, else the newest checkpoint's, else None."""
+    if run.has_adapter():
+        return run.adapter_dir
+    for checkpoint in reversed(run.checkpoints()):
+        if (checkpoint / "adapter_config.json").is_file():
+            return checkpoint
+    return None
+
+
+def load_for_generation(
+    model_name_or_dir: str | Path,
+    adapter_dir: str | Path | None = None,
+    *,
+    model_config: ModelConfig | None = None,
+    fast_inference: bool = False,
+) -> "BaseGenerator":
+    """A generator for a model name (`bundled:…`, Hub id, HF dir) or a `.gguf` file, plus an adapter.
+
+    On a GPU, `model_config` supplies Unsloth's load settings (4-bit, sequence length, vLLM share)
+    and `fast_inference=True` selects vLLM (batched, no token streaming). On CPU both are ignored.
+    """
+    if is_gguf(model_name_or_dir):
+        if adapter_dir is not None:
+            raise ValueError(f"{model_name_or_dir}: a GGUF model cannot take a LoRA adapter; merge it before export")
+        return from_gguf(model_name_or_dir)
+    path = resolve_model(str(model_name_or_dir))
+    adapter = str(adapter_dir) if adapter_dir is not None else None
+    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    if _cuda():
+        return _load_unsloth(path, adapter, model_config or ModelConfig(), fast_inference)
+    return _load_cpu(path, adapter)
+
+
+def from_gguf(path: str | Path, n_ctx: int = 4096, seed: int = 0) -> "GGUFGenerator":
+    """A generator on a GGUF file through llama-cpp-python (chat template from the GGUF metadata)."""
+    import llama_cpp
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: GGUF file not found")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, verbose=False)
+    return GGUFGenerator(llm, path)
+
+
+# ---------------------------------------------------------------- the generator interface
+
+
+class BaseGenerator:
+    """What chat and evaluation use; subclasses implement `complete` and `stream`."""
+
+    def generate(
+        self,
+        messages_batch: list[Messages],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+        seed: int | None = None,
+    ) -> list[list[str]]:
+        """For each conversation, `num_return_sequences` reply texts; greedy when temperature == 0."""
+        done = self.complete(messages_batch, max_new_tokens, temperature, top_p, num_return_sequences, seed)
+        return [[c.text for c in replies] for replies in done]
+
+    def complete(
+        self,
+        messages_batch: list[Messages],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        raise NotImplementedError
+
+    def stream(
+        self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+    ) -> Iterator[str]:
+        """Pieces of one reply as they are generated; their concatenation is the reply."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def adapter_disabled(self) -> Iterator[None]:
+        """Generate with the base model inside this block (no-op when there is no adapter)."""
+        yield
+
+    @property
+    def has_adapter(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        """Drop the model (frees memory once nothing else refers to it)."""
+
+
+class Generator(BaseGenerator):
+    """A transformers model (optionally a PeftModel) and its tokenizer; HF `generate`."""
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.eos_ids = _eos_ids(model, tokenizer)
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.model, "disable_adapter") and bool(getattr(self.model, "peft_config", None))
+
+    @contextlib.contextmanager
+    def adapter_disabled(self) -> Iterator[None]:
+        if not self.has_adapter:
+            yield
+            return
+        with self.model.disable_adapter():
+            yield
+
+    def prompt_text(self, messages: Messages) -> str:
+        """The prompt exactly as the model sees it: chat template plus the assistant header."""
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def complete(
+        self,
+        messages_batch: list[Messages],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        import torch
+
+        if seed is not None:
+            torch.manual_seed(seed)
+        results: list[list[Completion]] = []
+        for start in range(0, len(messages_batch), self.batch_size):
+            chunk = messages_batch[start : start + self.batch_size]
+            results += self._complete_chunk(chunk, max_new_tokens, temperature, top_p, num_return_sequences)
+        return results
+
+    def _complete_chunk(
+        self, chunk: list[Messages], max_new_tokens: int, temperature: float, top_p: float, n: int
+    ) -> list[list[Completion]]:
+        import torch
+
+        inputs = self._encode(chunk)
+        greedy = temperature <= 0
+        kwargs = self._generation_kwargs(max_new_tokens, temperature, top_p)
+        if not greedy:
+            kwargs["num_return_sequences"] = n
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **kwargs)
+        new = out[:, inputs["input_ids"].shape[1] :].tolist()
+        done = [self._completion(ids, max_new_tokens) for ids in new]
+        if greedy:  # greedy replies are identical: generate once, repeat
+            return [[done[i]] * n for i in range(len(chunk))]
+        return [done[i * n : (i + 1) * n] for i in range(len(chunk))]
+
+    def _encode(self, chunk: list[Messages]) -> dict[str, Any]:
+        texts = [self.prompt_text(m) for m in chunk]
+        # The chat template already holds any BOS token; don't let the tokenizer add another.
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        device = getattr(self.model, "device", None)
+        return {k: v.to(device) for k, v in enc.items()} if device is not None else dict(enc)
+
+    def _generation_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "eos_token_id": self.eos_ids,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if temperature <= 0:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:  # plain temperature / nucleus sampling, as vLLM and TRL's rollouts do (no top-k)
+            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        return kwargs
+
+    def _completion(self, ids: list[int], max_new_tokens: int) -> Completion:
+        end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+        kept = ids if end is None else ids[:end]
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        ids = ids if end is None else ids[: end + 1]
+        return Completion(text, len(ids), end is None and len(ids) >= max_new_tokens, ids)
+
+    def stream(
+        self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+    ) -> Iterator[str]:
+        """Token-by-token text via TextIteratorStreamer; generation runs in a worker thread.
+
+        Leaving the loop early (a closed generator, a UI stop button) stops generation too.
+        """
+        from transformers import TextIteratorStreamer
+
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        stop = threading.Event()
+        kwargs = {**self._encode([messages]), **self._generation_kwargs(max_new_tokens, temperature, top_p)}
+        kwargs.update(streamer=streamer, stopping_criteria=_stopping_criteria(stop))
+        errors: list[BaseException] = []
+        worker = threading.Thread(target=self._generate_into, args=(kwargs, streamer, errors), daemon=True)
+        worker.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            stop.set()
+            worker.join()
+        if errors:
+            raise errors[0]
+
+    def _generate_into(self, kwargs: dict[str, Any], streamer: Any, errors: list[BaseException]) -> None:
+        import torch
+
+        try:
+            with torch.inference_mode():
+                self.model.generate(**kwargs)
+        except BaseException as exc:  # surfaced in the consuming thread
+            errors.append(exc)
+            streamer.end()
+
+    def close(self) -> None:
+        self.model = None
+
+
+class GGUFGenerator(BaseGenerator):
+    """A llama-cpp-python model; the GGUF's own chat template and EOS decide prompt and stop."""
+
+    def __init__(self, llm: Any, path: Path):
+        self.llm = llm
+        self.path = path
+
+    def _request(self, messages: Messages, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+        greedy = temperature <= 0
+        return {
+            "messages": messages,
+            "max_tokens": max_new_tokens,
+            "temperature": 0.0 if greedy else temperature,
+            "top_p": 1.0 if greedy else top_p,
+            "top_k": 0,  # off, like min_p: plain temperature / nucleus sampling as elsewhere
+            "min_p": 0.0,
+            "repeat_penalty": 1.0,
+        }
+
+    def complete(
+        self,
+        messages_batch: list[Messages],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        if seed is not None:
+            self.llm.set_seed(seed)
+        return [
+            [self._one(m, max_new_tokens, temperature, top_p) for _ in range(num_return_sequences)]
+            for m in messages_batch
+        ]
+
+    def _one(self, messages: Messages, max_new_tokens: int, temperature: float, top_p: float) -> Completion:
+        out = self.llm.create_chat_completion(**self._request(messages, max_new_tokens, temperature, top_p))
+        choice = out["choices"][0]
+        tokens = out.get("usage", {}).get("completion_tokens", 0)
+        return Completion(choice["message"].get("content") or "", tokens, choice.get("finish_reason") == "length")
+
+    def stream(
+        self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+    ) -> Iterator[str]:
+        request = self._request(messages, max_new_tokens, temperature, top_p)
+        for chunk in self.llm.create_chat_completion(**request, stream=True):
+            piece = chunk["choices"][0]["delta"].get("content")
+            if piece:
+                yield piece
+
+    def close(self) -> None:
+        if self.llm is not None and hasattr(self.llm, "close"):
+            self.llm.close()
+        self.llm = None
+
+
+class VLLMGenerator(BaseGenerator):
+    """Unsloth's colocated vLLM (`fast_inference=True`); the adapter goes with each request."""
+
+    def __init__(self, model: Any, tokenizer: Any, adapter_dir: str | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self._lora = _lora_request(model, adapter_dir) if adapter_dir else None
+        self._use_lora = True
+
+    @property
+    def has_adapter(self) -> bool:
+        return self._lora is not None
+
+    @contextlib.contextmanager
+    def adapter_disabled(self) -> Iterator[None]:
+        self._use_lora = False
+        try:
+            yield
+        finally:
+            self._use_lora = True
+
+    def complete(
+        self,
+        messages_batch: list[Messages],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        num_return_sequences: int = 1,
+        seed: int | None = None,
+    ) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        greedy = temperature <= 0
+        params = SamplingParams(
+            n=1 if greedy else num_return_sequences,
+            temperature=0.0 if greedy else temperature,
+            top_p=1.0 if greedy else top_p,
+            max_tokens=max_new_tokens,
+            seed=seed,
+        )
+        texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages_batch]
+        lora = self._lora if self._use_lora else None
+        outputs = self.model.fast_generate(texts, sampling_params=params, lora_request=lora, use_tqdm=False)
+        done = [[_vllm_completion(o) for o in request.outputs] for request in outputs]
+        return [replies * num_return_sequences if greedy else replies for replies in done]
+
+    def stream(
+        self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
+    ) -> Iterator[str]:
+        """vLLM's offline engine returns whole replies: the stream is one piece."""
+        yield self.generate([messages], max_new_tokens, temperature, top_p)[0][0]
+
+    def close(self) -> None:
+        self.model = None
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _load_cpu(path: str, adapter: str | None) -> Generator:
+    """transformers + PEFT in float32 (bf16 matmuls are slow on most CPUs)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter if _has_tokenizer(adapter) else path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    return Generator(model, tokenizer)
+
+
+def _load_unsloth(path: str, adapter: str | None, cfg: ModelConfig, fast_inference: bool) -> BaseGenerator:
+    """Unsloth on a GPU: vLLM with a per-request LoRA, or its HF model with the adapter attached."""
+    import unsloth  # noqa: F401  (must precede transformers / peft)
+    from unsloth import FastLanguageModel
+
+    kwargs: dict[str, Any] = {
+        "model_name": path,
+        "max_seq_length": cfg.max_seq_length,
+        "load_in_4bit": cfg.load_in_4bit,
+        "dtype": cfg.dtype,
+        "fast_inference": fast_inference,
+    }
+    if fast_inference:
+        rank = max(cfg.max_lora_rank, _adapter_rank(adapter))
+        kwargs.update(max_lora_rank=rank, gpu_memory_utilization=cfg.gpu_memory_utilization)
+    model, tokenizer = FastLanguageModel.from_pretrained(**kwargs)
+    if fast_inference:
+        return VLLMGenerator(model, tokenizer, adapter)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    FastLanguageModel.for_inference(model)
+    return Generator(model, tokenizer)
+
+
+def _adapter_rank(adapter: str | None) -> int:
+    if adapter is None:
+        return 0
+    return int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 0))
+
+
+def _has_tokenizer(adapter: str | None) -> bool:
+    return adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file()
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokenizer's EOS plus any extra ones in the model's generation config (e.g. Qwen's)."""
+    ids = [tokenizer.eos_token_id]
+    extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += extra if isinstance(extra, list) else [extra]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def _stopping_criteria(stop: threading.Event) -> Any:
+    """A StoppingCriteriaList that ends generation once `stop` is set."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Stop()])
+
+
+def _lora_request(model: Any, adapter_dir: str) -> Any:
+    """Unsloth's `load_lora` where the model has it (a PEFT model), else vLLM's own LoRARequest."""
+    if hasattr(model, "load_lora"):
+        return model.load_lora(adapter_dir)
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest("grpo_box_adapter", 1, adapter_dir)
+
+
+def _vllm_completion(output: Any) -> Completion:
+    ids = list(output.token_ids)
+    return Completion(output.text, len(ids), output.finish_reason == "length", ids)

@@ -1,0 +1,448 @@
+"""Merge a run's LoRA adapter into its 16-bit base model, and check that the merge is faithful.
+
+Training keeps the base frozen (often 4-bit) and saves only the LoRA adapter. llama.cpp, Ollama
+and most servers want one plain model, so export starts here: load the base in its original
+16/32-bit weights, apply the adapter with PEFT, `merge_and_unload()`, and save safetensors,
+tokenizer, chat template and generation config to `<run>/export/merged/`.
+
+Why not Unsloth's `save_pretrained_merged(save_method="merged_16bit")`: it needs the Unsloth
+model object (a GPU session) and re-reads the 16-bit base from the Hugging Face cache anyway. We
+do the same with stock PEFT, on CPU, from `resolve_model(config.model.name)`. Merging into
+dequantized 4-bit weights would bake the 4-bit rounding into every weight, so where the 16-bit
+base is not on disk we stop and say so; `download_base=True` fetches it, `allow_4bit_merge=True`
+accepts the lower-quality fallback with a warning.
+
+The merge is checked, not trusted: greedy completions of the merged model on a few chat prompts
+must equal those of base + adapter. The prompts and the merged model's tokens are stored in
+`merged/grpo_box_merge.json`, the reference that `export` compares each GGUF against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .runs import EXPORT, RunDir, open_run
+
+Progress = Callable[[str, float], None]
+
+MERGED = "merged"
+MERGE_INFO = "grpo_box_merge.json"
+DEFAULT_PROMPTS = (
+    "What is 7 + 5?",
+    "Name three primary colors.",
+    "Write one sentence about the sea.",
+)
+_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json")
+
+
+class MergeError(RuntimeError):
+    """Merging failed; the message says what to do."""
+
+
+class NoAdapterError(MergeError):
+    pass
+
+
+class UnsupportedArchitectureError(MergeError):
+    pass
+
+
+class BaseWeightsMissingError(MergeError):
+    pass
+
+
+@dataclass
+class BaseSource:
+    name: str  # what the user asked for (config.model.name or the 16-bit repo id)
+    path: str  # what from_pretrained loads: a local directory or a Hub id
+    quantized_4bit: bool = False
+
+
+@dataclass
+class MergeReport:
+    merged_dir: str
+    base: str
+    base_path: str
+    base_4bit: bool
+    dtype: str
+    adapter: str
+    adapter_fingerprint: str
+    prompts: list[dict[str, Any]]  # messages, prompt_text, prompt_ids, merged_ids, adapter_ids, base_ids
+    matches: int
+    changed_vs_base: int
+    seconds: float
+    max_new_tokens: int = 32
+    eos_ids: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.matches == len(self.prompts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+# -- public API --------------------------------------------------------------------------------
+def merge_run(run_dir: str | Path, out_dir: str | Path | None = None, progress: Progress | None = None, *,
+              allow_4bit_merge: bool = False, download_base: bool = False) -> Path:
+    """Merge the run's adapter into its base and save it (default `<run>/export/merged/`)."""
+    report = merge_with_report(run_dir, out_dir, progress, allow_4bit_merge=allow_4bit_merge, download_base=download_base)
+    return Path(report.merged_dir)
+
+
+def merge_with_report(run_dir: str | Path, out_dir: str | Path | None = None, progress: Progress | None = None, *,
+                      allow_4bit_merge: bool = False, download_base: bool = False,
+                      prompts: tuple[str, ...] = DEFAULT_PROMPTS, max_new_tokens: int = 32) -> MergeReport:
+    """`merge_run`, returning the parity report (also written to `merged/grpo_box_merge.json`)."""
+    say = progress or (lambda msg, frac: None)
+    start = time.time()
+    run = open_run(run_dir)
+    require_adapter(run)
+    config = run.config()
+    out = Path(out_dir) if out_dir else default_merged_dir(run)
+    say("locating the 16-bit base model", 0.02)
+    base = locate_base(config.model.name, run, allow_4bit_merge=allow_4bit_merge, download_base=download_base)
+    check_architecture(base.path, local_only=not download_base)
+    notes = _base_warnings(base)
+    say(f"loading base {base.name}", 0.05)
+    model, dtype = load_base(base)
+    tokenizer = load_tokenizer(run, base)
+    say("applying the LoRA adapter", 0.25)
+    peft_model = _apply_adapter(model, run.adapter_dir)
+    say("greedy reference with base + adapter", 0.3)
+    cases = build_cases(tokenizer, _system_prompt(config), prompts)
+    _generate_all(peft_model, tokenizer, cases, "adapter_ids", max_new_tokens)
+    with peft_model.disable_adapter():
+        _generate_all(peft_model, tokenizer, cases, "base_ids", max_new_tokens)
+    say("merging (merge_and_unload)", 0.5)
+    merged = peft_model.merge_and_unload()
+    _strip_quantization(merged)
+    say("greedy check of the merged model", 0.6)
+    _generate_all(merged, tokenizer, cases, "merged_ids", max_new_tokens)
+    report = _report(out, base, dtype, run, cases, start, notes)
+    report.max_new_tokens, report.eos_ids = max_new_tokens, eos_token_ids(merged, tokenizer)
+    say(f"saving merged model to {out}", 0.75)
+    _save_atomic(merged, tokenizer, base, report, out)
+    say(f"merged: {report.matches}/{len(cases)} prompts identical to base + adapter", 1.0)
+    return report
+
+
+def default_merged_dir(run: RunDir) -> Path:
+    return run.path / EXPORT / MERGED
+
+
+def read_merge_info(merged_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(merged_dir) / MERGE_INFO
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def merged_is_current(run: RunDir, merged_dir: str | Path | None = None) -> bool:
+    """True when `merged_dir` holds a complete merge of the run's current adapter."""
+    info = read_merge_info(merged_dir or default_merged_dir(run))
+    return bool(info) and run.has_adapter() and info.get("adapter_fingerprint") == adapter_fingerprint(run.adapter_dir)
+
+
+def require_adapter(run: RunDir) -> None:
+    if not run.has_adapter():
+        raise NoAdapterError(
+            f"run {run.path.name} has no LoRA adapter ({run.adapter_dir}/adapter_config.json is missing): "
+            f"train first (python -m grpo_box train …), then merge or export"
+        )
+
+
+def adapter_fingerprint(adapter_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for name in _WEIGHT_FILES:
+        path = adapter_dir / name
+        if path.is_file():
+            digest.update(name.encode())
+            with path.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+# -- the base model ----------------------------------------------------------------------------
+def locate_base(name: str, run: RunDir | None = None, *, allow_4bit_merge: bool = False,
+                download_base: bool = False) -> BaseSource:
+    """Where the original 16-bit weights of `name` are; raise BaseWeightsMissingError if not on disk."""
+    from .models import resolve_model
+
+    path = resolve_model(name)
+    if Path(path).is_dir():
+        if not is_4bit_checkpoint(Path(path)):
+            return BaseSource(name, path)
+        return _fallback_4bit(name, [path], allow_4bit_merge, f"{path} holds 4-bit weights")
+    wanted = strip_4bit_suffix(name)
+    cached = cached_snapshot(wanted)
+    if cached is not None and not is_4bit_checkpoint(cached):
+        return BaseSource(wanted, str(cached))
+    if download_base:
+        return BaseSource(wanted, wanted)
+    candidates = [name, f"{wanted}-unsloth-bnb-4bit", f"{wanted}-bnb-4bit", _adapter_base(run)]
+    return _fallback_4bit(wanted, candidates, allow_4bit_merge, f"the 16-bit weights of {wanted} are not in the local Hugging Face cache")
+
+
+def _fallback_4bit(name: str, candidates: list[str | None], allow: bool, why: str) -> BaseSource:
+    if allow:
+        for cand in filter(None, candidates):
+            local = Path(cand) if Path(cand).is_dir() else cached_snapshot(cand)
+            if local is not None and is_4bit_checkpoint(local):
+                return BaseSource(cand, str(local), quantized_4bit=True)
+    fix = (f"download it (`hf download {strip_4bit_suffix(name)}`, or merge with download_base=True) "
+           f"or accept a lower-quality merge into dequantized 4-bit weights with allow_4bit_merge=True")
+    if allow:
+        fix = f"no 4-bit checkpoint of it was found on disk either; download the 16-bit base (`hf download {strip_4bit_suffix(name)}`)"
+    raise BaseWeightsMissingError(f"{why}. A faithful merge needs the original 16-bit base: {fix}")
+
+
+def _base_warnings(base: BaseSource) -> list[str]:
+    if not base.quantized_4bit:
+        return []
+    msg = (f"merging into DEQUANTIZED 4-bit weights of {base.name}: every weight keeps its 4-bit rounding, "
+           f"so quality is below a 16-bit merge; download the 16-bit base for a faithful export")
+    warnings.warn(msg, stacklevel=3)
+    return [msg]
+
+
+def strip_4bit_suffix(name: str) -> str:
+    for suffix in ("-unsloth-bnb-4bit", "-bnb-4bit", "-bnb-nf4", "-4bit"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_4bit_checkpoint(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    quant = json.loads(config.read_text()).get("quantization_config") or {}
+    return bool(quant.get("load_in_4bit")) or quant.get("quant_method") in ("bitsandbytes_4bit",) or (
+        quant.get("quant_method") == "bitsandbytes" and not quant.get("load_in_8bit")
+    )
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """Local HF-cache snapshot of `repo_id` with its weights, without touching the network."""
+    if repo_id.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError and friends: simply not cached
+        return None
+    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    return path if has_weights and (path / "config.json").is_file() else None
+
+
+def _adapter_base(run: RunDir | None) -> str | None:
+    if run is None or not (run.adapter_dir / "adapter_config.json").is_file():
+        return None
+    return json.loads((run.adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+
+
+def check_architecture(path: str, local_only: bool = True) -> Any:
+    """The model's config if transformers can load it as a causal LM; else a clear error."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    raw = _raw_config(path)
+    label = f"model_type {raw.get('model_type')!r}, architectures {raw.get('architectures')}"
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=local_only)
+    except (ValueError, KeyError) as exc:
+        raise UnsupportedArchitectureError(
+            f"{path}: unsupported architecture ({label}): the installed transformers cannot load it "
+            f"({str(exc).splitlines()[0][:160]}). GRPO Box merges decoder-only causal LMs such as Llama, Qwen2/3, Mistral, Gemma"
+        ) from None
+    if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise UnsupportedArchitectureError(
+            f"{path}: unsupported architecture ({label}): not a causal language model; "
+            f"GRPO Box merges decoder-only causal LMs such as Llama, Qwen2/3, Mistral, Gemma"
+        )
+    return config
+
+
+def _raw_config(path: str) -> dict[str, Any]:
+    file = Path(path) / "config.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def load_base(base: BaseSource) -> tuple[Any, str]:
+    """Load the base on CPU in its stored dtype (16-bit, or float32 as the bundled model is)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if base.quantized_4bit:
+        return _load_dequantized_4bit(base)
+    dtype = _stored_dtype(base.path)
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=dtype, low_cpu_mem_usage=True)
+    model.eval()
+    return model, str(dtype).replace("torch.", "") if isinstance(dtype, torch.dtype) else str(dtype)
+
+
+def _stored_dtype(path: str) -> Any:
+    import torch
+
+    raw = _raw_config(path)
+    name = raw.get("dtype") or raw.get("torch_dtype") or (raw.get("text_config") or {}).get("dtype")
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}.get(str(name), torch.bfloat16)
+
+
+def _load_dequantized_4bit(base: BaseSource) -> tuple[Any, str]:
+    """bitsandbytes 4-bit base, dequantized to 16-bit (needs bitsandbytes, usually a GPU)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base.path, device_map="auto", low_cpu_mem_usage=True)
+        model = model.dequantize()
+    except Exception as exc:
+        raise MergeError(f"could not load and dequantize the 4-bit base {base.name}: {exc}") from exc
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+    model = model.to(device="cpu", dtype=dtype)
+    model.eval()
+    return model, str(dtype).replace("torch.", "")
+
+
+def _strip_quantization(model: Any) -> None:
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+
+
+def load_tokenizer(run: RunDir, base: BaseSource) -> Any:
+    """The adapter's tokenizer (saved with it by training), else the base's; keeps a chat template."""
+    from transformers import AutoTokenizer
+
+    sources = [str(run.adapter_dir), base.path]
+    tokenizer = None
+    for src in sources:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(src)
+            break
+        except (OSError, ValueError):
+            continue
+    if tokenizer is None:
+        raise MergeError(f"no tokenizer found in {run.adapter_dir} or {base.path}")
+    if not tokenizer.chat_template and base.path != sources[0]:
+        tokenizer.chat_template = AutoTokenizer.from_pretrained(base.path).chat_template
+    if not tokenizer.chat_template:
+        raise MergeError("the tokenizer has no chat template: GGUF/Ollama export needs one; use an instruct/chat model")
+    return tokenizer
+
+
+def _apply_adapter(model: Any, adapter_dir: Path) -> Any:
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise MergeError(f"the adapter in {adapter_dir} does not fit the base model: {exc}") from exc
+    peft_model.eval()
+    return peft_model
+
+
+# -- greedy parity -----------------------------------------------------------------------------
+def _system_prompt(config: Any) -> str | None:
+    from .prompts import system_prompt
+
+    try:
+        return system_prompt(config.data) or None
+    except Exception:
+        return None
+
+
+def build_cases(tokenizer: Any, system: str | None, prompts: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Chat prompts as the trained model sees them: [system?, user] with the generation prompt."""
+    from .prompts import build_messages
+
+    cases = []
+    for question in prompts:
+        messages = build_messages(question, system)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        cases.append({"messages": messages, "prompt_text": text, "prompt_ids": list(ids)})
+    return cases
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Token ids that end a reply: the generation config's EOS (one or a list), else the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    return [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
+
+
+def greedy_ids(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation token ids (EOS included when reached)."""
+    import torch
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_ids(model, tokenizer),
+                           pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
+    return out[0, len(prompt_ids):].tolist()
+
+
+def _generate_all(model: Any, tokenizer: Any, cases: list[dict[str, Any]], key: str, max_new_tokens: int) -> None:
+    for case in cases:
+        case[key] = greedy_ids(model, tokenizer, case["prompt_ids"], max_new_tokens)
+        if key == "merged_ids":
+            case["merged_text"] = tokenizer.decode(case[key], skip_special_tokens=True)
+
+
+def _report(out: Path, base: BaseSource, dtype: str, run: RunDir, cases: list[dict[str, Any]], start: float,
+            notes: list[str]) -> MergeReport:
+    matches = sum(c["merged_ids"] == c["adapter_ids"] for c in cases)
+    changed = sum(c["adapter_ids"] != c["base_ids"] for c in cases)
+    if changed == 0:
+        notes.append("the adapter does not change any greedy reply on the check prompts (little training?)")
+    if matches < len(cases):
+        notes.append(f"merged model differs from base + adapter on {len(cases) - matches} of {len(cases)} prompts")
+    return MergeReport(str(out), base.name, base.path, base.quantized_4bit, dtype, str(run.adapter_dir),
+                       adapter_fingerprint(run.adapter_dir), cases, matches, changed, round(time.time() - start, 1), notes)
+
+
+# -- saving ------------------------------------------------------------------------------------
+def _save_atomic(model: Any, tokenizer: Any, base: BaseSource, report: MergeReport, out: Path) -> None:
+    """Write into a temp dir beside `out`, then swap it in: a failed save leaves the old merge."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size="5GB")
+        tokenizer.save_pretrained(str(tmp))
+        _copy_generation_config(base, tmp)
+        (tmp / MERGE_INFO).write_text(json.dumps(report.to_dict(), indent=2))
+        _swap_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_generation_config(base: BaseSource, out: Path) -> None:
+    """Keep the base's sampling defaults (the merged model's own copy may have lost them)."""
+    src = Path(base.path) / "generation_config.json"
+    if src.is_file() and not base.quantized_4bit:
+        shutil.copyfile(src, out / "generation_config.json")
+
+
+def _swap_dir(new: Path, target: Path) -> None:
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,119 @@
+"""Loading the policy model for training: Unsloth on a GPU, its CPU backend otherwise.
+
+GPU path: `FastLanguageModel.from_pretrained(load_in_4bit, fast_inference=True, max_lora_rank,
+gpu_memory_utilization)` gives a 4-bit base with a colocated vLLM engine, then
+`FastLanguageModel.get_peft_model` adds the LoRA. `UNSLOTH_VLLM_STANDBY=1` must be in the
+environment before `import unsloth` (it decides at import time), and Unsloth replaces the vLLM
+share with its own target under standby unless `UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE=1` is set; we set
+it so the preset's `gpu_memory_utilization` (which the memory estimate uses) is what runs.
+
+CPU path: Unsloth 2026.10 imports with `UNSLOTH_ALLOW_CPU=1` but `FastLanguageModel` still asks
+CUDA for device properties, so the same LoRA settings are applied with transformers + PEFT.
+
+`unsloth_load_kwargs` / `unsloth_peft_kwargs` are the exact arguments handed to Unsloth; they are
+pure functions so a CPU test can check that boundary.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .config import RunConfig
+from .models import resolve_model
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def prepare_environment(config: RunConfig, cuda: bool | None = None) -> dict[str, str]:
+    """Environment variables that must be set before `import unsloth`; returns what it set."""
+    cuda = has_cuda() if cuda is None else cuda
+    env: dict[str, str] = {"TOKENIZERS_PARALLELISM": "false"}
+    if cuda and config.model.fast_inference and config.model.vllm_standby:
+        env["UNSLOTH_VLLM_STANDBY"] = "1"
+        env["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] = "1"
+    if not cuda:
+        env["UNSLOTH_ALLOW_CPU"] = "1"
+    os.environ.update(env)
+    return env
+
+
+def import_unsloth(config: RunConfig) -> None:
+    """`import unsloth` with the right environment, before trl/transformers/peft are used."""
+    prepare_environment(config)
+    import unsloth  # noqa: F401  (patches TRL and transformers on import)
+
+    if not has_cuda():
+        from .cpu_backend import patch_trl_for_cpu
+
+        patch_trl_for_cpu()
+
+
+def unsloth_load_kwargs(config: RunConfig, model_path: str) -> dict[str, Any]:
+    m = config.model
+    kwargs: dict[str, Any] = {
+        "model_name": model_path,
+        "max_seq_length": m.max_seq_length,
+        "load_in_4bit": m.load_in_4bit,
+        "fast_inference": m.fast_inference,
+        "dtype": m.dtype,
+    }
+    if m.fast_inference:
+        kwargs["max_lora_rank"] = m.max_lora_rank
+        kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
+    return kwargs
+
+
+def unsloth_peft_kwargs(config: RunConfig) -> dict[str, Any]:
+    lora = config.lora
+    return {
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": list(lora.target_modules),
+        "use_gradient_checkpointing": lora.gradient_checkpointing,
+        "random_state": config.grpo.seed,
+    }
+
+
+def load_policy(config: RunConfig) -> tuple[Any, Any]:
+    """The trainable (LoRA-wrapped) model and its tokenizer, on the GPU or the CPU."""
+    path = resolve_model(config.model.name)
+    if has_cuda():
+        return _load_unsloth(config, path)
+    return _load_cpu(config, path)
+
+
+def _load_unsloth(config: RunConfig, path: str) -> tuple[Any, Any]:
+    from unsloth import FastLanguageModel
+
+    model, tokenizer = FastLanguageModel.from_pretrained(**unsloth_load_kwargs(config, path))
+    model = FastLanguageModel.get_peft_model(model, **unsloth_peft_kwargs(config))
+    return model, tokenizer
+
+
+def _load_cpu(config: RunConfig, path: str) -> tuple[Any, Any]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    if config.lora.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    peft_kwargs = unsloth_peft_kwargs(config)
+    lora = LoraConfig(
+        r=peft_kwargs["r"],
+        lora_alpha=peft_kwargs["lora_alpha"],
+        lora_dropout=peft_kwargs["lora_dropout"],
+        target_modules=peft_kwargs["target_modules"],
+        task_type="CAUSAL_LM",
+    )
+    import torch
+
+    torch.manual_seed(config.grpo.seed)
+    return get_peft_model(model, lora), tokenizer

@@ -1,0 +1,226 @@
+"""GRPO training: data → model → rewards → trainer → train → save, writing everything to a run dir.
+
+`run_training(run)` is what the training child process (job.py) and the CLI call. It reads the
+run's config.yaml, trains with TRL's GRPOTrainer on the Unsloth-loaded model (see modeling.py),
+writes metrics/samples/status through RunFilesCallback, saves checkpoints, and saves the final
+LoRA adapter in `adapter/`. A STOP file (or SIGTERM) saves a checkpoint and stops; `resume=True`
+continues from the last checkpoint. A CUDA out-of-memory error is caught: the run is marked with
+the step and phase (rollout or training) and a concrete suggestion from memory.py, checkpoints are
+kept, and with `auto_fit` the run retries once with the next smaller setting, recording that it did.
+"""
+
+from __future__ import annotations
+
+import gc
+import signal
+import traceback
+from typing import Any
+
+from .config import RunConfig, validate
+from .runs import CHECKPOINTS, CONFIG, METRICS, RunDir, create_run
+
+
+class TrainingOOM(RuntimeError):
+    """A CUDA out-of-memory error, with where it happened."""
+
+    def __init__(self, step: int, phase: str, detail: str):
+        super().__init__(f"out of memory at step {step} during {phase}")
+        self.step, self.phase, self.detail = step, phase, detail
+
+
+def start_run(config: RunConfig) -> RunDir:
+    """Validate a config and create its run directory (without training)."""
+    return create_run(validate(config))
+
+
+def grpo_args(config: RunConfig, run: RunDir, weights: list[float], cuda: bool) -> dict[str, Any]:
+    """Keyword arguments for TRL's GRPOConfig (a pure function so tests can check them)."""
+    g, m = config.grpo, config.model
+    bf16 = cuda and _bf16_supported()
+    args: dict[str, Any] = {
+        "output_dir": str(run.file(CHECKPOINTS)),
+        "max_steps": g.max_steps,
+        "learning_rate": g.learning_rate,
+        "per_device_train_batch_size": g.per_device_train_batch_size,
+        "gradient_accumulation_steps": g.gradient_accumulation_steps,
+        "num_generations": g.num_generations,
+        "max_completion_length": g.max_completion_length,
+        "temperature": g.temperature,
+        "beta": g.beta,
+        "loss_type": g.loss_type,
+        "epsilon": g.epsilon,
+        "optim": g.optim if cuda or "8bit" not in g.optim else "adamw_torch",
+        "weight_decay": g.weight_decay,
+        "warmup_steps": g.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
+        "lr_scheduler_type": g.lr_scheduler_type,
+        "max_grad_norm": g.max_grad_norm,
+        "seed": g.seed,
+        "reward_weights": weights,
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": config.output.save_steps,
+        "save_total_limit": config.output.keep_checkpoints,
+        "report_to": "none",
+        "remove_unused_columns": False,
+        "use_cpu": not cuda,
+        "bf16": bf16,
+        "fp16": cuda and not bf16,
+    }
+    if cuda and m.fast_inference:
+        args.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=m.gpu_memory_utilization)
+    return args
+
+
+def _bf16_supported() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def run_training(run: RunDir, resume: bool = False, extra_callbacks: list | None = None) -> RunDir:
+    """Train the run in this process; on return status.json says finished/stopped/failed."""
+    config = run.config()
+    try:
+        _train_once(run, config, resume, extra_callbacks)
+    except TrainingOOM as oom:
+        _handle_oom(run, config, oom, extra_callbacks)
+    except Exception as exc:  # the run must end in a readable state, whatever failed
+        run.set_status("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        raise
+    return run
+
+
+def _handle_oom(run: RunDir, config: RunConfig, oom: TrainingOOM, extra_callbacks: list | None) -> None:
+    from .memory import smaller_setting
+
+    estimate_phase = {"rollout": "generation", "training": "training"}.get(oom.phase)
+    smaller = smaller_setting(config, phase=estimate_phase)
+    hint = f"try: {smaller[1]}" if smaller else "lower grpo.num_generations or grpo.max_completion_length"
+    message = f"{oom}; {hint}"
+    status = run.status()
+    run.set_status("failed", error=message, oom={"step": oom.step, "phase": oom.phase, "detail": oom.detail[:500]})
+    if not config.auto_fit or status.get("auto_fit") or smaller is None:
+        return
+    new_config, description = smaller
+    config.save(run.file("config.before-autofit.yaml"))
+    new_config.save(run.file(CONFIG))
+    run.set_status("running", error=None, auto_fit={"after_step": oom.step, "phase": oom.phase, "change": description})
+    _free_memory()
+    run_training(run, resume=run.last_checkpoint() is not None, extra_callbacks=extra_callbacks)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: list | None) -> None:
+    # One function on purpose: it reads as the list of steps of a run.
+    from .modeling import has_cuda, import_unsloth
+
+    import_unsloth(config)  # before trl / transformers / peft
+    from trl import GRPOConfig, GRPOTrainer
+
+    from .callbacks import RunFilesCallback
+    from .data import check_prompt_lengths, load_rows
+    from .modeling import load_policy
+    from .rewards import build_rubric
+
+    run.set_status("running", step=0, max_steps=config.grpo.max_steps, phase="loading", error=None)
+    train_rows, _held_out = load_rows(config)
+    reward_funcs, weights = build_rubric(config.rewards, config.reward_file)
+    model, tokenizer = load_policy(config)
+    check_prompt_lengths(train_rows, tokenizer, config.grpo.max_prompt_length)
+    if config.evaluate and not resume:
+        _evaluate(run, base=True)
+    files = RunFilesCallback(run, config.output.sample_every, config.grpo.max_steps)
+    trainer = GRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        reward_funcs=reward_funcs,
+        args=GRPOConfig(**grpo_args(config, run, weights, has_cuda())),
+        train_dataset=train_rows,
+        callbacks=[files, *(extra_callbacks or [])],
+    )
+    files.trainer = trainer
+    _track_phase(trainer, files)
+    checkpoint = _resume_point(run) if resume else None
+    run.clear_stop()
+    with _stop_on_sigterm(run):
+        _guarded_train(trainer, files, checkpoint)
+    _save_adapter(run, trainer, tokenizer)
+    stopped = trainer.state.global_step < config.grpo.max_steps
+    run.set_status("stopped" if stopped else "finished", step=trainer.state.global_step, phase="done")
+    if config.evaluate and not stopped:
+        _evaluate(run, base=False)
+
+
+def _guarded_train(trainer: Any, files: RunFilesCallback, checkpoint: str | None) -> None:
+    import torch
+
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    except torch.OutOfMemoryError as exc:
+        raise TrainingOOM(trainer.state.global_step + 1, files.phase, str(exc)) from exc
+
+
+def _track_phase(trainer: Any, files: RunFilesCallback) -> None:
+    """Record whether the trainer is generating (rollout) or stepping (training), for OOM reports."""
+    generate = trainer._generate_and_score_completions
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        files.phase = "rollout"
+        out = generate(*args, **kwargs)
+        files.phase = "training"
+        return out
+
+    trainer._generate_and_score_completions = wrapped
+
+
+def _resume_point(run: RunDir) -> str | None:
+    """The last checkpoint; metrics logged after it are dropped, since those steps run again."""
+    checkpoint = run.last_checkpoint()
+    if checkpoint is None:
+        return None
+    step = int(checkpoint.name.split("-")[-1])
+    kept = [r for r in run.metrics() if r.get("step", 0) <= step]
+    run.file(METRICS).write_text("".join(_json_line(r) for r in kept))
+    return str(checkpoint)
+
+
+def _json_line(record: dict) -> str:
+    import json
+
+    return json.dumps(record) + "\n"
+
+
+class _stop_on_sigterm:
+    """While training, SIGTERM asks for a checkpoint-and-stop instead of killing the process."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.previous: Any = None
+
+    def __enter__(self) -> None:
+        try:
+            self.previous = signal.signal(signal.SIGTERM, lambda *_: self.run.request_stop())
+        except ValueError:  # not the main thread: the STOP file still works
+            self.previous = None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _save_adapter(run: RunDir, trainer: Any, tokenizer: Any) -> None:
+    trainer.model.save_pretrained(str(run.adapter_dir))
+    tokenizer.save_pretrained(str(run.adapter_dir))
+
+
+def _evaluate(run: RunDir, base: bool) -> None:
+    from .evaluate import evaluate_run
+
+    evaluate_run(run.path, base=base, trained=not base)

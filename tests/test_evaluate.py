@@ -1,0 +1,235 @@
+"""Tests for grpo_box.evaluate: the pass@k estimator (table), scoring with a scripted generator
+(exact accuracy, per-reward means, weighted total, pass@k, TRL-style reward calls), eval.json
+merging, the text table, and one real base-vs-trained run on the bundled model with a PEFT adapter
+made without training."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grpo_box.config import RewardSpec, RunConfig
+from grpo_box.data import load_rows
+from grpo_box.evaluate import compare, evaluate, evaluate_run, format_eval, pass_at_k, read_eval
+from grpo_box.inference import BaseGenerator, Completion
+from grpo_box.runs import EVAL, RunDir, create_run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CPU is shared with training; one thread is faster than two fighting over it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_config(runs_dir: Path) -> RunConfig:
+    config = RunConfig()
+    config.output.runs_dir = str(runs_dir)
+    config.data.size, config.data.eval_size = 12, 4
+    config.grpo.max_completion_length = 16
+    config.lora.r, config.lora.alpha, config.lora.target_modules = 4, 8, ["q_proj", "v_proj"]
+    config.rewards = [
+        RewardSpec("think_format", 0.5),
+        RewardSpec("correctness", 2.0),
+        RewardSpec("target_length", 0.25, {"target": 8, "unit": "tokens"}),
+    ]
+    return config
+
+
+def save_adapter(model_dir: Path, out: Path, scale: float = 0.12) -> None:
+    """A LoRA adapter as training would leave it, with small random non-zero lora_B."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, scale)
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
+
+
+# ---------------------------------------------------------------- pass@k
+
+PASS_AT_K = [
+    (5, 0, 1, 0.0),
+    (5, 5, 3, 1.0),
+    (4, 1, 2, 0.5),  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    (10, 3, 1, 0.3),  # pass@1 is the share correct
+    (10, 2, 5, 1 - 56 / 252),  # 1 - C(8,5)/C(10,5)
+    (4, 1, 4, 1.0),  # n == k: any correct sample
+    (4, 0, 4, 0.0),
+    (100, 10, 10, 1 - math.comb(90, 10) / math.comb(100, 10)),
+]
+
+
+@pytest.mark.parametrize(("n", "c", "k", "expected"), PASS_AT_K)
+def test_pass_at_k(n: int, c: int, k: int, expected: float) -> None:
+    assert pass_at_k(n, c, k) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("n", "c", "k"), [(3, 4, 1), (3, 1, 4), (3, 1, 0)])
+def test_pass_at_k_rejects_impossible_counts(n: int, c: int, k: int) -> None:
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+# ---------------------------------------------------------------- scripted generator
+
+
+class Scripted(BaseGenerator):
+    """Replies from a function of (question, reference answer, sample index); records its calls."""
+
+    def __init__(self, config: RunConfig, reply):
+        train, held = load_rows(config)
+        self.answers = {r["question"]: r["answer"] for r in [*train, *held]}
+        self.reply = reply
+        self.calls: list[dict[str, Any]] = []
+
+    def complete(self, messages_batch, max_new_tokens=256, temperature=0.0, top_p=1.0,
+                 num_return_sequences=1, seed=None) -> list[list[Completion]]:
+        self.calls.append({"n": len(messages_batch), "temperature": temperature, "k": num_return_sequences})
+        out = []
+        for messages in messages_batch:
+            question = messages[-1]["content"]
+            texts = [self.reply(question, self.answers[question], i) for i in range(num_return_sequences)]
+            out.append([Completion(t, 8, False, list(range(8))) for t in texts])
+        return out
+
+    def stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0) -> Iterator[str]:
+        yield self.complete([messages])[0][0].text
+
+
+def formatted(answer: str) -> str:
+    return f"<think>\nadd\n</think>\n<answer>\n{answer}\n</answer>"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> RunConfig:
+    return small_config(tmp_path)
+
+
+def test_all_correct_scores_exactly(config: RunConfig) -> None:
+    gen = Scripted(config, lambda q, a, i: formatted(a))
+    result = evaluate(config, generator=gen)
+    assert result["rows"] == 4 and result["accuracy"] == 1.0 and result["correct"] == 4
+    assert result["rewards"] == {"think_format": 1.0, "correctness": 1.0, "target_length": 1.0}
+    assert result["reward"] == pytest.approx(0.5 + 2.0 + 0.25)
+    assert result["completion_length"] == 8 and result["clipped_ratio"] == 0.0
+    assert "pass_at_k" not in result and gen.calls == [{"n": 4, "temperature": 0.0, "k": 1}]
+    example = result["examples"][0]
+    assert example["correct"] and example["predicted"] == example["answer"]
+
+
+def test_wrong_answers_and_missing_format(config: RunConfig) -> None:
+    result = evaluate(config, generator=Scripted(config, lambda q, a, i: f"it is {int(a) + 1}"))
+    assert result["accuracy"] == 0.0 and result["rewards"]["think_format"] == 0.0
+    assert result["reward"] == pytest.approx(0.25)  # only target_length pays
+
+
+def test_accuracy_without_a_correctness_reward(config: RunConfig) -> None:
+    config.rewards = [RewardSpec("think_format", 1.0)]
+    half = lambda q, a, i: formatted(a) if int(a) % 2 == 0 else formatted("x")  # noqa: E731
+    result = evaluate(config, generator=Scripted(config, half))
+    _, held = load_rows(config)
+    assert result["accuracy"] == sum(int(a) % 2 == 0 for a in held["answer"]) / len(held)
+    assert list(result["rewards"]) == ["think_format"]
+
+
+def test_pass_at_k_from_samples(config: RunConfig) -> None:
+    gen = Scripted(config, lambda q, a, i: formatted(a) if i % 2 == 0 else formatted("-1"))
+    result = evaluate(config, generator=gen, k=4, limit=2)
+    assert result["rows"] == 2 and result["k"] == 4
+    assert result["pass_at_1"] == pytest.approx(0.5) and result["pass_at_k"] == 1.0
+    assert {"n": 2, "temperature": 1.0, "k": 4} in gen.calls
+
+
+def test_rewards_get_trl_arguments(config: RunConfig, tmp_path: Path) -> None:
+    record = tmp_path / "seen.json"
+    user_file = tmp_path / "mine.py"
+    user_file.write_text(
+        "import json\n"
+        "def spy(prompts, completions, completion_ids=None, **columns):\n"
+        f"    open({str(record)!r}, 'w').write(json.dumps([prompts, completions, completion_ids, columns]))\n"
+        "    return [0.5] * len(completions)\n"
+    )
+    config.reward_file = str(user_file)
+    config.rewards = [RewardSpec("user:spy", 1.0)]
+    result = evaluate(config, generator=Scripted(config, lambda q, a, i: formatted(a)), limit=2)
+    prompts, completions, ids, columns = json.loads(record.read_text())
+    assert prompts[0][-1]["role"] == "user" and len(prompts) == 2
+    assert completions[0] == [{"role": "assistant", "content": formatted(columns["answer"][0])}]
+    assert ids == [list(range(8))] * 2
+    assert {"answer", "question"} <= set(columns) and "prompt" not in columns and len(columns["answer"]) == 2
+    assert result["rewards"] == {"user:spy": 0.5} and result["accuracy"] == 1.0  # via answers_match
+
+
+def test_no_held_out_rows_is_explained(config: RunConfig) -> None:
+    config.data.eval_size = 0
+    with pytest.raises(ValueError, match="eval_size"):
+        evaluate(config, generator=Scripted(config, lambda q, a, i: ""))
+
+
+def test_compare_and_format() -> None:
+    base = {"rows": 4, "accuracy": 0.25, "reward": 1.0, "rewards": {"correctness": 0.25}, "completion_length": 10.0,
+            "clipped_ratio": 0.5}
+    trained = {**base, "accuracy": 0.75, "reward": 2.0, "rewards": {"correctness": 0.75}}
+    delta = compare(base, trained)
+    assert delta["accuracy"] == 0.5 and delta["rewards"] == {"correctness": 0.5} and delta["clipped_ratio"] == 0
+    table = format_eval({"base": base, "trained": trained, "delta": delta})
+    assert "accuracy" in table and "25.0%" in table and "75.0%" in table and "+50.0%" in table
+    assert "correctness" in table and "delta" in table.splitlines()[0]
+    assert "value" in format_eval(base).splitlines()[0]
+
+
+# ---------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def run(bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    run = create_run(small_config(tmp_path_factory.mktemp("runs")))
+    save_adapter(bundled_model_dir, run.adapter_dir)
+    return run
+
+
+def test_evaluate_run_merges_into_existing_eval_json(run: RunDir) -> None:
+    config = run.config()
+    (run.path / EVAL).write_text(json.dumps({"note": "kept", "base": {"accuracy": 0.0, "rewards": {}}}))
+    right = Scripted(config, lambda q, a, i: formatted(a))
+    result = evaluate_run(run.path, base=False, trained=True, generator=right)
+    on_disk = read_eval(run.path)
+    assert on_disk == json.loads(json.dumps(result)) and on_disk["note"] == "kept"
+    assert on_disk["trained"]["accuracy"] == 1.0 and on_disk["delta"]["accuracy"] == 1.0
+    assert on_disk["trained"]["adapter"] == str(run.adapter_dir)
+
+
+def test_evaluate_run_real_model(run: RunDir) -> None:
+    steps: list[tuple[int, int, str]] = []
+    result = evaluate_run(run.path, limit=2, max_new_tokens=12, progress=lambda *a: steps.append(a))
+    on_disk = read_eval(run.path)
+    assert set(on_disk) >= {"base", "trained", "delta"}
+    for side in ("base", "trained"):
+        part = on_disk[side]
+        assert part["rows"] == 2 and 0.0 <= part["accuracy"] <= 1.0
+        assert set(part["rewards"]) == {"think_format", "correctness", "target_length"}
+        assert all(isinstance(v, float) for v in part["rewards"].values())
+        assert 0 < part["completion_length"] <= 12 and part["max_new_tokens"] == 12
+    assert on_disk["base"]["adapter"] is None and on_disk["trained"]["adapter"] == str(run.adapter_dir)
+    # the adapter is on for "trained" and off for "base": the replies differ
+    assert [e["completion"] for e in on_disk["base"]["examples"]] != [e["completion"] for e in on_disk["trained"]["examples"]]
+    assert set(on_disk["delta"]["rewards"]) == {"think_format", "correctness", "target_length"}
+    assert steps[0] == (0, 2, "base: greedy") and steps[-1] == (2, 2, "trained: greedy")
+    assert "trained" in format_eval(result)

@@ -1,0 +1,152 @@
+"""Tests for grpo_box.inference on CPU with the bundled SmolLM2-135M: greedy determinism and EOS
+stop, an adapter changing replies (and switching off), streaming equal to the whole reply, sampling
+shapes, and the GGUF back end. The LoRA adapter is made with PEFT (lora_B set to small random
+values) instead of trained, so no test here trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from grpo_box.inference import Completion, Generator, GGUFGenerator, load_for_generation, run_adapter_dir
+from grpo_box.models import bundled_gguf_path
+from grpo_box.runs import RunDir
+
+MAX_NEW = 24
+QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]
+COLOR = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Name a color."}]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The CPU is shared with training; one thread is faster than two fighting over it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_adapter(model_dir: Path, out: Path, seed: int = 0, scale: float = 0.12) -> Path:
+    """A PEFT LoRA adapter on the bundled model with non-zero lora_B, saved with the tokenizer."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, scale)
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_adapter(bundled_model_dir, tmp_path_factory.mktemp("lora") / "adapter")
+
+
+@pytest.fixture(scope="module")
+def tuned(bundled_model_dir: Path, adapter_dir: Path) -> Generator:
+    return load_for_generation(str(bundled_model_dir), adapter_dir)
+
+
+def test_greedy_is_deterministic_and_stops_at_im_end(tuned: Generator) -> None:
+    with tuned.adapter_disabled():
+        first = tuned.complete([QUESTION, COLOR], MAX_NEW)
+        again = tuned.complete([QUESTION, COLOR], MAX_NEW)
+    assert [c[0].text for c in first] == [c[0].text for c in again]
+    im_end = tuned.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert tuned.eos_ids[0] == im_end
+    for (reply,) in first:
+        assert reply.text and "<|im_end|>" not in reply.text and "<|im_start|>" not in reply.text
+        if not reply.truncated:  # stopped by EOS: the last token is <|im_end|>, counted like TRL
+            assert reply.token_ids[-1] == im_end and reply.num_tokens == len(reply.token_ids) <= MAX_NEW
+    assert not first[0][0].truncated  # "2 + 3 = 5" fits easily
+
+
+def test_batch_padding_does_not_change_replies(tuned: Generator) -> None:
+    with tuned.adapter_disabled():
+        alone = tuned.generate([QUESTION], MAX_NEW)[0][0]
+        batched = tuned.generate([COLOR, QUESTION], MAX_NEW)[1][0]
+    assert alone == batched
+
+
+def test_adapter_changes_outputs_and_switches_off(bundled_model_dir: Path, tuned: Generator) -> None:
+    plain = load_for_generation("bundled:smollm2-135m-instruct")
+    assert not plain.has_adapter and tuned.has_adapter
+    base_replies = plain.generate([COLOR, QUESTION], MAX_NEW)
+    with tuned.adapter_disabled():
+        assert tuned.generate([COLOR, QUESTION], MAX_NEW) == base_replies
+    assert tuned.generate([COLOR, QUESTION], MAX_NEW) != base_replies
+
+
+def test_stream_concatenation_equals_greedy_reply(tuned: Generator) -> None:
+    whole = tuned.generate([QUESTION], MAX_NEW)[0][0]
+    pieces = list(tuned.stream(QUESTION, MAX_NEW, temperature=0.0))
+    assert len(pieces) >= 1 and "".join(pieces) == whole
+
+
+def test_stream_stops_when_abandoned(tuned: Generator) -> None:
+    stream = tuned.stream(COLOR, 32)
+    next(stream)
+    stream.close()  # joins the worker thread; must not hang or raise
+
+
+def test_sampling_returns_n_per_prompt_and_greedy_repeats(tuned: Generator) -> None:
+    sampled = tuned.generate([QUESTION, COLOR], 8, temperature=1.0, top_p=0.95, num_return_sequences=2, seed=1)
+    assert [len(s) for s in sampled] == [2, 2] and all(isinstance(t, str) for s in sampled for t in s)
+    assert tuned.generate([QUESTION], 8, temperature=1.0, num_return_sequences=2, seed=3) == \
+        tuned.generate([QUESTION], 8, temperature=1.0, num_return_sequences=2, seed=3)
+    greedy = tuned.generate([QUESTION], 8, num_return_sequences=3)[0]
+    assert len(greedy) == 3 and len(set(greedy)) == 1
+
+
+def test_truncated_flag_at_max_new_tokens(tuned: Generator) -> None:
+    essay = [{"role": "user", "content": "Write a long story about a dragon."}]
+    (reply,) = tuned.complete([essay], 4)[0]
+    assert reply.truncated and reply.num_tokens == 4
+
+
+def test_missing_adapter_is_explained(bundled_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        load_for_generation(str(bundled_model_dir), tmp_path)
+
+
+def test_run_adapter_dir_prefers_final_then_checkpoint(tmp_path: Path) -> None:
+    run = RunDir(tmp_path)
+    assert run_adapter_dir(run) is None
+    ckpt = tmp_path / "checkpoints" / "checkpoint-5"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter_config.json").write_text("{}")
+    assert run_adapter_dir(run) == ckpt
+    run.adapter_dir.mkdir()
+    (run.adapter_dir / "adapter_config.json").write_text("{}")
+    assert run_adapter_dir(run) == run.adapter_dir
+
+
+@pytest.fixture(scope="module")
+def gguf() -> GGUFGenerator:
+    generator = load_for_generation(bundled_gguf_path())
+    assert isinstance(generator, GGUFGenerator)
+    yield generator
+    generator.close()
+
+
+def test_gguf_greedy_stream_matches_complete(gguf: GGUFGenerator) -> None:
+    (reply,) = gguf.complete([QUESTION], MAX_NEW)[0]
+    assert isinstance(reply, Completion) and reply.text and "<|im_end|>" not in reply.text
+    assert 0 < reply.num_tokens <= MAX_NEW
+    assert "".join(gguf.stream(QUESTION, MAX_NEW)) == reply.text
+    assert gguf.generate([QUESTION], MAX_NEW)[0][0] == reply.text
+
+
+def test_gguf_rejects_an_adapter(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="merge"):
+        load_for_generation(bundled_gguf_path(), tmp_path)
