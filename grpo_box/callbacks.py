@@ -34,12 +34,16 @@ class RunFilesCallback(TrainerCallback):
         self.max_steps = max_steps
         self.trainer: Any = None  # set after the trainer exists: samples come from trainer._logs
         self.phase = "setup"
+        self.current_step = 0  # the step being computed (global_step + 1 until it ends)
         self._t0 = time.time()
         self._last_step_at = time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = self._last_step_at = time.time()
         self.run.set_status("running", step=state.global_step, max_steps=self.max_steps, error=None)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.current_step = state.global_step + 1
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.run.stop_requested():

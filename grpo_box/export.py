@@ -38,9 +38,7 @@ from typing import Any
 
 from . import llama_tools
 from .merge import (
-    MERGE_INFO,
     BaseSource,
-    MergeError,
     NoAdapterError,
     UnsupportedArchitectureError,
     default_merged_dir,
@@ -86,6 +84,7 @@ class GGUFResult:
     path: str
     size_bytes: int
     seconds: float
+    verified: bool = False  # False with verify=False: the checks below were not run
     prompts: int = 0
     identical: int = 0  # prompts whose greedy tokens equal the merged HF model's
     prefix_agreement: float = 0.0  # mean share of reference tokens reproduced before the first difference
@@ -106,6 +105,9 @@ class GGUFResult:
 
     @property
     def ok(self) -> bool:
+        """No check failed (an unverified file counts as ok; see `verified`)."""
+        if not self.verified:
+            return True
         parity = self.identical == self.prompts if self.exact_required else True
         return parity and self.chat_template_ok and self.eos_ok and self.chat_stops and self.tokenizer_match
 
@@ -176,6 +178,8 @@ class ExportReport:
 
 
 def _row(f: GGUFResult) -> tuple[str, ...]:
+    if not f.verified:
+        return (Path(f.path).name, _mb(f.size_bytes), "not checked", "-", "-", "-", "-")
     agree = f"{f.identical}/{f.prompts} identical"
     if f.identical < f.prompts:
         agree += f" ({f.prefix_agreement:.0%} prefix)"
@@ -213,9 +217,25 @@ def export_run(run_dir: str | Path, quants: list[str] | tuple[str, ...] = ("f16"
     if lora:
         report.lora = _export_lora(run, base, export_dir, say, verify)
     report.seconds = round(time.time() - start, 1)
-    _write_json(export_dir / REPORT, report.to_dict())
+    _write_json(export_dir / REPORT, _with_earlier_files(export_dir, report))
     say(f"export finished: {'all checks passed' if report.ok else 'some checks FAILED, see the report'}", 1.0)
     return report
+
+
+def _with_earlier_files(export_dir: Path, report: ExportReport) -> dict[str, Any]:
+    """export.json lists every file in export/: this export's, plus earlier ones it did not redo."""
+    data = report.to_dict()
+    old = _read_json(export_dir / REPORT, {}) or {}
+    redone = {f.quant for f in report.files}
+    kept = [f for f in old.get("files", []) if f.get("quant") not in redone and Path(f.get("path", "")).is_file()]
+    data["files"] = kept + data["files"]
+    old_lora = old.get("lora") or {}
+    if data["lora"] is None and Path(old_lora.get("path", "")).is_file():
+        data["lora"] = old_lora
+    for key in ("modelfile", "ollama_command", "merged_dir"):
+        data[key] = data[key] or old.get(key)
+    data["ok"] = all(f.get("ok") for f in data["files"]) and (not data["lora"] or bool(data["lora"].get("ok")))
+    return data
 
 
 def normalize_quants(quants: list[str] | tuple[str, ...] | str) -> list[str]:
@@ -230,33 +250,43 @@ def normalize_quants(quants: list[str] | tuple[str, ...] | str) -> list[str]:
 
 
 def find_gguf(run_dir: str | Path, quant: str | None = None) -> Path:
-    """The GGUF of a run's last export: `quant` if given, else the first quantized one, else f16."""
+    """A run's exported model GGUF: `quant` if given, else the smallest quantized one, else f16/bf16/f32."""
     run = open_run(run_dir)
-    data = _read_json(run.path / EXPORT / REPORT) or {}
-    files = [f for f in data.get("files", []) if Path(f["path"]).is_file()]
+    stem = _slug(run.path.name)
+    found = {p.name[len(stem) + 1:-len(".gguf")]: p for p in (run.path / EXPORT).glob(f"{stem}-*.gguf")}
+    found = {q: p for q, p in found.items() if q in BITS_PER_WEIGHT}
     if quant:
-        files = [f for f in files if f["quant"] == quant.lower()]
-    if not files:
+        found = {q: p for q, p in found.items() if q == quant.lower()}
+    if not found:
         raise ExportError(f"run {run.path.name} has no exported GGUF{' ' + quant if quant else ''}: run export first")
-    files.sort(key=lambda f: f["quant"] in LOSSLESS)
-    return Path(files[0]["path"])
+    best = min(found, key=lambda q: (q in LOSSLESS, BITS_PER_WEIGHT[q]))
+    return found[best]
 
 
 # -- checks before any work --------------------------------------------------------------------
 def check_convertible(base: BaseSource) -> None:
-    """The converter is installed and knows the base's architecture (checked before merging)."""
+    """The converter is installed and knows the base's architecture (checked before merging).
+
+    A Hub base that is not downloaded yet (download_base=True) is checked after the merge instead.
+    """
     llama_tools.ensure_converter()
     config = _base_config(base)
+    if config:
+        check_architecture_supported(config, base.path)
+
+
+def check_architecture_supported(config: dict[str, Any], where: str | Path) -> None:
     archs = config.get("architectures") or []
     supported = llama_tools.supported_architectures()
-    if not archs or archs[0] not in supported:
-        close = sorted(a for a in supported if archs and a.lower()[:5] == archs[0].lower()[:5])[:8]
-        raise UnsupportedArchitectureError(
-            f"unsupported architecture {archs or '(none in config.json)'} in {base.path}: llama.cpp's converter "
-            f"(llama-cpp-python {llama_tools.llama_cpp_version()}) cannot turn it into GGUF"
-            + (f"; similar supported names: {', '.join(close)}" if close else "")
-            + ". Train on a supported model (Llama, Qwen2/3, Mistral, Gemma, SmolLM, Phi-3, …) or export the LoRA adapter only"
-        )
+    if archs and archs[0] in supported:
+        return
+    close = sorted(a for a in supported if archs and a.lower()[:5] == archs[0].lower()[:5])[:8]
+    raise UnsupportedArchitectureError(
+        f"unsupported architecture {archs or '(none in config.json)'} in {where}: llama.cpp's converter "
+        f"(llama-cpp-python {llama_tools.llama_cpp_version()}) cannot turn it into GGUF"
+        + (f"; similar supported names: {', '.join(close)}" if close else "")
+        + ". Train on a supported model (Llama, Qwen2/3, Mistral, Gemma, SmolLM, Phi-3, …) or export the LoRA adapter only"
+    )
 
 
 def _base_config(base: BaseSource) -> dict[str, Any]:
@@ -303,23 +333,26 @@ def estimate_sizes(base: BaseSource, quants: list[str], need_merge: bool, lora: 
 
 
 def _param_count(base: BaseSource) -> int:
-    path = Path(base.path)
-    if path.is_dir():
-        return count_params(path)
+    """Parameters of the base; 0 (so only the margin is checked) when nothing tells us."""
     from .merge import cached_snapshot
 
-    snap = cached_snapshot(base.path)
-    if snap is not None:
-        return count_params(snap)
-    from .catalog import resolve_arch
+    local = Path(base.path) if Path(base.path).is_dir() else cached_snapshot(base.path)
+    if local is not None:
+        # bitsandbytes packs two 4-bit weights per stored byte
+        return count_params(local) * (2 if base.quantized_4bit else 1)
+    try:
+        from .catalog import resolve_arch
 
-    return resolve_arch(base.name).params
+        return resolve_arch(base.name).params
+    except Exception:
+        return 0
 
 
 def _stored_bytes(base: BaseSource) -> int:
     if base.quantized_4bit:
         return 2
-    dtype = str(_base_config(base).get("dtype") or _base_config(base).get("torch_dtype") or "bfloat16")
+    config = _base_config(base)
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "bfloat16")
     return 4 if dtype == "float32" else 2
 
 
@@ -347,6 +380,7 @@ def _export_full(run: RunDir, base: BaseSource, quants: list[str], need_merge: b
         merge_with_report(run.path, merged, _scaled(say, 0.02, 0.3), allow_4bit_merge=allow_4bit_merge,
                           download_base=download_base)
     report.merged_dir = str(merged)
+    check_architecture_supported(_read_json(merged / "config.json", {}), merged)
     info = read_merge_info(merged) or {}
     stem = _slug(run.path.name)
     export_dir = run.path / EXPORT
@@ -446,6 +480,7 @@ def verify_gguf(path: Path, merge_info: dict[str, Any], merged_dir: Path, result
         _check_chat_stop(llm, cases, eos_ids, chat_max_tokens, result)
     finally:
         llm.close()
+    result.verified = True
     if result.fallback_tensors:
         result.notes.append(f"{Path(path).name}: {result.fallback_tensors} tensors fell back to another type "
                             f"(row width not a multiple of the K-quant block of 256)")

@@ -326,7 +326,10 @@ def convert_lora(adapter_dir: Path, base_dir: Path, outfile: Path, outtype: str,
 def quantize(src: Path, dst: Path, quant: str, log_path: Path, nthread: int = 0) -> None:
     """Quantize a GGUF in a child Python that calls `quantize_gguf` (see the module docstring)."""
     cmd = [sys.executable, "-m", "grpo_box.llama_tools", "quantize", str(src), str(dst), quant, "--nthread", str(nthread)]
-    run_logged(cmd, log_path, None, f"quantize {quant}")
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[1])  # the child finds grpo_box even if not pip-installed
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    run_logged(cmd, log_path, None, f"quantize {quant}", env)
 
 
 def quantize_gguf(src: Path, dst: Path, quant: str, nthread: int = 0) -> None:

@@ -423,6 +423,7 @@ def _save_atomic(model: Any, tokenizer: Any, base: BaseSource, report: MergeRepo
     """Write into a temp dir beside `out`, then swap it in: a failed save leaves the old merge."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the merged model is an ordinary output folder
     try:
         model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size="5GB")
         tokenizer.save_pretrained(str(tmp))

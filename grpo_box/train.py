@@ -164,7 +164,7 @@ def _guarded_train(trainer: Any, files: RunFilesCallback, checkpoint: str | None
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     except torch.OutOfMemoryError as exc:
-        raise TrainingOOM(trainer.state.global_step + 1, files.phase, str(exc)) from exc
+        raise TrainingOOM(max(files.current_step, 1), files.phase, str(exc)) from exc
 
 
 def _track_phase(trainer: Any, files: RunFilesCallback) -> None:

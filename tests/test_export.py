@@ -1,0 +1,413 @@
+"""Merge, GGUF export, verification and Modelfile, on the bundled model with a synthetic LoRA.
+
+No training: the run directory is made with `runs.create_run`, and its adapter is a PEFT LoRA on
+the bundled SmolLM2-135M whose `lora_B` weights are small random values, so the merge really
+changes the weights (and some greedy replies). Everything runs offline on CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grpo_box import export as export_mod
+from grpo_box import llama_tools
+from grpo_box.config import RunConfig
+from grpo_box.export import (
+    DiskSpaceError,
+    ExportError,
+    export_run,
+    find_gguf,
+    render_modelfile_template,
+)
+from grpo_box.merge import (
+    BaseWeightsMissingError,
+    NoAdapterError,
+    UnsupportedArchitectureError,
+    merge_run,
+    merge_with_report,
+)
+from grpo_box.runs import RunDir, create_run
+
+CHAT_CASES = [
+    [{"role": "user", "content": "What is 2+2?"}],
+    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "Tell me a joke."}],
+]
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+def make_run(root: Path, name: str, model: str | None = None) -> RunDir:
+    config = RunConfig()
+    config.output.runs_dir = str(root)
+    config.output.run_name = name
+    if model:
+        config.model.name = model
+    return create_run(config)
+
+
+def add_random_lora(run: RunDir, model_dir: Path, std: float = 0.01, seed: int = 0) -> None:
+    """A PEFT LoRA on the bundled model with non-zero lora_B, saved like training saves it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=run.config().lora.target_modules))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+    peft_model.save_pretrained(str(run.adapter_dir))
+    tokenizer.save_pretrained(str(run.adapter_dir))
+
+
+def stub_adapter(run: RunDir) -> None:
+    """Just enough of an adapter for the checks that run before any weights are loaded."""
+    run.adapter_dir.mkdir(parents=True, exist_ok=True)
+    (run.adapter_dir / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+
+
+def fake_base(tmp: Path, bundled: Path, **overrides: Any) -> Path:
+    """The bundled model with a changed config.json (weights and tokenizer linked, not copied)."""
+    tmp.mkdir(parents=True)
+    for item in bundled.iterdir():
+        if item.name != "config.json":
+            (tmp / item.name).symlink_to(item)
+    config = json.loads((bundled / "config.json").read_text())
+    config.update(overrides)
+    (tmp / "config.json").write_text(json.dumps(config))
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path) -> Iterator[dict[str, Any]]:
+    """One run merged and exported to f16 + q4_k_m; the tests below inspect the result.
+
+    Torch runs on one thread here: for a 135M model, decoding is overhead-bound, and on a busy
+    2-core machine two threads made the greedy checks about three times slower.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = make_run(tmp_path_factory.mktemp("runs"), "demo")
+        add_random_lora(run, bundled_model_dir)
+        events: dict[str, list[tuple[str, float]]] = {"merge": [], "export": []}
+        merge = merge_with_report(run.path, progress=lambda m, f: events["merge"].append((m, f)))
+        report = export_run(run.path, ["f16", "q4_k_m"], progress=lambda m, f: events["export"].append((m, f)))
+        yield {"run": run, "merge": merge, "report": report, "events": events}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _file(report: Any, quant: str) -> Any:
+    return next(f for f in report.files if f.quant == quant)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int, str]]:
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with path.open("rb") as fh:
+                head = hashlib.sha256(fh.read(1 << 20)).hexdigest()
+            out[str(path.relative_to(folder))] = (path.stat().st_size, path.stat().st_mtime_ns, head)
+    return out
+
+
+# -- merge -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_merge_matches_base_plus_adapter_and_changes_the_model(exported: dict[str, Any], bundled_model_dir: Path) -> None:
+    from safetensors import safe_open
+
+    merge = exported["merge"]
+    merged = Path(merge.merged_dir)
+    assert merged == exported["run"].path / "export" / "merged"
+    assert merge.ok and merge.matches == len(merge.prompts) >= 3
+    assert merge.changed_vs_base >= 1, "the random LoRA should change at least one greedy reply"
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (merged / name).is_file(), name
+    assert "<|im_start|>" in (merged / "chat_template.jinja").read_text()
+    key = "model.layers.0.self_attn.q_proj.weight"
+    with safe_open(str(merged / "model.safetensors"), "pt") as a, safe_open(str(bundled_model_dir / "model.safetensors"), "pt") as b:
+        assert not a.get_tensor(key).equal(b.get_tensor(key)), "merge_and_unload did not change the weights"
+    assert not list(merged.parent.glob(".merged*")), "temporary merge folders were left behind"
+
+
+# -- GGUF export -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_f16_gguf_reproduces_merged_greedy_tokens(exported: dict[str, Any]) -> None:
+    f16 = _file(exported["report"], "f16")
+    assert Path(f16.path).is_file() and f16.size_bytes > 100e6
+    assert f16.verified and f16.prompts >= 3 and f16.identical == f16.prompts
+    assert f16.tokenizer_match and f16.chat_template_ok
+    assert f16.eos_token == "<|im_end|>" and f16.eos_ok
+    assert f16.chat_stops and f16.chat_reply.strip()
+    assert f16.ok
+
+
+@pytest.mark.slow
+def test_f16_gguf_parity_checked_independently(exported: dict[str, Any]) -> None:
+    """Not trusting the report: HF greedy on the merged model vs llama.cpp greedy on the f16 file."""
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    merged = Path(exported["merge"].merged_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
+    llm = Llama(model_path=_file(exported["report"], "f16").path, n_ctx=512, seed=0, verbose=False)
+    try:
+        eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        assert llm.token_eos() == eos
+        for messages in CHAT_CASES:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            hf = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=eos,
+                                pad_token_id=eos)[0, len(ids):].tolist()
+            assert export_mod.llama_greedy(llm, ids, 16, {eos}) == hf, messages
+        reply = llm.create_chat_completion(messages=[{"role": "user", "content": "Name three primary colors."}],
+                                           max_tokens=200, temperature=0.0)
+        assert reply["choices"][0]["finish_reason"] == "stop"
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "Name three primary colors."}],
+                                             tokenize=False, add_generation_prompt=True)
+        raw = export_mod.llama_greedy(llm, tokenizer(text, add_special_tokens=False)["input_ids"], 200, {eos})
+        assert raw[-1] == eos, "the reply must end with <|im_end|>"
+    finally:
+        llm.close()
+
+
+@pytest.mark.slow
+def test_q4_k_m_loads_and_reports_token_agreement(exported: dict[str, Any]) -> None:
+    q4 = _file(exported["report"], "q4_k_m")
+    f16 = _file(exported["report"], "f16")
+    assert Path(q4.path).is_file() and 0 < q4.size_bytes < f16.size_bytes / 2
+    assert q4.prompts >= 3 and 0 <= q4.identical <= q4.prompts and 0.0 <= q4.prefix_agreement <= 1.0
+    assert q4.chat_template_ok and q4.eos_token == "<|im_end|>"
+    assert re.fullmatch(r"\d+/\d+", q4.fallback_tensors), "SmolLM's 576-wide rows make llama.cpp fall back"
+    assert find_gguf(exported["run"].path) == Path(q4.path)
+    assert find_gguf(exported["run"].path, "f16") == Path(f16.path)
+
+
+@pytest.mark.slow
+def test_report_is_json_and_has_a_table(exported: dict[str, Any]) -> None:
+    report = exported["report"]
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["ok"] is True and {f["quant"] for f in data["files"]} == {"f16", "q4_k_m"}
+    assert json.loads((exported["run"].path / "export" / "export.json").read_text())["ok"] is True
+    table = report.format_table()
+    assert "demo-f16.gguf" in table and "demo-q4_k_m.gguf" in table and "identical" in table
+    assert "ollama create demo:q4_k_m -f" in table
+    assert data["converter"]["gguf"]["used"] == "vendored"
+
+
+@pytest.mark.slow
+def test_progress_is_reported_in_order(exported: dict[str, Any]) -> None:
+    for name, events in exported["events"].items():
+        fractions = [f for _, f in events]
+        assert fractions and fractions[-1] == 1.0, name
+        assert all(0.0 <= f <= 1.0 for f in fractions), name
+        assert fractions == sorted(fractions), f"{name} progress went backwards"
+
+
+# -- Modelfile ---------------------------------------------------------------------------------
+def _modelfile_parts(text: str) -> dict[str, Any]:
+    template = re.search(r'^TEMPLATE """(.*?)"""$', text, re.S | re.M)
+    system = re.search(r'^SYSTEM """(.*?)"""$', text, re.S | re.M)
+    return {
+        "from": re.search(r"^FROM (.+)$", text, re.M).group(1),
+        "template": template.group(1) if template else None,
+        "stops": re.findall(r'^PARAMETER stop "(.*)"$', text, re.M),
+        "system": system.group(1) if system else None,
+    }
+
+
+@pytest.mark.slow
+def test_modelfile_template_renders_like_the_hf_chat_template(exported: dict[str, Any]) -> None:
+    from transformers import AutoTokenizer
+
+    from grpo_box.prompts import system_prompt
+
+    report, run = exported["report"], exported["run"]
+    q4 = _file(report, "q4_k_m")
+    path = Path(q4.modelfile)
+    parts = _modelfile_parts(path.read_text())
+    assert parts["from"] == "./demo-q4_k_m.gguf" and (path.parent / parts["from"]).is_file()
+    assert {"<|im_end|>", "<|im_start|>"} <= set(parts["stops"])
+    assert parts["system"] == system_prompt(run.config().data)
+    assert q4.ollama_command == f"ollama create demo:q4_k_m -f {path}"
+    assert Path(report.modelfile).read_text() == path.read_text()
+    tokenizer = AutoTokenizer.from_pretrained(exported["merge"].merged_dir)
+    for messages in [*CHAT_CASES, [{"role": "system", "content": parts["system"]}, {"role": "user", "content": "7*6?"}]]:
+        expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert render_modelfile_template(parts["template"], messages) == expected, messages
+
+
+def test_render_modelfile_template_go_subset() -> None:
+    template = (
+        "{{- if .System }}S={{ .System }}\n{{ else }}no system\n{{ end }}\n"
+        "{{- range .Messages }}{{ if eq .Role \"user\" }}U:{{ .Content }}{{ else }}{{ .Role }}:{{ .Content }}{{ end }};"
+        "{{ end -}}\n   END{{ if not $.System }}!{{ end }}{{ \"{{\" }}"
+    )
+    msgs = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]
+    assert render_modelfile_template(template, msgs) == "no system\nU:a\n\nb;assistant:c;END!{{"
+    with_system = [{"role": "system", "content": "x"}, *msgs]
+    assert render_modelfile_template(template, with_system).startswith("S=x\nsystem:x;U:a")
+    with pytest.raises(ValueError):
+        render_modelfile_template("{{ if .System }}unclosed", msgs)
+
+
+# -- failures ----------------------------------------------------------------------------------
+def test_export_and_merge_without_adapter_say_train_first(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "untrained")
+    with pytest.raises(NoAdapterError, match="train first"):
+        export_run(run.path)
+    with pytest.raises(NoAdapterError, match="train first"):
+        merge_run(run.path)
+
+
+@pytest.mark.slow
+def test_full_disk_is_refused_and_earlier_exports_stay(exported: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    export_dir = exported["run"].path / "export"
+    before = _snapshot(export_dir)
+    monkeypatch.setattr(export_mod, "free_bytes", lambda path: 50 * 2**20)
+    with pytest.raises(DiskSpaceError, match=r"not enough free disk space .* needs about .* only 50 MB is free"):
+        export_run(exported["run"].path, ["f16", "q8_0"])
+    assert _snapshot(export_dir) == before
+
+
+@pytest.mark.slow
+def test_failed_conversion_leaves_earlier_exports_and_no_partial_files(exported: dict[str, Any],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    export_dir = exported["run"].path / "export"
+    before = _snapshot(export_dir)
+
+    def broken(model_dir: Path, outfile: Path, outtype: str, log: Path, progress: Any) -> None:
+        outfile.write_bytes(b"GGUF half written")
+        raise llama_tools.ConversionError("converter crashed half way")
+
+    monkeypatch.setattr(export_mod, "_convert", broken)
+    with pytest.raises(llama_tools.ConversionError, match="half way"):
+        export_run(exported["run"].path, ["f16"])
+    assert _snapshot(export_dir) == before
+    assert not [p for p in export_dir.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_unsupported_architecture_for_the_converter(tmp_path: Path, bundled_model_dir: Path) -> None:
+    base = fake_base(tmp_path / "foo", bundled_model_dir, architectures=["FooBarForCausalLM"])
+    run = make_run(tmp_path / "runs", "foo", model=str(base))
+    stub_adapter(run)
+    with pytest.raises(UnsupportedArchitectureError, match="FooBarForCausalLM.*cannot turn it into GGUF"):
+        export_run(run.path)
+    assert not (run.path / "export" / "merged").exists()
+
+
+def test_unsupported_architecture_for_the_merge(tmp_path: Path, bundled_model_dir: Path) -> None:
+    base = fake_base(tmp_path / "bar", bundled_model_dir, model_type="foo_bar", architectures=["FooBarModel"])
+    run = make_run(tmp_path / "runs", "bar", model=str(base))
+    stub_adapter(run)
+    with pytest.raises(UnsupportedArchitectureError, match="unsupported architecture.*foo_bar"):
+        merge_run(run.path)
+
+
+def test_missing_16bit_base_is_explained(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "hub", model="nobody-here/Tiny-Model-unsloth-bnb-4bit")
+    stub_adapter(run)
+    with pytest.raises(BaseWeightsMissingError) as err:
+        merge_run(run.path)
+    message = str(err.value)
+    assert "nobody-here/Tiny-Model" in message and "allow_4bit_merge=True" in message and "hf download" in message
+    with pytest.raises(BaseWeightsMissingError, match="no 4-bit checkpoint"):
+        merge_run(run.path, allow_4bit_merge=True)
+
+
+def test_unknown_quantization_lists_the_valid_ones(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "q")
+    stub_adapter(run)
+    with pytest.raises(ExportError, match="unknown quantization 'q9_x'.*q4_k_m"):
+        export_run(run.path, ["q9_x"])
+
+
+# -- LoRA GGUF ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_lora_gguf_on_base_matches_the_merged_model(exported: dict[str, Any]) -> None:
+    report = export_run(exported["run"].path, quants=[], lora=True)
+    lora = report.lora
+    assert lora is not None and Path(lora.path).is_file() and lora.path.endswith("demo-lora-f16.gguf")
+    assert lora.tensors > 0 and lora.alpha == 16.0
+    assert lora.identical == lora.prompts >= 3, "base f16 GGUF + LoRA GGUF must reproduce the merged model"
+    assert "--lora" in lora.usage and lora.ok
+    assert Path(_file(exported["report"], "f16").path).is_file(), "a LoRA export must not touch the model GGUFs"
+    listed = json.loads((exported["run"].path / "export" / "export.json").read_text())
+    assert {f["quant"] for f in listed["files"]} == {"f16", "q4_k_m"} and listed["lora"]["path"] == lora.path
+
+
+# -- converter and Hub push --------------------------------------------------------------------
+def test_converter_is_pinned_and_uses_vendored_gguf_py() -> None:
+    from grpo_box.models import data_home
+
+    script = llama_tools.ensure_converter()
+    version = llama_tools.llama_cpp_version()
+    assert script.parent == data_home() / f"llama.cpp-{version}" and script.is_file()
+    assert (script.parent / "convert_lora_to_gguf.py").is_file() and (script.parent / "conversion").is_dir()
+    assert {"LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"} <= llama_tools.supported_architectures()
+    versions = llama_tools.gguf_versions()
+    assert versions["used"] == "vendored" and versions["vendored"]
+    env = llama_tools.converter_env()
+    assert env["PYTHONPATH"].split(":")[0] == str(script.parent / "gguf-py") and "NO_LOCAL_GGUF" not in env
+
+
+def test_missing_converter_says_run_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPO_BOX_HOME", str(tmp_path))
+    monkeypatch.setattr(llama_tools, "_pip_cache_dir", lambda: None)
+    with pytest.raises(llama_tools.ConverterMissingError, match=r"\./install\.sh"):
+        llama_tools.ensure_converter()
+
+
+def test_prepare_converter_extracts_only_the_converter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sdist = llama_tools.find_sdist()
+    if sdist is None:
+        pytest.skip("no llama-cpp-python sdist on disk (install.sh downloads it)")
+    monkeypatch.setenv("GRPO_BOX_HOME", str(tmp_path))
+    script = llama_tools.prepare_converter(sdist)
+    assert script == tmp_path / f"llama.cpp-{llama_tools.llama_cpp_version()}" / "convert_hf_to_gguf.py"
+    names = {p.name for p in script.parent.iterdir()}
+    assert {"convert_lora_to_gguf.py", "conversion", "gguf-py", "LICENSE", "grpo_box_converter.json"} <= names
+    assert "ggml" not in names and "src" not in names, "only the converter files, not the C++ tree"
+    assert llama_tools.ensure_converter() == script
+
+
+def test_push_to_hub_never_leaks_the_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    token = "hf_SECRETsecretSECRET123"
+    seen: dict[str, Any] = {}
+
+    class FakeApi:
+        def __init__(self, token: str | None = None) -> None:
+            seen["token"] = token
+
+        def create_repo(self, repo_id: str, **kw: Any) -> None:
+            seen["repo"] = repo_id
+
+        def upload_file(self, **kw: Any) -> None:
+            raise RuntimeError(f"401 Unauthorized for token {token}")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(ExportError) as err:
+        export_mod.push_to_hub(gguf, "me/model", token)
+    assert token not in str(err.value) and "***" in str(err.value) and err.value.__cause__ is None
+    assert seen == {"token": token, "repo": "me/model"}
+    assert not any(token.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())

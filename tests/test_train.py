@@ -1,0 +1,220 @@
+"""Training engine: a real CPU GRPO run on the bundled model (stop, resume, files), OOM handling,
+and the Unsloth GPU boundary (checked on CPU, run for real behind the cuda marker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from grpo_box.modeling import prepare_environment, unsloth_load_kwargs, unsloth_peft_kwargs
+from grpo_box.presets import load_preset, resolve_config
+from grpo_box.runs import RunDir, open_run
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+# Small but real: 1 prompt x 4 completions x 32 tokens per step; target_length gives every group
+# a spread of rewards, so each step has a learning signal.
+FAST = [
+    "grpo.num_generations=4", "grpo.per_device_train_batch_size=4", "grpo.max_completion_length=32",
+    "output.save_steps=1", "output.sample_every=1", "data.size=40", "data.eval_size=4",
+    "rewards=[{name: target_length, weight: 1.0, params: {target: 32}}, {name: think_format, weight: 0.5}, {name: correctness, weight: 1.0}]",
+]
+
+
+def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "grpo_box", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _lora_b_norm(adapter_dir: Path) -> float:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    return sum(float(t.float().norm()) for name, t in tensors.items() if "lora_B" in name)
+
+
+@pytest.mark.slow
+def test_cpu_grpo_run_stops_resumes_and_saves_a_working_adapter(tmp_path):
+    from grpo_box import job
+    from grpo_box.train import start_run
+
+    config = resolve_config("cpu", overrides=[*FAST, "grpo.max_steps=3", f"output.runs_dir={tmp_path}"])
+    run = start_run(config)
+    child = job.start(run)
+    deadline = time.time() + 900
+    while run.status().get("step", 0) < 1 and child.alive() and time.time() < deadline:
+        time.sleep(0.5)
+    assert child.alive(), run.file("train.log").read_text()[-3000:]
+    assert job.stop(child) == 0, run.file("train.log").read_text()[-3000:]
+    stopped = run.status()
+    assert stopped["state"] == "stopped" and 1 <= stopped["step"] < 3
+    assert run.last_checkpoint().name == f"checkpoint-{stopped['step']}"
+
+    result = _cli("resume", str(run.path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = run.status()
+    assert status["state"] == "finished" and status["step"] == 3
+
+    metrics = run.metrics()
+    assert [m["step"] for m in metrics] == [1, 2, 3]  # one line per step, none repeated by the resume
+    for m in metrics:
+        for key in ("reward", "reward_std", "rewards/target_length/mean", "rewards/think_format/mean",
+                    "rewards/correctness/mean", "frac_reward_zero_std", "completions/mean_length", "wall_time",
+                    "ram_peak_gb"):
+            assert key in m, f"{key} missing from step {m['step']}"
+    samples = run.samples()
+    assert samples and len(samples[0]["completions"]) == 4
+    assert set(samples[0]["rewards"]) == {"target_length", "think_format", "correctness"}
+
+    assert run.has_adapter()
+    assert _lora_b_norm(run.adapter_dir) > 0  # PEFT starts lora_B at zero: non-zero means it learned
+    first = run.checkpoints()[0]
+    assert _lora_b_norm(first) != pytest.approx(_lora_b_norm(run.adapter_dir))
+    _adapter_loads_and_generates(run)
+
+
+def _adapter_loads_and_generates(run: RunDir) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpo_box.models import resolve_model
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model(run.config().model.name))
+    model = PeftModel.from_pretrained(base, str(run.adapter_dir))
+    tok = AutoTokenizer.from_pretrained(str(run.adapter_dir))
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+
+
+OOM_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from grpo_box.modeling import import_unsloth
+    from grpo_box.runs import open_run
+    from grpo_box.train import run_training
+
+    run = open_run(sys.argv[1])
+    import_unsloth(run.config())  # before transformers, as in the real worker
+    import torch
+    from transformers import TrainerCallback
+
+    class OOMAtStep2(TrainerCallback):
+        fired = False
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2 and not OOMAtStep2.fired:
+                OOMAtStep2.fired = True
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    run_training(run, resume=sys.argv[2] == "resume", extra_callbacks=[OOMAtStep2()])
+    """
+)
+
+
+@pytest.mark.slow
+def test_out_of_memory_is_reported_and_auto_fit_retries_smaller(tmp_path):
+    from grpo_box.train import start_run
+
+    config = resolve_config("cpu", overrides=[*FAST, "grpo.max_steps=2", f"output.runs_dir={tmp_path}"])
+    run = start_run(config)
+    script = tmp_path / "oom.py"
+    script.write_text(OOM_SCRIPT)
+
+    first = subprocess.run([sys.executable, str(script), str(run.path), "new"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=900, env=ENV)
+    assert first.returncode == 0, first.stderr[-3000:]
+    status = run.status()
+    assert status["state"] == "failed"
+    assert status["error"].startswith("out of memory at step 2 during training; try: lower grpo.num_generations")
+    assert [c.name for c in run.checkpoints()] == ["checkpoint-1"]  # the last checkpoint is kept
+
+    fixed = open_run(run.path).config()
+    fixed.auto_fit = True
+    fixed.save(run.file("config.yaml"))
+    second = subprocess.run([sys.executable, str(script), str(run.path), "resume"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=900, env=ENV)
+    assert second.returncode == 0, second.stderr[-3000:]
+    status = run.status()
+    assert status["state"] == "finished", status
+    assert status["auto_fit"]["after_step"] == 2 and "num_generations from 4 to" in status["auto_fit"]["change"]
+    assert run.config().grpo.num_generations < 4  # the retry really ran with the smaller setting
+    assert run.file("config.before-autofit.yaml").is_file()
+    assert [m["step"] for m in run.metrics()] == [1, 2]
+
+
+def test_unsloth_gpu_arguments_follow_the_preset(monkeypatch):
+    config = load_preset("8gb")
+    kwargs = unsloth_load_kwargs(config, "/models/qwen")
+    assert kwargs == {"model_name": "/models/qwen", "max_seq_length": 768, "load_in_4bit": True, "fast_inference": True,
+                      "dtype": None, "max_lora_rank": 16, "gpu_memory_utilization": 0.55}
+    assert unsloth_peft_kwargs(config) == {
+        "r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        "use_gradient_checkpointing": "unsloth", "random_state": 3407}
+    for var in ("UNSLOTH_VLLM_STANDBY", "UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE", "UNSLOTH_ALLOW_CPU"):
+        monkeypatch.delenv(var, raising=False)
+    env = prepare_environment(config, cuda=True)
+    assert env["UNSLOTH_VLLM_STANDBY"] == "1" and env["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] == "1"
+    assert "UNSLOTH_ALLOW_CPU" not in env
+    assert prepare_environment(load_preset("cpu"), cuda=False)["UNSLOTH_ALLOW_CPU"] == "1"
+
+
+def test_unsloth_is_called_with_those_arguments(monkeypatch):
+    """The GPU loader hands exactly those arguments to Unsloth (CUDA itself is faked at that boundary)."""
+    import types
+
+    from grpo_box import modeling
+
+    calls = {}
+
+    class FakeFastLanguageModel:
+        @staticmethod
+        def from_pretrained(**kwargs):
+            calls["load"] = kwargs
+            return "model", "tokenizer"
+
+        @staticmethod
+        def get_peft_model(model, **kwargs):
+            calls["peft"] = (model, kwargs)
+            return "peft-model"
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FakeFastLanguageModel))
+    config = load_preset("24gb")
+    assert modeling._load_unsloth(config, "/m") == ("peft-model", "tokenizer")
+    assert calls["load"] == unsloth_load_kwargs(config, "/m")
+    assert calls["peft"] == ("model", unsloth_peft_kwargs(config))
+
+
+def test_grpo_arguments(tmp_path):
+    from grpo_box.train import grpo_args
+
+    run = RunDir(tmp_path)
+    gpu = grpo_args(load_preset("8gb"), run, [0.5, 0.5, 0.5, 2.0], cuda=True)
+    assert gpu["use_vllm"] and gpu["vllm_mode"] == "colocate" and gpu["vllm_gpu_memory_utilization"] == 0.55
+    assert gpu["optim"] == "adamw_8bit" and gpu["reward_weights"] == [0.5, 0.5, 0.5, 2.0]
+    cpu = grpo_args(load_preset("cpu"), run, [1.0, 2.0], cuda=False)
+    assert cpu["use_cpu"] and not cpu["bf16"] and not cpu["fp16"] and "use_vllm" not in cpu
+    assert cpu["num_generations"] == 4 and cpu["max_completion_length"] == 64
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_gpu_path_trains_one_step_with_unsloth(tmp_path):
+    overrides = [*FAST, "grpo.max_steps=1", f"output.runs_dir={tmp_path}", "model.name=bundled:smollm2-135m-instruct",
+                 "model.load_in_4bit=false", "grpo.optim=adamw_torch"]
+    result = _cli("train", "--preset", "8gb", "--force", *[a for o in overrides for a in ("--set", o)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = json.loads(_cli("runs", "--root", str(tmp_path), "--json").stdout)[0]["path"]
+    run = open_run(run_dir)
+    assert run.status()["state"] == "finished" and run.has_adapter()
+    assert "vram/peak_gb" in json.dumps(run.metrics()[0]) or "vram" in json.dumps(run.metrics()[0])
