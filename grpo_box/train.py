@@ -135,7 +135,7 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
     model, tokenizer = load_policy(config)
     check_prompt_lengths(train_rows, tokenizer, config.grpo.max_prompt_length)
     if config.evaluate and not resume:
-        _evaluate(run, base=True)
+        _evaluate(run, config, model, tokenizer, base=True)
     files = RunFilesCallback(run, config.output.sample_every, config.grpo.max_steps)
     trainer = GRPOTrainer(
         model=model,
@@ -155,7 +155,7 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
     stopped = trainer.state.global_step < config.grpo.max_steps
     run.set_status("stopped" if stopped else "finished", step=trainer.state.global_step, phase="done")
     if config.evaluate and not stopped:
-        _evaluate(run, base=False)
+        _evaluate(run, config, trainer.model, tokenizer, base=False)
 
 
 def _guarded_train(trainer: Any, files: RunFilesCallback, checkpoint: str | None) -> None:
@@ -220,7 +220,19 @@ def _save_adapter(run: RunDir, trainer: Any, tokenizer: Any) -> None:
     tokenizer.save_pretrained(str(run.adapter_dir))
 
 
-def _evaluate(run: RunDir, base: bool) -> None:
+def _evaluate(run: RunDir, config: RunConfig, model: Any, tokenizer: Any, base: bool) -> None:
+    """Score the held-out split with the policy already in memory (no second copy on the GPU)."""
     from .evaluate import evaluate_run
+    from .inference import Generator, VLLMGenerator
+    from .modeling import has_cuda
 
-    evaluate_run(run.path, base=base, trained=not base)
+    if has_cuda() and config.model.fast_inference:
+        generator: Any = VLLMGenerator(model, tokenizer, adapter_dir=None if base else str(run.adapter_dir))
+    else:
+        generator = Generator(model, tokenizer)
+    was_training = model.training
+    model.eval()
+    try:
+        evaluate_run(run.path, base=base, trained=not base, generator=generator)
+    finally:
+        model.train(was_training)
