@@ -71,7 +71,7 @@ step "importing the bundled offline model (SmolLM2-135M-Instruct) into the data 
 .venv/bin/python -c "from grpo_box.models import ensure_bundled_model; print(ensure_bundled_model())"
 
 step "preparing llama.cpp's GGUF converter (pinned to llama-cpp-python ${LLAMA_CPP_VERSION})"
-.venv/bin/python -m grpo_box.llama_tools prepare
+.venv/bin/python -m grpo_box.llama_tools prepare --download  # fetches the sdist once (network at install time only)
 
 echo
 echo "GRPO Box installed in $(( $(date +%s) - START ))s ($([ "$GPU" = "1" ] && echo GPU || echo CPU) stack)."

@@ -261,15 +261,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @command("serve")
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import start_server
+    from .serve import serve_forever
 
-    handle = start_server(args.gguf, host=args.host, port=args.port)
-    print(f"OpenAI-compatible server on {handle.url}\nOpen WebUI: add a connection with base URL {handle.url}/v1"
-          if not handle.url.endswith("/v1") else f"OpenAI-compatible server: {handle.url} (paste into Open WebUI)")
-    try:
-        handle.process.wait()
-    except KeyboardInterrupt:
-        handle.stop()
+    serve_forever(args.gguf, args.host, args.port, None)
     return 0
 
 

@@ -182,7 +182,11 @@ def prepare_converter(sdist: str | Path | None = None, download: bool = False) -
                 "sha256": _sha256(tarball), "gguf_py": vendored_gguf_version(tmp)}
         (tmp / _MARKER).write_text(json.dumps(info, indent=2))
         shutil.rmtree(home, ignore_errors=True)
-        tmp.rename(home)
+        try:
+            tmp.rename(home)
+        except OSError:
+            if not _is_ready(home, version):  # else another process just finished the same job
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return home / "convert_hf_to_gguf.py"
