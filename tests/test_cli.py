@@ -1,0 +1,58 @@
+"""The command line answers the quick commands without loading a model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "grpo_box", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=ENV, timeout=300)
+
+
+def test_presets_lists_all_and_proposes_one():
+    out = _cli("presets")
+    assert out.returncode == 0, out.stderr
+    for name in ("cpu", "8gb", "12gb", "16gb", "24gb"):
+        assert f"\n{name} " in out.stdout
+    assert "proposed preset: cpu" in out.stdout  # no NVIDIA GPU on the test machine
+
+
+def test_estimate_json_has_verdict_and_breakdown():
+    out = _cli("estimate", "--preset", "8gb", "--json")
+    report = json.loads(out.stdout)
+    assert report["verdict"] == "fits" and report["total"] < 8 * 0.9 and report["breakdown"]
+    too_big = json.loads(_cli("estimate", "--preset", "8gb", "--vram", "3", "--json").stdout)
+    assert too_big["verdict"] == "will not fit" and "lower" in too_big["suggestion"]
+
+
+def test_bad_override_is_a_clear_error_not_a_traceback():
+    out = _cli("estimate", "--preset", "cpu", "--set", "grpo.num_generations=3")
+    assert out.returncode == 2
+    assert "not divisible by grpo.num_generations=3" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_rewards_list_and_score(tmp_path):
+    listed = json.loads(_cli("rewards", "list", "--json").stdout)
+    assert {"correctness", "xml_count", "think_format"} <= {r["name"] for r in listed}
+    rubric = tmp_path / "rubric.yaml"
+    rubric.write_text("- {name: correctness, weight: 1.0}\n")
+    data = tmp_path / "samples.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 2+2?", "completions": ["<answer>4</answer>", "<answer>5</answer>"],
+                                "answer": "4"}) + "\n")
+    report = json.loads(_cli("rewards", "score", "--rubric", str(rubric), "--data", str(data), "--json").stdout)
+    scored = report["groups"][0]["completions"]
+    assert [c["scores"]["correctness"] for c in scored] == [1.0, 0.0]
+    assert [round(c["advantage"], 3) for c in scored] == [0.707, -0.707]  # (r - mean) / (sample std + 1e-4)
+
+
+def test_runs_on_an_empty_root(tmp_path):
+    out = _cli("runs", "--root", str(tmp_path), "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == []
