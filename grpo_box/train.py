@@ -14,10 +14,13 @@ from __future__ import annotations
 import gc
 import signal
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig, validate
 from .runs import CHECKPOINTS, CONFIG, METRICS, RunDir, create_run
+
+if TYPE_CHECKING:  # the real import waits until unsloth is imported
+    from .callbacks import RunFilesCallback
 
 
 class TrainingOOM(RuntimeError):
