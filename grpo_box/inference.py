@@ -312,6 +312,7 @@ class GGUFGenerator(BaseGenerator):
         ]
 
     def _one(self, messages: Messages, max_new_tokens: int, temperature: float, top_p: float) -> Completion:
+        self.llm.reset()  # no KV prefix reuse across requests: see export.llama_greedy
         out = self.llm.create_chat_completion(**self._request(messages, max_new_tokens, temperature, top_p))
         choice = out["choices"][0]
         tokens = out.get("usage", {}).get("completion_tokens", 0)
@@ -321,6 +322,7 @@ class GGUFGenerator(BaseGenerator):
         self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
     ) -> Iterator[str]:
         request = self._request(messages, max_new_tokens, temperature, top_p)
+        self.llm.reset()
         for chunk in self.llm.create_chat_completion(**request, stream=True):
             piece = chunk["choices"][0]["delta"].get("content")
             if piece:

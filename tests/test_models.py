@@ -62,6 +62,7 @@ def _prompt_ids(tok, prompt: str) -> list[int]:
 
 def _llama_greedy(llama, ids: list[int], n: int) -> list[int]:
     out = []
+    llama.reset()  # a fresh KV cache for every prompt (no prefix reuse between prompts)
     for token in llama.generate(ids, temp=0.0, top_k=1, reset=True):
         out.append(token)
         if token == llama.token_eos() or len(out) == n:
