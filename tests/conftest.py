@@ -40,3 +40,15 @@ def bundled_tokenizer(bundled_model_dir: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(bundled_model_dir))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Decoding a 135M model is overhead-bound: on a shared 2-core machine one torch thread is
+    several times faster than two fighting over the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import make_random_lora
 
 from grpo_box import chat
 from grpo_box.chat import ChatChunk, chat_stream, resolve_source, side_by_side, split_think_answer, with_system
@@ -15,19 +16,15 @@ from grpo_box.models import bundled_gguf_path
 from grpo_box.prompts import system_prompt
 from grpo_box.runs import RunDir, create_run
 
-MAX_NEW = 20
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CPU is shared with training; one thread is faster than two fighting over it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _drop_cached_chat_model():
     yield
-    torch.set_num_threads(before)
     chat.clear_cache()
+
+MAX_NEW = 20
 
 
 def small_config(runs_dir: Path, template: str = "think") -> RunConfig:
@@ -39,27 +36,10 @@ def small_config(runs_dir: Path, template: str = "think") -> RunConfig:
     return config
 
 
-def save_adapter(model_dir: Path, out: Path, scale: float = 0.12) -> None:
-    """A LoRA adapter as training would leave it, with small random non-zero lora_B."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, scale)
-    model.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
-
-
 @pytest.fixture(scope="module")
 def run(bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     run = create_run(small_config(tmp_path_factory.mktemp("runs")))
-    save_adapter(bundled_model_dir, run.adapter_dir)
+    make_random_lora(bundled_model_dir, run.adapter_dir)
     return run
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import make_random_lora
 
 from grpo_box.config import RewardSpec, RunConfig
 from grpo_box.data import load_rows
@@ -19,16 +20,7 @@ from grpo_box.evaluate import compare, evaluate, evaluate_run, format_eval, pass
 from grpo_box.inference import BaseGenerator, Completion
 from grpo_box.runs import EVAL, RunDir, create_run
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CPU is shared with training; one thread is faster than two fighting over it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_config(runs_dir: Path) -> RunConfig:
@@ -43,23 +35,6 @@ def small_config(runs_dir: Path) -> RunConfig:
         RewardSpec("target_length", 0.25, {"target": 8, "unit": "tokens"}),
     ]
     return config
-
-
-def save_adapter(model_dir: Path, out: Path, scale: float = 0.12) -> None:
-    """A LoRA adapter as training would leave it, with small random non-zero lora_B."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, scale)
-    model.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
 
 
 # ---------------------------------------------------------------- pass@k
@@ -201,7 +176,7 @@ def test_compare_and_format() -> None:
 @pytest.fixture(scope="module")
 def run(bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     run = create_run(small_config(tmp_path_factory.mktemp("runs")))
-    save_adapter(bundled_model_dir, run.adapter_dir)
+    make_random_lora(bundled_model_dir, run.adapter_dir)
     return run
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import make_random_lora
 
 from grpo_box import export as export_mod
 from grpo_box import llama_tools
@@ -35,6 +35,8 @@ from grpo_box.merge import (
 )
 from grpo_box.runs import RunDir, create_run
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CHAT_CASES = [
     [{"role": "user", "content": "What is 2+2?"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}],
@@ -54,21 +56,9 @@ def make_run(root: Path, name: str, model: str | None = None) -> RunDir:
 
 
 def add_random_lora(run: RunDir, model_dir: Path, std: float = 0.04, seed: int = 0) -> None:
-    """A PEFT LoRA on the bundled model with non-zero lora_B, saved like training saves it."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=run.config().lora.target_modules))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * std)
-    peft_model.save_pretrained(str(run.adapter_dir))
-    tokenizer.save_pretrained(str(run.adapter_dir))
+    """A LoRA over the run's target modules with non-zero lora_B, saved like training saves it."""
+    make_random_lora(model_dir, run.adapter_dir, r=8, alpha=16, targets=run.config().lora.target_modules, std=std,
+                     seed=seed)
 
 
 def stub_adapter(run: RunDir) -> None:
@@ -87,18 +77,6 @@ def fake_base(tmp: Path, bundled: Path, **overrides: Any) -> Path:
     config.update(overrides)
     (tmp / "config.json").write_text(json.dumps(config))
     return tmp
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """For a 135M model decoding is overhead-bound; on a busy 2-core machine two torch threads
-    made the greedy checks about three times slower than one."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

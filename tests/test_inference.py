@@ -8,48 +8,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import make_random_lora
 
 from grpo_box.inference import Completion, Generator, GGUFGenerator, load_for_generation, run_adapter_dir
 from grpo_box.models import bundled_gguf_path
 from grpo_box.runs import RunDir
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MAX_NEW = 24
 QUESTION = [{"role": "user", "content": "What is 2 + 3?"}]
 COLOR = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Name a color."}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CPU is shared with training; one thread is faster than two fighting over it."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_adapter(model_dir: Path, out: Path, seed: int = 0, scale: float = 0.12) -> Path:
-    """A PEFT LoRA adapter on the bundled model with non-zero lora_B, saved with the tokenizer."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, scale)
-    model.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
-    return out
-
-
 @pytest.fixture(scope="module")
 def adapter_dir(bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_adapter(bundled_model_dir, tmp_path_factory.mktemp("lora") / "adapter")
+    return make_random_lora(bundled_model_dir, tmp_path_factory.mktemp("lora") / "adapter")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,30 @@
+"""Test helpers shared by the inference, chat, evaluation and export tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def make_random_lora(model_dir: Path, out: Path, *, r: int = 4, alpha: int = 8,
+                     targets: tuple[str, ...] | list[str] = ("q_proj", "v_proj"), std: float = 0.12,
+                     seed: int = 0) -> Path:
+    """A PEFT LoRA on the bundled model, saved with its tokenizer as training saves it.
+
+    PEFT starts lora_B at zero (the adapter changes nothing); here it gets random values with
+    standard deviation `std`, so the adapter really changes the model's outputs.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    lora = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out))
+    return out
