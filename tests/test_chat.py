@@ -39,7 +39,7 @@ def small_config(runs_dir: Path, template: str = "think") -> RunConfig:
 @pytest.fixture(scope="module")
 def run(bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     run = create_run(small_config(tmp_path_factory.mktemp("runs")))
-    make_random_lora(bundled_model_dir, run.adapter_dir, std=0.2)
+    make_random_lora(bundled_model_dir, run.adapter_dir, std=0.5)
     return run
 
 
