@@ -243,8 +243,7 @@ def _ask() -> str | None:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .merge import merge_run
 
-    out = merge_run(args.run_dir, progress=_progress)
-    print(f"Merged model: {getattr(out, 'path', out)}")
+    print(f"Merged model: {merge_run(args.run_dir, progress=_progress)}")
     return 0
 
 

@@ -83,6 +83,11 @@ class RunDir:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def truncate_metrics(self, last_step: int) -> None:
+        """Drop metric lines after `last_step` (a resume recomputes those steps)."""
+        kept = [r for r in self.metrics() if r.get("step", 0) <= last_step]
+        _write_atomic(self.file(METRICS), "".join(json.dumps(r, default=_jsonable) + "\n" for r in kept))
+
     def metrics(self) -> list[dict[str, Any]]:
         return self.read_jsonl(METRICS)
 

@@ -17,7 +17,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig, validate
-from .runs import CHECKPOINTS, CONFIG, METRICS, RunDir, create_run
+from .runs import CHECKPOINTS, CONFIG, RunDir, create_run
 
 if TYPE_CHECKING:  # the real import waits until unsloth is imported
     from .callbacks import RunFilesCallback
@@ -188,16 +188,8 @@ def _resume_point(run: RunDir) -> str | None:
     checkpoint = run.last_checkpoint()
     if checkpoint is None:
         return None
-    step = int(checkpoint.name.split("-")[-1])
-    kept = [r for r in run.metrics() if r.get("step", 0) <= step]
-    run.file(METRICS).write_text("".join(_json_line(r) for r in kept))
+    run.truncate_metrics(int(checkpoint.name.split("-")[-1]))
     return str(checkpoint)
-
-
-def _json_line(record: dict) -> str:
-    import json
-
-    return json.dumps(record) + "\n"
 
 
 class _stop_on_sigterm:
