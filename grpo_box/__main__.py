@@ -162,12 +162,36 @@ def cmd_rewards(args: argparse.Namespace) -> int:
                  "description": r["description"]} for r in list_rewards()]
         _print_json(list_rewards()) if args.json else print(_table(rows, ["name", "description", "params"]))
         return 0
-    if not args.rubric or not args.data:
-        print("rewards score needs --rubric RUBRIC.yaml and --data FILE.jsonl", file=sys.stderr)
+    if bool(args.data) == bool(args.sample):
+        print("rewards score needs either --data FILE.jsonl (your completions) or --sample N (the base model's)",
+              file=sys.stderr)
         return 2
-    report = score_file(args.rubric, args.data, user_file=args.user_file)
+    if args.data:
+        if not args.rubric:
+            print("rewards score --data needs --rubric RUBRIC.yaml", file=sys.stderr)
+            return 2
+        report = score_file(args.rubric, args.data, user_file=args.user_file)
+    else:
+        report = _sample_dry_run(args)
     _print_json(report.to_dict()) if args.json else print(format_report(report))
     return 0
+
+
+def _sample_dry_run(args: argparse.Namespace):
+    """`rewards score --sample N`: the config's rubric (or --rubric) on the base model's samples."""
+    from .evaluate import sample_dry_run
+    from .rewards.dryrun import load_rubric
+
+    config = _resolve(args)
+    if args.rubric:
+        config.rewards = load_rubric(args.rubric)
+    if args.user_file:
+        config.reward_file = args.user_file
+    g = config.grpo
+    print(f"sampling {g.num_generations} completions for each of {args.sample} prompts from {config.model.name} "
+          f"(up to {g.max_completion_length} tokens, temperature {g.temperature:g})", file=sys.stderr)
+    return sample_dry_run(config, args.sample, progress=lambda done, total, what: print(
+        f"  {what}: {done}/{total} prompts", file=sys.stderr, flush=True))
 
 
 @command("preview")
@@ -322,11 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs")
     p.add_argument("--root")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("rewards", help="list rewards or score completions with a rubric")
+    p = sub.add_parser("rewards", help="list rewards or score completions with a rubric (dry run)")
     p.add_argument("action", choices=["list", "score"])
-    p.add_argument("--rubric")
-    p.add_argument("--data")
-    p.add_argument("--user-file")
+    p.add_argument("--rubric", help="rubric YAML (with --sample: replaces the config's rewards)")
+    p.add_argument("--data", help="JSONL of prompts with completions to score")
+    p.add_argument("--sample", type=int, metavar="N", help="score completions sampled from the base model on N prompts")
+    p.add_argument("--user-file", help="Python file with your reward functions")
+    _config_args(p)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("preview", help="the first prompts exactly as the model sees them")
     _config_args(p)

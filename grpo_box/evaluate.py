@@ -13,6 +13,11 @@ unbiased estimator of Chen et al. (2021).
 is switched off for the base pass) and keeps the results in the run's `eval.json` as
 {"base": …, "trained": …, "delta": …}, merged with what was there, since training evaluates the
 base before it starts and the adapter after it ends.
+
+`sample_dry_run` is the reward dry run on the base model's own output: a few training prompts,
+`num_generations` samples each at the training temperature, scored group by group with the
+rubric (`rewards.score_groups`), so users see before training whether their rewards give GRPO a
+signal on this model.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from .config import RunConfig
 from .data import load_rows
 from .inference import BaseGenerator, Completion, load_for_generation, run_adapter_dir
 from .prompts import answer_tag_for
-from .rewards import answers_match, build_rubric, final_answer
+from .rewards import DryRunReport, answers_match, build_rubric, final_answer, score_groups
 from .rewards.rubric import RewardFunction
 from .runs import EVAL, open_run
 
@@ -99,6 +104,44 @@ def evaluate(
     result.update(model=config.model.name, adapter=str(adapter_dir) if adapter_dir else None, split=split,
                   max_new_tokens=max_new, seconds=round(time.time() - started, 2), time=time.time())
     return result
+
+
+def sample_dry_run(
+    config: RunConfig,
+    prompts: int = 4,
+    progress: Progress | None = None,
+    *,
+    generator: BaseGenerator | None = None,
+) -> DryRunReport:
+    """Sample `num_generations` completions per training prompt from the (base) model and score
+    each group with the config's rubric: per-function scores, totals, advantages, warnings."""
+    if prompts < 1:
+        raise ValueError(f"prompts={prompts}: sample at least one prompt")
+    rows = _rows(config, "train", prompts)
+    g = config.grpo
+    n = g.num_generations
+    own = generator is None
+    gen = generator or load_for_generation(
+        config.model.name, model_config=config.model, fast_inference=config.model.fast_inference
+    )
+    try:
+        sampled = _generate(gen, rows["prompt"], g.max_completion_length, g.temperature, n, g.seed, progress,
+                            f"{n} samples per prompt")
+    finally:
+        if own:
+            gen.close()
+    columns = [name for name in rows if name != "prompt"]
+    groups = [
+        {
+            "prompt": prompt,
+            "completions": [c.text for c in group],
+            "completion_ids": [c.token_ids for c in group] if all(c.token_ids for c in group) else None,
+            "columns": {name: rows[name][i] for name in columns},
+            "label": f"prompt {i + 1}",
+        }
+        for i, (prompt, group) in enumerate(zip(rows["prompt"], sampled))
+    ]
+    return score_groups(groups, config.rewards, config.reward_file)
 
 
 def _rows(config: RunConfig, split: str, limit: int | None) -> dict[str, list[Any]]:

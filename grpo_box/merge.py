@@ -13,8 +13,10 @@ base is not on disk we stop and say so; `download_base=True` fetches it, `allow_
 accepts the lower-quality fallback with a warning.
 
 The merge is checked, not trusted: greedy completions of the merged model on a few chat prompts
-must equal those of base + adapter. The prompts and the merged model's tokens are stored in
-`merged/grpo_box_merge.json`, the reference that `export` compares each GGUF against.
+must equal those of base + adapter. The prompts, the merged model's tokens and, for each of those
+tokens, the merged model's top logits are stored in `merged/grpo_box_merge.json`: the reference
+that `export` compares each GGUF against (the top logits let it tell an f16 rounding flip at a
+near-tie from a real difference).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ Progress = Callable[[str, float], None]
 
 MERGED = "merged"
 MERGE_INFO = "grpo_box_merge.json"
+TOP_LOGITS = 5  # per merged-model token: the candidates a GGUF's greedy choice is checked against
 DEFAULT_PROMPTS = (
     "What is 7 + 5?",
     "Name three primary colors.",
@@ -77,7 +80,7 @@ class MergeReport:
     dtype: str
     adapter: str
     adapter_fingerprint: str
-    prompts: list[dict[str, Any]]  # messages, prompt_text, prompt_ids, merged_ids, adapter_ids, base_ids
+    prompts: list[dict[str, Any]]  # messages, prompt_text, prompt_ids, merged_ids, merged_top, adapter_ids, base_ids
     matches: int
     changed_vs_base: int
     seconds: float
@@ -388,22 +391,39 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
 
 def greedy_ids(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """Greedy continuation token ids (EOS included when reached)."""
+    return greedy_with_logits(model, tokenizer, prompt_ids, max_new_tokens, top_k=0)[0]
+
+
+def greedy_with_logits(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int,
+                       top_k: int = TOP_LOGITS) -> tuple[list[int], list[list[list[float]]]]:
+    """Greedy ids plus, per generated token, the `top_k` [token id, logit] pairs it was chosen from."""
     import torch
     from transformers import GenerationConfig
 
     gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_ids(model, tokenizer),
-                           pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+                           pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                           output_logits=top_k > 0, return_dict_in_generate=True)
     ids = torch.tensor([prompt_ids])
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
-    return out[0, len(prompt_ids):].tolist()
+    top = [_top_pairs(step[0], top_k) for step in out.logits] if top_k else []
+    return out.sequences[0, len(prompt_ids):].tolist(), top
+
+
+def _top_pairs(logits: Any, k: int) -> list[list[float]]:
+    import torch
+
+    values, indices = torch.topk(logits.float(), k)
+    return [[int(i), float(v)] for i, v in zip(indices, values)]
 
 
 def _generate_all(model: Any, tokenizer: Any, cases: list[dict[str, Any]], key: str, max_new_tokens: int) -> None:
     for case in cases:
-        case[key] = greedy_ids(model, tokenizer, case["prompt_ids"], max_new_tokens)
         if key == "merged_ids":
+            case[key], case["merged_top"] = greedy_with_logits(model, tokenizer, case["prompt_ids"], max_new_tokens)
             case["merged_text"] = tokenizer.decode(case[key], skip_special_tokens=True)
+        else:
+            case[key] = greedy_ids(model, tokenizer, case["prompt_ids"], max_new_tokens)
 
 
 def _report(out: Path, base: BaseSource, dtype: str, run: RunDir, cases: list[dict[str, Any]], start: float,

@@ -53,6 +53,12 @@ def test_rewards_list_and_score(tmp_path):
     assert [round(c["advantage"], 3) for c in scored] == [0.707, -0.707]  # (r - mean) / (sample std + 1e-4)
 
 
+def test_rewards_score_needs_data_or_sample():
+    for extra in ([], ["--data", "x.jsonl", "--sample", "2"]):
+        out = _cli("rewards", "score", *extra)
+        assert out.returncode == 2 and "either --data FILE.jsonl" in out.stderr and "--sample N" in out.stderr
+
+
 def test_runs_on_an_empty_root(tmp_path):
     out = _cli("runs", "--root", str(tmp_path), "--json")
     assert out.returncode == 0 and json.loads(out.stdout) == []

@@ -1,12 +1,16 @@
 """Tests for grpo_box.evaluate: the pass@k estimator (table), scoring with a scripted generator
 (exact accuracy, per-reward means, weighted total, pass@k, TRL-style reward calls), eval.json
-merging, the text table, and one real base-vs-trained run on the bundled model with a PEFT adapter
-made without training."""
+merging, the text table, one real base-vs-trained run on the bundled model with a PEFT adapter
+made without training, and the reward dry run on samples (scripted, then the bundled model
+through the CLI)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,7 @@ from helpers import make_random_lora
 
 from grpo_box.config import RewardSpec, RunConfig
 from grpo_box.data import load_rows
-from grpo_box.evaluate import compare, evaluate, evaluate_run, format_eval, pass_at_k, read_eval
+from grpo_box.evaluate import compare, evaluate, evaluate_run, format_eval, pass_at_k, read_eval, sample_dry_run
 from grpo_box.inference import BaseGenerator, Completion
 from grpo_box.runs import EVAL, RunDir, create_run
 
@@ -76,7 +80,8 @@ class Scripted(BaseGenerator):
 
     def complete(self, messages_batch, max_new_tokens=256, temperature=0.0, top_p=1.0,
                  num_return_sequences=1, seed=None) -> list[list[Completion]]:
-        self.calls.append({"n": len(messages_batch), "temperature": temperature, "k": num_return_sequences})
+        self.calls.append({"n": len(messages_batch), "temperature": temperature, "k": num_return_sequences,
+                           "max_new_tokens": max_new_tokens})
         out = []
         for messages in messages_batch:
             question = messages[-1]["content"]
@@ -104,7 +109,7 @@ def test_all_correct_scores_exactly(config: RunConfig) -> None:
     assert result["rewards"] == {"think_format": 1.0, "correctness": 1.0, "target_length": 1.0}
     assert result["reward"] == pytest.approx(0.5 + 2.0 + 0.25)
     assert result["completion_length"] == 8 and result["clipped_ratio"] == 0.0
-    assert "pass_at_k" not in result and gen.calls == [{"n": 4, "temperature": 0.0, "k": 1}]
+    assert "pass_at_k" not in result and gen.calls == [{"n": 4, "temperature": 0.0, "k": 1, "max_new_tokens": 16}]
     example = result["examples"][0]
     assert example["correct"] and example["predicted"] == example["answer"]
 
@@ -129,7 +134,7 @@ def test_pass_at_k_from_samples(config: RunConfig) -> None:
     result = evaluate(config, generator=gen, k=4, limit=2)
     assert result["rows"] == 2 and result["k"] == 4
     assert result["pass_at_1"] == pytest.approx(0.5) and result["pass_at_k"] == 1.0
-    assert {"n": 2, "temperature": 1.0, "k": 4} in gen.calls
+    assert {"n": 2, "temperature": 1.0, "k": 4, "max_new_tokens": 16} in gen.calls
 
 
 def test_rewards_get_trl_arguments(config: RunConfig, tmp_path: Path) -> None:
@@ -208,3 +213,54 @@ def test_evaluate_run_real_model(run: RunDir) -> None:
     assert set(on_disk["delta"]["rewards"]) == {"think_format", "correctness", "target_length"}
     assert steps[0] == (0, 2, "base: greedy") and steps[-1] == (2, 2, "trained: greedy")
     assert "trained" in format_eval(result)
+
+
+# ---------------------------------------------------------------- reward dry run on samples
+
+
+def test_sample_dry_run_scores_each_prompt_as_a_group(config: RunConfig) -> None:
+    config.grpo.num_generations, config.grpo.temperature = 4, 0.7
+    gen = Scripted(config, lambda q, a, i: formatted(a) if i % 2 == 0 else f"maybe {a}1")
+    report = sample_dry_run(config, 3, generator=gen)
+    assert gen.calls == [{"n": 3, "temperature": 0.7, "k": 4, "max_new_tokens": 16}]
+    train, _ = load_rows(config)
+    assert [g.prompt for g in report.groups] == list(train["question"][:3])
+    for group in report.groups:
+        rows = group.completions
+        assert len(rows) == 4
+        assert [r.scores["correctness"] for r in rows] == [1.0, 0.0, 1.0, 0.0]
+        assert [r.scores["think_format"] for r in rows] == [1.0, 0.0, 1.0, 0.0]
+        assert [r.scores["target_length"] for r in rows] == [1.0] * 4  # 8 token ids, target 8 tokens
+        assert [r.total for r in rows] == [2.75, 0.25, 2.75, 0.25]
+        assert [round(r.advantage, 3) for r in rows] == [0.866, -0.866, 0.866, -0.866]
+    assert report.warnings == []
+
+
+def test_sample_dry_run_warns_when_the_base_model_never_scores(config: RunConfig) -> None:
+    config.rewards = [RewardSpec("think_format", 0.5), RewardSpec("correctness", 2.0)]
+    report = sample_dry_run(config, 2, generator=Scripted(config, lambda q, a, i: "I do not know"))
+    assert "group 1: no learning signal: every completion scored 0" in report.warnings
+    assert any(w.startswith("correctness scored 0 on every completion") for w in report.warnings)
+    assert any(w.startswith("the whole rubric scored 0") for w in report.warnings)
+
+
+@pytest.mark.slow
+def test_rewards_score_sample_on_the_bundled_model(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    args = ["rewards", "score", "--sample", "2", "--json", "--set", "grpo.num_generations=4",
+            "--set", "grpo.max_completion_length=16", "--set", "data.size=20", "--set", "data.eval_size=4"]
+    out = subprocess.run([sys.executable, "-m", "grpo_box", *args], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "sampling 4 completions for each of 2 prompts" in out.stderr and "2/2 prompts" in out.stderr
+    report = json.loads(out.stdout)
+    weights = {r["name"]: r["weight"] for r in report["rewards"]}
+    assert len(report["groups"]) == 2
+    for group in report["groups"]:
+        rows = group["completions"]
+        assert len(rows) == 4 and len({r["completion"] for r in rows}) > 1  # sampled, not greedy
+        for r in rows:
+            assert r["total"] == pytest.approx(sum(weights[n] * (v or 0.0) for n, v in r["scores"].items()))
+    correctness = [r["scores"]["correctness"] for g in report["groups"] for r in g["completions"]]
+    sparse = any(w.startswith("correctness scored 0 on every completion") for w in report["warnings"])
+    assert sparse == (not any(correctness))

@@ -40,24 +40,38 @@ def _lora_b_norm(adapter_dir: Path) -> float:
     return sum(float(t.float().norm()) for name, t in tensors.items() if "lora_B" in name)
 
 
-@pytest.mark.slow
-def test_cpu_grpo_run_stops_resumes_and_saves_a_working_adapter(tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A real 3-step CPU run: started in the child process, stopped after step 1, resumed by the CLI."""
     from grpo_box import job
     from grpo_box.train import start_run
 
-    config = resolve_config("cpu", overrides=[*FAST, "grpo.max_steps=3", f"output.runs_dir={tmp_path}"])
+    root = tmp_path_factory.mktemp("runs")
+    config = resolve_config("cpu", overrides=[*FAST, "grpo.max_steps=3", f"output.runs_dir={root}"])
     run = start_run(config)
     child = job.start(run)
     deadline = time.time() + 900
     while run.status().get("step", 0) < 1 and child.alive() and time.time() < deadline:
         time.sleep(0.5)
-    assert child.alive(), run.file("train.log").read_text()[-3000:]
-    assert job.stop(child) == 0, run.file("train.log").read_text()[-3000:]
+    alive = child.alive()
+    code = job.stop(child)
     stopped = run.status()
-    assert stopped["state"] == "stopped" and 1 <= stopped["step"] < 3
-    assert run.last_checkpoint().name == f"checkpoint-{stopped['step']}"
+    checkpoint = run.last_checkpoint()
+    resumed = _cli("resume", str(run.path)) if alive and code == 0 else None
+    return {"run": run, "alive": alive, "stop_code": code, "stopped": stopped, "checkpoint": checkpoint,
+            "resumed": resumed}
 
-    result = _cli("resume", str(run.path))
+
+@pytest.mark.slow
+def test_cpu_grpo_run_stops_resumes_and_saves_a_working_adapter(trained):
+    run = trained["run"]
+    assert trained["alive"], run.file("train.log").read_text()[-3000:]
+    assert trained["stop_code"] == 0, run.file("train.log").read_text()[-3000:]
+    stopped = trained["stopped"]
+    assert stopped["state"] == "stopped" and 1 <= stopped["step"] < 3
+    assert trained["checkpoint"].name == f"checkpoint-{stopped['step']}"
+
+    result = trained["resumed"]
     assert result.returncode == 0, result.stderr[-3000:]
     status = run.status()
     assert status["state"] == "finished" and status["step"] == 3
@@ -78,6 +92,26 @@ def test_cpu_grpo_run_stops_resumes_and_saves_a_working_adapter(tmp_path):
     first = run.checkpoints()[0]
     assert _lora_b_norm(first) != pytest.approx(_lora_b_norm(run.adapter_dir))
     _adapter_loads_and_generates(run)
+
+
+@pytest.mark.slow
+def test_trained_run_merges_and_exports_gguf_that_llama_cpp_answers(trained):
+    """The last mile on a really trained adapter: merge, f16 + q4_k_m GGUF, both loaded and checked."""
+    from grpo_box.export import export_run
+    from grpo_box.merge import merge_with_report
+
+    run = trained["run"]
+    assert run.status()["state"] == "finished", "the training test above failed first"
+    merge = merge_with_report(run.path)
+    assert merge.ok and merge.matches == len(merge.prompts) >= 3  # merged greedy == base + adapter
+    report = export_run(run.path, ["f16", "q4_k_m"])
+    f16, q4 = (next(f for f in report.files if f.quant == q) for q in ("f16", "q4_k_m"))
+    # f16 greedy == merged HF greedy, except where the merged model itself was at a near-tie
+    assert f16.verified and f16.identical + f16.near_ties == f16.prompts >= 3 and f16.identical >= 1
+    assert f16.eos_token == "<|im_end|>" and f16.eos_ok and f16.chat_template_ok
+    assert f16.chat_stops and f16.chat_reply.strip()  # a chat reply ends at <|im_end|>
+    assert Path(q4.path).is_file() and q4.prompts >= 3 and q4.chat_template_ok
+    assert report.ok and Path(q4.modelfile).is_file()
 
 
 def _adapter_loads_and_generates(run: RunDir) -> None:

@@ -6,7 +6,8 @@ sample standard deviation and TRL's 1e-4 guard). A rubric that scores every comp
 teaches nothing, and a correctness reward that is always 0 is too sparse for a small model. The
 dry run shows per-function scores, weighted totals and advantages, and warns about both, using
 exactly the callables `build_rubric` hands the trainer. `score_file` is what
-`python -m grpo_box rewards score RUBRIC.yaml DATA.jsonl` runs.
+`python -m grpo_box rewards score --rubric RUBRIC.yaml --data DATA.jsonl` runs; completions
+sampled from the base model come through `evaluate.sample_dry_run` (`rewards score --sample N`).
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ class DryRunReport:
 
 def score_groups(groups: list[dict[str, Any]], rubric_specs: list[RewardSpec | dict | str],
                  user_file: str | None = None) -> DryRunReport:
-    """Score each group {prompt, completions: [...], columns: {answer: ...}} with the rubric."""
+    """Score each group {prompt, completions: [...], columns: {answer: ...}} with the rubric.
+
+    A group may also carry `completion_ids` (one token list per completion), which length
+    rewards then count in tokens, as in training.
+    """
     funcs, weights = build_rubric(rubric_specs, user_file)
     results = [_score_group(i, g, funcs, weights) for i, g in enumerate(groups)]
     report = DryRunReport(
@@ -90,7 +95,7 @@ def _score_group(index: int, group: dict[str, Any], funcs: list[RewardFunction],
     scores = {}
     for func in funcs:
         try:
-            scores[func.name] = func(prompts, completions, None, **kwargs)
+            scores[func.name] = func(prompts, completions, group.get("completion_ids"), **kwargs)
         except RewardError as exc:
             raise RewardError(f"{group.get('label') or f'group {index + 1}'}: {exc}") from exc
     totals = [_weighted_total([scores[f.name][i] for f in funcs], weights) for i in range(n)]
@@ -145,6 +150,10 @@ def group_advantages(totals: list[float | None]) -> tuple[float | None, float, l
 def _sparse_warnings(funcs: list[RewardFunction], groups: list[GroupResult]) -> list[str]:
     correctness = get_reward("correctness")
     warnings = []
+    totals = [row.total for g in groups for row in g.completions]
+    if totals and all(not t for t in totals):
+        warnings.append("the whole rubric scored 0 on every completion of every group: nothing pays yet, so GRPO "
+                        "cannot learn; add a partial-credit reward (xml_count, target_length) or use an easier task")
     for func in funcs:
         if func.func is not correctness or not groups:
             continue
