@@ -264,6 +264,28 @@ def test_modelfile_template_renders_like_the_hf_chat_template(exported: dict[str
         assert render_modelfile_template(parts["template"], messages) == expected, messages
 
 
+LLAMA3_TEMPLATE = (
+    "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def test_modelfile_for_a_non_chatml_model_leaves_the_template_to_the_gguf(bundled_tokenizer: Any) -> None:
+    import copy
+
+    from grpo_box.modelfile import modelfile_text, ollama_template, stop_tokens
+
+    tokenizer = copy.deepcopy(bundled_tokenizer)
+    assert ollama_template(tokenizer) is not None  # ChatML: Go TEMPLATE written
+    tokenizer.chat_template = LLAMA3_TEMPLATE
+    assert ollama_template(tokenizer) is None
+    stops = stop_tokens(tokenizer, chatml=False)
+    assert stops == [tokenizer.eos_token]
+    text = modelfile_text("m-q4_k_m.gguf", None, stops, "Think first.")
+    assert text.splitlines() == ["FROM ./m-q4_k_m.gguf", f'PARAMETER stop "{tokenizer.eos_token}"',
+                                 'SYSTEM """Think first."""']
+
+
 def test_render_modelfile_template_go_subset() -> None:
     template = (
         "{{- if .System }}S={{ .System }}\n{{ else }}no system\n{{ end }}\n"
