@@ -8,13 +8,10 @@ current merge (`grpo_box.merge`); convert with llama.cpp's `convert_hf_to_gguf.p
 Every file is written under a temporary name in `<run>/export/` and renamed only when complete,
 so a failed or interrupted export never damages an earlier one.
 
-Every GGUF is then loaded with llama-cpp-python and greedy-decoded on the merge's check prompts:
-f16/bf16/f32 must reproduce the merged HF model's tokens, quantized files report how many
-prompts agree and how far. "Reproduce" allows one thing: a reply may part from the merged
-model's where that model itself was at a near-tie, i.e. the GGUF's token was among its top
-logits and within `NEAR_TIE` of the chosen one. Writing float32 weights as f16 moves logits by
-a few thousandths; a flip there is rounding, not a broken export, and it is reported as such. The GGUF's chat template and EOS token are compared with the HF
-tokenizer's, and a chat completion must end at EOS instead of running to max tokens.
+Every GGUF is then loaded with llama-cpp-python and checked against the merged model
+(`gguf_check`): greedy parity (exact up to near-ties for f16/bf16/f32, reported agreement for
+quantized files), chat template, EOS, and a chat reply that stops at EOS. The records it fills
+live in `export_report`; `hub.push_to_hub` uploads results when the user gives a token.
 
 Next to each GGUF goes an Ollama Modelfile. Ollama does not run Jinja chat templates; its TEMPLATE
 is a Go text/template, so for ChatML models (`<|im_start|>role … <|im_end|>`: Qwen, SmolLM, …) we
@@ -34,12 +31,14 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from math import prod
 from pathlib import Path
 from typing import Any
 
 from . import llama_tools
+from .export_report import LOSSLESS, DiskSpaceError, ExportError, ExportReport, GGUFResult, LoraResult, size_text
+from .gguf_check import compare_to_merged, llama_greedy, verify_gguf
+from .hub import push_to_hub
 from .merge import (
     BaseSource,
     NoAdapterError,
@@ -69,139 +68,7 @@ BITS_PER_WEIGHT: dict[str, float] = {
     "q5_1": 6.0, "q4_k_m": 4.9, "q4_k_s": 4.6, "q4_0": 4.5, "q4_1": 5.0, "q3_k_l": 4.3, "q3_k_m": 3.9,
     "q3_k_s": 3.5, "q2_k": 3.4,
 }
-LOSSLESS = ("f32", "f16", "bf16")  # must reproduce the merged model's greedy tokens
-NEAR_TIE = 0.1  # logits: a greedy flip within this of the merged model's choice is rounding
 _MARGIN_BYTES = 256 * 2**20
-
-
-class ExportError(RuntimeError):
-    """An export problem; the message says what to change."""
-
-
-class DiskSpaceError(ExportError):
-    pass
-
-
-# -- report ------------------------------------------------------------------------------------
-@dataclass
-class GGUFResult:
-    quant: str
-    path: str
-    size_bytes: int
-    seconds: float
-    verified: bool = False  # False with verify=False: the checks below were not run
-    prompts: int = 0
-    identical: int = 0  # prompts whose greedy tokens equal the merged HF model's
-    near_ties: int = 0  # prompts that part from them only where the merged model was at a near-tie
-    prefix_agreement: float = 0.0  # mean share of reference tokens reproduced before the first difference
-    tokenizer_match: bool = False  # llama.cpp tokenizes the prompts like the HF tokenizer
-    chat_template_ok: bool = False  # GGUF template == HF template and renders the same prompt
-    eos_token: str = ""
-    eos_ok: bool = False
-    chat_stops: bool = False  # a chat reply ended at EOS, not at max tokens
-    chat_reply: str = ""
-    fallback_tensors: str = ""  # "180/272" when K-quant rows did not fit and llama.cpp fell back
-    modelfile: str = ""
-    ollama_command: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def exact_required(self) -> bool:
-        return self.quant in LOSSLESS
-
-    @property
-    def ok(self) -> bool:
-        """No check failed (an unverified file counts as ok; see `verified`)."""
-        if not self.verified:
-            return True
-        parity = self.identical + self.near_ties == self.prompts if self.exact_required else True
-        return parity and self.chat_template_ok and self.eos_ok and self.chat_stops and self.tokenizer_match
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
-
-
-@dataclass
-class LoraResult:
-    path: str
-    size_bytes: int
-    seconds: float
-    alpha: float | None = None
-    tensors: int = 0
-    identical: int | None = None  # base GGUF + this LoRA vs the merged model, when checked
-    near_ties: int = 0
-    prompts: int = 0
-    usage: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        # llama.cpp applies the adapter unmerged in f16 (W·x + B·A·x), not W + B·A in the merge's
-        # precision, so a reply may part from the merged model's at a near-tie.
-        return self.tensors > 0 and (self.identical is None or self.identical + self.near_ties == self.prompts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
-
-
-@dataclass
-class ExportReport:
-    run: str
-    export_dir: str
-    merged_dir: str | None
-    files: list[GGUFResult] = field(default_factory=list)
-    lora: LoraResult | None = None
-    modelfile: str = ""
-    ollama_command: str = ""
-    seconds: float = 0.0
-    converter: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(f.ok for f in self.files) and (self.lora is None or self.lora.ok)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["files"] = [f.to_dict() for f in self.files]
-        data["lora"] = self.lora.to_dict() if self.lora else None
-        data["ok"] = self.ok
-        return data
-
-    def format_table(self) -> str:
-        header = ("file", "size", "tokens vs merged HF", "template", "EOS", "stops", "ok")
-        rows = [header] + [_row(f) for f in self.files]
-        if self.lora:
-            lo = self.lora
-            rows.append((Path(lo.path).name, _mb(lo.size_bytes),
-                         "-" if lo.identical is None else
-                         f"{lo.identical}/{lo.prompts} identical, {lo.near_ties} near-tie (base+LoRA)",
-                         "-", "-", "-", "yes" if lo.ok else "NO"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines += [""] + [f"ollama: {f.ollama_command}" for f in self.files if f.ollama_command]
-        if self.lora and self.lora.usage:
-            lines.append(f"LoRA: {self.lora.usage}")
-        lines += [f"note: {n}" for f in self.files for n in f.notes] + [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
-
-
-def _row(f: GGUFResult) -> tuple[str, ...]:
-    if not f.verified:
-        return (Path(f.path).name, _mb(f.size_bytes), "not checked", "-", "-", "-", "-")
-    agree = f"{f.identical}/{f.prompts} identical"
-    if f.near_ties:
-        agree += f", {f.near_ties} near-tie"
-    if f.identical + f.near_ties < f.prompts:
-        agree += f" ({f.prefix_agreement:.0%} prefix)"
-    yes = lambda b: "ok" if b else "BAD"  # noqa: E731
-    return (Path(f.path).name, _mb(f.size_bytes), agree, yes(f.chat_template_ok), f.eos_token or "?",
-            "yes" if f.chat_stops else "NO", "yes" if f.ok else "NO")
-
-
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.0f} MB" if n < 2**30 else f"{n / 2**30:.2f} GB"
 
 
 # -- public API --------------------------------------------------------------------------------
@@ -372,10 +239,10 @@ def check_disk(export_dir: Path, sizes: dict[str, int]) -> None:
     need = int(sum(sizes.values()) * 1.1) + _MARGIN_BYTES
     free = free_bytes(export_dir)
     if free < need:
-        parts = ", ".join(f"{k} {_mb(v)}" for k, v in sizes.items())
+        parts = ", ".join(f"{k} {size_text(v)}" for k, v in sizes.items())
         raise DiskSpaceError(
-            f"not enough free disk space in {export_dir}: the export needs about {_mb(need)} ({parts}, plus margin) "
-            f"but only {_mb(free)} is free. Free some space, or export fewer/smaller files (e.g. quants=['q4_k_m'])"
+            f"not enough free disk space in {export_dir}: the export needs about {size_text(need)} ({parts}, plus margin) "
+            f"but only {size_text(free)} is free. Free some space, or export fewer/smaller files (e.g. quants=['q4_k_m'])"
         )
 
 
@@ -476,132 +343,6 @@ def _fallbacks(log: Path) -> str:
     return f"{match.group(1)}/{match.group(2)}" if match else ""
 
 
-# -- verification in llama.cpp -----------------------------------------------------------------
-def verify_gguf(path: Path, merge_info: dict[str, Any], merged_dir: Path, result: GGUFResult,
-                chat_max_tokens: int = 256) -> GGUFResult:
-    """Load `path` in llama-cpp-python and fill `result` with parity, template, EOS and stop checks."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
-    cases = merge_info.get("prompts", [])
-    llm = _load_llama(path, cases, chat_max_tokens)
-    try:
-        _check_metadata(llm, tokenizer, cases, result)
-        eos_ids = set(merge_info.get("eos_ids", [])) | {llm.token_eos()}
-        _check_parity(llm, cases, eos_ids, int(merge_info.get("max_new_tokens", 32)), result)
-        _check_chat_stop(llm, cases, eos_ids, chat_max_tokens, result)
-    finally:
-        llm.close()
-    result.verified = True
-    if result.fallback_tensors:
-        result.notes.append(f"{Path(path).name}: {result.fallback_tensors} tensors fell back to another type "
-                            f"(row width not a multiple of the K-quant block of 256)")
-    return result
-
-
-def _load_llama(path: Path, cases: list[dict[str, Any]], chat_max_tokens: int) -> Any:
-    from llama_cpp import Llama
-
-    longest = max((len(c["prompt_ids"]) + len(c.get("merged_ids", [])) for c in cases), default=0)
-    n_ctx = max(512, longest + chat_max_tokens + 64)
-    return Llama(model_path=str(path), n_ctx=n_ctx, seed=0, verbose=False)
-
-
-def _check_metadata(llm: Any, tokenizer: Any, cases: list[dict[str, Any]], result: GGUFResult) -> None:
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    template = llm.metadata.get("tokenizer.chat_template") or ""
-    eos_text = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
-    result.eos_token = eos_text
-    result.eos_ok = eos_text == tokenizer.eos_token
-    same_template = template.strip() == (tokenizer.chat_template or "").strip()
-    formatter = Jinja2ChatFormatter(template, eos_text, tokenizer.bos_token or "") if template else None
-    renders = bool(formatter) and all(formatter(messages=c["messages"]).prompt == c["prompt_text"] for c in cases)
-    result.chat_template_ok = same_template and renders
-    result.tokenizer_match = all(
-        llm.tokenize(c["prompt_text"].encode(), add_bos=False, special=True) == c["prompt_ids"] for c in cases
-    )
-    if not result.eos_ok:
-        result.notes.append(f"GGUF EOS is {eos_text!r} but the HF tokenizer's is {tokenizer.eos_token!r}")
-
-
-def llama_greedy(llm: Any, prompt_ids: list[int], max_new_tokens: int, eos_ids: set[int]) -> list[int]:
-    out: list[int] = []
-    # Start from an empty KV cache: llama-cpp-python's prefix reuse between prompts that share a
-    # beginning (same system prompt) gave different tokens than a fresh evaluation.
-    llm.reset()
-    for token in llm.generate(prompt_ids, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0, reset=True):
-        out.append(token)
-        if token in eos_ids or len(out) >= max_new_tokens:
-            break
-    return out
-
-
-def _check_parity(llm: Any, cases: list[dict[str, Any]], eos_ids: set[int], max_new_tokens: int,
-                  result: GGUFResult) -> None:
-    shares = []
-    for case in cases:
-        ref = case["merged_ids"]
-        got = llama_greedy(llm, case["prompt_ids"], max_new_tokens, eos_ids)
-        verdict, gap = compare_to_merged(got, case)
-        result.identical += verdict == "identical"
-        result.near_ties += verdict == "near-tie"
-        if verdict == "near-tie":
-            result.notes.append(f"{result.quant}: one reply parts from the merged model's at token "
-                                f"{_prefix_len(got, ref) + 1}, where its top two logits were {gap:.4f} apart")
-        shares.append(_prefix_len(got, ref) / max(len(ref), 1))
-    result.prompts = len(cases)
-    result.prefix_agreement = round(sum(shares) / max(len(shares), 1), 3)
-
-
-def compare_to_merged(got: list[int], case: dict[str, Any]) -> tuple[str, float | None]:
-    """'identical', 'near-tie' (with the logit gap) or 'differs' against the merged model's reply.
-
-    A near-tie: at the first differing token, the GGUF's choice was among the merged model's
-    top logits (`merged_top`, written by the merge) and within NEAR_TIE of its greedy choice.
-    """
-    ref = case["merged_ids"]
-    if got == ref:
-        return "identical", None
-    i = _prefix_len(got, ref)
-    top = case.get("merged_top") or []
-    if i >= min(len(got), len(ref), len(top)):
-        return "differs", None  # one reply is a prefix of the other, or no logits were kept
-    logits = {int(token): logit for token, logit in top[i]}
-    if got[i] not in logits:
-        return "differs", None
-    gap = logits[ref[i]] - logits[got[i]]
-    return ("near-tie" if gap <= NEAR_TIE else "differs"), gap
-
-
-def _prefix_len(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _check_chat_stop(llm: Any, cases: list[dict[str, Any]], eos_ids: set[int], max_tokens: int,
-                     result: GGUFResult) -> None:
-    """A chat completion through the GGUF's own template must stop at EOS, not at max_tokens.
-
-    Uses a check prompt whose merged-model reply ended at EOS when there is one, so a model that
-    simply talks long is not mistaken for one that never stops.
-    """
-    if not cases:
-        return
-    case = next((c for c in cases if c["merged_ids"] and c["merged_ids"][-1] in eos_ids), cases[0])
-    llm.reset()
-    reply = llm.create_chat_completion(messages=case["messages"], max_tokens=max_tokens, temperature=0.0, seed=0)
-    choice = reply["choices"][0]
-    result.chat_stops = choice.get("finish_reason") == "stop"
-    result.chat_reply = (choice["message"].get("content") or "")[:500]
-    if not result.chat_stops:
-        result.notes.append(f"{Path(result.path).name}: chat reply ran to {max_tokens} tokens without EOS")
-
-
 # -- Ollama Modelfile --------------------------------------------------------------------------
 def _attach_modelfile(run: RunDir, merged: Path, gguf: Path, quant: str, result: GGUFResult) -> None:
     from transformers import AutoTokenizer
@@ -688,7 +429,7 @@ def _read_lora_metadata(path: Path, result: LoraResult) -> None:
 def _verify_lora(lora: Path, base_dir: Path, info: dict[str, Any], export_dir: Path, result: LoraResult) -> None:
     from llama_cpp import Llama
 
-    temp_base = export_dir / f".lora-check-base-f16.gguf.partial"
+    temp_base = export_dir / ".lora-check-base-f16.gguf.partial"
     try:
         llama_tools.convert_hf(base_dir, temp_base, "f16", export_dir / "logs" / "lora-base.log")
         llm = Llama(model_path=str(temp_base), lora_path=str(lora), n_ctx=1024, seed=0, verbose=False)
@@ -702,34 +443,6 @@ def _verify_lora(lora: Path, base_dir: Path, info: dict[str, Any], export_dir: P
         result.identical, result.near_ties, result.prompts = hits.count("identical"), hits.count("near-tie"), len(hits)
     finally:
         temp_base.unlink(missing_ok=True)
-
-
-# -- Hub push ----------------------------------------------------------------------------------
-def push_to_hub(path: str | Path, repo_id: str, token: str, private: bool = True,
-                progress: Progress | None = None) -> str:
-    """Upload a GGUF file or a folder (e.g. export/merged) to a Hub model repo; returns its URL.
-
-    The token goes only to `HfApi(token=…)`: it is never logged, never written to disk, and is
-    scrubbed from error messages.
-    """
-    from huggingface_hub import HfApi
-
-    path = Path(path)
-    say = progress or (lambda msg, frac: None)
-    api = HfApi(token=token)
-    try:
-        say(f"creating {repo_id}", 0.05)
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        say(f"uploading {path.name}", 0.1)
-        if path.is_dir():
-            api.upload_folder(folder_path=str(path), repo_id=repo_id, ignore_patterns=[".*", "*.partial"])
-        else:
-            api.upload_file(path_or_fileobj=str(path), path_in_repo=path.name, repo_id=repo_id)
-    except Exception as exc:
-        message = str(exc).replace(token, "***") if token else str(exc)
-        raise ExportError(f"pushing {path.name} to {repo_id} failed: {message}") from None
-    say("uploaded", 1.0)
-    return f"https://huggingface.co/{repo_id}"
 
 
 # -- small helpers -----------------------------------------------------------------------------

@@ -312,7 +312,7 @@ class GGUFGenerator(BaseGenerator):
         ]
 
     def _one(self, messages: Messages, max_new_tokens: int, temperature: float, top_p: float) -> Completion:
-        self.llm.reset()  # no KV prefix reuse across requests: see export.llama_greedy
+        self.llm.reset()  # no KV prefix reuse across requests: see gguf_check.llama_greedy
         out = self.llm.create_chat_completion(**self._request(messages, max_new_tokens, temperature, top_p))
         choice = out["choices"][0]
         tokens = out.get("usage", {}).get("completion_tokens", 0)

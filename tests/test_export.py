@@ -17,6 +17,7 @@ import pytest
 from helpers import make_random_lora
 
 from grpo_box import export as export_mod
+from grpo_box import gguf_check, hub
 from grpo_box import llama_tools
 from grpo_box.config import RunConfig
 from grpo_box.export import (
@@ -140,10 +141,10 @@ COMPARE_CASE = {"merged_ids": [5, 6, 7], "merged_top": [[[5, 3.0], [9, 1.0]], [[
     ([5, 6], "differs", None),  # stopped early
 ])
 def test_compare_to_merged(got: list[int], verdict: str, gap: float | None) -> None:
-    got_verdict, got_gap = export_mod.compare_to_merged(got, COMPARE_CASE)
+    got_verdict, got_gap = gguf_check.compare_to_merged(got, COMPARE_CASE)
     assert got_verdict == verdict
     assert got_gap == (None if gap is None else pytest.approx(gap))
-    assert export_mod.compare_to_merged([5, 8], {"merged_ids": [5, 6]}) == ("differs", None)  # no logits kept
+    assert gguf_check.compare_to_merged([5, 8], {"merged_ids": [5, 6]}) == ("differs", None)  # no logits kept
 
 
 # -- GGUF export -------------------------------------------------------------------------------
@@ -178,7 +179,7 @@ def test_f16_gguf_parity_checked_independently(exported: dict[str, Any]) -> None
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             hf = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=eos,
                                 pad_token_id=eos)[0, len(ids):].tolist()
-            ours = export_mod.llama_greedy(llm, ids, 16, {eos})
+            ours = gguf_check.llama_greedy(llm, ids, 16, {eos})
             if ours == hf:
                 identical += 1
                 continue
@@ -192,7 +193,7 @@ def test_f16_gguf_parity_checked_independently(exported: dict[str, Any]) -> None
         case = next(c for c in exported["merge"].prompts if c["merged_ids"][-1] == eos)
         reply = llm.create_chat_completion(messages=case["messages"], max_tokens=200, temperature=0.0)
         assert reply["choices"][0]["finish_reason"] == "stop"
-        raw = export_mod.llama_greedy(llm, case["prompt_ids"], 200, {eos})
+        raw = gguf_check.llama_greedy(llm, case["prompt_ids"], 200, {eos})
         assert raw[-1] == eos, "the reply must end with <|im_end|>"
     finally:
         llm.close()
@@ -441,7 +442,7 @@ def test_push_to_hub_never_leaks_the_token(tmp_path: Path, monkeypatch: pytest.M
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     with pytest.raises(ExportError) as err:
-        export_mod.push_to_hub(gguf, "me/model", token)
+        hub.push_to_hub(gguf, "me/model", token)
     assert token not in str(err.value) and "***" in str(err.value) and err.value.__cause__ is None
     assert seen == {"token": token, "repo": "me/model"}
     assert not any(token.encode() in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from grpo_box.gguf_check import llama_greedy
 from grpo_box.models import BUNDLED_PREFIX, bundled_gguf_path, ensure_bundled_model, resolve_model
 
 PROMPTS = ["What is 2 + 3?", "Name three colours.", "Write one sentence about the sea.", "Is 17 a prime number?"]
@@ -60,16 +61,6 @@ def _prompt_ids(tok, prompt: str) -> list[int]:
                                    return_dict=True)["input_ids"]
 
 
-def _llama_greedy(llama, ids: list[int], n: int) -> list[int]:
-    out = []
-    llama.reset()  # a fresh KV cache for every prompt (no prefix reuse between prompts)
-    for token in llama.generate(ids, temp=0.0, top_k=1, reset=True):
-        out.append(token)
-        if token == llama.token_eos() or len(out) == n:
-            return out
-    return out
-
-
 def _logit_margin(hf_model, ids: list[int], prefix: list[int], ours: int, theirs: int) -> float:
     import torch
 
@@ -90,7 +81,7 @@ def test_greedy_generation_matches_llama_cpp_and_stops_at_im_end(bundled_tokeniz
         ids = _prompt_ids(tok, prompt)
         with torch.no_grad():
             out = hf_model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids):].tolist()
-        theirs = _llama_greedy(llama, ids, len(out))
+        theirs = llama_greedy(llama, ids, len(out), {llama.token_eos()})
         if out == theirs:
             exact += 1
         else:

@@ -1,0 +1,146 @@
+"""What an export produced and how its checks went: the records `export_run` returns.
+
+`GGUFResult` per GGUF file, `LoraResult` for the adapter-only GGUF, `ExportReport` for the whole
+export (written to `export/export.json`, printed by `python -m grpo_box export` as a table). Each
+record decides its own `ok`: lossless files (f32/f16/bf16) must reproduce the merged model's
+greedy tokens up to near-ties (see `gguf_check`), every file must keep the chat template and EOS
+and stop at EOS in a chat; quantized files only report how close they stay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOSSLESS = ("f32", "f16", "bf16")  # must reproduce the merged model's greedy tokens
+
+
+class ExportError(RuntimeError):
+    """An export problem; the message says what to change."""
+
+
+class DiskSpaceError(ExportError):
+    pass
+
+
+@dataclass
+class GGUFResult:
+    quant: str
+    path: str
+    size_bytes: int
+    seconds: float
+    verified: bool = False  # False with verify=False: the checks below were not run
+    prompts: int = 0
+    identical: int = 0  # prompts whose greedy tokens equal the merged HF model's
+    near_ties: int = 0  # prompts that part from them only where the merged model was at a near-tie
+    prefix_agreement: float = 0.0  # mean share of reference tokens reproduced before the first difference
+    tokenizer_match: bool = False  # llama.cpp tokenizes the prompts like the HF tokenizer
+    chat_template_ok: bool = False  # GGUF template == HF template and renders the same prompt
+    eos_token: str = ""
+    eos_ok: bool = False
+    chat_stops: bool = False  # a chat reply ended at EOS, not at max tokens
+    chat_reply: str = ""
+    fallback_tensors: str = ""  # "180/272" when K-quant rows did not fit and llama.cpp fell back
+    modelfile: str = ""
+    ollama_command: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def exact_required(self) -> bool:
+        return self.quant in LOSSLESS
+
+    @property
+    def ok(self) -> bool:
+        """No check failed (an unverified file counts as ok; see `verified`)."""
+        if not self.verified:
+            return True
+        parity = self.identical + self.near_ties == self.prompts if self.exact_required else True
+        return parity and self.chat_template_ok and self.eos_ok and self.chat_stops and self.tokenizer_match
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+@dataclass
+class LoraResult:
+    path: str
+    size_bytes: int
+    seconds: float
+    alpha: float | None = None
+    tensors: int = 0
+    identical: int | None = None  # base GGUF + this LoRA vs the merged model, when checked
+    near_ties: int = 0
+    prompts: int = 0
+    usage: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        # llama.cpp applies the adapter unmerged in f16 (W·x + B·A·x), not W + B·A in the merge's
+        # precision, so a reply may part from the merged model's at a near-tie.
+        return self.tensors > 0 and (self.identical is None or self.identical + self.near_ties == self.prompts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+@dataclass
+class ExportReport:
+    run: str
+    export_dir: str
+    merged_dir: str | None
+    files: list[GGUFResult] = field(default_factory=list)
+    lora: LoraResult | None = None
+    modelfile: str = ""
+    ollama_command: str = ""
+    seconds: float = 0.0
+    converter: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(f.ok for f in self.files) and (self.lora is None or self.lora.ok)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["files"] = [f.to_dict() for f in self.files]
+        data["lora"] = self.lora.to_dict() if self.lora else None
+        data["ok"] = self.ok
+        return data
+
+    def format_table(self) -> str:
+        header = ("file", "size", "tokens vs merged HF", "template", "EOS", "stops", "ok")
+        rows = [header] + [_row(f) for f in self.files]
+        if self.lora:
+            lo = self.lora
+            rows.append((Path(lo.path).name, size_text(lo.size_bytes),
+                         "-" if lo.identical is None else
+                         f"{lo.identical}/{lo.prompts} identical, {lo.near_ties} near-tie (base+LoRA)",
+                         "-", "-", "-", "yes" if lo.ok else "NO"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines += [""] + [f"ollama: {f.ollama_command}" for f in self.files if f.ollama_command]
+        if self.lora and self.lora.usage:
+            lines.append(f"LoRA: {self.lora.usage}")
+        lines += [f"note: {n}" for f in self.files for n in f.notes] + [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _row(f: GGUFResult) -> tuple[str, ...]:
+    if not f.verified:
+        return (Path(f.path).name, size_text(f.size_bytes), "not checked", "-", "-", "-", "-")
+    agree = f"{f.identical}/{f.prompts} identical"
+    if f.near_ties:
+        agree += f", {f.near_ties} near-tie"
+    if f.identical + f.near_ties < f.prompts:
+        agree += f" ({f.prefix_agreement:.0%} prefix)"
+    yes = lambda b: "ok" if b else "BAD"  # noqa: E731
+    return (Path(f.path).name, size_text(f.size_bytes), agree, yes(f.chat_template_ok), f.eos_token or "?",
+            "yes" if f.chat_stops else "NO", "yes" if f.ok else "NO")
+
+
+def size_text(n: int) -> str:
+    """Bytes as "123 MB" or "1.23 GB"."""
+    return f"{n / 2**20:.0f} MB" if n < 2**30 else f"{n / 2**30:.2f} GB"
