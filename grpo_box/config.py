@@ -16,10 +16,12 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
+
 BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem; the message names the field and what to change."""
 
 

@@ -30,6 +30,7 @@ import datasets
 
 from . import tasks
 from .config import DataConfig, RunConfig
+from .errors import UserError
 from .prompts import build_messages, system_prompt
 
 Row = dict[str, Any]
@@ -45,7 +46,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 _THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data problem; the message names the file or source, the row, and what to change."""
 
 

@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 LOSSLESS = ("f32", "f16", "bf16")  # must reproduce the merged model's greedy tokens
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export problem; the message says what to change."""
 
 

@@ -39,6 +39,8 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .errors import UserError
+
 Progress = Callable[[str, float], None]
 
 PACKAGE = "llama_cpp_python"
@@ -64,11 +66,11 @@ QUANTIZE_TYPES = (
 )
 
 
-class ConverterMissingError(RuntimeError):
+class ConverterMissingError(UserError, RuntimeError):
     """The llama.cpp converter files are not installed; the message says how to install them."""
 
 
-class ConversionError(RuntimeError):
+class ConversionError(UserError, RuntimeError):
     """A converter or quantizer run failed; the message carries the tail of its log."""
 
 

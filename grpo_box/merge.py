@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .runs import EXPORT, RunDir, open_run
 
 Progress = Callable[[str, float], None]
@@ -48,7 +49,7 @@ DEFAULT_PROMPTS = (
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json")
 
 
-class MergeError(RuntimeError):
+class MergeError(UserError, RuntimeError):
     """Merging failed; the message says what to do."""
 
 

@@ -24,12 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UserError
+
 Progress = Callable[[str, float], None]
 
 SERVER_EXTRAS = ("fastapi", "uvicorn", "sse_starlette", "starlette_context", "pydantic_settings")
 
 
-class ServerError(RuntimeError):
+class ServerError(UserError, RuntimeError):
     """The server could not start; the message carries the reason and its log tail."""
 
 

@@ -59,6 +59,20 @@ def test_rewards_score_needs_data_or_sample():
         assert out.returncode == 2 and "either --data FILE.jsonl" in out.stderr and "--sample N" in out.stderr
 
 
+def test_user_errors_are_one_line_not_a_traceback(tmp_path):
+    from grpo_box.config import RunConfig
+    from grpo_box.runs import create_run
+
+    config = RunConfig()
+    config.output.runs_dir, config.output.run_name = str(tmp_path), "untrained"
+    run = create_run(config)
+    for args, says in [(("export", str(run.path)), "train"), (("merge", str(run.path)), "train"),
+                       (("serve", str(tmp_path / "missing.gguf")), "export a GGUF first")]:
+        out = _cli(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.startswith("error: ") and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 def test_runs_on_an_empty_root(tmp_path):
     out = _cli("runs", "--root", str(tmp_path), "--json")
     assert out.returncode == 0 and json.loads(out.stdout) == []

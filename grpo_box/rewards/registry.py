@@ -14,10 +14,12 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from grpo_box.errors import UserError
+
 RewardFn = Callable[..., list]
 
 
-class RewardError(ValueError):
+class RewardError(UserError, ValueError):
     """A reward problem (unknown name, bad params, broken user file, bad output) with its fix."""
 
 
