@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
@@ -281,6 +283,50 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("push")
+def cmd_push(args: argparse.Namespace) -> int:
+    """Upload a run's GGUF, merged model or adapter to the Hub; the token comes from HF_TOKEN or a
+    hidden prompt, never from the command line (which shell history and `ps` would keep)."""
+    from .hub import push_to_hub
+
+    path = _push_source(args.run_dir, args.what, args.quant)
+    token = os.environ.get("HF_TOKEN") or _ask_token()
+    url = push_to_hub(path, args.repo, token, private=not args.public, progress=_progress)
+    print(f"Uploaded {path.name} to {url}")
+    return 0
+
+
+def _push_source(run_dir: str, what: str, quant: str | None) -> Path:
+    from .export import find_gguf
+    from .inference import run_adapter_dir
+    from .merge import default_merged_dir
+    from .runs import open_run
+
+    run = open_run(run_dir)
+    if what == "gguf":
+        return find_gguf(run.path, quant)
+    if what == "merged":
+        merged = default_merged_dir(run)
+        if not (merged / "config.json").is_file():
+            raise FileNotFoundError(f"run {run.path.name} has no merged model yet: run `python -m grpo_box merge {run_dir}`")
+        return merged
+    adapter = run_adapter_dir(run)
+    if adapter is None:
+        raise FileNotFoundError(f"run {run.path.name} has no trained adapter yet; train it first")
+    return adapter
+
+
+def _ask_token() -> str:
+    import getpass
+
+    if not sys.stdin.isatty():
+        raise ValueError("no Hugging Face token: set HF_TOKEN in the environment (it is never stored or logged)")
+    token = getpass.getpass("Hugging Face token with write access (input hidden): ").strip()
+    if not token:
+        raise ValueError("no token given; nothing was uploaded")
+    return token
+
+
 @command("serve")
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve_forever
@@ -378,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", default="f16,q4_k_m")
     p.add_argument("--lora", action="store_true", help="also export the adapter alone as a GGUF LoRA")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("push", help="upload a GGUF, the merged model or the adapter to the Hugging Face Hub")
+    p.add_argument("run_dir")
+    p.add_argument("--repo", required=True, help="USER/NAME of the Hub model repo (created if missing)")
+    p.add_argument("--what", choices=["gguf", "merged", "adapter"], default="gguf")
+    p.add_argument("--quant", help="which GGUF (default: the smallest quantized one)")
+    p.add_argument("--public", action="store_true", help="make a new repo public (default: private)")
     p = sub.add_parser("serve", help="OpenAI-compatible server on a GGUF (for Open WebUI)")
     p.add_argument("gguf")
     p.add_argument("--host", default="127.0.0.1")

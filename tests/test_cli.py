@@ -73,6 +73,52 @@ def test_user_errors_are_one_line_not_a_traceback(tmp_path):
         assert out.stderr.startswith("error: ") and says in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
+def test_push_uploads_the_chosen_file_with_the_token_from_the_environment(tmp_path, monkeypatch, capsys):
+    """The Hub itself cannot be reached here: HfApi is replaced at that boundary only."""
+    import huggingface_hub
+
+    from grpo_box.__main__ import main
+    from grpo_box.config import RunConfig
+    from grpo_box.runs import create_run
+
+    token = "hf_TESTtokenTEST"
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("token", token))
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create", repo_id, kw["private"]))
+
+        def upload_file(self, path_or_fileobj, path_in_repo, repo_id):
+            calls.append(("file", Path(path_or_fileobj).name, repo_id))
+
+        def upload_folder(self, folder_path, repo_id, **kw):
+            calls.append(("folder", Path(folder_path).name, repo_id))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    config = RunConfig()
+    config.output.runs_dir, config.output.run_name = str(tmp_path), "demo"
+    run = create_run(config)
+    (run.path / "export").mkdir()
+    for quant in ("f16", "q4_k_m"):
+        (run.path / "export" / f"demo-{quant}.gguf").write_bytes(b"GGUF")
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    assert main(["push", str(run.path), "--repo", "me/demo"]) == 2
+    assert "set HF_TOKEN" in capsys.readouterr().err and calls == []
+
+    monkeypatch.setenv("HF_TOKEN", token)
+    assert main(["push", str(run.path), "--repo", "me/demo"]) == 0
+    assert calls == [("token", token), ("create", "me/demo", True), ("file", "demo-q4_k_m.gguf", "me/demo")]
+    assert main(["push", str(run.path), "--repo", "me/demo", "--what", "adapter"]) == 2  # not trained yet
+    out = capsys.readouterr()
+    assert "has no trained adapter yet" in out.err
+    assert token not in out.out + out.err
+
+
 def test_runs_on_an_empty_root(tmp_path):
     out = _cli("runs", "--root", str(tmp_path), "--json")
     assert out.returncode == 0 and json.loads(out.stdout) == []
