@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -439,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # torchao (pulled in by transformers/peft) warns on import about optional CUDA kernels built for
+    # another Python or GPU; we use none of them, and the warnings read like errors to users.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
         return COMMANDS[args.command](args)
     except (UserError, FileNotFoundError, ValueError) as exc:

@@ -1,10 +1,14 @@
-"""Trainer callback that turns a TRL GRPO run into run-directory files.
+"""Trainer callbacks: run-directory files, and a readable progress line on the terminal.
 
 Per optimizer step it appends every metric TRL logged (reward, reward_std, rewards/<fn>/mean,
 frac_reward_zero_std, kl, completion lengths, loss, …) plus wall time, RAM and VRAM to
 metrics.jsonl; every `sample_every` steps it writes the last batch's prompts, completions and
 per-function rewards (TRL keeps them in `trainer._logs`) to samples.jsonl; it keeps status.json
 current and turns a STOP file into "save a checkpoint and stop".
+
+`StepSummaryProgress` keeps transformers' tqdm bar but replaces the raw dict of 30 metrics it
+prints per step with one line of what GRPO users watch: reward ± std, each reward function,
+completion length and clipping, the share of groups with no signal, and seconds per step.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from .hardware import vram_snapshot
 from .runs import METRICS, SAMPLES, RunDir
@@ -83,6 +88,41 @@ class RunFilesCallback(TrainerCallback):
             group = groups[key]
             self.run.append(SAMPLES, {"step": step, "prompt": key, "completions": group["completions"],
                                       "rewards": dict(group["rewards"]), "advantages": group["advantages"]})
+
+
+class StepSummaryProgress(ProgressCallback):
+    """transformers' progress bar, writing `step_summary` lines instead of raw log dicts."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs:
+            self.training_bar.write(step_summary(state.global_step, state.max_steps, logs))
+
+
+def step_summary(step: int, max_steps: int, logs: dict[str, Any]) -> str:
+    """One terminal line for one logged step (or the end-of-training summary).
+
+    >>> step_summary(2, 60, {"reward": 0.25, "reward_std": 0.7071, "rewards/correctness/mean": 0.125,
+    ...     "completions/mean_length": 51.0, "completions/clipped_ratio": 0.625, "frac_reward_zero_std": 0.5,
+    ...     "step_time": 23.87})
+    'step 2/60 | reward 0.250 ± 0.707 | correctness 0.125 | length 51 (62% cut) | no-signal groups 50% | 23.9 s'
+    """
+    if "train_runtime" in logs:
+        return f"training done: {step} steps in {float(logs['train_runtime']):.0f} s"
+    parts = [f"step {step}/{max_steps}"]
+    if "reward" in logs:
+        parts.append(f"reward {float(logs['reward']):.3f} ± {float(logs.get('reward_std', 0.0)):.3f}")
+    per_function = [f"{key[len('rewards/'):-len('/mean')]} {float(value):.3f}" for key, value in logs.items()
+                    if key.startswith("rewards/") and key.endswith("/mean")]
+    if per_function:
+        parts.append("  ".join(per_function))
+    if "completions/mean_length" in logs:
+        parts.append(f"length {float(logs['completions/mean_length']):.0f}"
+                     f" ({float(logs.get('completions/clipped_ratio', 0.0)):.0%} cut)")
+    if "frac_reward_zero_std" in logs:
+        parts.append(f"no-signal groups {float(logs['frac_reward_zero_std']):.0%}")
+    if "step_time" in logs:
+        parts.append(f"{float(logs['step_time']):.1f} s")
+    return " | ".join(parts)
 
 
 def _text(value: Any) -> str:

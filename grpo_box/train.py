@@ -127,7 +127,9 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
     import_unsloth(config)  # before trl / transformers / peft
     from trl import GRPOConfig, GRPOTrainer
 
-    from .callbacks import RunFilesCallback
+    from transformers.trainer_callback import ProgressCallback
+
+    from .callbacks import RunFilesCallback, StepSummaryProgress
     from .data import check_prompt_lengths, load_rows
     from .modeling import load_policy
     from .rewards import build_rubric
@@ -149,6 +151,8 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
         callbacks=[files, *(extra_callbacks or [])],
     )
     files.trainer = trainer
+    if trainer.pop_callback(ProgressCallback) is not None:  # absent with disable_tqdm
+        trainer.add_callback(StepSummaryProgress())
     _track_phase(trainer, files)
     checkpoint = _resume_point(run) if resume else None
     run.clear_stop()

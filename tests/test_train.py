@@ -229,6 +229,17 @@ def test_unsloth_is_called_with_those_arguments(monkeypatch):
     assert calls["peft"] == ("model", unsloth_peft_kwargs(config))
 
 
+def test_step_summary_is_one_readable_line():
+    from grpo_box.callbacks import step_summary
+
+    logs = {"loss": 0.2, "reward": 1.5, "reward_std": 0.5, "rewards/think_format/mean": 1.0,
+            "rewards/correctness/mean": 0.25, "completions/mean_length": 40.4, "completions/clipped_ratio": 0.1,
+            "frac_reward_zero_std": 0.0, "step_time": 12.34, "entropy": 2.1}
+    assert step_summary(3, 10, logs) == ("step 3/10 | reward 1.500 ± 0.500 | think_format 1.000  correctness 0.250"
+                                         " | length 40 (10% cut) | no-signal groups 0% | 12.3 s")
+    assert step_summary(10, 10, {"train_runtime": 301.2, "train_loss": 0.1}) == "training done: 10 steps in 301 s"
+
+
 def test_grpo_arguments(tmp_path):
     from grpo_box.train import grpo_args
 
