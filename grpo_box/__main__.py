@@ -193,8 +193,12 @@ def _sample_dry_run(args: argparse.Namespace):
     g = config.grpo
     print(f"sampling {g.num_generations} completions for each of {args.sample} prompts from {config.model.name} "
           f"(up to {g.max_completion_length} tokens, temperature {g.temperature:g})", file=sys.stderr)
-    return sample_dry_run(config, args.sample, progress=lambda done, total, what: print(
-        f"  {what}: {done}/{total} prompts", file=sys.stderr, flush=True))
+    return sample_dry_run(config, args.sample, progress=_rows_progress)
+
+
+def _rows_progress(done: int, total: int, what: str) -> None:
+    """Generation progress on stderr, so that --json output stays clean."""
+    print(f"  {what}: {done}/{total} prompts", file=sys.stderr, flush=True)
 
 
 @command("preview")
@@ -221,12 +225,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, evaluate_run, format_eval
 
     if args.run_dir:
-        result = evaluate_run(args.run_dir, base=not args.trained_only, trained=True, k=args.k, limit=args.limit)
+        result = evaluate_run(args.run_dir, base=not args.trained_only, trained=True, k=args.k, limit=args.limit,
+                              progress=_rows_progress)
     else:
         config = _resolve(args)
         if args.limit:
             config.data.eval_size = args.limit
-        result = {"base": evaluate(config, k=args.k)}
+        result = {"base": evaluate(config, k=args.k, progress=_rows_progress)}
     _print_json(result) if args.json else print(format_eval(result))
     return 0
 
@@ -354,8 +359,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("[2/2] Exporting to GGUF (f16, q4_k_m) with an Ollama Modelfile")
     from .export import export_run
 
-    print(export_run(run.path, quants=["f16", "q4_k_m"], progress=_progress).format_table())
-    return 0
+    report = export_run(run.path, quants=["f16", "q4_k_m"], progress=_progress)
+    print(report.format_table())
+    gguf = next((f.path for f in report.files if f.quant == "q4_k_m"), report.files[0].path)
+    print(f"\nNext:\n  python -m grpo_box chat {run.path}            talk to the trained model\n"
+          f"  python -m grpo_box serve {gguf}   OpenAI-compatible server for Open WebUI")
+    return 0 if report.ok else 1
 
 
 def _progress(message: str, fraction: float | None = None) -> None:
