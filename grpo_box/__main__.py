@@ -97,25 +97,27 @@ def _check_fits(config: Any, force: bool) -> bool:
 
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import run_training, start_run
+    """Training runs in a child process (job.py) with its output here, as the app will run it."""
+    from . import job
+    from .train import start_run
 
     config = _resolve(args)
     if not _check_fits(config, args.force):
         return 2
     run = start_run(config)
-    print(f"Run directory: {run.path}")
-    return _finish(run_training(run))
+    print(f"Run directory: {run.path}", flush=True)
+    return job.run_attached(run)
 
 
 @command("resume")
 def cmd_resume(args: argparse.Namespace) -> int:
+    from . import job
     from .runs import open_run
-    from .train import run_training
 
     run = open_run(args.run_dir)
     if run.last_checkpoint() is None:
         print(f"{run.path} has no checkpoint yet; starting it from step 0", file=sys.stderr)
-    return _finish(run_training(run, resume=True))
+    return job.run_attached(run, resume=True)
 
 
 @command("worker")
@@ -131,7 +133,7 @@ def _finish(run: Any) -> int:
     print(f"\n{status['state']}: step {status.get('step')}/{status.get('max_steps')}  ({run.path})")
     if status.get("error"):
         print(f"error: {status['error']}", file=sys.stderr)
-    return 0 if status["state"] in ("finished", "stopped") else 1
+    return 0 if status["state"] in ("finished", "stopped", "retrying") else 1
 
 
 @command("stop")
@@ -344,15 +346,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
     """The headless demo: train the cpu preset on the offline task, evaluate, export to GGUF."""
-    from .train import run_training, start_run
+    from . import job
+    from .train import start_run
 
     config = _resolve(args)
     config.evaluate = True
     run = start_run(config)
-    print(f"[1/2] Training {config.model.name} on {config.data.source} for {config.grpo.max_steps} steps -> {run.path}")
-    code = _finish(run_training(run))
-    if code:
-        return code
+    print(f"[1/2] Training {config.model.name} on {config.data.source} for {config.grpo.max_steps} steps -> {run.path}",
+          flush=True)
+    code = job.run_attached(run)
+    if code or run.status().get("state") != "finished":
+        return code or 1
     from .evaluate import format_eval
 
     print(format_eval(json.loads(run.file("eval.json").read_text())))

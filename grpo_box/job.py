@@ -5,6 +5,11 @@ only reliably returned when the process that held it exits. So the UI never trai
 process: `start()` spawns `python -m grpo_box worker RUN_DIR`, which writes everything to the run
 directory (runs.py); `poll()` reads it back; `stop()` asks for a checkpoint-and-stop through the
 STOP file and escalates to SIGTERM/SIGKILL only if the child does not stop.
+
+Out of memory with auto-fit on, a child saves a smaller config, marks the run `retrying` and
+exits; `supervise()` then starts the resume child, so the retry gets a GPU the first child has
+really let go of. The CLI trains the same way (`run_attached`): the child's output goes to the
+terminal, and Ctrl-C asks for a checkpoint-and-stop instead of killing the step.
 """
 
 from __future__ import annotations
@@ -17,29 +22,50 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .runs import LOG, RunDir
+from .runs import LOG, RETRYING, RunDir
 
 
 @dataclass
 class Job:
     run: RunDir
     process: subprocess.Popen
+    attached: bool = False  # output to this terminal instead of train.log
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
 
-def start(run: RunDir, resume: bool = False) -> Job:
-    """Spawn the training child for an existing run directory; its output goes to train.log."""
+def start(run: RunDir, resume: bool = False, attached: bool = False) -> Job:
+    """Spawn the training child for an existing run directory; its output goes to train.log, or
+    with `attached` to this process's terminal. Either way it has its own session, so a Ctrl-C
+    in the terminal reaches only the parent, which turns it into a stop request."""
     cmd = [sys.executable, "-m", "grpo_box", "worker", str(run.path)]
     if resume:
         cmd.append("--resume")
-    log = run.file(LOG).open("a")
+    output = None if attached else run.file(LOG).open("a")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     project_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH")) if p)
-    process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    return Job(run, process)
+    process = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT if output else None, env=env,
+                               start_new_session=True)
+    return Job(run, process, attached)
+
+
+def supervise(job: Job) -> Job:
+    """The job to follow next: a fresh resume child once this one has exited `retrying` (auto-fit)."""
+    status = job.run.status()
+    if job.alive() or status.get("state") != RETRYING:
+        return job
+    fit = status.get("auto_fit", {})
+    print(f"out of memory at step {fit.get('after_step', '?')}: auto-fit resumes from the last checkpoint in a fresh "
+          f"process with: {fit.get('change', 'a smaller setting')}", file=sys.stderr, flush=True)
+    return start(job.run, resume=True, attached=job.attached)
+
+
+def run_attached(run: RunDir, resume: bool = False) -> int:
+    """Train in a child whose output goes to this terminal, through any auto-fit retry; returns the
+    last child's exit code. Ctrl-C requests a checkpoint-and-stop; a second Ctrl-C kills the child."""
+    return wait(start(run, resume=resume, attached=True), poll_seconds=0.5, stop_on_interrupt=True)
 
 
 def poll(run: RunDir) -> dict[str, Any]:
@@ -61,7 +87,24 @@ def stop(job: Job, timeout: float = 600.0) -> int | None:
             return job.process.wait()
 
 
-def wait(job: Job, poll_seconds: float = 2.0) -> int:
-    while job.alive():
-        time.sleep(poll_seconds)
-    return job.process.returncode
+def wait(job: Job, poll_seconds: float = 1.0, *, stop_on_interrupt: bool = False) -> int:
+    """Wait for the run to settle, following auto-fit retries; the last child's exit code."""
+    interrupts = 0
+    while True:
+        try:
+            while job.alive():
+                time.sleep(poll_seconds)
+        except KeyboardInterrupt:
+            interrupts += 1
+            if not stop_on_interrupt:
+                raise
+            if interrupts > 1:
+                job.process.kill()
+                return job.process.wait()
+            print("\nstopping after the current step (saves a checkpoint); Ctrl-C again to abort", file=sys.stderr)
+            job.run.request_stop()
+            continue
+        following = supervise(job)
+        if following is job:
+            return job.process.returncode
+        job = following

@@ -2,7 +2,7 @@
 
 Layout of `<runs_dir>/<run_name>/`:
     config.yaml        the RunConfig the run was started with
-    status.json        {"state": running|finished|failed|stopped, "step", "max_steps", "error", …}
+    status.json        {"state": running|finished|failed|stopped|retrying, "step", "max_steps", "error", …}
     metrics.jsonl      one JSON line per optimizer step: every TRL metric, wall time, memory
     samples.jsonl      prompt, completions and per-function rewards every N steps
     train.log          the child's stdout/stderr
@@ -37,7 +37,8 @@ ADAPTER = "adapter"
 EVAL = "eval.json"
 EXPORT = "export"
 
-STATES = ("created", "running", "finished", "failed", "stopped")
+RETRYING = "retrying"  # out of memory with auto_fit: a smaller config is saved, to resume in a fresh process
+STATES = ("created", "running", "finished", "failed", "stopped", RETRYING)
 
 
 def default_runs_dir() -> Path:

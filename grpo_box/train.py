@@ -11,13 +11,12 @@ kept, and with `auto_fit` the run retries once with the next smaller setting, re
 
 from __future__ import annotations
 
-import gc
 import signal
 import traceback
 from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig, validate
-from .runs import CHECKPOINTS, CONFIG, RunDir, create_run
+from .runs import CHECKPOINTS, CONFIG, RETRYING, RunDir, create_run
 
 if TYPE_CHECKING:  # the real import waits until unsloth is imported
     from .callbacks import RunFilesCallback
@@ -81,19 +80,24 @@ def _bf16_supported() -> bool:
 
 
 def run_training(run: RunDir, resume: bool = False, extra_callbacks: list | None = None) -> RunDir:
-    """Train the run in this process; on return status.json says finished/stopped/failed."""
+    """Train the run in this process; on return status.json says finished, stopped or failed, or
+    `retrying`: it ran out of memory with `auto_fit` on and a smaller config is saved. A retry
+    must run in a fresh process (`job.supervise`, `job.run_attached`): only the exit of the
+    process that held it reliably returns VRAM, and a second vLLM engine would not fit beside
+    the first."""
     config = run.config()
     try:
         _train_once(run, config, resume, extra_callbacks)
     except TrainingOOM as oom:
-        _handle_oom(run, config, oom, extra_callbacks)
+        _handle_oom(run, config, oom)
     except Exception as exc:  # the run must end in a readable state, whatever failed
         run.set_status("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         raise
     return run
 
 
-def _handle_oom(run: RunDir, config: RunConfig, oom: TrainingOOM, extra_callbacks: list | None) -> None:
+def _handle_oom(run: RunDir, config: RunConfig, oom: TrainingOOM) -> None:
+    """Mark the run out of memory with a concrete hint; with auto_fit, save the smaller config once."""
     from .memory import smaller_setting
 
     estimate_phase = {"rollout": "generation", "training": "training"}.get(oom.phase)
@@ -107,17 +111,7 @@ def _handle_oom(run: RunDir, config: RunConfig, oom: TrainingOOM, extra_callback
     new_config, description = smaller
     config.save(run.file("config.before-autofit.yaml"))
     new_config.save(run.file(CONFIG))
-    run.set_status("running", error=None, auto_fit={"after_step": oom.step, "phase": oom.phase, "change": description})
-    _free_memory()
-    run_training(run, resume=run.last_checkpoint() is not None, extra_callbacks=extra_callbacks)
-
-
-def _free_memory() -> None:
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    run.set_status(RETRYING, error=None, auto_fit={"after_step": oom.step, "phase": oom.phase, "change": description})
 
 
 def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: list | None) -> None:

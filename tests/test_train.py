@@ -114,6 +114,22 @@ def test_trained_run_merges_and_exports_gguf_that_llama_cpp_answers(trained):
     assert report.ok and Path(q4.modelfile).is_file()
 
 
+@pytest.mark.slow
+def test_the_readme_demo_trains_evaluates_and_exports(tmp_path):
+    """The README's main command, shortened: one step, four held-out rows."""
+    result = _cli("demo", "--set", "grpo.max_steps=1", "--set", "data.eval_size=4", "--set",
+                  "grpo.max_completion_length=32", "--set", f"output.runs_dir={tmp_path}")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    run = open_run(next(tmp_path.iterdir()))
+    assert run.status()["state"] == "finished" and run.has_adapter()
+    evaluation = json.loads(run.file("eval.json").read_text())
+    assert evaluation["base"]["rows"] == evaluation["trained"]["rows"] == 4 and "delta" in evaluation
+    report = json.loads((run.path / "export" / "export.json").read_text())
+    assert report["ok"] and {f["quant"] for f in report["files"]} == {"f16", "q4_k_m"}
+    assert "step 1/1 | reward" in result.stdout + result.stderr
+    assert f"python -m grpo_box chat {run.path}" in result.stdout
+
+
 def _adapter_loads_and_generates(run: RunDir) -> None:
     import torch
     from peft import PeftModel
@@ -156,7 +172,8 @@ OOM_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_out_of_memory_is_reported_and_auto_fit_retries_smaller(tmp_path):
+def test_out_of_memory_is_reported_and_auto_fit_retries_smaller(tmp_path, capsys):
+    from grpo_box import job
     from grpo_box.train import start_run
 
     config = resolve_config("cpu", overrides=[*FAST, "grpo.max_steps=2", f"output.runs_dir={tmp_path}"])
@@ -175,9 +192,16 @@ def test_out_of_memory_is_reported_and_auto_fit_retries_smaller(tmp_path):
     fixed = open_run(run.path).config()
     fixed.auto_fit = True
     fixed.save(run.file("config.yaml"))
-    second = subprocess.run([sys.executable, str(script), str(run.path), "resume"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=900, env=ENV)
-    assert second.returncode == 0, second.stderr[-3000:]
+    # The script stands in for the worker child: out of memory again at step 2, now with auto-fit.
+    # It must leave the run `retrying` with a smaller config; job.wait then resumes it in a fresh
+    # worker process (no simulated OOM there), as the app and the CLI do.
+    with (tmp_path / "oom.log").open("w") as log:
+        child = job.Job(run, subprocess.Popen([sys.executable, str(script), str(run.path), "resume"], cwd=ROOT,
+                                              env=ENV, stdout=log, stderr=subprocess.STDOUT))
+        assert job.wait(child, poll_seconds=0.5) == 0, run.file("train.log").read_text()[-3000:]
+    assert child.process.returncode == 0, (tmp_path / "oom.log").read_text()[-3000:]
+    assert "out of memory at step 2: auto-fit resumes from the last checkpoint in a fresh process with: lower " \
+           "grpo.num_generations from 4 to 3" in capsys.readouterr().err
     status = run.status()
     assert status["state"] == "finished", status
     assert status["auto_fit"]["after_step"] == 2 and "num_generations from 4 to" in status["auto_fit"]["change"]
