@@ -19,6 +19,7 @@ import yaml
 from .errors import UserError
 
 BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
+MODEL_DTYPES = (None, "float16", "bfloat16")  # what Unsloth's from_pretrained accepts as a string
 
 
 class ConfigError(UserError, ValueError):
@@ -273,6 +274,8 @@ def _check_model(c: RunConfig) -> list[str]:
         p.append("model.vllm_standby needs model.fast_inference=true (standby is vLLM's KV cache); turn one on or the other off")
     if not lora.target_modules:
         p.append("lora.target_modules is empty: list the projections to adapt, e.g. [q_proj, v_proj]")
+    if m.dtype not in MODEL_DTYPES:
+        p.append(f"model.dtype={m.dtype!r}: Unsloth takes float16 or bfloat16; leave it empty (null) to let it pick")
     return p
 
 

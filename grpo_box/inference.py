@@ -374,11 +374,16 @@ class VLLMGenerator(BaseGenerator):
             max_tokens=max_new_tokens,
             seed=seed,
         )
-        texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in messages_batch]
+        # Token ids, not text: vLLM would add the BOS again to a chat template that already has it.
+        prompts = [{"prompt_token_ids": self._prompt_ids(m)} for m in messages_batch]
         lora = self._lora if self._use_lora else None
-        outputs = self.model.fast_generate(texts, sampling_params=params, lora_request=lora, use_tqdm=False)
+        outputs = self.model.fast_generate(prompts, sampling_params=params, lora_request=lora, use_tqdm=False)
         done = [[_vllm_completion(o) for o in request.outputs] for request in outputs]
         return [replies * num_return_sequences if greedy else replies for replies in done]
+
+    def _prompt_ids(self, messages: Messages) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def stream(
         self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
@@ -429,7 +434,7 @@ def _load_unsloth(path: str, adapter: str | None, cfg: ModelConfig, fast_inferen
         rank = max(cfg.max_lora_rank, _adapter_rank(adapter))
         kwargs.update(max_lora_rank=rank, gpu_memory_utilization=cfg.gpu_memory_utilization)
     model, tokenizer = FastLanguageModel.from_pretrained(**kwargs)
-    if fast_inference:
+    if has_vllm_engine(model):  # Unsloth turns fast_inference off where vLLM cannot run (old GPUs)
         return VLLMGenerator(model, tokenizer, adapter)
     if adapter is not None:
         from peft import PeftModel
@@ -469,13 +474,19 @@ def _stopping_criteria(stop: threading.Event) -> Any:
     return StoppingCriteriaList([_Stop()])
 
 
+def has_vllm_engine(model: Any) -> bool:
+    """Whether Unsloth attached a vLLM engine (it may decline `fast_inference` on some GPUs)."""
+    return getattr(model, "vllm_engine", None) is not None
+
+
 def _lora_request(model: Any, adapter_dir: str) -> Any:
-    """Unsloth's `load_lora` where the model has it (a PEFT model), else vLLM's own LoRARequest."""
+    """A vLLM LoRA request through Unsloth's `load_lora`: it checks the rank against the engine's
+    and numbers requests from its own counter (a hand-made LoRARequest id could collide)."""
     if hasattr(model, "load_lora"):
         return model.load_lora(adapter_dir)
-    from vllm.lora.request import LoRARequest
+    from unsloth_zoo.vllm_utils import load_lora
 
-    return LoRARequest("grpo_box_adapter", 1, adapter_dir)
+    return load_lora(model, adapter_dir)
 
 
 def _vllm_completion(output: Any) -> Completion:

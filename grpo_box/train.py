@@ -37,7 +37,7 @@ def start_run(config: RunConfig) -> RunDir:
 
 def grpo_args(config: RunConfig, run: RunDir, weights: list[float], cuda: bool) -> dict[str, Any]:
     """Keyword arguments for TRL's GRPOConfig (a pure function so tests can check them)."""
-    g, m = config.grpo, config.model
+    g = config.grpo
     bf16 = cuda and _bf16_supported()
     args: dict[str, Any] = {
         "output_dir": str(run.file(CHECKPOINTS)),
@@ -68,8 +68,9 @@ def grpo_args(config: RunConfig, run: RunDir, weights: list[float], cuda: bool) 
         "bf16": bf16,
         "fp16": cuda and not bf16,
     }
-    if cuda and m.fast_inference:
-        args.update(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=m.gpu_memory_utilization)
+    # No use_vllm here: Unsloth's GRPOTrainer turns it on (colocated, reusing model.vllm_engine)
+    # when the model has an engine. Forcing it where Unsloth declined fast_inference (an old GPU)
+    # would make TRL start a second vLLM of its own.
     return args
 
 
@@ -216,10 +217,9 @@ def _save_adapter(run: RunDir, trainer: Any, tokenizer: Any) -> None:
 def _evaluate(run: RunDir, config: RunConfig, model: Any, tokenizer: Any, base: bool) -> None:
     """Score the held-out split with the policy already in memory (no second copy on the GPU)."""
     from .evaluate import evaluate_run
-    from .inference import Generator, VLLMGenerator
-    from .modeling import has_cuda
+    from .inference import Generator, VLLMGenerator, has_vllm_engine
 
-    if has_cuda() and config.model.fast_inference:
+    if has_vllm_engine(model):
         generator: Any = VLLMGenerator(model, tokenizer, adapter_dir=None if base else str(run.adapter_dir))
     else:
         generator = Generator(model, tokenizer)

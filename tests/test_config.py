@@ -45,6 +45,7 @@ def test_yaml_round_trip(tmp_path):
         (["grpo.loss_type=foo"], "grpo.loss_type='foo'", "choose one of"),
         (["grpo.max_steps=ten"], "grpo.max_steps must be int", "got 'ten'"),
         (["rewards=[]"], "rewards is empty", "add at least one reward"),
+        (["model.dtype=float32"], "model.dtype='float32'", "float16 or bfloat16"),
     ],
 )
 def test_invalid_config_names_field_and_fix(overrides, field, fix):

@@ -124,3 +124,51 @@ def test_gguf_greedy_stream_matches_complete(gguf: GGUFGenerator) -> None:
 def test_gguf_rejects_an_adapter(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="merge"):
         load_for_generation(bundled_gguf_path(), tmp_path)
+
+
+# -- the vLLM boundary (vLLM cannot run here: a stand-in for Unsloth's engine-carrying model) --
+
+
+class _FakeVLLMModel:
+    """What Unsloth's fast_inference model offers the generator: an engine, load_lora, fast_generate."""
+
+    def __init__(self) -> None:
+        self.vllm_engine = object()
+        self.calls: list[dict] = []
+
+    def load_lora(self, path: str) -> tuple[str, str]:
+        return ("lora", path)
+
+    def fast_generate(self, prompts, sampling_params, lora_request, use_tqdm):
+        from types import SimpleNamespace as NS
+
+        self.calls.append({"prompts": prompts, "params": sampling_params, "lora": lora_request})
+        reply = NS(text="4", token_ids=[19, 2], finish_reason="stop")
+        return [NS(outputs=[reply] * sampling_params.n) for _ in prompts]
+
+
+def test_vllm_generator_sends_token_ids_and_the_lora_per_request(bundled_tokenizer, monkeypatch) -> None:
+    import sys
+    import types
+
+    from grpo_box.inference import VLLMGenerator, has_vllm_engine
+
+    vllm = types.ModuleType("vllm")
+    vllm.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    model = _FakeVLLMModel()
+    gen = VLLMGenerator(model, bundled_tokenizer, adapter_dir="/runs/x/adapter")
+    assert has_vllm_engine(model) and not has_vllm_engine(object()) and gen.has_adapter
+
+    greedy = gen.complete([QUESTION, COLOR], 16, temperature=0.0, num_return_sequences=3)
+    call = model.calls[-1]
+    text = bundled_tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+    assert call["prompts"][0] == {"prompt_token_ids": bundled_tokenizer(text, add_special_tokens=False)["input_ids"]}
+    assert call["lora"] == ("lora", "/runs/x/adapter") and call["params"].n == 1 and call["params"].temperature == 0.0
+    assert [[c.text for c in replies] for replies in greedy] == [["4"] * 3] * 2  # one greedy reply, repeated
+    assert greedy[0][0] == Completion("4", 2, False, [19, 2])
+
+    with gen.adapter_disabled():
+        gen.complete([QUESTION], 16, temperature=0.8, num_return_sequences=4, seed=7)
+    call = model.calls[-1]
+    assert call["lora"] is None and call["params"].n == 4 and call["params"].seed == 7
