@@ -11,7 +11,9 @@ def make_random_lora(model_dir: Path, out: Path, *, r: int = 4, alpha: int = 8,
     """A PEFT LoRA on the bundled model, saved with its tokenizer as training saves it.
 
     PEFT starts lora_B at zero (the adapter changes nothing); here it gets random values with
-    standard deviation `std`, so the adapter really changes the model's outputs.
+    standard deviation `std`, so the adapter really changes the model's outputs. `seed` fixes both
+    lora_A (PEFT's own random init, from torch's global generator) and lora_B, so every test run
+    gets the same adapter and the same replies.
     """
     import torch
     from peft import LoraConfig, get_peft_model
@@ -19,6 +21,7 @@ def make_random_lora(model_dir: Path, out: Path, *, r: int = 4, alpha: int = 8,
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     lora = LoraConfig(r=r, lora_alpha=alpha, target_modules=list(targets), task_type="CAUSAL_LM")
+    torch.manual_seed(seed)
     model = get_peft_model(model, lora)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
