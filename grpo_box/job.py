@@ -42,12 +42,14 @@ def start(run: RunDir, resume: bool = False, attached: bool = False) -> Job:
     cmd = [sys.executable, "-m", "grpo_box", "worker", str(run.path)]
     if resume:
         cmd.append("--resume")
-    output = None if attached else run.file(LOG).open("a")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     project_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH")) if p)
-    process = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT if output else None, env=env,
-                               start_new_session=True)
+    if attached:
+        process = subprocess.Popen(cmd, env=env, start_new_session=True)
+    else:
+        with run.file(LOG).open("a") as log:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return Job(run, process, attached)
 
 
