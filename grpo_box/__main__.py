@@ -129,11 +129,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _finish(run: Any) -> int:
+    from .runs import RETRYING
+
     status = run.status()
     print(f"\n{status['state']}: step {status.get('step')}/{status.get('max_steps')}  ({run.path})")
     if status.get("error"):
         print(f"error: {status['error']}", file=sys.stderr)
-    return 0 if status["state"] in ("finished", "stopped", "retrying") else 1
+    return 0 if status["state"] in ("finished", "stopped", RETRYING) else 1
 
 
 @command("stop")

@@ -22,11 +22,12 @@ signal on this model.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,17 +88,10 @@ def evaluate(
     funcs, weights = build_rubric(config.rewards, config.reward_file)
     max_new = max_new_tokens or config.grpo.max_completion_length
     started = time.time()
-    own = generator is None
-    gen = generator or load_for_generation(
-        config.model.name, adapter_dir, model_config=config.model, fast_inference=config.model.fast_inference
-    )
-    try:
+    with _generator(config, adapter_dir, generator) as gen:
         greedy = _generate(gen, rows["prompt"], max_new, 0.0, 1, config.grpo.seed, progress, "greedy")
         sampled = _generate(gen, rows["prompt"], max_new, SAMPLE_TEMPERATURE, k, config.grpo.seed,
                             progress, f"{k} samples") if k > 1 else None
-    finally:
-        if own:
-            gen.close()
     result = _summary(config, rows, funcs, weights, [g[0] for g in greedy], n_examples)
     if sampled is not None:
         result.update(_pass_at(config, rows, funcs, sampled, k))
@@ -120,16 +114,9 @@ def sample_dry_run(
     rows = _rows(config, "train", prompts)
     g = config.grpo
     n = g.num_generations
-    own = generator is None
-    gen = generator or load_for_generation(
-        config.model.name, model_config=config.model, fast_inference=config.model.fast_inference
-    )
-    try:
+    with _generator(config, None, generator) as gen:
         sampled = _generate(gen, rows["prompt"], g.max_completion_length, g.temperature, n, g.seed, progress,
                             f"{n} samples per prompt")
-    finally:
-        if own:
-            gen.close()
     columns = [name for name in rows if name != "prompt"]
     groups = [
         {
@@ -142,6 +129,21 @@ def sample_dry_run(
         for i, (prompt, group) in enumerate(zip(rows["prompt"], sampled))
     ]
     return score_groups(groups, config.rewards, config.reward_file)
+
+
+@contextlib.contextmanager
+def _generator(config: RunConfig, adapter_dir: str | Path | None,
+               given: BaseGenerator | None) -> Iterator[BaseGenerator]:
+    """`given` as it is, or the config's model (plus adapter) loaded for this block and closed after."""
+    if given is not None:
+        yield given
+        return
+    gen = load_for_generation(config.model.name, adapter_dir, model_config=config.model,
+                              fast_inference=config.model.fast_inference)
+    try:
+        yield gen
+    finally:
+        gen.close()
 
 
 def _rows(config: RunConfig, split: str, limit: int | None) -> dict[str, list[Any]]:
@@ -278,21 +280,14 @@ def evaluate_run(
     adapter = run_adapter_dir(run) if trained else None
     if trained and adapter is None:
         raise FileNotFoundError(f"{run.path} has no trained adapter yet (no adapter/ and no checkpoint); train it first")
-    own = generator is None
-    gen = generator or load_for_generation(
-        config.model.name, adapter, model_config=config.model, fast_inference=config.model.fast_inference
-    )
-    options = {"k": k, "max_new_tokens": max_new_tokens, "limit": limit, "generator": gen}
     results = read_eval(run.path)
-    try:
+    with _generator(config, adapter, generator) as gen:
+        options = {"k": k, "max_new_tokens": max_new_tokens, "limit": limit, "generator": gen}
         if base:
             with gen.adapter_disabled():
                 results["base"] = evaluate(config, None, progress=_phase(progress, "base"), **options)
         if trained:
             results["trained"] = evaluate(config, adapter, progress=_phase(progress, "trained"), **options)
-    finally:
-        if own:
-            gen.close()
     results["delta"] = compare(results.get("base"), results.get("trained"))
     _write_json(run.file(EVAL), results)
     return results

@@ -46,6 +46,11 @@ class Completion:
     token_ids: list[int] | None = None
 
 
+def prompt_text(tokenizer: Any, messages: Messages) -> str:
+    """The prompt exactly as the model sees it: chat template plus the assistant header."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 def is_gguf(path: str | Path) -> bool:
     return str(path).lower().endswith(".gguf")
 
@@ -170,8 +175,7 @@ class Generator(BaseGenerator):
             yield
 
     def prompt_text(self, messages: Messages) -> str:
-        """The prompt exactly as the model sees it: chat template plus the assistant header."""
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return prompt_text(self.tokenizer, messages)
 
     def complete(
         self,
@@ -382,8 +386,7 @@ class VLLMGenerator(BaseGenerator):
         return [replies * num_return_sequences if greedy else replies for replies in done]
 
     def _prompt_ids(self, messages: Messages) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt_text(self.tokenizer, messages), add_special_tokens=False)["input_ids"]
 
     def stream(
         self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0

@@ -1,8 +1,20 @@
-"""Test helpers shared by the inference, chat, evaluation and export tests."""
+"""Test helpers shared by the test modules: the CLI in a subprocess, a random LoRA adapter."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def run_cli(*args: str, timeout: int = 900, **env: str) -> subprocess.CompletedProcess:
+    """`python -m grpo_box ARGS` from the project root, output captured; `env` adds variables."""
+    return subprocess.run([sys.executable, "-m", "grpo_box", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**ENV, **env}, timeout=timeout)
 
 
 def make_random_lora(model_dir: Path, out: Path, *, r: int = 4, alpha: int = 8,

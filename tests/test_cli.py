@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+from helpers import run_cli
 
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "grpo_box", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=ENV, timeout=300)
+_cli = partial(run_cli, timeout=300)
 
 
 def test_presets_lists_all_and_proposes_one():

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import make_random_lora
+from helpers import make_random_lora, run_cli
 
 from grpo_box.config import RewardSpec, RunConfig
 from grpo_box.data import load_rows
@@ -246,11 +243,9 @@ def test_sample_dry_run_warns_when_the_base_model_never_scores(config: RunConfig
 
 @pytest.mark.slow
 def test_rewards_score_sample_on_the_bundled_model(tmp_path: Path) -> None:
-    root = Path(__file__).resolve().parent.parent
-    args = ["rewards", "score", "--sample", "2", "--json", "--set", "grpo.num_generations=4",
-            "--set", "grpo.max_completion_length=16", "--set", "data.size=20", "--set", "data.eval_size=4"]
-    out = subprocess.run([sys.executable, "-m", "grpo_box", *args], cwd=root, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}, timeout=600)
+    out = run_cli("rewards", "score", "--sample", "2", "--json", "--set", "grpo.num_generations=4",
+                  "--set", "grpo.max_completion_length=16", "--set", "data.size=20", "--set", "data.eval_size=4",
+                  timeout=600, OMP_NUM_THREADS="1")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "sampling 4 completions for each of 2 prompts" in out.stderr and "2/2 prompts" in out.stderr
     report = json.loads(out.stdout)

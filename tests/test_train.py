@@ -4,7 +4,6 @@ and the Unsloth GPU boundary (checked on CPU, run for real behind the cuda marke
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,13 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ENV, ROOT, run_cli
 
 from grpo_box.modeling import prepare_environment, unsloth_load_kwargs, unsloth_peft_kwargs
 from grpo_box.presets import load_preset, resolve_config
 from grpo_box.runs import RunDir, open_run
 
-ROOT = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 # Small but real: 1 prompt x 4 completions x 32 tokens per step; target_length gives every group
 # a spread of rewards, so each step has a learning signal.
 FAST = [
@@ -28,9 +26,6 @@ FAST = [
 ]
 
 
-def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "grpo_box", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def _lora_b_norm(adapter_dir: Path) -> float:
@@ -57,7 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     code = job.stop(child)
     stopped = run.status()
     checkpoint = run.last_checkpoint()
-    resumed = _cli("resume", str(run.path)) if alive and code == 0 else None
+    resumed = run_cli("resume", str(run.path)) if alive and code == 0 else None
     return {"run": run, "alive": alive, "stop_code": code, "stopped": stopped, "checkpoint": checkpoint,
             "resumed": resumed}
 
@@ -117,7 +112,7 @@ def test_trained_run_merges_and_exports_gguf_that_llama_cpp_answers(trained):
 @pytest.mark.slow
 def test_the_readme_demo_trains_evaluates_and_exports(tmp_path):
     """The README's main command, shortened: one step, four held-out rows."""
-    result = _cli("demo", "--set", "grpo.max_steps=1", "--set", "data.eval_size=4", "--set",
+    result = run_cli("demo", "--set", "grpo.max_steps=1", "--set", "data.eval_size=4", "--set",
                   "grpo.max_completion_length=32", "--set", f"output.runs_dir={tmp_path}")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     run = open_run(next(tmp_path.iterdir()))
@@ -281,9 +276,9 @@ def test_grpo_arguments(tmp_path):
 def test_gpu_path_trains_one_step_with_unsloth(tmp_path):
     overrides = [*FAST, "grpo.max_steps=1", f"output.runs_dir={tmp_path}", "model.name=bundled:smollm2-135m-instruct",
                  "model.load_in_4bit=false", "grpo.optim=adamw_torch"]
-    result = _cli("train", "--preset", "8gb", "--force", *[a for o in overrides for a in ("--set", o)])
+    result = run_cli("train", "--preset", "8gb", "--force", *[a for o in overrides for a in ("--set", o)])
     assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = json.loads(_cli("runs", "--root", str(tmp_path), "--json").stdout)[0]["path"]
+    run_dir = json.loads(run_cli("runs", "--root", str(tmp_path), "--json").stdout)[0]["path"]
     run = open_run(run_dir)
     assert run.status()["state"] == "finished" and run.has_adapter()
     assert "vram/peak_gb" in json.dumps(run.metrics()[0]) or "vram" in json.dumps(run.metrics()[0])
