@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
+from .modeling import tolerate_inductor_pool_aliasing
 from .models import resolve_model
 from .runs import RunDir
 
@@ -423,6 +424,7 @@ def _load_cpu(path: str, adapter: str | None) -> Generator:
 
 def _load_unsloth(path: str, adapter: str | None, cfg: ModelConfig, fast_inference: bool) -> BaseGenerator:
     """Unsloth on a GPU: vLLM with a per-request LoRA, or its HF model with the adapter attached."""
+    tolerate_inductor_pool_aliasing()
     import unsloth  # noqa: F401  (must precede transformers / peft)
     from unsloth import FastLanguageModel
 

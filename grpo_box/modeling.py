@@ -10,6 +10,12 @@ it so the preset's `gpu_memory_utilization` (which the memory estimate uses) is 
 CPU path: Unsloth 2026.10 imports with `UNSLOTH_ALLOW_CPU=1` but `FastLanguageModel` still asks
 CUDA for device properties, so the same LoRA settings are applied with transformers + PEFT.
 
+Unsloth compiles small graphs (e.g. the causal mask) with Inductor's `memory_planning`, whose
+`inductor::_alloc_from_pool` returns a view of its pool. PyTorch 2.13 flags that as custom-op
+aliasing: a warning normally, but a hard error whenever `CI` is set in the environment
+(`error_on_custom_op_aliasing` defaults to `bool(os.getenv("CI"))`). The op is Inductor's own, so
+`tolerate_inductor_pool_aliasing` keeps it a warning everywhere.
+
 `unsloth_load_kwargs` / `unsloth_peft_kwargs` are the exact arguments handed to Unsloth; they are
 pure functions so a CPU test can check that boundary.
 """
@@ -42,9 +48,18 @@ def prepare_environment(config: RunConfig, cuda: bool | None = None) -> dict[str
     return env
 
 
+def tolerate_inductor_pool_aliasing() -> None:
+    """Keep PyTorch's custom-op aliasing check a warning, even with `CI` set (see module docstring)."""
+    os.environ.setdefault("TORCHINDUCTOR_ERROR_ON_CUSTOM_OP_ALIASING", "0")  # read where torch is not yet imported
+    import torch._functorch.config as functorch_config
+
+    functorch_config.error_on_custom_op_aliasing = False  # torch may already be imported
+
+
 def import_unsloth(config: RunConfig) -> None:
     """`import unsloth` with the right environment, before trl/transformers/peft are used."""
     prepare_environment(config)
+    tolerate_inductor_pool_aliasing()
     import unsloth  # noqa: F401  (patches TRL and transformers on import)
 
     if not has_cuda():

@@ -222,6 +222,17 @@ def test_unsloth_gpu_arguments_follow_the_preset(monkeypatch):
     assert prepare_environment(load_preset("cpu"), cuda=False)["UNSLOTH_ALLOW_CPU"] == "1"
 
 
+def test_inductor_pool_aliasing_stays_a_warning_under_ci():
+    """With `CI` set, PyTorch 2.13 turns Inductor's own pool views into errors (CI once failed on it)."""
+    code = ("import torch._functorch.config as c; before = c.error_on_custom_op_aliasing; "
+            "from grpo_box.modeling import tolerate_inductor_pool_aliasing as t; t(); "
+            "print(before, c.error_on_custom_op_aliasing)")
+    env = {**ENV, "CI": "1"}
+    env.pop("TORCHINDUCTOR_ERROR_ON_CUSTOM_OP_ALIASING", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]
+
+
 def test_unsloth_is_called_with_those_arguments(monkeypatch):
     """The GPU loader hands exactly those arguments to Unsloth (CUDA itself is faked at that boundary)."""
     import types
