@@ -26,8 +26,22 @@ class DiskSpaceError(ExportError):
     pass
 
 
+def replies_agree(identical: int, near_ties: int, prompts: int) -> bool:
+    """Every prompt's greedy reply matched the merged model's, or parted from it only at a near-tie."""
+    return identical + near_ties == prompts
+
+
+class _Checked:
+    """A record whose `ok` property is part of its JSON form."""
+
+    ok: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}  # type: ignore[call-overload]
+
+
 @dataclass
-class GGUFResult:
+class GGUFResult(_Checked):
     quant: str
     path: str
     size_bytes: int
@@ -57,15 +71,12 @@ class GGUFResult:
         """No check failed (an unverified file counts as ok; see `verified`)."""
         if not self.verified:
             return True
-        parity = self.identical + self.near_ties == self.prompts if self.exact_required else True
+        parity = replies_agree(self.identical, self.near_ties, self.prompts) if self.exact_required else True
         return parity and self.chat_template_ok and self.eos_ok and self.chat_stops and self.tokenizer_match
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
 
 
 @dataclass
-class LoraResult:
+class LoraResult(_Checked):
     path: str
     size_bytes: int
     seconds: float
@@ -81,10 +92,8 @@ class LoraResult:
     def ok(self) -> bool:
         # llama.cpp applies the adapter unmerged in f16 (W·x + B·A·x), not W + B·A in the merge's
         # precision, so a reply may part from the merged model's at a near-tie.
-        return self.tensors > 0 and (self.identical is None or self.identical + self.near_ties == self.prompts)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        return self.tensors > 0 and (
+            self.identical is None or replies_agree(self.identical, self.near_ties, self.prompts))
 
 
 @dataclass
@@ -136,7 +145,7 @@ def _row(f: GGUFResult) -> tuple[str, ...]:
     agree = f"{f.identical}/{f.prompts} identical"
     if f.near_ties:
         agree += f", {f.near_ties} near-tie"
-    if f.identical + f.near_ties < f.prompts:
+    if not replies_agree(f.identical, f.near_ties, f.prompts):
         agree += f" ({f.prefix_agreement:.0%} prefix)"
     yes = lambda b: "ok" if b else "BAD"  # noqa: E731
     return (Path(f.path).name, size_text(f.size_bytes), agree, yes(f.chat_template_ok), f.eos_token or "?",
