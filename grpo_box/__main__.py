@@ -8,10 +8,12 @@ before anything else imports transformers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,10 +55,21 @@ def cmd_presets(args: argparse.Namespace) -> int:
                      "model": cfg.model.name, "4bit": cfg.model.load_in_4bit, "vLLM": cfg.model.fast_inference,
                      "description": info.description})
     print(_table(rows, ["preset", "card", "model", "4bit", "vLLM", "description"]))
+    _print_preset_catalogs([info.name for info in list_presets()])
     gpu = detect_gpu()
     found = f"{gpu.name} ({gpu.vram_gb:g} GB)" if gpu else "no NVIDIA GPU"
     print(f"\nDetected: {found} -> proposed preset: {propose_preset(gpu)}")
     return 0
+
+
+def _print_preset_catalogs(presets: list[str]) -> None:
+    """Each preset's model catalog, its default model first, with the reason for each choice."""
+    from .catalog import catalog_for_preset
+
+    for preset in presets:
+        print(f"\nModels for {preset}:")
+        for model_id, reason in catalog_for_preset(preset):
+            print(f"  {model_id:<36}  {reason}")
 
 
 def _resolve(args: argparse.Namespace):
@@ -70,28 +83,29 @@ def _resolve(args: argparse.Namespace):
 
 @command("estimate")
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from .memory import estimate_report, format_estimate
+    """Against --vram, else the detected GPU, else the preset's card; the output says which."""
+    from .memory import choose_card, estimate_report, format_estimate
 
-    report = estimate_report(_resolve(args), vram_gb=args.vram)
+    config = _resolve(args)
+    report = estimate_report(config, card=choose_card(config, args.vram))
     _print_json(report) if args.json else print(format_estimate(report))
     return 0
 
 
 # -- training ---------------------------------------------------------------------------------
 def _check_fits(config: Any, force: bool) -> bool:
-    """Print the memory estimate; refuse (unless forced) a GPU run estimated not to fit."""
-    from .hardware import detect_gpu
-    from .memory import estimate_report, format_estimate
+    """memory.preflight on this machine's GPU: print the estimate; False when it refuses the run."""
+    from .memory import format_estimate, preflight
 
-    gpu = detect_gpu()
-    if gpu is None:
-        return True
-    report = estimate_report(config, vram_gb=gpu.vram_gb)
-    print(format_estimate(report))
-    if report["verdict"] == "will not fit" and not force:
-        print(f"\nRefusing to start: estimated not to fit on {gpu.name}. {report.get('suggestion') or ''}\n"
-              "Pass --force to try anyway.", file=sys.stderr)
+    result = preflight(config, force=force)
+    if result.card.vram_gb is None:
+        return True  # no GPU: nothing to check
+    if result.report:
+        print(format_estimate(result.report))
+    if not result.proceed:
+        print(f"\nRefusing to start: {result.message}\nPass --force to try anyway.", file=sys.stderr)
         return False
+    print(f"\n{result.message}", file=sys.stderr if result.verdict != "fits" else sys.stdout, flush=True)
     return True
 
 
@@ -177,7 +191,7 @@ def cmd_rewards(args: argparse.Namespace) -> int:
         if not args.rubric:
             print("rewards score --data needs --rubric RUBRIC.yaml", file=sys.stderr)
             return 2
-        report = score_file(args.rubric, args.data, user_file=args.user_file)
+        report = score_file(args.rubric, args.data, user_file=args.user_file, template=args.template)
     else:
         report = _sample_dry_run(args)
     _print_json(report.to_dict()) if args.json else print(format_report(report))
@@ -219,52 +233,88 @@ def cmd_preview(args: argparse.Namespace) -> int:
         _print_json(rows)
         return 0
     for row in rows:
-        print(f"--- {row['tokens']} tokens, reference answer: {row['answer']}\n{row['text']}")
+        print(f"--- {row['origin']}: {row['tokens']} tokens, reference answer: {row['answer']}\n{row['text']}")
     return 0
 
 
 # -- evaluation, chat, export -----------------------------------------------------------------
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate, evaluate_run, format_eval
+    """`eval RUN_DIR` uses the run's own config and eval.json; `eval --model ID [--adapter DIR]`
+    a preset/config (+ --set) and `--out FILE`. `--limit N` scores the first N held-out rows."""
+    from .evaluate import evaluate_model, evaluate_run, format_eval
 
+    options = {"k": args.k, "limit": args.limit, "progress": _rows_progress}
     if args.run_dir:
-        result = evaluate_run(args.run_dir, base=not args.trained_only, trained=True, k=args.k, limit=args.limit,
-                              progress=_rows_progress)
+        given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config), ("--set", args.set),
+                                          ("--model", args.model), ("--adapter", args.adapter), ("--out", args.out))
+                 if value]
+        if given:
+            print(f"error: eval RUN_DIR scores the run's own model, adapter and config and writes RUN_DIR/eval.json; "
+                  f"{', '.join(given)} would be ignored. Drop {'it' if len(given) == 1 else 'them'}, or evaluate "
+                  "outside the run with `eval --model ID [--adapter DIR] [--set KEY=VALUE] [--out FILE]`",
+                  file=sys.stderr)
+            return 2
+        result = evaluate_run(args.run_dir, base=not args.trained_only, trained=True, **options)
+        out = Path(args.run_dir) / "eval.json"
     else:
-        config = _resolve(args)
-        if args.limit:
-            config.data.eval_size = args.limit
-        result = {"base": evaluate(config, k=args.k, progress=_rows_progress)}
+        args.preset = args.preset or "cpu"
+        out = Path(args.out or "eval.json")
+        result = evaluate_model(_resolve(args), args.adapter, out, base=not args.trained_only, **options)
     _print_json(result) if args.json else print(format_eval(result))
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
 @command("chat")
 def cmd_chat(args: argparse.Namespace) -> int:
-    from .chat import chat_stream
+    """Stream replies with the reasoning and the answer labelled apart; `--compare` asks base and
+    trained model the same prompt; `--base` keeps the run's system prompt for the untrained model."""
+    from .runs import CONFIG
 
-    source = args.source
-    if args.base:
-        from .runs import open_run
-
-        source = open_run(args.source).config().model.name
-    prompts = [args.prompt] if args.prompt else None
+    if (args.base or args.compare) and not (Path(args.source) / CONFIG).is_file():
+        print(f"error: --{'base' if args.base else 'compare'} needs a run directory (its config names the base model); "
+              f"{args.source} is not one", file=sys.stderr)
+        return 2
     history: list[dict[str, str]] = []
     while True:
-        text = prompts.pop(0) if prompts else (None if args.prompt else _ask())
+        text = args.prompt if args.prompt else _ask()
         if text is None:
             return 0
-        history.append({"role": "user", "content": text})
-        reply = ""
-        for chunk in chat_stream(source, history, temperature=args.temperature, max_new_tokens=args.max_tokens):
-            piece = getattr(chunk, "delta", chunk if isinstance(chunk, str) else "")
-            reply += piece
-            print(piece, end="", flush=True)
-        print()
-        history.append({"role": "assistant", "content": reply})
+        if args.compare:
+            _chat_compare(args, text)
+        else:
+            history.append({"role": "user", "content": text})
+            history.append({"role": "assistant", "content": _chat_turn(args, history)})
         if args.prompt:
             return 0
+
+
+def _chat_turn(args: argparse.Namespace, history: list[dict[str, str]]) -> str:
+    from .chat import SectionStream, chat_stream
+
+    sections = SectionStream()
+    reply = ""
+    for chunk in chat_stream(args.source, history, system_prompt=args.system, temperature=_temperature(args, 0.7),
+                             top_p=args.top_p, max_new_tokens=args.max_tokens, base=args.base):
+        print(sections.feed(chunk), end="", flush=True)
+        reply = chunk.text
+    print()
+    return reply
+
+
+def _chat_compare(args: argparse.Namespace, prompt: str) -> None:
+    from .chat import format_sections, resolve_source, side_by_side, split_think_answer
+
+    template = resolve_source(args.source).template
+    replies = side_by_side(args.source, prompt, system_prompt=args.system, temperature=_temperature(args, 0.0),
+                           top_p=args.top_p, max_new_tokens=args.max_tokens)
+    for name, reply in zip(("base model", "trained model"), replies):
+        print(f"=== {name} ===\n{format_sections(*split_think_answer(reply, template))}\n", flush=True)
+
+
+def _temperature(args: argparse.Namespace, default: float) -> float:
+    return default if args.temperature is None else args.temperature
 
 
 def _ask() -> str | None:
@@ -277,20 +327,48 @@ def _ask() -> str | None:
 
 @command("merge")
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .merge import merge_run
+    """Merge, then print the parity check; exit 1 when the merged model answers unlike base + adapter."""
+    from .merge import merge_with_report
 
-    print(f"Merged model: {merge_run(args.run_dir, progress=_progress)}")
-    return 0
+    with _writing("merge"):
+        report = merge_with_report(args.run_dir, progress=_progress, allow_4bit_merge=args.allow_4bit_merge,
+                                   download_base=args.download_base)
+    verdict = "match" if report.ok else "DIFFER"
+    print(f"Merged model: {report.merged_dir}\n"
+          f"Check: {report.matches}/{len(report.prompts)} greedy replies of the merged model match base + adapter "
+          f"({verdict}); the adapter changes {report.changed_vs_base} of them vs the base")
+    for note in report.warnings:
+        print(f"note: {note}")
+    return 0 if report.ok else 1
 
 
 @command("export")
 def cmd_export(args: argparse.Namespace) -> int:
+    """Exit 1 when a check failed (the table or JSON says which); files written are kept."""
     from .export import export_run
 
     quants = [q.strip() for q in args.quant.split(",") if q.strip()]
-    report = export_run(args.run_dir, quants=quants, lora=args.lora, progress=None if args.json else _progress)
+    with _writing("export"):
+        report = export_run(args.run_dir, quants=quants, lora=args.lora, progress=None if args.json else _progress,
+                            allow_4bit_merge=args.allow_4bit_merge, download_base=args.download_base)
     _print_json(report.to_dict()) if args.json else print(report.format_table())
-    return 0
+    return 0 if report.ok else 1
+
+
+class _WriteFailed(UserError):
+    """Writing an output failed (a full disk, no permission); earlier outputs are left as they were."""
+
+
+@contextlib.contextmanager
+def _writing(what: str) -> Iterator[None]:
+    """Turn an OSError while writing (a full disk) into a one-line error instead of a traceback."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise  # a missing input, reported as such by main()
+    except OSError as exc:
+        raise _WriteFailed(f"{what} failed while writing: {exc}. Free disk space (or fix the permissions) and run it "
+                           f"again; earlier {what} outputs were left as they were") from None
 
 
 @command("push")
@@ -353,6 +431,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     config = _resolve(args)
     config.evaluate = True
+    if not _check_fits(config, args.force):
+        return 2
     run = start_run(config)
     print(f"[1/2] Training {config.model.name} on {config.data.source} for {config.grpo.max_steps} steps -> {run.path}",
           flush=True)
@@ -386,13 +466,21 @@ def _config_args(p: argparse.ArgumentParser, preset_default: str | None = "cpu")
     p.add_argument("--model", help="model: bundled:…, a Hub id or a local HF directory")
 
 
+def _base_args(p: argparse.ArgumentParser) -> None:
+    """Where merge finds the 16-bit base (merge and export)."""
+    p.add_argument("--download-base", action="store_true",
+                   help="download the 16-bit base from the Hub when it is not on disk")
+    p.add_argument("--allow-4bit-merge", action="store_true",
+                   help="without the 16-bit base, merge into the dequantized 4-bit base (lower quality; warned)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m grpo_box", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("presets", help="list presets and the one proposed for this machine")
     p = sub.add_parser("estimate", help="VRAM estimate for a preset/config")
     _config_args(p)
-    p.add_argument("--vram", type=float, help="card size in GB (default: the preset's card)")
+    p.add_argument("--vram", type=float, help="card size in GB (default: the detected GPU, else the preset's card)")
     p.add_argument("--json", action="store_true")
     for name in ("train", "demo"):
         p = sub.add_parser(name, help="train a run" if name == "train" else "train, evaluate and export (headless demo)")
@@ -414,32 +502,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="JSONL of prompts with completions to score")
     p.add_argument("--sample", type=int, metavar="N", help="score completions sampled from the base model on N prompts")
     p.add_argument("--user-file", help="Python file with your reward functions")
+    p.add_argument("--template", choices=["think", "reasoning", "boxed"],
+                   help="with --data: fill the rubric's unset tag params from this data template, as training does")
     _config_args(p)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("preview", help="the first prompts exactly as the model sees them")
     _config_args(p)
     p.add_argument("-n", type=int, default=3)
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("eval", help="score the held-out split (base and trained)")
-    p.add_argument("run_dir", nargs="?")
-    _config_args(p)
+    p = sub.add_parser("eval", help="score the held-out split (base and trained); writes eval.json")
+    p.add_argument("run_dir", nargs="?", help="a run directory (its config, adapter and eval.json)")
+    _config_args(p, preset_default=None)  # None: tell a --preset given with RUN_DIR from the default (cpu)
+    p.add_argument("--adapter", help="without RUN_DIR: a LoRA adapter folder to evaluate on top of --model")
+    p.add_argument("--out", help="without RUN_DIR: where to write the results (default: ./eval.json)")
     p.add_argument("--k", type=int, default=1, help="pass@k samples (1 = greedy only)")
-    p.add_argument("--limit", type=int)
-    p.add_argument("--trained-only", action="store_true")
+    p.add_argument("--limit", type=int, help="score only the first N held-out rows (the split stays the same)")
+    p.add_argument("--trained-only", action="store_true", help="skip the base model")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("chat", help="chat with a run, a merged model or a GGUF")
-    p.add_argument("source")
-    p.add_argument("--prompt")
-    p.add_argument("--base", action="store_true", help="talk to the run's base model instead")
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("source", help="a run directory, a merged model directory or a .gguf file")
+    p.add_argument("--prompt", help="ask this one prompt and exit (default: interactive)")
+    p.add_argument("--base", action="store_true", help="talk to the run's base model (with the run's system prompt)")
+    p.add_argument("--compare", action="store_true", help="the same prompt to the base and the trained model")
+    p.add_argument("--system", help="system prompt instead of the run's ('' sends none)")
+    p.add_argument("--temperature", type=float, help="default 0.7; 0 (greedy) with --compare")
+    p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-tokens", type=int, default=256)
     p = sub.add_parser("merge", help="merge the LoRA into a 16-bit model")
     p.add_argument("run_dir")
+    _base_args(p)
     p = sub.add_parser("export", help="export GGUF files (+ Ollama Modelfile)")
     p.add_argument("run_dir")
     p.add_argument("--quant", default="f16,q4_k_m")
     p.add_argument("--lora", action="store_true", help="also export the adapter alone as a GGUF LoRA")
     p.add_argument("--json", action="store_true")
+    _base_args(p)
     p = sub.add_parser("push", help="upload a GGUF, the merged model or the adapter to the Hugging Face Hub")
     p.add_argument("run_dir")
     p.add_argument("--repo", required=True, help="USER/NAME of the Hub model repo (created if missing)")

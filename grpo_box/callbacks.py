@@ -1,10 +1,11 @@
 """Trainer callbacks: run-directory files, and a readable progress line on the terminal.
 
 Per optimizer step it appends every metric TRL logged (reward, reward_std, rewards/<fn>/mean,
-frac_reward_zero_std, kl, completion lengths, loss, …) plus wall time, RAM and VRAM to
-metrics.jsonl; every `sample_every` steps it writes the last batch's prompts, completions and
-per-function rewards (TRL keeps them in `trainer._logs`) to samples.jsonl; it keeps status.json
-current and turns a STOP file into "save a checkpoint and stop".
+frac_reward_zero_std, kl, completion lengths, loss, …) plus wall time, RAM and VRAM (torch's
+peak since the previous step, and NVML's whole-card reading) to metrics.jsonl; every
+`sample_every` steps it writes the last batch's prompts, completions and per-function rewards
+(TRL keeps them in `trainer._logs`) to samples.jsonl; it keeps status.json current and turns a
+STOP file into "save a checkpoint and stop".
 
 `StepSummaryProgress` keeps transformers' tqdm bar but replaces the raw dict of 30 metrics it
 prints per step with one line of what GRPO users watch: reward ± std, each reward function,
@@ -21,7 +22,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from .hardware import vram_snapshot
+from .hardware import reset_peak_vram, vram_snapshot
 from .runs import METRICS, SAMPLES, RunDir
 
 # Keys the Trainer adds at the end of training; they are not per-step metrics.
@@ -45,7 +46,8 @@ class RunFilesCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = self._last_step_at = time.time()
-        self.run.set_status("running", step=state.global_step, max_steps=self.max_steps, error=None)
+        reset_peak_vram()  # the first step's peak must not be the model load's
+        self.run.set_status("running", step=state.global_step, max_steps=self.max_steps, phase="training", error=None)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.current_step = state.global_step + 1
@@ -64,6 +66,7 @@ class RunFilesCallback(TrainerCallback):
         record = {"step": state.global_step, **logs, "wall_time": round(now - self._t0, 3),
                   "step_seconds": round(now - self._last_step_at, 3), "ram_peak_gb": round(ram_peak_gb(), 3)}
         record.update(vram_snapshot() or {})
+        reset_peak_vram()
         self._last_step_at = now
         self.run.append(METRICS, record)
         if state.global_step % self.sample_every == 0 or state.global_step == 1:

@@ -2,14 +2,16 @@
 
 The VRAM estimate (`grpo_box.memory`) needs a model's shape: parameter count, layers, hidden and
 MLP widths, attention heads, KV heads, head size, vocabulary and whether the embeddings are tied.
-Fetching `config.json` from the Hub would need the network, so the models GRPO Box offers are
-listed here with the values of their published configs. Other models are read from a local
-directory's `config.json` (`arch_from_config_json`) or from the Hugging Face cache if present.
-`catalog_for_preset` says which catalog models suit each card size, with a one-line reason.
+So that estimates work offline, the models GRPO Box offers are listed here with the values of
+their published configs. Other models are read from a local directory's `config.json`
+(`arch_from_config_json`), from the Hugging Face cache, or else, unless HF_HUB_OFFLINE is set,
+by downloading just that repo's `config.json`. `catalog_for_preset` says which catalog models
+suit each card size, with a one-line reason.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -163,8 +165,23 @@ def _hub_cache_config(model_id: str) -> Path | None:
     return found[-1] if found else None
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@functools.lru_cache(maxsize=64)
+def _hub_download_config(model_id: str) -> Path:
+    """Download only a Hub repo's config.json (a few KB); raises ConfigError saying why it could not."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(model_id, "config.json"))
+    except Exception as exc:  # no network, a gated, private or missing repo: all end the same way
+        raise ConfigError(f"could not download config.json of {model_id!r} ({type(exc).__name__}: {exc})") from exc
+
+
 def resolve_arch(model_name: str) -> Arch:
-    """The shape of `model_name`: the catalog, else a local directory, else the HF cache."""
+    """The shape of `model_name`: the catalog, a local directory, the HF cache, else the Hub's config.json."""
     arch = lookup(model_name)
     if arch is not None:
         return arch
@@ -173,9 +190,12 @@ def resolve_arch(model_name: str) -> Arch:
     cached = _hub_cache_config(model_name)
     if cached is not None:
         return arch_from_config_json(cached)
+    if model_name.count("/") == 1 and not _offline():
+        return arch_from_config_json(_hub_download_config(model_name))
+    why = "HF_HUB_OFFLINE is set, so the Hub was not asked" if _offline() else "it is not a Hub id (owner/name)"
     raise ConfigError(
-        f"model {model_name!r} is not in the built-in catalog and no config.json was found for it; "
-        f"use a local model directory or one of: {', '.join(CATALOG)}"
+        f"model {model_name!r} is not in the built-in catalog and no config.json was found for it ({why}); "
+        f"use a local model directory, a Hub id while online, or one of: {', '.join(CATALOG)}"
     )
 
 

@@ -6,22 +6,33 @@ model name such as `bundled:…` or a Hub id works too). The run's system prompt
 the model is asked for the same output shape it was trained on, and `split_think_answer` cuts a
 reply into its reasoning and its answer so the UI and CLI can show them apart, also mid-stream.
 
-These are plain functions for the CLI and the Gradio tab. The last loaded model is cached, so a
-conversation does not reload it on every turn.
+Back ends (`inference.load_for_generation`): on CPU, transformers + PEFT; on a CUDA machine,
+Unsloth. Where the run trains with vLLM (`model.fast_inference`), whole replies (`reply`,
+`side_by_side`) go through Unsloth's `fast_generate` with the adapter as a LoRA request, as the
+issue asks; streaming (`chat_stream`) stays on Unsloth's HF model, because vLLM's offline engine
+only returns finished replies and a chat should show tokens as they come. Only one model is kept
+(the last one loaded), so on such a run switching between streaming and whole replies reloads.
+
+These are plain functions for the CLI and the Gradio tab. The cached model means a conversation
+does not reload it on every turn.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ModelConfig, RunConfig
 from .inference import BaseGenerator, Messages, is_gguf, load_for_generation, run_adapter_dir
+from .modeling import has_cuda
 from .prompts import get_template, system_prompt as template_system_prompt
 from .runs import CONFIG, RunDir, open_run
 
 _RUN_SEARCH_DEPTH = 3  # export/merged/ and export/gguf/x.gguf sit this deep under their run
+_PARTIAL_TAG = re.compile(r"<[/A-Za-z]*$")  # "<ans" at the end of a streamed reply: maybe a tag
+THINK_LABEL, ANSWER_LABEL = "[thinking]", "[answer]"
 
 
 @dataclass
@@ -51,6 +62,13 @@ class ChatChunk:
     think: str
     answer: str
     done: bool = False
+
+    @classmethod
+    def of(cls, delta: str, text: str, template: str | None, done: bool = False) -> "ChatChunk":
+        """The chunk for the reply so far; mid-stream, a tag still being typed ("<ans") is held back
+        from the sections, where it would show as answer text for a moment."""
+        shown = text if done else _PARTIAL_TAG.sub("", text)
+        return cls(delta, text, *split_think_answer(shown, template), done=done)
 
 
 def resolve_source(source: str | Path, base: bool = False) -> ChatSource:
@@ -93,17 +111,27 @@ def default_system_prompt(source: str | Path) -> str | None:
 
 # ---------------------------------------------------------------- model cache
 
-_cache: dict[tuple[str, str | None], BaseGenerator] = {}
+_cache: dict[tuple[str, str | None, bool], BaseGenerator] = {}
 
 
-def get_generator(src: ChatSource) -> BaseGenerator:
-    """The generator for a source, reusing the last one loaded (only one model is kept)."""
-    key = (src.model, src.adapter)
+def get_generator(src: ChatSource, whole_replies: bool = False) -> BaseGenerator:
+    """The generator for a source, reusing the last one loaded (only one model is kept).
+
+    `whole_replies=True` (no streaming needed) selects vLLM where `uses_vllm(src)`.
+    """
+    fast = whole_replies and uses_vllm(src)
+    key = (src.model, src.adapter, fast)
     if key not in _cache:
         clear_cache()
         model_config = src.config.model if src.config else ModelConfig()
-        _cache[key] = load_for_generation(src.model, src.adapter, model_config=model_config)
+        _cache[key] = load_for_generation(src.model, src.adapter, model_config=model_config, fast_inference=fast)
     return _cache[key]
+
+
+def uses_vllm(src: ChatSource) -> bool:
+    """Whether whole replies for `src` go through Unsloth's vLLM engine: a run that trains with
+    `fast_inference`, on a CUDA machine (merged models and GGUFs have no run settings to follow)."""
+    return bool(src.config and src.config.model.fast_inference and src.run and has_cuda())
 
 
 def clear_cache() -> None:
@@ -143,8 +171,8 @@ def chat_stream(
     text = ""
     for piece in generator.stream(with_system(messages, system), max_new_tokens, temperature, top_p):
         text += piece
-        yield ChatChunk(piece, text, *split_think_answer(text, src.template))
-    yield ChatChunk("", text, *split_think_answer(text, src.template), done=True)
+        yield ChatChunk.of(piece, text, src.template)
+    yield ChatChunk.of("", text, src.template, done=True)
 
 
 def reply(source: str | Path, prompt: str, system_prompt: str | None = None, base: bool = False,
@@ -153,7 +181,7 @@ def reply(source: str | Path, prompt: str, system_prompt: str | None = None, bas
     src = resolve_source(source, base)
     system = src.system_prompt if system_prompt is None else system_prompt
     messages = with_system([{"role": "user", "content": prompt}], system)
-    return get_generator(src).generate([messages], max_new_tokens, temperature, top_p)[0][0]
+    return get_generator(src, whole_replies=True).generate([messages], max_new_tokens, temperature, top_p)[0][0]
 
 
 def side_by_side(
@@ -171,7 +199,7 @@ def side_by_side(
     src = resolve_source(run_dir)
     system = src.system_prompt if system_prompt is None else system_prompt
     messages = [with_system([{"role": "user", "content": prompt}], system)]
-    generator = get_generator(src)
+    generator = get_generator(src, whole_replies=True)
     with generator.adapter_disabled():
         base_reply = generator.generate(messages, max_new_tokens, temperature, top_p, seed=0)[0][0]
     trained_reply = generator.generate(messages, max_new_tokens, temperature, top_p, seed=0)[0][0]
@@ -179,6 +207,40 @@ def side_by_side(
 
 
 # ---------------------------------------------------------------- sections
+
+
+class SectionStream:
+    """A streamed reply as labelled terminal text: `[thinking]` then `[answer]`, only what is new.
+
+    `feed(chunk)` returns the text to print for one `ChatChunk`. The sections only ever grow while
+    a reply streams, except when text before a reasoning block turns out not to be the answer;
+    then the last chunk re-shows the whole reply, labelled, so what stays on screen is right.
+    """
+
+    def __init__(self) -> None:
+        self.shown = {THINK_LABEL: "", ANSWER_LABEL: ""}
+        self.label: str | None = None
+
+    def feed(self, chunk: ChatChunk) -> str:
+        out = self._extend(THINK_LABEL, chunk.think) + self._extend(ANSWER_LABEL, chunk.answer)
+        if chunk.done and (self.shown[THINK_LABEL], self.shown[ANSWER_LABEL]) != (chunk.think, chunk.answer):
+            out += "\n" + format_sections(chunk.think, chunk.answer)
+        return out
+
+    def _extend(self, label: str, new: str) -> str:
+        old = self.shown[label]
+        if len(new) <= len(old) or not new.startswith(old):
+            return ""
+        self.shown[label] = new
+        head = "" if self.label == label else ("\n" if self.label else "") + label + "\n"
+        self.label = label
+        return head + new[len(old):]
+
+
+def format_sections(think: str, answer: str) -> str:
+    """A whole reply with its sections labelled (the reasoning only when there is some)."""
+    parts = [f"{THINK_LABEL}\n{think}"] if think else []
+    return "\n".join([*parts, f"{ANSWER_LABEL}\n{answer}"])
 
 
 def split_think_answer(text: str, template: str | None = None) -> tuple[str, str]:

@@ -32,6 +32,7 @@ class ModelConfig:
     load_in_4bit: bool = False
     fast_inference: bool = False  # vLLM rollouts (GPU only)
     vllm_standby: bool = False  # UNSLOTH_VLLM_STANDBY=1 before `import unsloth`
+    vllm_standby_util_override: bool = False  # keep gpu_memory_utilization under standby (else Unsloth's target)
     gpu_memory_utilization: float = 0.6  # vLLM's share of the card
     max_seq_length: int = 512
     max_lora_rank: int = 16  # vLLM's LoRA slot size; must be >= lora.r
@@ -265,6 +266,12 @@ def _check_model(c: RunConfig) -> list[str]:
         p.append(f"model.gpu_memory_utilization={m.gpu_memory_utilization}: use a share between 0.05 and 0.95")
     if lora.r < 1:
         p.append(f"lora.r={lora.r}: the LoRA rank must be at least 1 (8–64 is typical)")
+    if lora.alpha <= 0:
+        p.append(f"lora.alpha={lora.alpha}: use a positive scale, usually lora.r or 2 × lora.r ({2 * max(lora.r, 1)})")
+    if not 0 <= lora.dropout < 1:
+        p.append(f"lora.dropout={lora.dropout}: use a probability in [0, 1), e.g. 0 or 0.05")
+    if m.name.startswith("bundled:") and m.name != BUNDLED_MODEL:
+        p.append(f"model.name={m.name!r}: the bundled model is {BUNDLED_MODEL}; or give a Hub id or a local directory")
     if m.fast_inference and lora.r > m.max_lora_rank:
         p.append(
             f"lora.r={lora.r} is over model.max_lora_rank={m.max_lora_rank}: "
@@ -297,9 +304,16 @@ def _check_grpo(c: RunConfig) -> list[str]:
             f"is over model.max_seq_length={m.max_seq_length}: raise model.max_seq_length to at least "
             f"{g.max_prompt_length + g.max_completion_length} or shorten the completion"
         )
-    for name in ("max_steps", "max_completion_length", "max_prompt_length"):
+    for name in ("max_steps", "max_completion_length", "max_prompt_length",
+                 "per_device_train_batch_size", "gradient_accumulation_steps"):
         if getattr(g, name) < 1:
-            p.append(f"grpo.{name} must be at least 1")
+            p.append(f"grpo.{name}={getattr(g, name)} must be at least 1")
+    if g.temperature <= 0:
+        p.append(f"grpo.temperature={g.temperature}: GRPO needs sampled, different completions; use 0.6–1.2")
+    if not 0 <= g.warmup_ratio < 1:
+        p.append(f"grpo.warmup_ratio={g.warmup_ratio}: a fraction of the run in [0, 1), e.g. 0.1")
+    if g.epsilon <= 0 or g.max_grad_norm <= 0:
+        p.append(f"grpo.epsilon={g.epsilon} and grpo.max_grad_norm={g.max_grad_norm} must be positive (0.2 and 0.1 are usual)")
     if not 0 < g.learning_rate < 1e-2:
         p.append(f"grpo.learning_rate={g.learning_rate}: use a small positive rate (1e-6 … 5e-5 is typical for GRPO)")
     if g.beta < 0:
@@ -317,9 +331,51 @@ def _check_data_and_rewards(c: RunConfig) -> list[str]:
         p.append("data.eval_size must be >= 0")
     if not c.rewards:
         p.append("rewards is empty: add at least one reward, e.g. {name: correctness, weight: 1.0}")
+    from .prompts import TEMPLATES  # imported here: prompts imports this module
+
+    if c.data.template not in TEMPLATES:
+        p.append(f"data.template={c.data.template!r}: choose one of {', '.join(TEMPLATES)}")
     for i, spec in enumerate(c.rewards):
         if not isinstance(spec.weight, (int, float)):
             p.append(f"rewards[{i}] ({spec.name}).weight must be a number")
+        p += _check_reward_name(i, spec, c.reward_file)
+    if not p and c.rewards:
+        p += _check_rubric_fits_template(c)
     if c.output.save_steps < 1 or c.output.sample_every < 1:
         p.append("output.save_steps and output.sample_every must be at least 1")
     return p
+
+
+def _check_rubric_fits_template(c: RunConfig) -> list[str]:
+    """Tag-checking rewards need a template that asks for tags (`boxed` does not)."""
+    from .rewards.registry import RewardError
+    from .rewards.rubric import apply_template
+
+    try:
+        apply_template(c.rewards, c.data.template)
+    except RewardError as exc:
+        return [str(exc)]
+    return []
+
+
+def _check_reward_name(index: int, spec: RewardSpec, reward_file: str | None) -> list[str]:
+    """A rubric name must be a registered reward, or `user:<fn>` with a reward_file that exists.
+
+    Checked here so a typo fails before a run directory is made and a child process loads the model;
+    the user file itself is only imported in the training/eval process (see rewards.user).
+    """
+    label = f"rewards[{index}] ({spec.name})"
+    if spec.name.startswith("user:"):
+        if not reward_file:
+            return [f"{label} names a user reward: set reward_file to the Python file that defines it"]
+        if not Path(reward_file).expanduser().is_file():
+            return [f"reward_file={reward_file!r} does not exist: give the path of your reward file"]
+        return []
+    from .rewards.registry import RewardError, reward_info  # the registry needs the reward modules loaded
+    from . import rewards  # noqa: F401  (registers the built-in rewards)
+
+    try:
+        reward_info(spec.name)
+    except RewardError as exc:
+        return [f"{label}: {exc}"]
+    return []

@@ -5,13 +5,17 @@ Sources are a built-in task (`task:arithmetic`, `task:countdown?difficulty=2`), 
 subset `main`). Whatever the source, the rows come out alike, in TRL's conversational format:
 
 - `prompt`: chat messages, system (from the template, see `prompts.py`) then user;
-- `answer`: the reference, normalised (`normalize_reference`: GSM8K's `#### 72` becomes `72`);
-- `question`: the raw question text; plus any other source columns, which TRL hands to the
-  reward functions as keyword arguments (tasks add e.g. `numbers` for countdown).
+- `answer`: the reference, normalised by `rewards.reference_answer` (the one normaliser the
+  rewards use too: GSM8K's `#### 72` becomes `72`);
+- `question`: the raw question text;
+- `row_origin`: where the row came from (`qa.jsonl, line 3`; `qa.csv, line 4` counting the
+  header; `qa.parquet, row 2`; `task:sort, row 5`), so that later checks name the real line;
+- any other source columns, which TRL hands to the reward functions as keyword arguments. Task
+  rows add `task` (so `correctness` uses the task's own checker) and e.g. `numbers` for countdown.
 
-Bad data fails early with a `DataError` that names the file, the row or line, and what to change,
-because a run that dies at step 0 inside the trainer tells a user nothing. The held-out rows,
-used for before/after accuracy, never share a question with the training rows.
+Bad data fails early with a `DataError` that names the file and line and what to change, because
+a run that dies at step 0 inside the trainer tells a user nothing. The held-out rows, used for
+before/after accuracy, never share a question with the training rows.
 """
 
 from __future__ import annotations
@@ -32,22 +36,24 @@ from . import tasks
 from .config import DataConfig, RunConfig
 from .errors import UserError
 from .prompts import build_messages, system_prompt
+from .rewards.answers import reference_answer
 
 Row = dict[str, Any]
+Located = tuple[str, Row]  # (where the row came from, e.g. "qa.jsonl, line 3"; the raw row)
 
+ORIGIN = "row_origin"
 SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".parquet")
 # Suffixes that mark a source as a file name rather than a Hub id, even when the file is missing.
 _FILE_SUFFIXES = {".json", ".ndjson", ".txt", ".tsv", ".xlsx", ".xls", ".arrow", ".pq", ".gz", ".zip",
                   ".yaml", ".yml", ".md", *SUPPORTED_SUFFIXES}
 # Column names with a meaning to TRL's reward call or to GRPO Box; source columns so named are dropped.
 _RESERVED = {"prompt", "prompts", "question", "answer", "completion", "completions", "completion_ids",
-             "trainer_state", "log_extra", "log_metric"}
+             "trainer_state", "log_extra", "log_metric", ORIGIN}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-_THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
 
 
 class DataError(UserError, ValueError):
-    """A data problem; the message names the file or source, the row, and what to change."""
+    """A data problem; the message names the file or source, the line or row, and what to change."""
 
 
 # ---------------------------------------------------------------- public API
@@ -58,54 +64,41 @@ def load_rows(cfg: DataConfig | RunConfig) -> tuple[datasets.Dataset, datasets.D
     cfg = _data_cfg(cfg)
     if cfg.size < 1:
         raise DataError(f"data.size={cfg.size}: use at least 1 row")
-    rows = read_source(cfg)
     system = system_prompt(cfg)
-    records = [_record(row, system) for row in rows]
+    records = [_record(row, system) for row in read_source(cfg)]
     try:
         dataset = datasets.Dataset.from_list(records)
     except Exception as exc:  # pyarrow raises several types for mixed column types
-        raise DataError(
-            f"{cfg.source}: the rows could not be put in one table ({exc}); "
-            "make every extra column hold the same type in every row, or remove it"
-        ) from exc
+        raise _mixed_types_error(records, cfg.source, exc) from exc
     return split_rows(dataset, cfg.eval_size, cfg.seed)
 
 
 def read_source(cfg: DataConfig) -> list[Row]:
-    """Rows `{question, answer, ...extras}` from the configured source, at most `size` of them."""
+    """Rows `{question, answer, row_origin, ...extras}` from the configured source, at most `size`."""
     source = cfg.source.strip()
     if source.startswith("task:"):
         return _read_task(source, cfg)
-    path = Path(source).expanduser()
+    path = local_source_path(source)
+    if path is None:
+        return _map_columns(_read_hub(cfg), cfg, source)
     if path.is_dir():
         raise DataError(f"{path}: is a folder; point data.source at a .jsonl, .csv or .parquet file in it")
-    if path.suffix.lower() in SUPPORTED_SUFFIXES or path.is_file() or _looks_like_path(source):
-        return _map_columns(_read_file(path, cfg.size), cfg, str(path))
-    return _map_columns(_read_hub(cfg), cfg, source)
+    return _map_columns(_read_file(path, cfg.size), cfg, str(path))
 
 
-def normalize_reference(text: Any) -> str:
-    """The checkable part of a reference answer.
+def local_source_path(source: str) -> Path | None:
+    """The file (or folder) `data.source` names, or None for a built-in task or a Hub dataset id.
 
-    GSM8K's `...reasoning...\\n#### 1,234` gives `1234`; a MATH-style solution gives the content of
-    its last `\\boxed{}`; a plain number with thousands separators loses the commas. Anything else
-    is returned stripped.
-
-    >>> normalize_reference("Natalia sold 48 + 24 = 72 clips.\\n#### 72")
-    '72'
+    A source is local when it exists, has a data-file suffix, or looks like a path (`./x`, `/x`,
+    `a/b/c`); `openai/gsm8k` is a Hub id unless a folder of that name is here.
     """
-    text = _to_text(text).strip()
-    if "####" in text:
-        text = text.rsplit("####", 1)[1].strip()
-        if re.fullmatch(r"[-+]?[\d,]*\.?\d+", text):
-            text = text.replace(",", "")
-        return text
-    boxed = _last_boxed(text)
-    if boxed is not None:
-        text = boxed.strip()
-    if _THOUSANDS.fullmatch(text):
-        text = text.replace(",", "")
-    return text
+    source = source.strip()
+    if source.startswith("task:"):
+        return None
+    path = Path(source).expanduser()
+    if path.exists() or path.suffix.lower() in SUPPORTED_SUFFIXES or _looks_like_path(source):
+        return path
+    return None
 
 
 def split_rows(dataset: datasets.Dataset, eval_size: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -131,16 +124,18 @@ def check_prompt_lengths(dataset: datasets.Dataset, tokenizer: Any, max_prompt_l
     """Raise DataError if a prompt is over `max_prompt_length` tokens; return the longest count.
 
     TRL would otherwise truncate such prompts from the left, silently cutting the system prompt.
+    The message names the first such row by its file and line (`row_origin`).
     """
     counts = [count_prompt_tokens(tokenizer, row["prompt"]) for row in dataset]
     too_long = [i for i, c in enumerate(counts) if c > max_prompt_length]
     if too_long:
         first, longest = too_long[0], max(counts)
+        where = dataset[first][ORIGIN] if ORIGIN in dataset.column_names else f"row {first + 1}"
         raise DataError(
-            f"the prompt of row {first} is {counts[first]} tokens, over grpo.max_prompt_length="
-            f"{max_prompt_length} ({len(too_long)} of {len(counts)} rows are; the longest is {longest}): "
-            f"raise grpo.max_prompt_length to at least {longest} (and model.max_seq_length with it), "
-            "shorten the system prompt, or lower data.size to leave out long rows"
+            f"{where}: the prompt is {counts[first]} tokens, over grpo.max_prompt_length={max_prompt_length} "
+            f"({len(too_long)} of {len(counts)} rows are; the longest is {longest}): raise "
+            f"grpo.max_prompt_length to at least {longest} (and model.max_seq_length with it), "
+            "or shorten the system prompt or the long questions"
         )
     return max(counts, default=0)
 
@@ -165,6 +160,7 @@ def preview(cfg: DataConfig | RunConfig, tokenizer: Any, n: int = 3) -> list[dic
             "text": text,
             "tokens": count_prompt_tokens(tokenizer, row["prompt"]),
             "answer": row["answer"],
+            "origin": row[ORIGIN],
         })
     return shown
 
@@ -187,11 +183,13 @@ def _looks_like_path(source: str) -> bool:
 
 def _read_task(source: str, cfg: DataConfig) -> list[Row]:
     name, _, query = source[len("task:"):].partition("?")
+    name = name.strip()
     params = {key: _param_value(value) for key, value in parse_qsl(query, keep_blank_values=True)}
     try:
-        return tasks.generate(name.strip(), cfg.size, cfg.seed, **params)
+        rows = tasks.generate(name, cfg.size, cfg.seed, **params)
     except ValueError as exc:
         raise DataError(f"data.source={source!r}: {exc}") from exc
+    return [{**row, "task": name, ORIGIN: f"{source}, row {i}"} for i, row in enumerate(rows, 1)]
 
 
 def _param_value(text: str) -> Any:
@@ -201,7 +199,7 @@ def _param_value(text: str) -> Any:
         return text
 
 
-def _read_file(path: Path, limit: int) -> list[Row]:
+def _read_file(path: Path, limit: int) -> list[Located]:
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(
@@ -223,41 +221,49 @@ def _read_file(path: Path, limit: int) -> list[Row]:
     return rows
 
 
-def _read_jsonl(path: Path, limit: int) -> list[Row]:
-    rows: list[Row] = []
+def _read_jsonl(path: Path, limit: int) -> list[Located]:
+    rows: list[Located] = []
     with path.open(encoding="utf-8-sig") as handle:
         for lineno, line in enumerate(handle, start=1):
             if len(rows) >= limit:
                 break
             if not line.strip():
                 continue
+            where = f"{path}, line {lineno}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(
-                    f"{path}, line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                    f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); "
                     'each line must be one JSON object, e.g. {"question": "...", "answer": "..."}'
                 ) from exc
             if not isinstance(obj, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}")
-            rows.append(obj)
+                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            rows.append((where, obj))
     return rows
 
 
-def _read_csv(path: Path, limit: int) -> list[Row]:
+def _read_csv(path: Path, limit: int) -> list[Located]:
+    rows: list[Located] = []
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         try:
             header = reader.fieldnames
-            rows = [row for _, row in zip(range(limit), reader)]
+            for row in reader:
+                if len(rows) >= limit:
+                    break
+                # line_num is the record's last line; a quoted cell may span several
+                start = reader.line_num - sum(v.count("\n") for v in row.values() if isinstance(v, str))
+                cells = {k: v for k, v in row.items() if k is not None}  # None holds surplus cells
+                rows.append((f"{path}, line {start}", cells))
         except csv.Error as exc:
             raise DataError(f"{path}, line {reader.line_num}: not valid CSV ({exc})") from exc
     if not rows and header:
         raise DataError(f"{path}: the file has a header ({', '.join(header)}) but no rows")
-    return [{k: v for k, v in row.items() if k is not None} for row in rows]  # None holds surplus cells
+    return rows
 
 
-def _read_parquet(path: Path, limit: int) -> list[Row]:
+def _read_parquet(path: Path, limit: int) -> list[Located]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -265,10 +271,10 @@ def _read_parquet(path: Path, limit: int) -> list[Row]:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from exc
-    return table.slice(0, limit).to_pylist()
+    return [(f"{path}, row {i}", row) for i, row in enumerate(table.slice(0, limit).to_pylist(), 1)]
 
 
-def _read_hub(cfg: DataConfig) -> list[Row]:
+def _read_hub(cfg: DataConfig) -> list[Located]:
     source = cfg.source.strip()
     if not _HUB_ID.fullmatch(source):
         raise DataError(
@@ -289,15 +295,16 @@ def _read_hub(cfg: DataConfig) -> list[Row]:
         raise DataError(f"{where}: pick one split with data.split (available: {splits})")
     if len(loaded) == 0:
         raise DataError(f"{where}: the split has no rows")
-    return loaded.select(range(min(cfg.size, len(loaded)))).to_list()
+    rows = loaded.select(range(min(cfg.size, len(loaded)))).to_list()
+    return [(f"Hub dataset {source}, split {cfg.split}, row {i}", row) for i, row in enumerate(rows, 1)]
 
 
 # ---------------------------------------------------------------- rows
 
 
-def _map_columns(raw: list[Row], cfg: DataConfig, origin: str) -> list[Row]:
+def _map_columns(raw: list[Located], cfg: DataConfig, origin: str) -> list[Row]:
     """Rename `prompt_column`/`answer_column` to question/answer, checking every row has both."""
-    columns = list(dict.fromkeys(key for row in raw for key in row))
+    columns = list(dict.fromkeys(key for _, row in raw for key in row))
     for setting, column in (("prompt_column", cfg.prompt_column), ("answer_column", cfg.answer_column)):
         if column not in columns:
             raise DataError(
@@ -305,23 +312,23 @@ def _map_columns(raw: list[Row], cfg: DataConfig, origin: str) -> list[Row]:
                 f"Set data.{setting} to one of them"
             )
     extras = [c for c in columns if c not in _RESERVED and c not in (cfg.prompt_column, cfg.answer_column)]
-    return [_mapped_row(i, row, cfg, origin, extras) for i, row in enumerate(raw)]
+    return [_mapped_row(where, row, cfg, extras) for where, row in raw]
 
 
-def _mapped_row(i: int, row: Row, cfg: DataConfig, origin: str, extras: list[str]) -> Row:
+def _mapped_row(where: str, row: Row, cfg: DataConfig, extras: list[str]) -> Row:
     question, answer = row.get(cfg.prompt_column), row.get(cfg.answer_column)
     if not _is_messages(question):
-        question = _to_text(question).strip()
-    answer = normalize_reference(answer)
+        question = "" if question is None else str(question).strip()
+    answer = reference_answer(answer)
     for setting, column, value in (("prompt_column", cfg.prompt_column, question),
                                    ("answer_column", cfg.answer_column, answer)):
         if not value:
-            raise DataError(f"{origin}: row {i} has an empty {column!r} (data.{setting}); fill it in or remove the row")
-    return {"question": question, "answer": answer, **{c: row.get(c) for c in extras}}
+            raise DataError(f"{where}: empty {column!r} (data.{setting}); fill it in or remove that row")
+    return {"question": question, "answer": answer, ORIGIN: where, **{c: row.get(c) for c in extras}}
 
 
 def _record(row: Row, system: str) -> Row:
-    """A dataset row: chat `prompt`, raw `question`, reference `answer`, then the extras."""
+    """A dataset row: chat `prompt`, raw `question`, reference `answer`, then origin and extras."""
     question = row["question"]
     if _is_messages(question):  # the source already holds a conversation
         messages = [dict(m) for m in question]
@@ -339,23 +346,54 @@ def _is_messages(value: Any) -> bool:
             and all(isinstance(m, Mapping) and "role" in m and "content" in m for m in value))
 
 
-def _to_text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))  # 72.0 from a numeric CSV/Parquet column is the answer 72
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
+def _mixed_types_error(records: list[Row], source: str, exc: Exception) -> DataError:
+    """Name the column and the first row whose value cannot join the earlier rows' type."""
+    for column in dict.fromkeys(key for record in records for key in record):
+        values = [record.get(column) for record in records]
+        bad = _first_unconvertible(values)
+        if bad is not None:
+            first = next(i for i, v in enumerate(values) if v is not None)
+            return DataError(
+                f"{records[bad][ORIGIN]}: column {column!r} holds {_kind(values[bad])} ({values[bad]!r:.60}), "
+                f"but {records[first][ORIGIN]} holds {_kind(values[first])} ({values[first]!r:.60}); "
+                f"make every {column!r} value the same type, or remove that column"
+            )
+    return DataError(f"{source}: the rows could not be put in one table ({exc}); "
+                     "make every extra column hold the same type in every row, or remove it")
 
 
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
+def _first_unconvertible(values: list[Any]) -> int | None:
+    """Index of the first value that breaks pyarrow's type for the column, or None if none does.
+
+    A prefix that fails stays failing when it grows, so a binary search finds the first row.
+    """
+    import pyarrow as pa
+
+    def converts(n: int) -> bool:
+        try:
+            pa.array(values[:n])
+            return True
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            return False
+
+    if converts(len(values)):
         return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1:j]
-    return None
+    lo, hi = 1, len(values)  # converts(lo - 1) holds, converts(hi) fails
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if converts(mid) else (lo, mid)
+    return lo - 1
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a true/false value"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return f"a {type(value).__name__}"

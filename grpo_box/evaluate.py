@@ -2,17 +2,20 @@
 
 GRPO's training reward says how the policy does on prompts it is training on; whether it learned
 the task shows on prompts it never saw. `evaluate` generates greedy replies to the held-out rows
-(`data.load_rows`) and scores them with the same reward functions, called exactly as TRL calls
-them, so the numbers line up with the training curves: accuracy (the `correctness` reward > 0,
-or `answers_match` on the final answer when the rubric has none), the mean of each reward, the
-weighted total, completion length in tokens and the share cut off at the length limit. With
-`k > 1` it also samples k replies per prompt at temperature 1.0 and reports pass@k with the
-unbiased estimator of Chen et al. (2021).
+(`data.load_rows`; `limit` scores only the first of them, never changing the split) and scores
+them with the same reward functions, called exactly as TRL calls them, so the numbers line up
+with the training curves: accuracy (the `correctness` reward > 0, or the same check,
+`rewards.is_correct`, on the final answer when the rubric has none; task rows use their task's
+checker), the mean of each reward, the weighted total, completion length in tokens and the share
+cut off at the length limit. With `k > 1` it also samples k replies per prompt at temperature 1.0
+and reports pass@k with the unbiased estimator of Chen et al. (2021). Prompts over
+`grpo.max_prompt_length` are refused, naming their file and line, as training refuses them.
 
 `evaluate_run` does this for a run's base model and its adapter with one model load (the adapter
 is switched off for the base pass) and keeps the results in the run's `eval.json` as
 {"base": …, "trained": …, "delta": …}, merged with what was there, since training evaluates the
-base before it starts and the adapter after it ends.
+base before it starts and the adapter after it ends. `evaluate_model` does the same for any model
+(plus an optional adapter) outside a run and writes the result to a file of the caller's choice.
 
 `sample_dry_run` is the reward dry run on the base model's own output: a few training prompts,
 `num_generations` samples each at the training temperature, scored group by group with the
@@ -31,18 +34,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import datasets
+
 from .config import RunConfig
-from .data import load_rows
+from .data import check_prompt_lengths, load_rows
 from .inference import BaseGenerator, Completion, load_for_generation, run_adapter_dir
 from .prompts import answer_tag_for
-from .rewards import DryRunReport, answers_match, build_rubric, final_answer, score_groups
+from .rewards import DryRunReport, build_rubric, final_answer, get_reward, is_correct, score_groups
 from .rewards.rubric import RewardFunction
 from .runs import EVAL, open_run
 
 Progress = Callable[[int, int, str], None]  # (done, total, what): called as rows are generated
 
 SAMPLE_TEMPERATURE = 1.0
-_CORRECTNESS = "correctness"
 _COMPARED = ("accuracy", "reward", "completion_length", "clipped_ratio", "pass_at_1", "pass_at_k")
 
 
@@ -84,11 +88,14 @@ def evaluate(
     """
     if k < 1:
         raise ValueError(f"k={k}: pass@k needs at least one sample per prompt")
-    rows = _rows(config, split, limit)
-    funcs, weights = build_rubric(config.rewards, config.reward_file)
+    data = _rows(config, split, limit)
+    rows = data.to_dict()
+    funcs, weights = build_rubric(config.rewards, config.reward_file, template=config.data.template)
     max_new = max_new_tokens or config.grpo.max_completion_length
     started = time.time()
     with _generator(config, adapter_dir, generator) as gen:
+        if getattr(gen, "tokenizer", None) is not None:  # a GGUF generator has none to count with
+            check_prompt_lengths(data, gen.tokenizer, config.grpo.max_prompt_length)
         greedy = _generate(gen, rows["prompt"], max_new, 0.0, 1, config.grpo.seed, progress, "greedy")
         sampled = _generate(gen, rows["prompt"], max_new, SAMPLE_TEMPERATURE, k, config.grpo.seed,
                             progress, f"{k} samples") if k > 1 else None
@@ -111,7 +118,7 @@ def sample_dry_run(
     each group with the config's rubric: per-function scores, totals, advantages, warnings."""
     if prompts < 1:
         raise ValueError(f"prompts={prompts}: sample at least one prompt")
-    rows = _rows(config, "train", prompts)
+    rows = _rows(config, "train", prompts).to_dict()
     g = config.grpo
     n = g.num_generations
     with _generator(config, None, generator) as gen:
@@ -128,7 +135,7 @@ def sample_dry_run(
         }
         for i, (prompt, group) in enumerate(zip(rows["prompt"], sampled))
     ]
-    return score_groups(groups, config.rewards, config.reward_file)
+    return score_groups(groups, config.rewards, config.reward_file, template=config.data.template)
 
 
 @contextlib.contextmanager
@@ -146,7 +153,8 @@ def _generator(config: RunConfig, adapter_dir: str | Path | None,
         gen.close()
 
 
-def _rows(config: RunConfig, split: str, limit: int | None) -> dict[str, list[Any]]:
+def _rows(config: RunConfig, split: str, limit: int | None) -> datasets.Dataset:
+    """The split's rows, the first `limit` of them when given (the split itself never changes)."""
     if split not in ("held_out", "train"):
         raise ValueError(f"split={split!r}: choose held_out or train")
     train, held_out = load_rows(config)
@@ -154,8 +162,10 @@ def _rows(config: RunConfig, split: str, limit: int | None) -> dict[str, list[An
     if len(data) == 0:
         raise ValueError("there are no held-out rows: set data.eval_size above 0, or evaluate split='train'")
     if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit={limit}: score at least one row")
         data = data.select(range(min(limit, len(data))))
-    return data.to_dict()
+    return data
 
 
 def _generate(
@@ -193,14 +203,24 @@ def score_completions(
     return {f.name: f(**kwargs, **columns) for f in funcs}
 
 
+def _correctness(funcs: list[RewardFunction]) -> RewardFunction | None:
+    """The rubric's first built-in `correctness` reward (its params, e.g. the tag, apply), if any."""
+    return next((f for f in funcs if f.func is get_reward("correctness")), None)
+
+
 def _correct(funcs: list[RewardFunction], scores: dict[str, list[float | None]], config: RunConfig,
              rows: dict[str, list[Any]], completions: list[Completion], repeat: int = 1) -> list[bool]:
-    """Per completion: correctness reward > 0, or answers_match when the rubric has no correctness."""
-    if any(f.name == _CORRECTNESS for f in funcs):
-        return [(s or 0.0) > 0 for s in scores[_CORRECTNESS]]
+    """Per completion: the correctness reward > 0, or `is_correct` on the final answer without one.
+
+    Both check task rows with their task's own checker (countdown, sort) and others by math-verify.
+    """
+    reward = _correctness(funcs)
+    if reward is not None:
+        return [(s or 0.0) > 0 for s in scores[reward.name]]
     tag = answer_tag_for(config.data.template) or "answer"
-    answers = [a for a in rows["answer"] for _ in range(repeat)]
-    return [answers_match(final_answer(c.text, tag), a) for c, a in zip(completions, answers)]
+    names = [name for name in rows if name != "prompt"]
+    row_dicts = [{name: rows[name][i] for name in names} for i in range(len(rows["answer"])) for _ in range(repeat)]
+    return [is_correct(final_answer(c.text, tag), row) for c, row in zip(completions, row_dicts)]
 
 
 def _summary(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFunction], weights: list[float],
@@ -224,7 +244,8 @@ def _summary(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFu
 def _pass_at(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFunction],
              sampled: list[list[Completion]], k: int) -> dict[str, Any]:
     flat = [c for group in sampled for c in group]
-    correctness = [f for f in funcs if f.name == _CORRECTNESS]
+    reward = _correctness(funcs)
+    correctness = [reward] if reward is not None else []
     scores = score_completions(correctness, rows, flat, repeat=k) if correctness else {}
     correct = _correct(correctness, scores, config, rows, flat, repeat=k)
     counts = [sum(correct[i * k : (i + 1) * k]) for i in range(len(sampled))]
@@ -276,20 +297,60 @@ def evaluate_run(
     if not (base or trained):
         raise ValueError("nothing to evaluate: ask for base, trained or both")
     run = open_run(run_dir)
-    config = run.config()
     adapter = run_adapter_dir(run) if trained else None
     if trained and adapter is None:
         raise FileNotFoundError(f"{run.path} has no trained adapter yet (no adapter/ and no checkpoint); train it first")
     results = read_eval(run.path)
-    with _generator(config, adapter, generator) as gen:
-        options = {"k": k, "max_new_tokens": max_new_tokens, "limit": limit, "generator": gen}
-        if base:
-            with gen.adapter_disabled():
-                results["base"] = evaluate(config, None, progress=_phase(progress, "base"), **options)
-        if trained:
-            results["trained"] = evaluate(config, adapter, progress=_phase(progress, "trained"), **options)
+    results.update(_base_and_trained(run.config(), adapter, base, k=k, limit=limit, progress=progress,
+                                     max_new_tokens=max_new_tokens, generator=generator))
     results["delta"] = compare(results.get("base"), results.get("trained"))
     _write_json(run.file(EVAL), results)
+    return results
+
+
+def evaluate_model(
+    config: RunConfig,
+    adapter_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    base: bool = True,
+    k: int = 1,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    max_new_tokens: int | None = None,
+    generator: BaseGenerator | None = None,
+) -> dict[str, Any]:
+    """Evaluate the config's model, and `adapter_dir` on top of it when given, outside any run.
+
+    Returns {"base", "trained", "delta"} like `evaluate_run` and writes it to `out` (replacing
+    that file: its numbers would belong to another model).
+    """
+    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json); "
+                                "pass the adapter/ folder of a run or a checkpoint-N folder")
+    if not base and adapter_dir is None:
+        raise ValueError("nothing to evaluate: --trained-only needs --adapter DIR")
+    results = _base_and_trained(config, adapter_dir, base, k=k, limit=limit, progress=progress,
+                                max_new_tokens=max_new_tokens, generator=generator)
+    results["delta"] = compare(results.get("base"), results.get("trained"))
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        _write_json(Path(out), results)
+    return results
+
+
+def _base_and_trained(config: RunConfig, adapter: str | Path | None, base: bool, *,
+                      generator: BaseGenerator | None, **options: Any) -> dict[str, Any]:
+    """{"base": …} and/or {"trained": …} with one model load; the adapter is off for the base pass."""
+    results: dict[str, Any] = {}
+    progress = options.pop("progress")
+    with _generator(config, adapter, generator) as gen:
+        if base:
+            with gen.adapter_disabled():
+                results["base"] = evaluate(config, None, progress=_phase(progress, "base"), generator=gen, **options)
+        if adapter is not None:
+            results["trained"] = evaluate(config, adapter, progress=_phase(progress, "trained"), generator=gen,
+                                          **options)
     return results
 
 

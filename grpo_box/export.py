@@ -5,20 +5,21 @@ space against an estimate of every output; merge the LoRA into the 16-bit base i
 current merge (`grpo_box.merge`); convert with llama.cpp's `convert_hf_to_gguf.py` to f16 / bf16
 / q8_0 / f32; quantize K-quants and the rest with `llama_cpp.llama_model_quantize`
 (`grpo_box.llama_tools`); optionally convert the adapter alone with `convert_lora_to_gguf.py`.
-Every file is written under a temporary name in `<run>/export/` and renamed only when complete,
-so a failed or interrupted export never damages an earlier one.
+Every file is written under a temporary name in `<run>/export/` and the files of one export are
+renamed into place together, only once all of them are complete, so a failed or interrupted
+export never damages an earlier one (files or `export.json`).
 
 Every GGUF is then loaded with llama-cpp-python and checked against the merged model
 (`gguf_check`): greedy parity (exact up to near-ties for f16/bf16/f32, reported agreement for
 quantized files), chat template, EOS, and a chat reply that stops at EOS. The records it fills
 live in `export_report`; `hub.push_to_hub` uploads results when the user gives a token.
 
-Next to each GGUF goes an Ollama Modelfile. Ollama does not run Jinja chat templates; its TEMPLATE
-is a Go text/template, so for ChatML models (`<|im_start|>role … <|im_end|>`: Qwen, SmolLM, …) we
-write the Go equivalent, including the HF template's default system prompt, and check it by
-rendering both on probe conversations. `render_modelfile_template` is a small renderer for the
-subset of Go templates we emit (Ollama's own renderer is Go code; nothing in Python does this).
-Other chat formats get a Modelfile without TEMPLATE (Ollama then reads the GGUF's template).
+Next to each GGUF goes an Ollama Modelfile (`modelfile`). Ollama does not run Jinja chat
+templates; its TEMPLATE is a Go text/template, so for ChatML (Qwen, SmolLM, …) and Llama-3 models we
+write the Go equivalent, including the HF template's default system prompt, and keep it only if it
+renders like the HF template on probe conversations. Other templates get a Modelfile without
+TEMPLATE and a note (Ollama then picks a built-in template matching the GGUF's chat template).
+The Modelfile's stop list is read back and checked against every EOS of the model.
 """
 
 from __future__ import annotations
@@ -50,7 +51,14 @@ from .merge import (
     read_merge_info,
     require_adapter,
 )
-from .modelfile import modelfile_text, ollama_template, render_modelfile_template, stop_tokens
+from .modelfile import (
+    modelfile_text,
+    ollama_template,
+    parse_stops,
+    render_modelfile_template,
+    stop_tokens,
+    translate_template,
+)
 from .runs import EXPORT, RunDir, open_run
 
 Progress = Callable[[str, float], None]
@@ -91,12 +99,19 @@ def export_run(run_dir: str | Path, quants: list[str] | tuple[str, ...] = ("f16"
     need_merge = bool(quants) and not merged_is_current(run)
     check_disk(export_dir, estimate_sizes(base, quants, need_merge, lora))
     report = ExportReport(run.path.name, str(export_dir), None, converter=_converter_info())
-    if quants:
-        _export_full(run, base, quants, need_merge, report, say, verify, allow_4bit_merge, download_base)
-    if lora:
-        report.lora = _export_lora(run, base, export_dir, say, verify)
-    report.seconds = round(time.time() - start, 1)
-    _write_json(export_dir / REPORT, _with_earlier_files(export_dir, report))
+    try:
+        if quants:
+            _export_full(run, base, quants, need_merge, report, say, verify, allow_4bit_merge, download_base)
+        if lora:
+            report.lora = _export_lora(run, base, export_dir, say, verify)
+    except BaseException as exc:
+        report.warnings.append(f"the export stopped before all checks ran ({type(exc).__name__}: {exc})")
+        raise
+    finally:
+        # Files already renamed into place must be described by export.json, even if a later step failed.
+        if report.files or report.lora:
+            report.seconds = round(time.time() - start, 1)
+            _write_json(export_dir / REPORT, _with_earlier_files(export_dir, report))
     say(f"export finished: {'all checks passed' if report.ok else 'some checks FAILED, see the report'}", 1.0)
     return report
 
@@ -261,53 +276,63 @@ def _export_full(run: RunDir, base: BaseSource, quants: list[str], need_merge: b
     report.merged_dir = str(merged)
     check_architecture_supported(_read_json(merged / "config.json", {}), merged)
     info = read_merge_info(merged) or {}
+    report.warnings += info.get("warnings", [])
     stem = _slug(run.path.name)
     export_dir = run.path / EXPORT
     produced = _produce_all(merged, export_dir, stem, quants, _scaled(say, 0.3, 0.8))
-    for i, (quant, path, seconds, log) in enumerate(produced):
-        result = GGUFResult(quant, str(path), path.stat().st_size, seconds, fallback_tensors=_fallbacks(log))
+    report.files = [GGUFResult(quant, str(path), path.stat().st_size, seconds, fallback_tensors=_fallbacks(log))
+                    for quant, path, seconds, log in produced]
+    for i, result in enumerate(report.files):
+        path = Path(result.path)
         if verify:
             say(f"verifying {path.name} in llama.cpp", 0.8 + 0.15 * i / len(produced))
             verify_gguf(path, info, merged, result)
-        _attach_modelfile(run, merged, path, quant, result)
-        report.files.append(result)
+        _attach_modelfile(run, merged, path, info, result)
     best = next((f for f in report.files if f.quant not in LOSSLESS), report.files[0])
     report.modelfile, report.ollama_command = _default_modelfile(export_dir, best)
-    report.warnings += info.get("warnings", [])
 
 
 def _produce_all(merged: Path, export_dir: Path, stem: str, quants: list[str],
                  say: Progress) -> list[tuple[str, Path, float, Path]]:
-    """Convert / quantize each requested type; returns (quant, path, seconds, log) per file."""
+    """Convert / quantize each requested type; returns (quant, path, seconds, log) per file.
+
+    All or nothing: every file is written under a temporary name and renamed into place only once
+    all of them are done, so a failure at the last quant leaves the earlier export (files and
+    export.json) exactly as it was.
+    """
     logs = export_dir / "logs"
-    out: list[tuple[str, Path, float, Path]] = []
+    staged: list[tuple[str, Path, Path, float, Path]] = []  # quant, temporary, final, seconds, log
     source16: Path | None = None
     temp16: Path | None = None
     try:
         for i, quant in enumerate(quants):
             step = _scaled(say, i / len(quants), (i + 1) / len(quants))
             final = export_dir / f"{stem}-{quant}.gguf"
-            log = logs / f"{quant}.log"
-            t0 = time.time()
+            tmp, log, t0 = _partial(final), logs / f"{quant}.log", time.time()
+            tmp.unlink(missing_ok=True)
+            staged.append((quant, tmp, final, 0.0, log))
             if quant in llama_tools.CONVERTER_TYPES:
-                with _staged(final) as tmp:
-                    step(f"converting to {quant}", 0.0)
-                    _convert(merged, tmp, quant, log, step)
-                source16 = final if quant in ("f16", "bf16") and source16 is None else source16
+                step(f"converting to {quant}", 0.0)
+                _convert(merged, tmp, quant, log, step)
+                source16 = tmp if quant in ("f16", "bf16") and source16 is None else source16
             else:
                 if source16 is None:
                     temp16 = export_dir / f".{stem}-intermediate-f16.gguf.partial"
                     step("converting to f16 (temporary, for quantizing)", 0.0)
                     _convert(merged, temp16, _intermediate_type(merged), logs / "intermediate.log", step)
                     source16 = temp16
-                with _staged(final) as tmp:
-                    step(f"quantizing to {quant}", 0.5)
-                    _quantize(source16, tmp, quant, log)
-            out.append((quant, final, round(time.time() - t0, 1), log))
+                step(f"quantizing to {quant}", 0.5)
+                _quantize(source16, tmp, quant, log)
+            _check_written(tmp, final)
+            staged[-1] = (quant, tmp, final, round(time.time() - t0, 1), log)
+        for _, tmp, final, _, _ in staged:
+            os.replace(tmp, final)
+        return [(quant, final, seconds, log) for quant, _, final, seconds, log in staged]
     finally:
+        for _, tmp, _, _, _ in staged:
+            tmp.unlink(missing_ok=True)
         if temp16 is not None:
             temp16.unlink(missing_ok=True)
-    return out
 
 
 def _convert(model_dir: Path, outfile: Path, outtype: str, log: Path, progress: Progress) -> None:
@@ -323,15 +348,23 @@ def _intermediate_type(merged: Path) -> str:
     return "bf16" if dtype == "bfloat16" else "f16"
 
 
+def _partial(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial")
+
+
+def _check_written(tmp: Path, final: Path) -> None:
+    if not tmp.is_file() or tmp.stat().st_size == 0:
+        raise ExportError(f"{final.name}: the converter reported success but wrote nothing")
+
+
 @contextmanager
 def _staged(final: Path) -> Iterator[Path]:
     """Yield a temp path beside `final`; rename it over `final` only if the block succeeds."""
-    tmp = final.with_name(f".{final.name}.partial")
+    tmp = _partial(final)
     tmp.unlink(missing_ok=True)
     try:
         yield tmp
-        if not tmp.is_file() or tmp.stat().st_size == 0:
-            raise ExportError(f"{final.name}: the converter reported success but wrote nothing")
+        _check_written(tmp, final)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -344,18 +377,33 @@ def _fallbacks(log: Path) -> str:
 
 
 # -- Ollama Modelfile --------------------------------------------------------------------------
-def _attach_modelfile(run: RunDir, merged: Path, gguf: Path, quant: str, result: GGUFResult) -> None:
+def _attach_modelfile(run: RunDir, merged: Path, gguf: Path, merge_info: dict[str, Any], result: GGUFResult) -> None:
+    """Write the GGUF's Modelfile, then read its stop list back and check it against the model's stops."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(merged))
-    template = ollama_template(tokenizer)
-    if template is None:
-        result.notes.append("chat template is not ChatML: the Modelfile has no TEMPLATE, Ollama will use the GGUF's")
-    stops = stop_tokens(tokenizer, template is not None)
+    translation = translate_template(tokenizer)
+    if translation.template is None:
+        result.notes.append(f"Modelfile without TEMPLATE: {translation.note}. Ollama then picks a built-in template "
+                            f"by matching the GGUF's chat template; check a reply in Ollama, or add a TEMPLATE by hand")
+    eos_ids = merge_info.get("eos_ids", [])
     path = gguf.with_suffix(".Modelfile")
-    _write_text_atomic(path, modelfile_text(gguf.name, template, stops, _run_system_prompt(run)))
+    text = modelfile_text(gguf.name, translation.template, stop_tokens(tokenizer, translation.chat_format, eos_ids),
+                          _run_system_prompt(run))
+    _write_text_atomic(path, text)
     result.modelfile = str(path)
-    result.ollama_command = f"ollama create {_slug(run.path.name)}:{quant} -f {path}"
+    result.ollama_command = f"ollama create {_slug(run.path.name)}:{result.quant} -f {path}"
+    _check_modelfile_stops(path, tokenizer, eos_ids, result)
+
+
+def _check_modelfile_stops(path: Path, tokenizer: Any, eos_ids: list[int], result: GGUFResult) -> None:
+    """Ollama must stop on every token the HF model stops on (the generation config may list several)."""
+    written = parse_stops(path.read_text())
+    needed = [tokenizer.convert_ids_to_tokens(int(i)) for i in eos_ids] or [tokenizer.eos_token]
+    missing = [s for s in needed if s not in written]
+    result.modelfile_stops_ok = not missing
+    if missing:
+        result.notes.append(f"{path.name}: PARAMETER stop lacks {missing}, where the model ends its reply")
 
 
 def _default_modelfile(export_dir: Path, best: GGUFResult) -> tuple[str, str]:
@@ -463,6 +511,9 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = _partial(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -3,8 +3,9 @@
 `GGUFResult` per GGUF file, `LoraResult` for the adapter-only GGUF, `ExportReport` for the whole
 export (written to `export/export.json`, printed by `python -m grpo_box export` as a table). Each
 record decides its own `ok`: lossless files (f32/f16/bf16) must reproduce the merged model's
-greedy tokens up to near-ties (see `gguf_check`), every file must keep the chat template and EOS
-and stop at EOS in a chat; quantized files only report how close they stay.
+greedy tokens up to near-ties (see `gguf_check`), every file must keep the chat template and EOS,
+stop at EOS in a chat, and have a Modelfile that stops on every EOS; quantized files only report
+how close they stay.
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ class GGUFResult(_Checked):
     tokenizer_match: bool = False  # llama.cpp tokenizes the prompts like the HF tokenizer
     chat_template_ok: bool = False  # GGUF template == HF template and renders the same prompt
     eos_token: str = ""
-    eos_ok: bool = False
+    eos_ok: bool = False  # every HF EOS id ends generation in llama.cpp, and the EOS texts agree
     chat_stops: bool = False  # a chat reply ended at EOS, not at max tokens
     chat_reply: str = ""
     fallback_tensors: str = ""  # "180/272" when K-quant rows did not fit and llama.cpp fell back
     modelfile: str = ""
+    modelfile_stops_ok: bool = False  # the Modelfile's PARAMETER stop list holds every EOS token
     ollama_command: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -68,11 +70,12 @@ class GGUFResult(_Checked):
 
     @property
     def ok(self) -> bool:
-        """No check failed (an unverified file counts as ok; see `verified`)."""
+        """No check failed (the llama.cpp checks count as passed for an unverified file; see `verified`)."""
         if not self.verified:
-            return True
+            return self.modelfile_stops_ok
         parity = replies_agree(self.identical, self.near_ties, self.prompts) if self.exact_required else True
-        return parity and self.chat_template_ok and self.eos_ok and self.chat_stops and self.tokenizer_match
+        return (parity and self.chat_template_ok and self.eos_ok and self.chat_stops and self.tokenizer_match
+                and self.modelfile_stops_ok)
 
 
 @dataclass
@@ -121,14 +124,14 @@ class ExportReport:
         return data
 
     def format_table(self) -> str:
-        header = ("file", "size", "tokens vs merged HF", "template", "EOS", "stops", "ok")
+        header = ("file", "size", "tokens vs merged HF", "template", "EOS", "stops", "Modelfile", "ok")
         rows = [header] + [_row(f) for f in self.files]
         if self.lora:
             lo = self.lora
             rows.append((Path(lo.path).name, size_text(lo.size_bytes),
                          "-" if lo.identical is None else
                          f"{lo.identical}/{lo.prompts} identical, {lo.near_ties} near-tie (base+LoRA)",
-                         "-", "-", "-", "yes" if lo.ok else "NO"))
+                         "-", "-", "-", "-", "yes" if lo.ok else "NO"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
@@ -141,15 +144,19 @@ class ExportReport:
 
 def _row(f: GGUFResult) -> tuple[str, ...]:
     if not f.verified:
-        return (Path(f.path).name, size_text(f.size_bytes), "not checked", "-", "-", "-", "-")
+        return (Path(f.path).name, size_text(f.size_bytes), "not checked", "-", "-", "-", _yes(f.modelfile_stops_ok),
+                "-")
     agree = f"{f.identical}/{f.prompts} identical"
     if f.near_ties:
         agree += f", {f.near_ties} near-tie"
     if not replies_agree(f.identical, f.near_ties, f.prompts):
         agree += f" ({f.prefix_agreement:.0%} prefix)"
-    yes = lambda b: "ok" if b else "BAD"  # noqa: E731
-    return (Path(f.path).name, size_text(f.size_bytes), agree, yes(f.chat_template_ok), f.eos_token or "?",
-            "yes" if f.chat_stops else "NO", "yes" if f.ok else "NO")
+    return (Path(f.path).name, size_text(f.size_bytes), agree, _yes(f.chat_template_ok), f.eos_token or "?",
+            "yes" if f.chat_stops else "NO", _yes(f.modelfile_stops_ok), "yes" if f.ok else "NO")
+
+
+def _yes(passed: bool) -> str:
+    return "ok" if passed else "BAD"
 
 
 def size_text(n: int) -> str:

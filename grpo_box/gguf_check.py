@@ -1,7 +1,8 @@
 """Check an exported GGUF in llama-cpp-python against the merged Hugging Face model.
 
 `verify_gguf` loads the file and fills a `GGUFResult`: greedy parity on the merge's check
-prompts, the chat template and EOS in the GGUF metadata, the tokenizer, and whether a chat reply
+prompts, the chat template and EOS/EOT in the GGUF metadata (every EOS id of the HF generation
+config must be an end-of-generation token for llama.cpp), the tokenizer, and whether a chat reply
 stops at EOS instead of running on. Parity allows one thing: a reply may part from the merged
 model's where that model itself was at a near-tie, i.e. the GGUF's token was among the top
 logits the merge kept (`merge.TOP_LOGITS`) and within `NEAR_TIE` of the chosen one. Writing
@@ -29,6 +30,7 @@ def verify_gguf(path: Path, merge_info: dict[str, Any], merged_dir: Path, result
     llm = _load_llama(path, cases, chat_max_tokens)
     try:
         _check_metadata(llm, tokenizer, cases, result)
+        _check_eos(llm, tokenizer, merge_info.get("eos_ids") or [tokenizer.eos_token_id], result)
         eos_ids = set(merge_info.get("eos_ids", [])) | {llm.token_eos()}
         _check_parity(llm, cases, eos_ids, int(merge_info.get("max_new_tokens", 32)), result)
         _check_chat_stop(llm, cases, eos_ids, chat_max_tokens, result)
@@ -53,9 +55,7 @@ def _check_metadata(llm: Any, tokenizer: Any, cases: list[dict[str, Any]], resul
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     template = llm.metadata.get("tokenizer.chat_template") or ""
-    eos_text = llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace")
-    result.eos_token = eos_text
-    result.eos_ok = eos_text == tokenizer.eos_token
+    eos_text = _token_text(llm, llm.token_eos())
     same_template = template.strip() == (tokenizer.chat_template or "").strip()
     formatter = Jinja2ChatFormatter(template, eos_text, tokenizer.bos_token or "") if template else None
     renders = bool(formatter) and all(formatter(messages=c["messages"]).prompt == c["prompt_text"] for c in cases)
@@ -63,8 +63,37 @@ def _check_metadata(llm: Any, tokenizer: Any, cases: list[dict[str, Any]], resul
     result.tokenizer_match = all(
         llm.tokenize(c["prompt_text"].encode(), add_bos=False, special=True) == c["prompt_ids"] for c in cases
     )
-    if not result.eos_ok:
-        result.notes.append(f"GGUF EOS is {eos_text!r} but the HF tokenizer's is {tokenizer.eos_token!r}")
+
+
+def _check_eos(llm: Any, tokenizer: Any, hf_eos_ids: list[int], result: GGUFResult) -> None:
+    """The GGUF's EOS (or EOT, `tokenizer.ggml.eot_token_id`) is the HF tokenizer's EOS, and every
+    token the HF model stops on (the generation config may list several) ends generation in llama.cpp."""
+    eot = llm.metadata.get("tokenizer.ggml.eot_token_id")
+    ends = [llm.token_eos()] + ([int(eot)] if eot is not None and int(eot) != llm.token_eos() else [])
+    texts = [_token_text(llm, t) for t in ends]
+    result.eos_token = " / ".join(texts)
+    not_eog = [i for i in hf_eos_ids if not _is_end_of_generation(llm, int(i), ends)]
+    result.eos_ok = tokenizer.eos_token in texts and not not_eog
+    if tokenizer.eos_token not in texts:
+        result.notes.append(f"GGUF EOS/EOT is {result.eos_token!r}, the HF tokenizer's EOS {tokenizer.eos_token!r}")
+    if not_eog:
+        names = [tokenizer.convert_ids_to_tokens(int(i)) for i in not_eog]
+        result.notes.append(f"llama.cpp does not end generation at {names}, where the HF model stops: replies "
+                            f"would run on in llama.cpp and Ollama")
+
+
+def _is_end_of_generation(llm: Any, token: int, ends: list[int]) -> bool:
+    """llama.cpp's own end-of-generation set (EOS, EOT, EOM and tokens such as <|im_end|>)."""
+    import llama_cpp
+
+    vocab = getattr(getattr(llm, "_model", None), "vocab", None)  # llama-cpp-python keeps the vocab there
+    if vocab is None or not hasattr(llama_cpp, "llama_vocab_is_eog"):
+        return token in ends
+    return bool(llama_cpp.llama_vocab_is_eog(vocab, token))
+
+
+def _token_text(llm: Any, token: int) -> str:
+    return llm.detokenize([token], special=True).decode("utf-8", "replace")
 
 
 def llama_greedy(llm: Any, prompt_ids: list[int], max_new_tokens: int, eos_ids: set[int]) -> list[int]:

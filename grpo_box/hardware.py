@@ -5,12 +5,16 @@ Setup starts by finding the card: torch.cuda when a CUDA build of torch sees one
 preset), else no GPU. `propose_preset` maps the card to the largest preset it holds. During
 training the readers below are sampled every step into metrics.jsonl: torch's counters see only
 the trainer's own allocator, while NVML (pynvml or nvidia-smi) also sees vLLM's KV cache, which
-Unsloth's standby mode allocates outside torch's caching allocator. Every reader returns None on a
-machine without a GPU. Sizes are in GB meaning GiB (2**30 bytes), as torch and nvidia-smi report.
+Unsloth's standby mode allocates outside torch's caching allocator. torch's peak is reset after
+each reading (`reset_peak_vram`), so every step's peak is that step's own. NVML numbers GPUs
+differently from CUDA when CUDA_VISIBLE_DEVICES is set, so NVML and nvidia-smi are asked about
+its first entry (an index or a UUID), the card CUDA calls device 0. Every reader returns None on
+a machine without a GPU. Sizes are in GB meaning GiB (2**30 bytes), as torch and nvidia-smi report.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -70,17 +74,31 @@ def _torch_cuda():
         return None
 
 
+def visible_device() -> str | None:
+    """The NVML/nvidia-smi id of CUDA's device 0: CUDA_VISIBLE_DEVICES' first entry, else "0";
+    None when that variable hides every GPU ("" or "-1")."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return "0"
+    first = value.split(",")[0].strip()
+    return None if first in ("", "-1") else first
+
+
 def detect_gpu(runner: Runner | None = None) -> GpuInfo | None:
-    """The first GPU (what CUDA uses by default), or None when there is none."""
+    """The GPU CUDA uses by default (device 0 of the visible ones), or None when there is none."""
     cuda = _torch_cuda()
     if cuda is not None:
         props = cuda.get_device_properties(0)
         return GpuInfo(props.name, round(props.total_memory / GIB, 2))
+    device = visible_device()
+    if device is None:
+        return None
     try:
         gpus = parse_nvidia_smi((runner or _run_nvidia_smi)(_SMI_QUERY))
     except (OSError, subprocess.SubprocessError):
         return None
-    return gpus[0] if gpus else None
+    index = int(device) if device.isdigit() else 0  # a UUID: nvidia-smi's list order cannot place it
+    return gpus[index] if index < len(gpus) else None
 
 
 def _preset_cards() -> list[tuple[str, float]]:
@@ -105,7 +123,8 @@ def propose_preset(gpu: GpuInfo | None) -> str:
 
 
 def torch_vram_gb() -> dict[str, float] | None:
-    """The trainer's own allocator: allocated, reserved and peak reserved GB (None without CUDA)."""
+    """The trainer's own allocator: allocated, reserved and peak reserved GB since the last
+    `reset_peak_vram` (None without CUDA)."""
     cuda = _torch_cuda()
     if cuda is None:
         return None
@@ -116,14 +135,25 @@ def torch_vram_gb() -> dict[str, float] | None:
     }
 
 
-def nvml_vram_gb(index: int = 0, runner: Runner | None = None) -> dict[str, float] | None:
-    """Whole-card used/total GB from NVML (pynvml, else nvidia-smi); None without a GPU."""
-    reading = _pynvml_reading(index)
+def reset_peak_vram() -> None:
+    """Start a new peak window for torch's counters (a no-op without CUDA)."""
+    cuda = _torch_cuda()
+    if cuda is not None:
+        cuda.reset_peak_memory_stats()
+
+
+def nvml_vram_gb(device: str | None = None, runner: Runner | None = None) -> dict[str, float] | None:
+    """Whole-card used/total GB from NVML (pynvml, else nvidia-smi) for `device` (an NVML index or
+    UUID; default: CUDA's device 0, see `visible_device`); None without a GPU."""
+    device = device if device is not None else visible_device()
+    if device is None:
+        return None
+    reading = _pynvml_reading(device)
     if reading is not None:
         return reading
     try:
         text = (runner or _run_nvidia_smi)(
-            [f"--id={index}", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"]
+            [f"--id={device}", "--query-gpu=memory.used,memory.total", "--format=csv,noheader,nounits"]
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -139,14 +169,18 @@ def parse_memory_used(text: str) -> dict[str, float] | None:
     return {"used": parts[0], "total": parts[1]}
 
 
-def _pynvml_reading(index: int) -> dict[str, float] | None:
+def _pynvml_reading(device: str) -> dict[str, float] | None:
     try:
         import pynvml
     except ImportError:
         return None
     try:
         pynvml.nvmlInit()
-        info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+        if device.isdigit():
+            handle = pynvml.nvmlDeviceGetHandleByIndex(int(device))
+        else:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(device.encode())
+        info = pynvml.nvmlDeviceGetMemoryInfo(handle)
         return {"used": round(info.used / GIB, 3), "total": round(info.total / GIB, 3)}
     except Exception:  # pynvml.NVMLError without a driver
         return None
@@ -162,7 +196,7 @@ def current_vram_gb() -> float | None:
 
 
 def peak_vram_gb() -> float | None:
-    """Peak GB reserved by torch's allocator since the start (or the last reset)."""
+    """Peak GB reserved by torch's allocator since the last `reset_peak_vram` (or the start)."""
     torch_reading = torch_vram_gb()
     return torch_reading["peak_reserved"] if torch_reading else None
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from .runs import LOG, RETRYING, RunDir
 
+UNSETTLED = ("created", "running")  # a child that exits in these states died without saying why
+
 
 @dataclass
 class Job:
@@ -54,14 +56,37 @@ def start(run: RunDir, resume: bool = False, attached: bool = False) -> Job:
 
 
 def supervise(job: Job) -> Job:
-    """The job to follow next: a fresh resume child once this one has exited `retrying` (auto-fit)."""
-    status = job.run.status()
-    if job.alive() or status.get("state") != RETRYING:
+    """The job to follow next: a fresh resume child once this one has exited `retrying` (auto-fit).
+
+    A child that died without settling its status (SIGKILL, the kernel's OOM killer, a segfault)
+    is marked failed here, so a watcher never shows "running" for a dead process."""
+    if job.alive():
         return job
+    if settle(job) != RETRYING:
+        return job
+    status = job.run.status()
     fit = status.get("auto_fit", {})
     print(f"out of memory at step {fit.get('after_step', '?')}: auto-fit resumes from the last checkpoint in a fresh "
           f"process with: {fit.get('change', 'a smaller setting')}", file=sys.stderr, flush=True)
     return start(job.run, resume=True, attached=job.attached)
+
+
+def settle(job: Job) -> str:
+    """After the child exited: its final state, marking it failed if it died without saying."""
+    state = job.run.status().get("state", "created")
+    if state in UNSETTLED:
+        _mark_died(job)
+        state = "failed"
+    return state
+
+
+def _mark_died(job: Job) -> None:
+    code = job.process.returncode
+    how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+    if code == -9:
+        how += " (SIGKILL: often the system ran out of RAM; lower grpo.num_generations or the lengths)"
+    where = "the output above" if job.attached else str(job.run.file(LOG))
+    job.run.set_status("failed", error=f"the training process {how} before finishing; see {where}")
 
 
 def run_attached(run: RunDir, resume: bool = False) -> int:
@@ -79,14 +104,16 @@ def stop(job: Job, timeout: float = 600.0) -> int | None:
     """Ask the child to save a checkpoint and stop; kill it if it does not within `timeout` s."""
     job.run.request_stop()
     try:
-        return job.process.wait(timeout=timeout)
+        code = job.process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         job.process.terminate()
         try:
-            return job.process.wait(timeout=30)
+            code = job.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             job.process.kill()
-            return job.process.wait()
+            code = job.process.wait()
+    settle(job)
+    return code
 
 
 def wait(job: Job, poll_seconds: float = 1.0, *, stop_on_interrupt: bool = False) -> int:

@@ -1,21 +1,23 @@
 """VRAM estimate for a GRPO run: will this config fit this card, and what to lower if not.
 
 Before training, Setup shows an estimate so the user learns that a choice does not fit before a
-model download and a crash. The estimate is arithmetic on the model's shape (`grpo_box.catalog`)
-and the RunConfig; it is calibrated against Unsloth's published GRPO figures (see
-tests/test_memory.py) and meant to be right within about ±25%, not to the megabyte.
+model download and a crash. `preflight(config)` is the one check `train`, `demo` and the app's
+memory gauge use: the verdict on this machine's card and, when it does not fit, the setting to
+lower and to what. The estimate is arithmetic on the model's shape (`grpo_box.catalog`) and the
+RunConfig, calibrated against Unsloth's published GRPO figures (see "Calibration") and meant to
+be right within about ±25%, not to the megabyte.
 
 Units: "GB" means GiB (2**30 bytes), as torch and nvidia-smi report; an "8 GB" card is ~8 GiB.
 Notation: h hidden size, q = heads·head_dim, kv = kv_heads·head_dim, i MLP width, V vocabulary,
 n layers, B = grpo.per_device_train_batch_size (completions per step), GA its accumulation steps,
-P/C = max prompt/completion length, L = P + C, r = lora.r, a = activation bytes (2 for bf16).
+P/C = max prompt/completion length, L = P + C, r = lora.r, a = activation bytes (2 for bf16 on a
+GPU; 4 on CPU, where the dtype is left to the library and the bundled model runs in float32).
 
 Components (bytes):
 - cuda_context: 0.5 GB for the CUDA context and torch kernels, +0.5 GB when vLLM's kernels load
   into the same process (fast_inference). 0 on CPU.
 - weights: 4-bit: linear projections in NF4 with double-quantized absmax (4.127 bits, 0.516 B per
-  parameter); embeddings, LM head and norms stay 16-bit. Otherwise every parameter at the dtype
-  (2 B; 4 B on CPU where the dtype is left to the library and the bundled model is float32).
+  parameter); embeddings, LM head and norms stay 16-bit. Otherwise every parameter at a bytes.
 - lora: Σ over target modules of r·(in + out)·n parameters, kept in fp32: 4 B weights + 4 B grads
   + optimizer states (2 B with an "8bit" optim, else 8 B for Adam's two fp32 moments). Between
   steps the grads are freed, so the generation phase counts 4 B + states only.
@@ -26,29 +28,51 @@ Components (bytes):
     gradient_checkpointing "unsloth" (offloaded): one layer on the GPU, layer inputs sit in RAM;
     True (standard): n·h·T·a checkpoints + one layer;  False: all n layers.
   On CPU everything is in RAM, so "unsloth" counts like True.
-- logits: the GRPO loss needs the completion logits and their log-softmax, 2 buffers × 2 B ×
+- logits: the GRPO loss needs the completion logits and their log-softmax, 2 buffers × a ×
   (B / chunks)·C·V. Unsloth computes them one sequence at a time (chunks = B); TRL without
-  chunking materialises the whole batch (chunks = 1, `Stack.logit_chunks`).
+  chunking materialises the whole batch (chunks = 1, `Stack.logit_chunks`). With grpo.beta > 0
+  the reference model is the base with the LoRA switched off (no second copy); its log-probs are
+  computed chunked in the same way before the loss, so only the kept per-token log-probs of the
+  batch, B·C·4 B, are added.
 - workspace (4-bit only): Unsloth dequantizes one projection at a time into a 16-bit buffer;
   2 × the largest projection.
-- vLLM (fast_inference): its share is S = gpu_memory_utilization × card. Inside it sit the weights
-  (Unsloth: the same tensors the trainer uses; TRL's colocated vLLM loads its own 16-bit copy,
-  `Stack.vllm_shares_weights`), a runtime part (CUDA graphs: 172·h·n·4 B clamped to 0.15-1 GB,
-  unsloth_zoo's own rule, plus a 4096-token profiling pass, 4096·(2h + 2i)·2 B) and the KV cache,
-  which takes the rest; one token's KV is 2·n·kv·2 B. With no card known, S is sized to hold one
-  generation batch (B·GA sequences of model.max_seq_length).
+- vLLM (fast_inference): its share is S = u × card, u the vLLM utilisation (see "Standby").
+  Inside it sit the weights (Unsloth: the same tensors the trainer uses; TRL's colocated vLLM
+  loads its own 16-bit copy, `Stack.vllm_shares_weights`), a runtime part (CUDA graphs:
+  172·h·n·4 B clamped to 0.15-1 GB, unsloth_zoo's own rule, plus a 4096-token profiling pass,
+  4096·(2h + 2i)·2 B) and the KV cache, which takes the rest; one token's KV is 2·n·kv·2 B. With
+  no card known, S is sized to hold one generation batch (B·GA sequences of model.max_seq_length).
   Without fast_inference, HF generate's KV cache for B·GA sequences of L tokens is counted.
 
+Standby (`model.vllm_standby`): vLLM's KV cache is released while the trainer steps; without it
+the whole share stays allocated. Under standby unsloth_zoo 2026.10 (vLLM >= 0.11) replaces
+gpu_memory_utilization by its own target for the card, 0.95 × 0.75 … 0.925 by card size
+(`unsloth_standby_util`: 0.71 under 10 GB, 0.74 under 14, 0.76 under 20, 0.78 under 25, 0.86
+under 40, else 0.88), unless UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE=1. GRPO Box keeps that rule (it
+sets the variable only for `model.vllm_standby_util_override: true`), so the estimate uses the
+target on a known card, reports "configured u replaced", and neither suggestions nor auto-fit
+lower a share that Unsloth would replace anyway.
+
 Phases: generation (vLLM share or HF KV cache, weights, LoRA weights + optimizer states) and
-training (weights, vLLM's resident part, LoRA with grads, activations, logits, workspace). With
-standby (`model.vllm_standby`) the KV cache is released while training; without it the whole
-share stays allocated. The estimate is the larger phase; `breakdown` lists that phase's parts.
+training (weights, vLLM's resident part, LoRA with grads, activations, logits, workspace). The
+estimate is the larger phase; `phase_parts` lists both, `breakdown` the peak phase's parts.
+
+Calibration (tests/test_memory.py). Published totals, each within ±25%: GRPO on Qwen2.5-1.5B in
+5-7 GB, Llama-3.1-8B / Qwen2.5-7B in ~15 GB (a Colab T4), Llama-3.1-8B at 20K context with 8
+generations in 54.3 GB with Unsloth and 510.8 GB with TRL + FlashAttention-2. A vLLM share is a
+fraction of the card whatever the model, so the T4 totals check the share arithmetic more than
+the model; model-dependent checks pin the rest: the weights (Llama-3.1-8B: the 5.7 GB of its
+bnb-4bit checkpoint, the blog's 16 GB in bf16), the 20K blog's components (training 42 vs 414 GB,
+GRPO logits 9.8 vs 78.3 GB, 2.5 GB of KV for one 20K sequence), a smaller model landing far
+outside the 8B cases, and the bundled model's real parameter bytes and LoRA size.
 
 Verdict on a card: fits ≤ 90%, tight ≤ 100%, else "will not fit" (also when the vLLM share
-cannot hold the weights plus one max_seq_length sequence). Caveat: with standby, unsloth_zoo
-2026.10 replaces gpu_memory_utilization by its own card-size target unless
-UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE=1 is set; the estimate uses the configured share and notes the
-target (`unsloth_standby_util`).
+cannot hold the weights plus one max_seq_length sequence). Fixes: before training
+(`fit_to_card`, `suggest_fix`) any of num_generations, max_completion_length, the vLLM share
+(under standby only by taking it back from Unsloth with the override), lora.r and 4-bit may be
+lowered; after an out-of-memory error (`smaller_setting`, auto-fit) only num_generations,
+max_completion_length and a vLLM share that is the config's, since the run resumes from a
+checkpoint whose LoRA shapes a different lora.r would not match.
 """
 
 from __future__ import annotations
@@ -59,7 +83,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .catalog import CATALOG, Arch, resolve_arch
-from .config import RunConfig, validate
+from .config import ConfigError, RunConfig, validate
 
 GIB = 1024**3
 CUDA_CONTEXT_GB = 0.5
@@ -94,7 +118,11 @@ class MemoryEstimate:
     phases: dict[str, float]
     card_gb: float | None = None  # card the vLLM share was sized on
     vllm_share_gb: float | None = None
+    vllm_util: float | None = None  # the utilisation vLLM will run with (Unsloth's standby target or the config's)
+    standby_target: bool = False  # True: Unsloth's standby target replaces model.gpu_memory_utilization
+    standby_frees_gb: float | None = None  # KV cache standby releases while training
     min_gpu_memory_utilization: float | None = None  # least share holding weights + one sequence
+    phase_parts: dict[str, dict[str, float]] = field(default_factory=dict)  # both phases' parts, GB
     notes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # each one makes the verdict "will not fit"
 
@@ -158,9 +186,11 @@ def _activation_bytes(arch: Arch, config: RunConfig, device: str, act: int) -> f
 
 
 def _logit_bytes(arch: Arch, config: RunConfig, stack: Stack, act: int) -> float:
-    batch = config.grpo.per_device_train_batch_size
+    g = config.grpo
+    batch = g.per_device_train_batch_size
     chunks = min(stack.logit_chunks or batch, batch)
-    return LOGIT_BUFFERS * act * math.ceil(batch / chunks) * config.grpo.max_completion_length * arch.vocab_size
+    reference = batch * g.max_completion_length * 4 if g.beta > 0 else 0  # kept fp32 reference log-probs
+    return LOGIT_BUFFERS * act * math.ceil(batch / chunks) * g.max_completion_length * arch.vocab_size + reference
 
 
 def _workspace_bytes(arch: Arch, config: RunConfig) -> float:
@@ -180,12 +210,28 @@ def _vllm_runtime_bytes(arch: Arch) -> float:
 
 
 def unsloth_standby_util(vram_gb: float) -> float:
-    """The gpu_memory_utilization unsloth_zoo 2026.10 forces under standby (vLLM >= 0.11)."""
+    """The gpu_memory_utilization unsloth_zoo 2026.10 forces under standby (vLLM >= 0.11).
+
+    From `unsloth_zoo.vllm_utils.load_vllm`: a tier by a tenth of the card's GB, times 0.95.
+    """
     tenth = vram_gb * 0.1
     for floor, util in ((4.0, 0.925), (2.5, 0.9), (2.0, 0.825), (1.4, 0.8), (1.0, 0.775)):
         if tenth >= floor:
             return round(util * 0.95, 4)
     return round(0.75 * 0.95, 4)
+
+
+def standby_sets_share(config: RunConfig) -> bool:
+    """True when Unsloth will replace model.gpu_memory_utilization by its standby target."""
+    m = config.model
+    return m.fast_inference and m.vllm_standby and not m.vllm_standby_util_override
+
+
+def vllm_utilization(config: RunConfig, vram_gb: float | None) -> float:
+    """The share of the card vLLM will take: Unsloth's standby target on a known card, else the config's."""
+    if vram_gb and standby_sets_share(config):
+        return unsloth_standby_util(vram_gb)
+    return config.model.gpu_memory_utilization
 
 
 @functools.lru_cache(maxsize=None)
@@ -261,43 +307,54 @@ def _add_vllm(arch: Arch, config: RunConfig, stack: Stack, parts: _Parts, traini
     per_seq = kv_bytes_per_token(arch) * m.max_seq_length
     seqs = g.per_device_train_batch_size * g.gradient_accumulation_steps
     if est.card_gb:
-        share = m.gpu_memory_utilization * est.card_gb * GIB
+        est.vllm_util = vllm_utilization(config, est.card_gb)
+        est.standby_target = standby_sets_share(config)
+        share = est.vllm_util * est.card_gb * GIB
         est.min_gpu_memory_utilization = round((vllm_weights + runtime + per_seq) / (est.card_gb * GIB), 3)
     else:
         share = vllm_weights + runtime + per_seq * seqs
         est.notes.append("no card given: vLLM's share is sized to hold one generation batch")
     kv = max(share - vllm_weights - runtime, 0.0)
     est.vllm_share_gb = _gb(share)
-    _check_kv(est, m, kv, per_seq, seqs)
+    _check_kv(est, config, kv, per_seq, seqs)
     copy = {} if stack.vllm_shares_weights else {"vllm_weights_copy": vllm_weights}
     training.update(copy)
     training["vllm_runtime"] = runtime
-    if not m.vllm_standby:
+    if m.vllm_standby:
+        est.standby_frees_gb = _gb(kv)
+    else:
         training["kv_cache"] = kv
     generation = {"cuda_context": parts.ctx, "weights": parts.weights, **copy, "vllm_runtime": runtime,
                   "kv_cache": kv, "lora": parts.lora_idle}
     return generation
 
 
-def _check_kv(est: MemoryEstimate, m: Any, kv: float, per_seq: float, seqs: int) -> None:
+def _check_kv(est: MemoryEstimate, config: RunConfig, kv: float, per_seq: float, seqs: int) -> None:
+    m = config.model
     if kv < per_seq:
         est.problems.append(
-            f"vLLM's share ({m.gpu_memory_utilization:g} × {est.card_gb:g} GB) leaves {_gb(kv):.2f} GB of KV cache, "
-            f"less than one {m.max_seq_length}-token sequence needs ({_gb(per_seq):.2f} GB): raise "
-            f"model.gpu_memory_utilization to at least {est.min_gpu_memory_utilization:.2f} or lower model.max_seq_length"
+            f"vLLM's share ({est.vllm_util:g} × {est.card_gb:g} GB) leaves {_gb(kv):.2f} GB of KV cache, "
+            f"less than one {m.max_seq_length}-token sequence needs ({_gb(per_seq):.2f} GB): {_kv_fix(est, config)}"
         )
     elif kv < per_seq * seqs:
         est.notes.append(
             f"the KV cache holds {int(kv // per_seq)} of the {seqs} sequences of a generation batch at once: "
             "rollouts run in waves (slower, not an error)"
         )
-    if m.vllm_standby and est.card_gb:
-        target = unsloth_standby_util(est.card_gb)
-        if abs(target - m.gpu_memory_utilization) > 0.005:
-            est.notes.append(
-                f"with standby, unsloth_zoo sets gpu_memory_utilization to {target:g} on this card unless "
-                "UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE=1"
-            )
+    if est.standby_target and abs(est.vllm_util - m.gpu_memory_utilization) > 0.005:
+        est.notes.append(
+            f"under standby Unsloth gives vLLM {est.vllm_util:g} of this card, leaving the trainer room; to run "
+            f"with model.gpu_memory_utilization={m.gpu_memory_utilization:g} instead, set "
+            "model.vllm_standby_util_override=true"
+        )
+
+
+def _kv_fix(est: MemoryEstimate, config: RunConfig) -> str:
+    need = f"{est.min_gpu_memory_utilization:.2f}"
+    if est.standby_target:
+        return (f"lower model.max_seq_length, or set model.vllm_standby_util_override=true with "
+                f"model.gpu_memory_utilization of at least {need}")
+    return f"raise model.gpu_memory_utilization to at least {need} or lower model.max_seq_length"
 
 
 def _finish(est: MemoryEstimate, training: dict[str, float], generation: dict[str, float]) -> None:
@@ -305,6 +362,8 @@ def _finish(est: MemoryEstimate, training: dict[str, float], generation: dict[st
     est.phase = "training" if totals["training"] >= totals["generation"] else "generation"
     peak = training if est.phase == "training" else generation
     est.breakdown = {key: _gb(value) for key, value in peak.items() if value > 0}
+    est.phase_parts = {name: {key: _gb(value) for key, value in parts.items() if value > 0}
+                       for name, parts in (("generation", generation), ("training", training))}
     est.phases = {key: _gb(value) for key, value in totals.items()}
     est.total_gb = _gb(totals[est.phase])
 
@@ -330,8 +389,9 @@ class Change:
     new: Any
 
 
-_TRACKED = ("model.load_in_4bit", "model.gpu_memory_utilization", "grpo.num_generations",
-            "grpo.per_device_train_batch_size", "grpo.max_completion_length", "lora.r", "lora.alpha")
+_TRACKED = ("model.load_in_4bit", "model.vllm_standby_util_override", "model.gpu_memory_utilization",
+            "grpo.num_generations", "grpo.per_device_train_batch_size", "grpo.max_completion_length", "lora.r",
+            "lora.alpha")
 _GENERATIONS = (64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2)
 _COMPLETIONS = (32768, 24576, 16384, 12288, 8192, 6144, 4096, 3072, 2048, 1536, 1024, 768, 512, 384, 256, 192, 128, 96, 64)
 _RANKS = (256, 128, 64, 32, 16, 8, 4)
@@ -381,11 +441,20 @@ def _lower_completion(config: RunConfig) -> RunConfig | None:
 def _lower_util(config: RunConfig) -> RunConfig | None:
     m = config.model
     new = round(m.gpu_memory_utilization - 0.05, 2)
-    if not m.fast_inference or new < _MIN_UTIL:
+    if not m.fast_inference or new < _MIN_UTIL or standby_sets_share(config):
         return None
     out = _copy(config)
     out.model.gpu_memory_utilization = new
     return out
+
+
+def _own_share(config: RunConfig) -> RunConfig | None:
+    """Under standby, take vLLM's share back from Unsloth's target (the override), then lower it."""
+    if standby_sets_share(config):
+        out = _copy(config)
+        out.model.vllm_standby_util_override = True
+        return out
+    return _lower_util(config) if config.model.vllm_standby_util_override else None
 
 
 def _lower_rank(config: RunConfig) -> RunConfig | None:
@@ -407,14 +476,16 @@ def _to_4bit(config: RunConfig) -> RunConfig | None:
     return out
 
 
-# (primary key, one step down); the brief order of preference for smaller_setting
-_KNOBS: tuple[tuple[str, Callable[[RunConfig], RunConfig | None]], ...] = (
+Knob = tuple[str, Callable[[RunConfig], RunConfig | None]]  # (primary key, one step down)
+# What an out-of-memory retry may change, in order: it resumes from a checkpoint, so the LoRA
+# shapes (lora.r) and the base weights (4-bit) must stay as they were.
+_RETRY_KNOBS: tuple[Knob, ...] = (
     ("grpo.num_generations", _lower_generations),
     ("grpo.max_completion_length", _lower_completion),
     ("model.gpu_memory_utilization", _lower_util),
-    ("lora.r", _lower_rank),
-    ("model.load_in_4bit", _to_4bit),
 )
+_KNOBS: tuple[Knob, ...] = (*_RETRY_KNOBS, ("lora.r", _lower_rank), ("model.load_in_4bit", _to_4bit),
+                            ("model.gpu_memory_utilization", _own_share))
 
 
 def _changes(old: RunConfig, new: RunConfig) -> list[Change]:
@@ -480,7 +551,8 @@ def fit_to_card(config: RunConfig, vram_gb: float, arch: Arch | None = None,
 
 def _raise_util_if_needed(config: RunConfig, vram_gb: float, arch: Arch, stack: Stack) -> RunConfig:
     need = estimate(config, arch, vram_gb, stack).min_gpu_memory_utilization
-    if not config.model.fast_inference or need is None or config.model.gpu_memory_utilization >= need:
+    m = config.model
+    if not m.fast_inference or standby_sets_share(config) or need is None or m.gpu_memory_utilization >= need:
         return config
     out = _copy(config)
     out.model.gpu_memory_utilization = min(0.95, math.ceil((need + 0.02) * 20) / 20)
@@ -546,26 +618,29 @@ def smaller_setting(config: RunConfig, vram_gb: float | None = None, arch: Arch 
                     stack: Stack = UNSLOTH, phase: str | None = None) -> tuple[RunConfig, str] | None:
     """The next smaller config after an out-of-memory error, with what changed; None when nothing shrinks.
 
-    Tries one step down of each knob in order (num_generations, max_completion_length,
-    gpu_memory_utilization, lora.r, then 4-bit) and keeps the first that lowers the estimate
-    (the given `phase`, "training" or "generation", or else the peak).
+    Tries one step down of each knob in order (num_generations, max_completion_length, then
+    gpu_memory_utilization unless Unsloth's standby target replaces it) and keeps the first that
+    lowers the phase that ran out (`phase`, "training" or "generation", else the peak). When no
+    knob lowers it, the first that lowers the other phase: with vLLM's share fixed the generation
+    phase barely moves, while the trainer's side of a rollout (the completions' log-probs) shrinks
+    with the group and the completions. lora.r and 4-bit stay: the retry resumes from a checkpoint
+    with the same LoRA shapes.
     """
     arch = arch or resolve_arch(config.model.name)
-
-    def size(c: RunConfig) -> float:
-        est = estimate(c, arch, vram_gb, stack)
-        return est.phases[phase] if phase else est.total_gb
-
-    before = size(config)
-    for _, lower in _KNOBS:
-        candidate = lower(config)
-        if candidate is None or size(candidate) >= before * 0.99:
-            continue
-        try:
-            validate(candidate)
-        except ValueError:
-            continue
-        return candidate, describe_changes(_changes(config, candidate))
+    before = estimate(config, arch, vram_gb, stack)
+    first = phase or before.phase
+    for target in (first, "training" if first == "generation" else "generation"):
+        for _, lower in _RETRY_KNOBS:
+            candidate = lower(config)
+            if candidate is None:
+                continue
+            if estimate(candidate, arch, vram_gb, stack).phases[target] >= before.phases[target] * 0.99:
+                continue
+            try:
+                validate(candidate)
+            except ValueError:
+                continue
+            return candidate, describe_changes(_changes(config, candidate))
     return None
 
 
@@ -587,24 +662,32 @@ _LABELS = {
 
 
 def estimate_report(config: RunConfig, vram_gb: float | None = None, arch: Arch | None = None,
-                    stack: Stack = UNSLOTH) -> dict[str, Any]:
-    """A JSON-ready estimate: total, breakdown, vram_gb (default: the preset's card), verdict, suggestion."""
-    card = vram_gb or preset_card_gb(config.preset)
-    est = estimate(config, arch, card, stack)
-    judged = verdict(est, card) if card else None
-    suggestion = suggest_fix(config, card, arch, stack) if card and judged != "fits" else None
+                    stack: Stack = UNSLOTH, card: Card | None = None) -> dict[str, Any]:
+    """A JSON-ready estimate: total, both phases' parts, the vLLM share, the card it is judged
+    against (`card`, else `vram_gb`, else the preset's), verdict and suggestion."""
+    card = card or choose_card(config, vram_gb, detect=False)
+    arch = arch or resolve_arch(config.model.name)
+    est = estimate(config, arch, card.vram_gb, stack)
+    judged = verdict(est, card.vram_gb) if card.vram_gb else None
+    suggestion = suggest_fix(config, card.vram_gb, arch, stack) if card.vram_gb and judged != "fits" else None
     return {
         "model": est.model,
         "preset": config.preset,
         "device": est.device,
         "unit": "GiB",
         "total": round(est.total_gb, 2),
-        "breakdown": {key: round(value, 2) for key, value in est.breakdown.items()},
+        "breakdown": _rounded(est.breakdown),
         "phase": est.phase,
-        "phases": {key: round(value, 2) for key, value in est.phases.items()},
+        "phases": _rounded(est.phases),
+        "phase_breakdown": {name: _rounded(parts) for name, parts in est.phase_parts.items()},
         "vllm_share": round(est.vllm_share_gb, 2) if est.vllm_share_gb is not None else None,
-        "vram_gb": card,
-        "share_of_card": round(est.total_gb / card, 3) if card else None,
+        "vllm_utilization": est.vllm_util,
+        "configured_utilization": config.model.gpu_memory_utilization if config.model.fast_inference else None,
+        "standby_target": est.standby_target,
+        "standby_frees": round(est.standby_frees_gb, 2) if est.standby_frees_gb is not None else None,
+        "vram_gb": card.vram_gb,
+        "card": card.label,
+        "share_of_card": round(est.total_gb / card.vram_gb, 3) if card.vram_gb else None,
         "verdict": judged,
         "suggestion": suggestion or None,
         "notes": est.notes,
@@ -612,22 +695,132 @@ def estimate_report(config: RunConfig, vram_gb: float | None = None, arch: Arch 
     }
 
 
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 2) for key, value in values.items()}
+
+
 def format_estimate(report: dict[str, Any]) -> str:
-    """A plain-text table of an `estimate_report`, in GB."""
+    """A plain-text table of an `estimate_report`: both phases' parts in GB, the vLLM share, the verdict."""
     where = "RAM (no GPU)" if report["device"] == "cpu" else "GPU"
-    lines = [f"Memory estimate for {report['model']} (preset {report['preset']}, {where})", ""]
+    lines = [f"Memory estimate for {report['model']} (preset {report['preset']}, {where})",
+             f"card: {report['card']}", ""]
     width = max(len(label) for label in _LABELS.values())
-    for key, value in report["breakdown"].items():
-        lines.append(f"  {_LABELS.get(key, key):<{width}}  {value:7.2f} GB")
-    lines.append(f"  {'-' * width}  ----------")
-    other = "generation" if report["phase"] == "training" else "training"
-    lines.append(f"  {'total (peak: ' + report['phase'] + ')':<{width}}  {report['total']:7.2f} GB")
-    lines.append(f"  {'(' + other + ' phase)':<{width}}  {report['phases'][other]:7.2f} GB")
+    parts = report["phase_breakdown"]
+    keys = [key for key in _LABELS if key in parts["generation"] or key in parts["training"]]
+    lines.append(f"  {'':<{width}}  {'generation':>10}  {'training':>10}")
+    for key in keys:
+        cells = [f"{parts[phase][key]:7.2f} GB" if key in parts[phase] else f"{'-':>10}"
+                 for phase in ("generation", "training")]
+        lines.append(f"  {_LABELS[key]:<{width}}  {cells[0]}  {cells[1]}")
+    lines.append(f"  {'-' * width}  ----------  ----------")
+    totals = [f"{report['phases'][phase]:7.2f} GB" for phase in ("generation", "training")]
+    lines.append(f"  {'total':<{width}}  {totals[0]}  {totals[1]}   (peak: {report['phase']})")
+    lines += _share_lines(report)
     if report["vram_gb"]:
         pct = round(100 * report["share_of_card"])
-        lines.append(f"  {'card':<{width}}  {report['vram_gb']:7.2f} GB  -> {report['verdict']} ({pct}%)")
+        lines.append(f"  peak {report['total']:.2f} GB of {report['vram_gb']:g} GB -> {report['verdict']} ({pct}%)")
     lines += [f"  problem: {text}" for text in report["problems"]]
     lines += [f"  note: {text}" for text in report["notes"]]
     if report["suggestion"]:
         lines.append(f"  suggestion: {report['suggestion']}")
     return "\n".join(lines)
+
+
+def _share_lines(report: dict[str, Any]) -> list[str]:
+    lines = []
+    if report["vllm_share"] is not None:
+        util = report["vllm_utilization"]
+        text = f"  vLLM share {report['vllm_share']:.2f} GB"
+        if util is not None:
+            text += f" ({util:g} of the card"
+            if report["standby_target"]:
+                text += f"; Unsloth's standby target; configured {report['configured_utilization']:g} replaced"
+            text += ")"
+        lines.append(text)
+    if report["standby_frees"] is not None:
+        lines.append(f"  standby frees {report['standby_frees']:.2f} GB (the KV cache) while training")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# before training: which card, and may the run start
+
+
+@dataclass(frozen=True)
+class Card:
+    """The card a verdict is against, with how it was chosen (shown next to the verdict)."""
+
+    vram_gb: float | None
+    label: str  # "detected NVIDIA GeForce RTX 3070 (7.6 GB)", "assumed: preset's 8 GB card, no GPU detected"
+
+
+def choose_card(config: RunConfig, vram_gb: float | None = None, *, detect: bool = True,
+                preset_fallback: bool = True) -> Card:
+    """`vram_gb` when given, else the detected GPU (`detect`), else the preset's card (`preset_fallback`)."""
+    if vram_gb:
+        return Card(vram_gb, f"given {vram_gb:g} GB card")
+    if detect:
+        from . import hardware
+
+        gpu = hardware.detect_gpu()
+        if gpu is not None:
+            return Card(gpu.vram_gb, f"detected {gpu.name} ({gpu.vram_gb:g} GB)")
+    undetected = ", no GPU detected" if detect else ""
+    preset = preset_card_gb(config.preset) if preset_fallback else None
+    if preset:
+        return Card(preset, f"assumed: preset's {preset:g} GB card{undetected}")
+    return Card(None, "no GPU detected" if detect else "no card given")
+
+
+@dataclass
+class PreflightResult:
+    """What `preflight` decided: may the run start, the verdict, and the text to show."""
+
+    proceed: bool
+    verdict: str | None  # "fits" | "tight" | "will not fit"; None: nothing judged (no GPU, unknown model)
+    message: str
+    card: Card
+    report: dict[str, Any] | None = None  # the `estimate_report` behind the verdict
+
+
+def preflight(config: RunConfig, vram_gb: float | None = None, force: bool = False,
+              arch: Arch | None = None) -> PreflightResult:
+    """Check a run before it starts, against `vram_gb` or else this machine's GPU.
+
+    A run estimated not to fit is refused (proceed False) unless `force`; the message names the
+    setting to lower and to what. Without a GPU there is nothing to check (the run uses RAM). A
+    model whose shape cannot be found is not refused: the estimate is skipped with a warning.
+    """
+    card = choose_card(config, vram_gb, preset_fallback=False)
+    if card.vram_gb is None:
+        return PreflightResult(True, None, "no GPU detected: no VRAM check (training uses the CPU and RAM)", card)
+    try:
+        report = estimate_report(config, arch=arch, card=card)
+    except ConfigError as exc:
+        return PreflightResult(True, None, f"memory estimate skipped: {exc}", card)
+    judged = report["verdict"]
+    message = f"estimated peak {report['total']:.1f} GB ({report['phase']}) on the {card.label}: {judged}"
+    if judged != "fits":
+        message += f"; to fit: {report['suggestion'] or 'use a smaller model or a larger card'}"
+    refused = judged == "will not fit" and not force
+    if judged == "will not fit" and force:
+        message += " (forced: starting anyway)"
+    return PreflightResult(not refused, judged, message, card, report)
+
+
+def startup_oom_hint(config: RunConfig, vllm_cache: bool) -> str:
+    """What to change after running out of memory while loading the model or starting vLLM.
+
+    `vllm_cache`: vLLM found no room for its KV cache after the weights (its share is too small
+    for this model and max_seq_length); otherwise an allocation failed outright (too much asked).
+    """
+    m = config.model
+    if standby_sets_share(config):
+        share = ("under standby Unsloth picks vLLM's share: set model.vllm_standby_util_override=true to choose "
+                 "model.gpu_memory_utilization yourself")
+    elif m.fast_inference:
+        direction = "raise" if vllm_cache else "lower"
+        share = f"{direction} model.gpu_memory_utilization (now {m.gpu_memory_utilization:g})"
+    else:
+        share = "use load_in_4bit" if not m.load_in_4bit else "free the GPU of other processes"
+    return f"{share}, lower model.max_seq_length (now {m.max_seq_length}), or choose a smaller model"

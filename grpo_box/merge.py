@@ -204,10 +204,13 @@ def _fallback_4bit(name: str, candidates: list[str | None], allow: bool, why: st
             local = Path(cand) if Path(cand).is_dir() else cached_snapshot(cand)
             if local is not None and is_4bit_checkpoint(local):
                 return BaseSource(cand, str(local), quantized_4bit=True)
-    fix = (f"download it (`hf download {strip_4bit_suffix(name)}`, or merge with download_base=True) "
-           f"or accept a lower-quality merge into dequantized 4-bit weights with allow_4bit_merge=True")
+    repo = strip_4bit_suffix(name)
+    fix = (f"download it (`hf download {repo}`, or pass --download-base (CLI) / download_base=True), "
+           f"or accept a lower-quality merge into dequantized 4-bit weights: pass --allow-4bit-merge (CLI) / "
+           f"allow_4bit_merge=True")
     if allow:
-        fix = f"no 4-bit checkpoint of it was found on disk either; download the 16-bit base (`hf download {strip_4bit_suffix(name)}`)"
+        fix = (f"no 4-bit checkpoint of it was found on disk either; download the 16-bit base (`hf download {repo}`, "
+               f"or pass --download-base (CLI) / download_base=True)")
     raise BaseWeightsMissingError(f"{why}. A faithful merge needs the original 16-bit base: {fix}")
 
 
@@ -436,7 +439,8 @@ def _report(out: Path, base: BaseSource, dtype: str, run: RunDir, cases: list[di
     if matches < len(cases):
         notes.append(f"merged model differs from base + adapter on {len(cases) - matches} of {len(cases)} prompts")
     return MergeReport(str(out), base.name, base.path, base.quantized_4bit, dtype, str(run.adapter_dir),
-                       adapter_fingerprint(run.adapter_dir), cases, matches, changed, round(time.time() - start, 1), notes)
+                       adapter_fingerprint(run.adapter_dir), cases, matches, changed, round(time.time() - start, 1),
+                       warnings=notes)
 
 
 # -- saving ------------------------------------------------------------------------------------
@@ -445,12 +449,16 @@ def _save_atomic(model: Any, tokenizer: Any, base: BaseSource, report: MergeRepo
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the merged model is an ordinary output folder
+    from safetensors import SafetensorError
+
     try:
         model.save_pretrained(str(tmp), safe_serialization=True, max_shard_size="5GB")
         tokenizer.save_pretrained(str(tmp))
         _copy_generation_config(base, tmp)
         (tmp / MERGE_INFO).write_text(json.dumps(report.to_dict(), indent=2))
         _swap_dir(tmp, out)
+    except SafetensorError as exc:  # safetensors reports I/O failures (a full disk) as its own type
+        raise OSError(f"saving the merged weights to {out.parent} failed: {exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,20 +1,27 @@
 """Ollama Modelfiles for exported GGUF files, and a renderer to check their TEMPLATE.
 
-Ollama does not run Jinja chat templates; its TEMPLATE is a Go text/template. For ChatML models
-(`<|im_start|>role … <|im_end|>`: Qwen, SmolLM, …) `ollama_template` writes the Go equivalent,
-including the HF template's default system prompt, and checks it by rendering both on probe
-conversations. `render_modelfile_template` is a small renderer for the subset of Go templates we
-emit: Ollama's own renderer is Go code and nothing in Python renders Go templates.
+Ollama does not run Jinja chat templates; its TEMPLATE is a Go text/template. For the chat formats
+we know (`CHATML`: `<|im_start|>role … <|im_end|>` as in Qwen and SmolLM; `LLAMA3`:
+`<|start_header_id|>role<|end_header_id|> … <|eot_id|>` as in Llama 3.x) `translate_template`
+writes the Go equivalent, including the HF template's default system prompt, and keeps it only if
+it renders exactly like the HF template on probe conversations. A template that fails (tools,
+dates, other formats) gets no TEMPLATE, with a note saying why. A BOS token is left out of the Go
+template: llama.cpp's tokenizer adds it (the GGUF says `add_bos_token`), as Ollama expects.
+
+`render_modelfile_template` is a small renderer for the subset of Go templates we emit: Ollama's
+own renderer is Go code and nothing in Python renders Go templates. `parse_stops` reads the
+PARAMETER stop lines back, so export can check them against the model's stop strings.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
-_CHATML_PREFIX = re.compile(r"^<\|im_start\|>system\n(.*)<\|im_end\|>\n$", re.S)
+_CONTENT = "GRPOBOXCONTENT"  # stands for a message's text while a turn becomes a regex
 _PROBES: tuple[list[dict[str, str]], ...] = (
     [{"role": "user", "content": "Hi"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}],
@@ -24,29 +31,90 @@ _PROBES: tuple[list[dict[str, str]], ...] = (
 )
 
 
-def ollama_template(tokenizer: Any) -> str | None:
-    """A Go-template TEMPLATE equivalent to the tokenizer's ChatML chat template, or None."""
+@dataclass(frozen=True)
+class ChatFormat:
+    """A chat format as text around each message; `{role}`/`{content}` mark the message's parts."""
+
+    name: str
+    turn: str
+    generation_prompt: str  # what opens the assistant's reply
+    stops: tuple[str, ...]  # Ollama stop strings: end of turn, and the start of a new one
+
+    def render(self, role: str, content: str) -> str:
+        return self.turn.replace("{role}", role).replace("{content}", content)
+
+
+CHATML = ChatFormat("ChatML", "<|im_start|>{role}\n{content}<|im_end|>\n", "<|im_start|>assistant\n",
+                    ("<|im_end|>", "<|im_start|>"))
+LLAMA3 = ChatFormat("Llama-3", "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>",
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n",
+                    ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"))
+FORMATS = (CHATML, LLAMA3)
+
+
+@dataclass
+class Translation:
+    """`translate_template`'s answer: the Go TEMPLATE (None when none was safe to write) and why."""
+
+    chat_format: ChatFormat | None
+    template: str | None
+    note: str = ""
+
+
+def translate_template(tokenizer: Any) -> Translation:
+    """The Go TEMPLATE equivalent to the tokenizer's chat template, checked on probe conversations."""
     hf = tokenizer.chat_template or ""
-    if "<|im_start|>" not in hf or "<|im_end|>" not in hf:
-        return None
-    rendered = tokenizer.apply_chat_template(_PROBES[0], tokenize=False, add_generation_prompt=True)
-    prefix, sep, _ = rendered.partition("<|im_start|>user\nHi<|im_end|>\n")
-    match = _CHATML_PREFIX.match(prefix)
-    if not sep or (prefix and not match):
-        return None
-    go = _chatml_go(match.group(1) if match else None)
-    ok = all(
-        render_modelfile_template(go, probe) == tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
-        for probe in _PROBES
-    )
-    return go if ok else None
+    fmt = next((f for f in FORMATS if all(m in hf for m in f.stops)), None)
+    if fmt is None:
+        return Translation(None, None, "the chat template is neither ChatML nor Llama-3, the formats GRPO Box can "
+                                       "write as an Ollama TEMPLATE")
+    try:
+        go = _go_template(fmt, _default_system(fmt, _render_hf(tokenizer, fmt, _PROBES[0])))
+        same = go is not None and all(
+            render_modelfile_template(go, probe) == _render_hf(tokenizer, fmt, probe) for probe in _PROBES)
+    except Exception:  # a template that refuses a probe (e.g. a system message) is not the plain format
+        same = False
+    if not same:
+        return Translation(fmt, None, f"the chat template looks like {fmt.name} but renders differently from the plain "
+                                      f"{fmt.name} format (e.g. tools or a dated system prompt), so no TEMPLATE was "
+                                      f"written")
+    return Translation(fmt, go)
 
 
-def _chatml_go(default_system: str | None) -> str:
+def ollama_template(tokenizer: Any) -> str | None:
+    """The checked Go TEMPLATE for the tokenizer's chat template, or None (see `translate_template`)."""
+    return translate_template(tokenizer).template
+
+
+def _render_hf(tokenizer: Any, fmt: ChatFormat, messages: list[dict[str, str]]) -> str:
+    """The HF prompt text without a leading BOS (llama.cpp's tokenizer adds that one in Ollama);
+    a BOS that is also the format's turn opener (SmolLM's `<|im_start|>`) is part of the text."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    return text[len(bos):] if bos and text.startswith(bos) and not fmt.turn.startswith(bos) else text
+
+
+def _default_system(fmt: ChatFormat, rendered: str) -> str | None | bool:
+    """The system text the HF template adds when a conversation has none: None if it adds none,
+    False if the prompt is not `[system turn] user turn generation-prompt` at all."""
+    prefix, sep, rest = rendered.partition(fmt.render("user", "Hi"))
+    if not sep or rest != fmt.generation_prompt:
+        return False
+    if not prefix:
+        return None
+    pattern = re.escape(fmt.render("system", _CONTENT)).replace(_CONTENT, "(.*)")
+    match = re.fullmatch(pattern, prefix, re.S)
+    return match.group(1) if match else False
+
+
+def _go_template(fmt: ChatFormat, default_system: str | None | bool) -> str | None:
+    if default_system is False:
+        return None
     head = ""
     if default_system is not None:
-        head = "{{- if not .System }}<|im_start|>system\n" + _go_text(default_system) + "<|im_end|>\n{{ end }}\n"
-    return head + "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+        head = "{{- if not .System }}" + _go_text(fmt.render("system", default_system)) + "{{ end }}\n"
+    body = fmt.render("{{ .Role }}", "{{ .Content }}")
+    return head + "{{- range .Messages }}" + body + "{{ end }}" + fmt.generation_prompt
 
 
 def _go_text(text: str) -> str:
@@ -57,17 +125,23 @@ def modelfile_text(gguf_name: str, template: str | None, stops: list[str], syste
     lines = [f"FROM ./{gguf_name}"]
     if template is not None:
         lines.append(f'TEMPLATE """{template}"""')
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
+    lines += [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in stops]
     if system:
         lines.append(f'SYSTEM """{system.replace(chr(34) * 3, chr(39) * 3)}"""')
     return "\n".join(lines) + "\n"
 
 
-def stop_tokens(tokenizer: Any, chatml: bool) -> list[str]:
-    stops = ["<|im_end|>", "<|im_start|>"] if chatml else []
-    if tokenizer.eos_token and tokenizer.eos_token not in stops:
-        stops.insert(0, tokenizer.eos_token)
-    return stops
+def stop_tokens(tokenizer: Any, chat_format: ChatFormat | None, eos_ids: Iterable[int] = ()) -> list[str]:
+    """Ollama stop strings: the text of every EOS token (the tokenizer's and `eos_ids`, e.g. the
+    generation config's list), then the chat format's turn markers."""
+    eos = [tokenizer.eos_token, *(tokenizer.convert_ids_to_tokens(int(i)) for i in eos_ids)]
+    stops = [*eos, *(chat_format.stops if chat_format else ())]
+    return list(dict.fromkeys(s for s in stops if s))
+
+
+def parse_stops(modelfile: str) -> list[str]:
+    """The `PARAMETER stop` strings of a Modelfile, in order."""
+    return [json.loads(m) for m in re.findall(r'^PARAMETER stop (".*")$', modelfile, re.M)]
 
 
 # -- a renderer for the Go-template subset we emit ---------------------------------------------

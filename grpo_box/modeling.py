@@ -3,9 +3,11 @@
 GPU path: `FastLanguageModel.from_pretrained(load_in_4bit, fast_inference=True, max_lora_rank,
 gpu_memory_utilization)` gives a 4-bit base with a colocated vLLM engine, then
 `FastLanguageModel.get_peft_model` adds the LoRA. `UNSLOTH_VLLM_STANDBY=1` must be in the
-environment before `import unsloth` (it decides at import time), and Unsloth replaces the vLLM
-share with its own target under standby unless `UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE=1` is set; we set
-it so the preset's `gpu_memory_utilization` (which the memory estimate uses) is what runs.
+environment before `import unsloth` (it decides at import time). Under standby Unsloth replaces
+the vLLM share with its own target for the card (memory.unsloth_standby_util), which leaves the
+trainer room on small cards; that rule stays on, and the memory estimate uses and shows that
+target. Only `model.vllm_standby_util_override: true` sets `UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE=1`
+to keep the configured `gpu_memory_utilization`.
 
 CPU path: Unsloth 2026.10 imports with `UNSLOTH_ALLOW_CPU=1` but `FastLanguageModel` still asks
 CUDA for device properties, so the same LoRA settings are applied with transformers + PEFT.
@@ -39,9 +41,10 @@ def prepare_environment(config: RunConfig, cuda: bool | None = None) -> dict[str
     """Environment variables that must be set before `import unsloth`; returns what it set."""
     cuda = has_cuda() if cuda is None else cuda
     env: dict[str, str] = {"TOKENIZERS_PARALLELISM": "false"}
-    if cuda and config.model.fast_inference and config.model.vllm_standby:
-        env["UNSLOTH_VLLM_STANDBY"] = "1"
-        env["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] = "1"
+    if cuda:  # both always written: a value left in the shell must not make the run differ from its config
+        standby = config.model.fast_inference and config.model.vllm_standby
+        env["UNSLOTH_VLLM_STANDBY"] = "1" if standby else "0"
+        env["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] = "1" if standby and config.model.vllm_standby_util_override else "0"
     if not cuda:
         env["UNSLOTH_ALLOW_CPU"] = "1"
     os.environ.update(env)

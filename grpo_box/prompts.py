@@ -2,9 +2,12 @@
 
 A template fixes two things that must agree across the run: the system prompt that asks the model
 for a particular output shape, and the tag names that the format/correctness rewards and the
-evaluation look for in completions. Keeping both in one table means a reward can never check for
-`<answer>` while the prompt asked for `\\boxed{}`. Templates are looked up by the name in
-`DataConfig.template`; `DataConfig.system_prompt` replaces the text but not the tags.
+evaluation look for in completions. Training, evaluation and the sampled dry run build the
+rubric with `rewards.apply_template`, which fills every tag param the rubric leaves unset from
+this table and refuses tag-checking rewards under the tagless `boxed` template, so a reward does
+not check for `<think>` while the prompt asked for `<reasoning>` or `\\boxed{}`. Templates are
+looked up by the name in `DataConfig.template`; `DataConfig.system_prompt` replaces the text but
+not the tags.
 """
 
 from __future__ import annotations

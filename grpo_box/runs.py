@@ -1,7 +1,8 @@
 """The run directory: the only channel between a training child process and whoever watches it.
 
 Layout of `<runs_dir>/<run_name>/`:
-    config.yaml        the RunConfig the run was started with
+    config.yaml        the RunConfig the run was started with (local data and reward-file paths made
+                       absolute, so eval and resume work from any directory)
     status.json        {"state": running|finished|failed|stopped|retrying, "step", "max_steps", "error", …}
     metrics.jsonl      one JSON line per optimizer step: every TRL metric, wall time, memory
     samples.jsonl      prompt, completions and per-function rewards every N steps
@@ -132,10 +133,22 @@ def create_run(config: RunConfig) -> RunDir:
         path = runs_root(config) / f"{name}-{suffix}"
     path.mkdir(parents=True)
     config.output.run_name = path.name
+    absolute_paths(config)
     run = RunDir(path)
     config.save(run.file(CONFIG))
     run.set_status("created", step=0, max_steps=config.grpo.max_steps)
     return run
+
+
+def absolute_paths(config: RunConfig) -> None:
+    """Make a local `data.source` file and `reward_file` absolute (relative to this process's cwd)."""
+    from .data import local_source_path  # data imports `datasets`; listing runs should not
+
+    source = local_source_path(config.data.source)
+    if source is not None:
+        config.data.source = str(source.resolve())
+    if config.reward_file:
+        config.reward_file = str(Path(config.reward_file).expanduser().resolve())
 
 
 def open_run(path: str | Path) -> RunDir:

@@ -7,6 +7,9 @@ everything. This module only adds what the server lacks: picking a free port, wa
 server answers, a clear error with its log tail when it does not, and a handle to stop it.
 
 Open WebUI: Settings → Connections → OpenAI API, URL `http://127.0.0.1:PORT/v1`, any API key.
+Open WebUI in Docker cannot reach the host's 127.0.0.1: serve with `--host 0.0.0.0` and give it
+`http://host.docker.internal:PORT/v1` (on Linux, start the container with
+`--add-host=host.docker.internal:host-gateway`).
 """
 
 from __future__ import annotations
@@ -56,8 +59,11 @@ class ServerHandle:
         return self.process.poll() is None
 
     def describe(self) -> str:
+        port = self.url.rsplit(":", 1)[1].split("/")[0]
         return (f"OpenAI-compatible server for {self.model} at {self.url}\n"
                 f"Open WebUI: Settings > Connections > OpenAI API > URL {self.url} (any API key)\n"
+                f"Open WebUI in Docker: serve with --host 0.0.0.0 and use http://host.docker.internal:{port}/v1 "
+                f"(Linux: docker run --add-host=host.docker.internal:host-gateway ...)\n"
                 f"log: {self.log_path}")
 
     def __enter__(self) -> "ServerHandle":

@@ -6,8 +6,10 @@ instruct model can already solve some problems: GRPO only learns when some compl
 score better than others, so a task the base model never solves gives no signal at all.
 
 Every generator is deterministic for a seed, returns rows `{question, answer, ...}` with `answer`
-a string, and prefers distinct questions until its pool runs out. Each task also has a `check`
-that says whether a predicted answer is right; `verify_countdown` accepts any valid expression.
+a string, and prefers distinct questions until its pool runs out. `check_answer` says whether a
+predicted answer is right for a row: countdown accepts any valid expression (`verify_countdown`),
+sort wants exactly the sorted list, and the number tasks compare with math-verify like any
+dataset answer. The `correctness` reward and evaluation call it for rows with a `task` column.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ class Task:
     example: str
     max_difficulty: int
     make: Callable[[random.Random, int], Row]  # one row for (rng, difficulty)
-    check: Callable[[str, Mapping[str, Any]], bool]  # (predicted answer, row) -> correct?
+    # (predicted answer, row) -> correct?; None: the answer is one number, compared by math-verify
+    check: Callable[[str, Mapping[str, Any]], bool] | None = None
 
     def generate(self, n: int, seed: int = 0, difficulty: int = 1) -> list[Row]:
         """`n` rows, the same for the same (seed, difficulty)."""
@@ -59,19 +62,6 @@ def _distinct_rows(n: int, draw: Callable[[], Row]) -> list[Row]:
         seen.add(row["question"])
         rows.append(row)
     return rows
-
-
-def _as_number(text: str) -> Fraction | None:
-    text = str(text).strip().replace(",", "").rstrip(".")
-    try:
-        return Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def _same_number(predicted: str, row: Mapping[str, Any]) -> bool:
-    value = _as_number(predicted)
-    return value is not None and value == _as_number(row["answer"])
 
 
 # ---------------------------------------------------------------- arithmetic
@@ -188,6 +178,8 @@ def _evaluate(node: ast.AST, used: list[int]) -> Fraction:
 
 
 def _check_countdown(predicted: str, row: Mapping[str, Any]) -> bool:
+    if not isinstance(row.get("numbers"), (list, tuple)):
+        raise ValueError("countdown rows need a 'numbers' column listing the numbers to use, e.g. [3, 5, 7]")
     return verify_countdown(predicted, list(row["numbers"]), row["answer"])
 
 
@@ -259,7 +251,7 @@ def _check_sort(predicted: str, row: Mapping[str, Any]) -> bool:
 TASKS: dict[str, Task] = {
     "arithmetic": Task(
         "arithmetic", "small +, -, × problems; difficulty 1 is single-digit addition (1–5)",
-        "What is 3 + 4?", 5, _arithmetic, _same_number,
+        "What is 3 + 4?", 5, _arithmetic,
     ),
     "countdown": Task(
         "countdown", "reach a target with the given numbers and + - * / (1–3); any valid expression counts",
@@ -267,7 +259,7 @@ TASKS: dict[str, Task] = {
     ),
     "letter_count": Task(
         "letter_count", "count a letter in a word, 'strawberry' style (1–3)",
-        "How many times does the letter 'r' appear in the word 'strawberry'?", 3, _letter_count, _same_number,
+        "How many times does the letter 'r' appear in the word 'strawberry'?", 3, _letter_count,
     ),
     "sort": Task(
         "sort", "sort a short list of numbers; answer comma-separated (1–3)",
@@ -298,5 +290,17 @@ def generate(name: str, n: int, seed: int = 0, **params: Any) -> list[Row]:
 
 
 def check_answer(name: str, predicted: str, row: Mapping[str, Any]) -> bool:
-    """Whether `predicted` (the text inside the answer tag) is right for a row of task `name`."""
-    return get_task(name).check(predicted, row)
+    """Whether `predicted` (the text inside the answer tag) is right for a row of task `name`.
+
+    >>> row = {"answer": "20", "numbers": [3, 5, 7]}
+    >>> [check_answer("countdown", p, row) for p in ["(7 - 3) * 5", "20", "7 + 3 + 10"]]
+    [True, False, False]
+    >>> [check_answer("sort", p, {"answer": "2, 4, 7, 9"}) for p in ["2,4,7,9", "4, 2, 7, 9", "9"]]
+    [True, False, False]
+    """
+    task = get_task(name)
+    if task.check is not None:
+        return task.check(predicted, row)
+    from .rewards.answers import answers_match  # here, not at the top: rewards imports this module
+
+    return answers_match(predicted, row["answer"])

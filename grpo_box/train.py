@@ -7,13 +7,18 @@ LoRA adapter in `adapter/`. A STOP file (or SIGTERM) saves a checkpoint and stop
 continues from the last checkpoint. A CUDA out-of-memory error is caught: the run is marked with
 the step and phase (rollout or training) and a concrete suggestion from memory.py, checkpoints are
 kept, and with `auto_fit` the run retries once with the next smaller setting, recording that it did.
+The error counts as out of memory also when a library wraps it (a reward function's RewardError
+has it as its cause). Before the first step, loading the model (vLLM's start-up included, whose
+"no memory for the cache blocks" is a ValueError) and the base-model evaluation are guarded the
+same way: the run is marked "out of memory at start-up (…)" with what to lower.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .config import RunConfig, validate
 from .runs import CHECKPOINTS, CONFIG, RETRYING, RunDir, create_run
@@ -28,6 +33,33 @@ class TrainingOOM(RuntimeError):
     def __init__(self, step: int, phase: str, detail: str):
         super().__init__(f"out of memory at step {step} during {phase}")
         self.step, self.phase, self.detail = step, phase, detail
+
+
+class StartupOOM(RuntimeError):
+    """Out of memory before the first step: loading the model / vLLM, or the base-model evaluation."""
+
+    def __init__(self, what: str, hint: str, detail: str):
+        super().__init__(f"out of memory at start-up ({what}); try: {hint}")
+        self.what, self.detail = what, detail
+
+
+# vLLM's start-up errors when its share has no room for a KV cache (ValueErrors, not CUDA OOMs)
+_VLLM_NO_CACHE = ("No available memory for the cache blocks", "larger than the available KV cache memory")
+
+
+def _oom_cause(exc: BaseException | None) -> BaseException | None:
+    """The out-of-memory error behind `exc`: itself or one it wraps (__cause__/__context__), else None."""
+    import torch
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, torch.OutOfMemoryError):
+            return exc
+        if isinstance(exc, ValueError) and any(marker in str(exc) for marker in _VLLM_NO_CACHE):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def start_run(config: RunConfig) -> RunDir:
@@ -87,10 +119,14 @@ def run_training(run: RunDir, resume: bool = False, extra_callbacks: list | None
     process that held it reliably returns VRAM, and a second vLLM engine would not fit beside
     the first."""
     config = run.config()
+    run.clear_stop()  # left by an earlier stop; one asked for from here on counts, even while loading
     try:
-        _train_once(run, config, resume, extra_callbacks)
+        with _stop_on_sigterm(run):
+            _train_once(run, config, resume, extra_callbacks)
     except TrainingOOM as oom:
         _handle_oom(run, config, oom)
+    except StartupOOM as oom:
+        run.set_status("failed", error=str(oom), oom={"step": 0, "phase": "start-up", "detail": oom.detail[:500]})
     except Exception as exc:  # the run must end in a readable state, whatever failed
         run.set_status("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         raise
@@ -99,10 +135,7 @@ def run_training(run: RunDir, resume: bool = False, extra_callbacks: list | None
 
 def _handle_oom(run: RunDir, config: RunConfig, oom: TrainingOOM) -> None:
     """Mark the run out of memory with a concrete hint; with auto_fit, save the smaller config once."""
-    from .memory import smaller_setting
-
-    estimate_phase = {"rollout": "generation", "training": "training"}.get(oom.phase)
-    smaller = smaller_setting(config, phase=estimate_phase)
+    smaller = _smaller_setting(config, oom.phase)
     hint = f"try: {smaller[1]}" if smaller else "lower grpo.num_generations or grpo.max_completion_length"
     message = f"{oom}; {hint}"
     status = run.status()
@@ -113,6 +146,36 @@ def _handle_oom(run: RunDir, config: RunConfig, oom: TrainingOOM) -> None:
     config.save(run.file("config.before-autofit.yaml"))
     new_config.save(run.file(CONFIG))
     run.set_status(RETRYING, error=None, auto_fit={"after_step": oom.step, "phase": oom.phase, "change": description})
+
+
+def _smaller_setting(config: RunConfig, oom_phase: str) -> tuple[RunConfig, str] | None:
+    """memory.smaller_setting for this machine's card, or None when no estimate can be made."""
+    from .hardware import detect_gpu
+    from .memory import smaller_setting
+
+    try:
+        gpu = detect_gpu()
+        phase = {"rollout": "generation", "training": "training"}.get(oom_phase)
+        return smaller_setting(config, vram_gb=gpu.vram_gb if gpu else None, phase=phase)
+    except Exception:  # e.g. a model whose shape is unknown offline: the OOM must still be reported
+        return None
+
+
+@contextlib.contextmanager
+def _startup_oom(config: RunConfig, what: str) -> Iterator[None]:
+    """Turn an out-of-memory error before training (see module docstring) into StartupOOM."""
+    try:
+        yield
+    except Exception as exc:
+        oom = _oom_cause(exc)
+        if oom is None:
+            raise
+        import torch
+
+        from .memory import startup_oom_hint
+
+        hint = startup_oom_hint(config, vllm_cache=not isinstance(oom, torch.OutOfMemoryError))
+        raise StartupOOM(what, hint, f"{type(oom).__name__}: {oom}") from exc
 
 
 def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: list | None) -> None:
@@ -131,11 +194,13 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
 
     run.set_status("running", step=0, max_steps=config.grpo.max_steps, phase="loading", error=None)
     train_rows, _held_out = load_rows(config)
-    reward_funcs, weights = build_rubric(config.rewards, config.reward_file)
-    model, tokenizer = load_policy(config)
+    reward_funcs, weights = build_rubric(config.rewards, config.reward_file, template=config.data.template)
+    with _startup_oom(config, "loading model / vLLM cache"):
+        model, tokenizer = load_policy(config)
     check_prompt_lengths(train_rows, tokenizer, config.grpo.max_prompt_length)
     if config.evaluate and not resume:
-        _evaluate(run, config, model, tokenizer, base=True)
+        with _startup_oom(config, "base-model evaluation"):
+            _evaluate(run, config, model, tokenizer, base=True)
     files = RunFilesCallback(run, config.output.sample_every, config.grpo.max_steps)
     trainer = GRPOTrainer(
         model=model,
@@ -150,9 +215,7 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
         trainer.add_callback(StepSummaryProgress())
     _track_phase(trainer, files)
     checkpoint = _resume_point(run) if resume else None
-    run.clear_stop()
-    with _stop_on_sigterm(run):
-        _guarded_train(trainer, files, checkpoint)
+    _guarded_train(trainer, files, checkpoint)
     _save_adapter(run, trainer, tokenizer)
     stopped = trainer.state.global_step < config.grpo.max_steps
     run.set_status("stopped" if stopped else "finished", step=trainer.state.global_step, phase="done")
@@ -161,12 +224,13 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
 
 
 def _guarded_train(trainer: Any, files: RunFilesCallback, checkpoint: str | None) -> None:
-    import torch
-
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
-    except torch.OutOfMemoryError as exc:
-        raise TrainingOOM(max(files.current_step, 1), files.phase, str(exc)) from exc
+    except Exception as exc:
+        oom = _oom_cause(exc)
+        if oom is None:
+            raise
+        raise TrainingOOM(max(files.current_step, 1), files.phase, str(oom)) from exc
 
 
 def _track_phase(trainer: Any, files: RunFilesCallback) -> None:
@@ -192,7 +256,7 @@ def _resume_point(run: RunDir) -> str | None:
 
 
 class _stop_on_sigterm:
-    """While training, SIGTERM asks for a checkpoint-and-stop instead of killing the process."""
+    """While loading and training, SIGTERM asks for a checkpoint-and-stop instead of killing the process."""
 
     def __init__(self, run: RunDir):
         self.run = run

@@ -133,3 +133,80 @@ def test_chat_on_bundled_gguf() -> None:
     assert final.done and final.text and "<|im_end|>" not in final.text
     assert final.answer == final.text.strip()  # no tags: all answer
     assert chat.reply(bundled_gguf_path(), "What is 2 + 3?", max_new_tokens=MAX_NEW) == final.text
+
+
+# ---------------------------------------------------------------- terminal display
+
+
+def _displayed(text: str, template: str | None = "think", step: int = 3) -> str:
+    """What `SectionStream` prints for `text` streamed `step` characters at a time."""
+    sections, out = chat.SectionStream(), ""
+    for end in range(step, len(text) + step, step):
+        out += sections.feed(ChatChunk.of(text[end - step:end], text[:end], template))
+    return out + sections.feed(ChatChunk.of("", text, template, done=True))
+
+
+@pytest.mark.parametrize(("text", "template", "shown"), [
+    ("<think>2+2 is 4</think>\n<answer>4</answer>", "think", "[thinking]\n2+2 is 4\n[answer]\n4"),
+    ("<reasoning>add</reasoning><answer>7</answer>", "reasoning", "[thinking]\nadd\n[answer]\n7"),
+    ("Just 4.", "think", "[answer]\nJust 4."),
+    ("x < 5", "boxed", "[answer]\nx < 5"),  # a "<" that is no tag is not lost
+    # text before the reasoning looked like the answer: the last chunk re-shows the reply, labelled
+    ("Sure. <think>r</think><answer>4</answer>", "think", "[answer]\nSure.\n[thinking]\nr\n[thinking]\nr\n[answer]\n4"),
+])
+def test_section_stream_labels_thinking_and_answer(text: str, template: str, shown: str) -> None:
+    assert _displayed(text, template) == shown
+    assert "<ans" not in _displayed("<think>r</think><answer>4</answer>", step=1), "a half-typed tag showed"
+
+
+# ---------------------------------------------------------------- vLLM on a GPU (faked: no CUDA here)
+
+
+def test_whole_replies_use_fast_generate_with_the_lora_request(run: RunDir, bundled_model_dir: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CUDA machine a run with fast_inference answers through Unsloth's vLLM engine, with its
+    adapter as a LoRA request. CUDA, Unsloth's loader and vLLM are replaced: they need a GPU."""
+    import sys
+    import types
+
+    import torch
+    from transformers import AutoTokenizer
+
+    calls: dict[str, object] = {}
+
+    class Output:
+        text, token_ids, finish_reason = "vLLM reply", [1, 2], "stop"
+
+    class FakeUnslothModel:
+        vllm_engine = object()
+
+        def load_lora(self, adapter_dir: str) -> str:
+            calls["load_lora"] = adapter_dir
+            return "lora-request"
+
+        def fast_generate(self, prompts: list, sampling_params: object, lora_request: object, use_tqdm: bool) -> list:
+            calls.setdefault("lora_requests", []).append(lora_request)
+            return [types.SimpleNamespace(outputs=[Output()]) for _ in prompts]
+
+    def from_pretrained(**kwargs: object) -> tuple[object, object]:
+        calls["fast_inference"] = kwargs["fast_inference"]
+        return FakeUnslothModel(), AutoTokenizer.from_pretrained(str(bundled_model_dir))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(
+        FastLanguageModel=types.SimpleNamespace(from_pretrained=from_pretrained)))
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=lambda **kw: kw))
+    config = run.config()
+    config.model.fast_inference = True
+    monkeypatch.setattr(RunDir, "config", lambda self: config)
+    chat.clear_cache()
+    try:
+        assert chat.uses_vllm(resolve_source(run.path))
+        assert chat.reply(run.path, "What is 2 + 3?") == "vLLM reply"
+        assert calls["fast_inference"] is True and calls["load_lora"] == str(run.adapter_dir)
+        side_by_side(run.path, "What is 2 + 3?")
+        assert calls["lora_requests"] == ["lora-request", None, "lora-request"], "base: no LoRA; trained: the run's"
+    finally:
+        chat.clear_cache()
+    config.model.fast_inference = False
+    assert not chat.uses_vllm(resolve_source(run.path)), "without fast_inference, plain generation"

@@ -62,7 +62,9 @@ def test_user_errors_are_one_line_not_a_traceback(tmp_path):
     config.output.runs_dir, config.output.run_name = str(tmp_path), "untrained"
     run = create_run(config)
     for args, says in [(("export", str(run.path)), "train"), (("merge", str(run.path)), "train"),
-                       (("serve", str(tmp_path / "missing.gguf")), "export a GGUF first")]:
+                       (("serve", str(tmp_path / "missing.gguf")), "export a GGUF first"),
+                       (("chat", str(tmp_path / "m.gguf"), "--base"), "--base needs a run directory"),
+                       (("chat", str(tmp_path / "m.gguf"), "--compare"), "--compare needs a run directory")]:
         out = _cli(*args)
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.startswith("error: ") and says in out.stderr and "Traceback" not in out.stderr, out.stderr

@@ -46,6 +46,17 @@ def test_yaml_round_trip(tmp_path):
         (["grpo.max_steps=ten"], "grpo.max_steps must be int", "got 'ten'"),
         (["rewards=[]"], "rewards is empty", "add at least one reward"),
         (["model.dtype=float32"], "model.dtype='float32'", "float16 or bfloat16"),
+        (["grpo.per_device_train_batch_size=0"], "per_device_train_batch_size=0", "at least 1"),
+        (["grpo.gradient_accumulation_steps=0"], "gradient_accumulation_steps=0", "at least 1"),
+        (["grpo.temperature=0"], "grpo.temperature=0", "use 0.6–1.2"),
+        (["grpo.warmup_ratio=5"], "grpo.warmup_ratio=5", "[0, 1)"),
+        (["lora.alpha=0"], "lora.alpha=0", "2 × lora.r (32)"),
+        (["data.template=bogus"], "data.template='bogus'", "choose one of think, reasoning, boxed"),
+        (["data.template=boxed"], "data.template='boxed' asks for \\boxed{} without tags", "use boxed_format"),
+        (["model.name=bundled:nope"], "model.name='bundled:nope'", "bundled:smollm2-135m-instruct"),
+        (["rewards=[corectness]"], "unknown reward 'corectness'", "did you mean 'correctness'"),
+        (["rewards=[user:mine]"], "rewards[0] (user:mine)", "set reward_file"),
+        (["rewards=[user:mine]", "reward_file=nowhere.py"], "reward_file='nowhere.py' does not exist", "give the path"),
     ],
 )
 def test_invalid_config_names_field_and_fix(overrides, field, fix):

@@ -1,19 +1,22 @@
 """Tests for data loading (files, tasks, a faked Hub), reference normalisation, splitting, prompt
-templates, and the prompt-length check. Every file is written into tmp_path; the Hub is never
+templates, the prompt-length check, file lines in error messages, absolute paths in a run's
+config, and the `preview` command. Every file is written into tmp_path; the Hub is never
 contacted (`datasets.load_dataset` is replaced in every test)."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import run_cli
 
 from grpo_box import data
 from grpo_box.config import ConfigError, DataConfig, RunConfig
-from grpo_box.data import DataError, check_prompt_lengths, load_rows, normalize_reference, preview
+from grpo_box.data import DataError, check_prompt_lengths, load_rows, local_source_path, preview
 from grpo_box.prompts import (
     answer_tag_for,
     build_messages,
@@ -21,6 +24,7 @@ from grpo_box.prompts import (
     system_prompt,
     think_tag_for,
 )
+from grpo_box.rewards import answers_match, reference_answer
 
 GSM8K_ROWS = [
     {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
@@ -78,7 +82,7 @@ def test_jsonl_column_mapping_keeps_extra_columns(tmp_path):
     rows = [{"problem": f"p{i}", "solution": i * 10, "level": f"L{i}", "prompt": "dropped"} for i in range(4)]
     path = write_jsonl(tmp_path / "custom.jsonl", rows)
     train, _ = load_rows(cfg_for(path, prompt_column="problem", answer_column="solution", eval_size=0))
-    assert set(train.column_names) == {"prompt", "answer", "question", "level"}
+    assert set(train.column_names) == {"prompt", "answer", "question", "level", "row_origin"}
     assert train["answer"] == ["0", "10", "20", "30"]
     assert train["level"] == ["L0", "L1", "L2", "L3"]
     assert train[2]["prompt"][-1] == {"role": "user", "content": "p2"}
@@ -184,10 +188,43 @@ def test_folder_is_refused(tmp_path):
         load_rows(cfg_for(tmp_path))
 
 
-def test_empty_answer_names_the_row(tmp_path):
-    path = write_jsonl(tmp_path / "gap.jsonl", [{"question": "a", "answer": "1"}, {"question": "b", "answer": ""}])
-    with pytest.raises(DataError, match=r"row 1 has an empty 'answer' \(data.answer_column\)"):
+def test_empty_answer_names_the_file_line(tmp_path):
+    path = tmp_path / "gap.jsonl"  # line 2 is blank: the bad row is the second row but line 3
+    path.write_text('{"question": "a", "answer": "1"}\n\n{"question": "b", "answer": ""}\n')
+    with pytest.raises(DataError, match=r"gap\.jsonl, line 3: empty 'answer' \(data.answer_column\)"):
         load_rows(cfg_for(path))
+
+
+def test_csv_lines_count_the_header_and_multiline_cells(tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_text('question,answer\n"one\ntwo",1\nb,2\nc,\n')
+    with pytest.raises(DataError, match=r"qa\.csv, line 5: empty 'answer'"):
+        load_rows(cfg_for(path))
+
+
+def test_parquet_rows_are_named_by_row_number(tmp_path):
+    path = tmp_path / "qa.parquet"
+    pq.write_table(pa.table({"question": ["a", "", "c"], "answer": ["1", "2", "3"]}), path)
+    with pytest.raises(DataError, match=r"qa\.parquet, row 2: empty 'question' \(data.prompt_column\)"):
+        load_rows(cfg_for(path))
+
+
+def test_rows_remember_their_file_line(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"question": "a", "answer": "1"}\n\n{"question": "b", "answer": "2"}\n')
+    train, _ = load_rows(cfg_for(path, eval_size=0))
+    assert train["row_origin"] == [f"{path}, line 1", f"{path}, line 3"]
+
+
+def test_mixed_column_types_name_column_and_lines(tmp_path):
+    rows = [{"question": "a", "answer": "1", "level": 1}, {"question": "b", "answer": "2", "level": 2},
+            {"question": "c", "answer": "3", "level": "hard"}]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load_rows(cfg_for(path))
+    message = str(err.value)
+    assert f"{path}, line 3: column 'level' holds text ('hard')" in message
+    assert f"{path}, line 1 holds a number (1)" in message and "same type" in message
 
 
 def test_broken_parquet(tmp_path):
@@ -200,23 +237,34 @@ def test_broken_parquet(tmp_path):
 # ---------------------------------------------------------------- reference normalisation
 
 
-@pytest.mark.parametrize(
-    "raw,expected",
-    [
-        ("She has 5 + 3 = 8 apples.\n#### 8", "8"),
-        ("#### 1,234,567", "1234567"),
-        ("steps\n####  -12 ", "-12"),
-        ("12,345", "12345"),
-        ("1, 2, 5, 9", "1, 2, 5, 9"),  # a list keeps its commas
-        ("The answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
-        (72, "72"),
-        (72.0, "72"),
-        ("  Paris ", "Paris"),
-        (None, ""),
-    ],
-)
-def test_normalize_reference(raw, expected):
-    assert normalize_reference(raw) == expected
+REFERENCES = [
+    ("She has 5 + 3 = 8 apples.\n#### 8", "8"),
+    ("#### 1,234,567", "1234567"),
+    ("steps\n####  -12 ", "-12"),
+    ("12,345", "12345"),
+    ("1, 2, 5, 9", "1, 2, 5, 9"),  # a list keeps its commas
+    ("The answer is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
+    ("so \\boxed{1,234}", "1234"),
+    (72, "72"),
+    (72.0, "72"),
+    (3.5, "3.5"),
+    ("  Paris ", "Paris"),
+    (None, ""),
+]
+
+
+@pytest.mark.parametrize("raw,expected", REFERENCES)
+def test_reference_answer(raw, expected):
+    assert reference_answer(raw) == expected
+
+
+@pytest.mark.parametrize("raw,expected", [r for r in REFERENCES if r[1] and r[1] != "Paris"])
+def test_loaded_reference_and_correctness_agree(tmp_path, raw, expected):
+    """One normaliser: what data loading stores is what the correctness check matches."""
+    path = write_jsonl(tmp_path / "ref.jsonl", [{"question": "q", "answer": raw}])
+    train, _ = load_rows(cfg_for(path, eval_size=0))
+    assert train["answer"] == [expected]
+    assert answers_match(expected, raw) and answers_match(expected, train["answer"][0])
 
 
 # ---------------------------------------------------------------- split
@@ -260,11 +308,12 @@ def test_task_source_default_and_params():
     assert train[0]["question"].startswith("What is ") and "+" in train[0]["question"]
 
 
-def test_countdown_task_carries_numbers_for_rewards():
+def test_countdown_task_carries_numbers_and_task_for_rewards():
     train, _ = load_rows(DataConfig(source="task:countdown", size=8, eval_size=2))
-    assert "numbers" in train.column_names
+    assert "numbers" in train.column_names and set(train["task"]) == {"countdown"}
     row = train[0]
     assert all(isinstance(n, int) for n in row["numbers"]) and row["answer"].isdigit()
+    assert row["row_origin"].startswith("task:countdown, row ")
 
 
 @pytest.mark.parametrize(
@@ -365,15 +414,19 @@ def test_default_task_prompts_fit_the_default_limit(bundled_tokenizer):
     check_prompt_lengths(held, bundled_tokenizer, RunConfig().grpo.max_prompt_length)
 
 
-def test_prompt_too_long_names_row_count_and_setting(tmp_path, bundled_tokenizer):
-    rows = [{"question": "What is 1 + 1?", "answer": "2"},
-            {"question": "Explain. " + "very long words " * 200, "answer": "3"}]
-    train, _ = load_rows(cfg_for(write_jsonl(tmp_path / "long.jsonl", rows), eval_size=0))
+def test_prompt_too_long_names_file_line_and_setting(tmp_path, bundled_tokenizer):
+    short = [json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) for i in range(5)]
+    long = json.dumps({"question": "Explain. " + "very long words " * 200, "answer": "3"})
+    path = tmp_path / "long.jsonl"
+    path.write_text("\n".join(short[:3] + ["", long] + short[3:]) + "\n")  # the long row is on line 5
+    train, held = load_rows(cfg_for(path, eval_size=3, seed=1))
+    split = train if "Explain" in " ".join(train["question"]) else held
     with pytest.raises(DataError) as err:
-        check_prompt_lengths(train, bundled_tokenizer, 128)
+        check_prompt_lengths(split, bundled_tokenizer, 128)
     message = str(err.value)
-    assert "row 1 is" in message and "grpo.max_prompt_length=128" in message
-    count = data.count_prompt_tokens(bundled_tokenizer, train[1]["prompt"])
+    assert message.startswith(f"{path}, line 5: the prompt is ") and "grpo.max_prompt_length=128" in message
+    row = next(r for r in split if r["question"].startswith("Explain"))
+    count = data.count_prompt_tokens(bundled_tokenizer, row["prompt"])
     assert count > 400 and f"{count} tokens" in message
 
 
@@ -385,3 +438,51 @@ def test_preview_shows_the_model_input(bundled_tokenizer):
         assert item["text"].rstrip().endswith("assistant")  # the generation prompt is included
         assert item["tokens"] == len(bundled_tokenizer(item["text"], add_special_tokens=False)["input_ids"])
         assert item["answer"].isdigit()
+
+
+def test_preview_command_prints_the_chat_text():
+    out = run_cli("preview", "-n", "2", "--set", "data.source=task:sort", "--set", "data.size=8",
+                  "--set", "data.eval_size=2", "--json", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shown = json.loads(out.stdout)
+    assert len(shown) == 2
+    for item in shown:
+        assert item["question"].startswith("Sort these numbers") and item["question"] in item["text"]
+        assert "<|im_start|>assistant" in item["text"] and item["tokens"] > 20
+        assert item["origin"].startswith("task:sort, row ")
+
+
+# ---------------------------------------------------------------- paths saved in a run
+
+
+@pytest.mark.parametrize(
+    "source,local",
+    [("task:arithmetic", False), ("openai/gsm8k", False), ("data/qa.jsonl", True), ("./qa", True),
+     ("qa.csv", True), ("~/qa.parquet", True)],
+)
+def test_local_source_path(source, local):
+    assert (local_source_path(source) is not None) is local
+
+
+def test_run_config_keeps_absolute_data_and_reward_paths(tmp_path, monkeypatch):
+    from grpo_box.evaluate import _rows
+    from grpo_box.rewards import build_rubric
+    from grpo_box.runs import create_run, open_run
+
+    work = tmp_path / "work"
+    work.mkdir()
+    write_jsonl(work / "qa.jsonl", [{"question": f"q{i}", "answer": str(i)} for i in range(6)])
+    (work / "mine.py").write_text("def one(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
+    monkeypatch.chdir(work)
+    config = RunConfig()
+    config.data.source, config.reward_file = "qa.jsonl", "mine.py"
+    config.data.eval_size = 2
+    config.output.runs_dir = str(tmp_path / "runs")
+    run = create_run(config)
+    monkeypatch.chdir(tmp_path)  # eval RUN_DIR / resume from another directory
+    saved = open_run(run.path).config()
+    assert saved.data.source == str(work / "qa.jsonl") and saved.reward_file == str(work / "mine.py")
+    assert os.path.isabs(saved.data.source)
+    assert len(_rows(saved, "held_out", None)) == 2
+    assert [f.name for f in build_rubric(["user:one"], saved.reward_file)[0]] == ["user:one"]
+    assert RunConfig().data.source == "task:arithmetic"  # task sources are left alone

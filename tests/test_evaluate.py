@@ -16,7 +16,7 @@ import pytest
 from helpers import make_random_lora, run_cli
 
 from grpo_box.config import RewardSpec, RunConfig
-from grpo_box.data import load_rows
+from grpo_box.data import DataError, load_rows
 from grpo_box.evaluate import compare, evaluate, evaluate_run, format_eval, pass_at_k, read_eval, sample_dry_run
 from grpo_box.inference import BaseGenerator, Completion
 from grpo_box.runs import EVAL, RunDir, create_run
@@ -154,6 +154,49 @@ def test_rewards_get_trl_arguments(config: RunConfig, tmp_path: Path) -> None:
     assert result["rewards"] == {"user:spy": 0.5} and result["accuracy"] == 1.0  # via answers_match
 
 
+def test_limit_scores_the_first_held_out_rows_without_changing_the_split(config: RunConfig) -> None:
+    _, held = load_rows(config)
+    result = evaluate(config, generator=Scripted(config, lambda q, a, i: formatted(a)), limit=2, n_examples=5)
+    assert result["rows"] == 2 and [e["question"] for e in result["examples"]] == held["question"][:2]
+    assert config.data.eval_size == 4 and len(load_rows(config)[1]) == 4
+    with pytest.raises(ValueError, match="limit=0"):
+        evaluate(config, generator=Scripted(config, lambda q, a, i: ""), limit=0)
+
+
+@pytest.mark.parametrize("rubric", [[RewardSpec("think_format", 1.0)], [RewardSpec("correctness", 1.0)]])
+def test_countdown_accuracy_uses_the_task_checker(config: RunConfig, rubric: list[RewardSpec]) -> None:
+    config.data.source, config.rewards = "task:countdown", rubric
+    train, held = load_rows(config)
+    solutions = {r["question"]: r["solution"] for r in [*train, *held]}
+    repeats_target = evaluate(config, generator=Scripted(config, lambda q, a, i: formatted(a)))
+    solves = evaluate(config, generator=Scripted(config, lambda q, a, i: formatted(solutions[q])))
+    assert repeats_target["accuracy"] == 0.0 and solves["accuracy"] == 1.0
+    sampled = evaluate(config, generator=Scripted(config, lambda q, a, i: formatted(solutions[q] if i else a)), k=2)
+    assert sampled["pass_at_1"] == 0.5 and sampled["pass_at_k"] == 1.0
+
+
+class WithTokenizer(Scripted):
+    """A scripted generator that, like the real ones, carries the model's tokenizer."""
+
+    def __init__(self, config: RunConfig, reply, tokenizer: Any):
+        super().__init__(config, reply)
+        self.tokenizer = tokenizer
+
+
+def test_held_out_prompts_are_length_checked_with_file_line(config: RunConfig, tmp_path: Path,
+                                                             bundled_tokenizer: Any) -> None:
+    lines = [json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) for i in range(8)]
+    lines[4] = json.dumps({"question": "Explain. " + "very long words " * 100, "answer": "5"})
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    config.data.source, config.data.eval_size = str(path), 3
+    _, held = load_rows(config)
+    assert any(q.startswith("Explain") for q in held["question"])  # this seed holds it out
+    with pytest.raises(DataError) as err:
+        evaluate(config, generator=WithTokenizer(config, lambda q, a, i: formatted(a), bundled_tokenizer))
+    assert str(err.value).startswith(f"{path}, line 5: the prompt is ") and "grpo.max_prompt_length" in str(err.value)
+
+
 def test_no_held_out_rows_is_explained(config: RunConfig) -> None:
     config.data.eval_size = 0
     with pytest.raises(ValueError, match="eval_size"):
@@ -210,6 +253,27 @@ def test_evaluate_run_real_model(run: RunDir) -> None:
     assert set(on_disk["delta"]["rewards"]) == {"think_format", "correctness", "target_length"}
     assert steps[0] == (0, 2, "base: greedy") and steps[-1] == (2, 2, "trained: greedy")
     assert "trained" in format_eval(result)
+
+
+def test_eval_command_with_model_and_adapter_writes_eval_json(run: RunDir, tmp_path: Path) -> None:
+    out_file = tmp_path / "out" / "eval.json"
+    out = run_cli("eval", "--model", "bundled:smollm2-135m-instruct", "--adapter", str(run.adapter_dir),
+                  "--limit", "2", "--out", str(out_file), "--set", "data.size=12", "--set", "data.eval_size=4",
+                  "--set", "grpo.max_completion_length=8", timeout=600, OMP_NUM_THREADS="1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    written = json.loads(out_file.read_text())
+    assert written["base"]["rows"] == 2 and written["trained"]["rows"] == 2  # --limit: rows scored
+    assert written["base"]["adapter"] is None and written["trained"]["adapter"] == str(run.adapter_dir)
+    assert "accuracy" in written["delta"] and f"wrote {out_file}" in out.stderr
+    assert "trained" in out.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("extra", [["--set", "grpo.max_completion_length=8"], ["--model", "bundled:x"],
+                                   ["--preset", "8gb"], ["--out", "x.json"]])
+def test_eval_command_refuses_flags_a_run_dir_ignores(run: RunDir, extra: list[str]) -> None:
+    out = run_cli("eval", str(run.path), *extra, timeout=120)
+    assert out.returncode == 2 and extra[0] in out.stderr and "would be ignored" in out.stderr
+    assert "eval --model ID" in out.stderr and "Traceback" not in out.stderr
 
 
 # ---------------------------------------------------------------- reward dry run on samples

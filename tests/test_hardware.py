@@ -1,5 +1,6 @@
-"""Tests of GPU detection, preset proposal and the VRAM readers, with torch.cuda and nvidia-smi
-replaced by fakes so they run the same on CPU machines and GPU machines."""
+"""Tests of GPU detection, preset proposal and the VRAM readers (and their per-step lines in
+metrics.jsonl), with torch.cuda, NVML and nvidia-smi replaced by fakes so they run the same on CPU
+machines and GPU machines."""
 
 from __future__ import annotations
 
@@ -27,13 +28,21 @@ def no_cuda(monkeypatch):
 
 
 def fake_cuda(total_gb: float = 23.99, allocated_gb: float = 3.0, reserved_gb: float = 4.0, peak_gb: float = 6.5):
+    """torch.cuda's counters; `resets` counts reset_peak_memory_stats calls."""
     props = SimpleNamespace(name="NVIDIA GeForce RTX 4090", total_memory=int(total_gb * GIB))
-    return SimpleNamespace(
+    fake = SimpleNamespace(
         get_device_properties=lambda index: props,
         memory_allocated=lambda: int(allocated_gb * GIB),
         memory_reserved=lambda: int(reserved_gb * GIB),
         max_memory_reserved=lambda: int(peak_gb * GIB),
+        resets=0,
     )
+
+    def reset_peak_memory_stats():
+        fake.resets += 1
+
+    fake.reset_peak_memory_stats = reset_peak_memory_stats
+    return fake
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -134,3 +143,55 @@ def test_current_vram_falls_back_to_torch_without_nvml(no_cuda, monkeypatch):
     monkeypatch.setattr(hardware, "_torch_cuda", lambda: fake_cuda())
     assert hardware.current_vram_gb() == 3.0
     assert hardware.vram_snapshot() == {"vram/allocated_gb": 3.0, "vram/reserved_gb": 4.0, "vram/peak_reserved_gb": 6.5}
+
+
+@pytest.mark.parametrize("visible,device", [(None, "0"), ("2,3", "2"), (" 1 ", "1"), ("GPU-5f3a", "GPU-5f3a"),
+                                            ("", None), ("-1", None)])
+def test_visible_device_is_cudas_device_0(monkeypatch, visible, device):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert hardware.visible_device() == device
+
+
+def test_nvml_reads_the_first_visible_gpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    asked = []
+    monkeypatch.setattr(hardware, "_pynvml_reading", lambda device: asked.append(device))
+    seen = []
+    reading = hardware.nvml_vram_gb(runner=lambda args: seen.append(args) or "6144, 12288\n")
+    assert reading == {"used": 6.0, "total": 12.0}
+    assert asked == ["2"] and seen[0][0] == "--id=2"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert hardware.nvml_vram_gb(runner=lambda args: pytest.fail("no visible GPU: nothing to ask")) is None
+
+
+def test_detect_gpu_from_nvidia_smi_picks_the_first_visible_gpu(no_cuda, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    listing = "NVIDIA GeForce RTX 3060, 12288 MiB\nNVIDIA GeForce RTX 4090, 24564 MiB\n"
+    assert hardware.detect_gpu(lambda args: listing) == GpuInfo("NVIDIA GeForce RTX 4090", 23.99)
+
+
+def test_each_step_writes_vram_to_metrics_and_starts_a_new_peak(monkeypatch, tmp_path):
+    """RunFilesCallback on a faked CUDA card: vram/* keys in metrics.jsonl, the peak reset per step."""
+    from grpo_box.callbacks import RunFilesCallback
+    from grpo_box.runs import RunDir
+
+    cuda = fake_cuda(peak_gb=6.5)
+    monkeypatch.setattr(hardware, "_torch_cuda", lambda: cuda)
+    monkeypatch.setattr(hardware, "_pynvml_reading", lambda device: {"used": 17.5, "total": 24.0})
+    run = RunDir(tmp_path)
+    files = RunFilesCallback(run, sample_every=100, max_steps=2)
+    files.on_train_begin(None, SimpleNamespace(global_step=0), None)
+    assert cuda.resets == 1  # the first step's peak leaves the model load out
+    for step in (1, 2):
+        files.on_log(None, SimpleNamespace(global_step=step), None, logs={"loss": 0.0, "reward": 0.5})
+    assert cuda.resets == 3
+    metrics = run.metrics()
+    assert [m["step"] for m in metrics] == [1, 2]
+    for record in metrics:
+        assert {key: record[key] for key in record if key.startswith("vram/")} == {
+            "vram/allocated_gb": 3.0, "vram/reserved_gb": 4.0, "vram/peak_reserved_gb": 6.5,
+            "vram/used_gb": 17.5, "vram/total_gb": 24.0,
+        }

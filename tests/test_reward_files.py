@@ -185,3 +185,25 @@ def test_builtin_rubric_callables_pickle():
     restored = pickle.loads(pickle.dumps(funcs))
     assert restored[1](["q"], ["<answer>4</answer>"], answer=["4"]) == [1.0]
     assert restored[0](["q"], ["x"]) == [0.0]
+
+
+FLAGGED = """
+def exact(prompts, completions, answer, **kwargs):
+    return [1.0 if c.strip() == a else 0.0 for c, a in zip(completions, answer)]
+
+exact.checks_answer = True
+
+def unflagged(prompts, completions, answer, **kwargs):
+    return [1.0 if c.strip() == a else 0.0 for c, a in zip(completions, answer)]
+"""
+
+
+def test_user_function_flagged_checks_answer_gets_the_sparse_warning(tmp_path):
+    path = write(tmp_path, FLAGGED)
+    wrong = [{"prompt": "2+2?", "completions": ["5", "six"], "columns": {"answer": "4"}}]
+    report = score_groups(wrong, ["user:exact", "user:unflagged", "xml_count"], user_file=str(path))
+    sparse = [w for w in report.warnings if "too sparse" in w]
+    assert len(sparse) == 1 and sparse[0].startswith("user:exact scored 0 on every completion")
+    assert any(w.startswith("the whole rubric scored 0") for w in report.warnings)
+    right = [{"prompt": "2+2?", "completions": ["4", "six"], "columns": {"answer": "4"}}]
+    assert not any("too sparse" in w for w in score_groups(right, ["user:exact"], user_file=str(path)).warnings)

@@ -7,24 +7,23 @@ through the rubric wrapper the trainer really gets. No network, no model.
 from __future__ import annotations
 
 import doctest
+import importlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from grpo_box.config import RewardSpec
-from grpo_box.rewards import format as format_rewards
 from grpo_box.rewards import (
     RewardError,
     answers,
     build_rubric,
-    correctness,
     dryrun,
     extract_answer,
     extract_boxed,
     format_report,
     get_reward,
-    length,
     list_rewards,
     parse_number,
     registry,
@@ -37,6 +36,8 @@ PERFECT = "<think>\n8 * 9 = 72\n</think>\n<answer>\n72\n</answer>"
 PERFECT_NL = PERFECT + "\n"
 REASONING = "<reasoning>\n8 * 9 = 72\n</reasoning>\n<answer>\n72\n</answer>\n"
 REASONING_TAGS = {"think_tag": "reasoning"}
+COUNTDOWN = {"answer": "20", "task": "countdown", "numbers": [3, 5, 7]}
+SORT = {"answer": "2, 4, 7, 9", "task": "sort"}
 
 
 def as_chat(text: str) -> list[dict[str, str]]:
@@ -110,6 +111,19 @@ REWARD_TABLE = [
     ("correctness", "8 times 9 is 72", {"fallback": False}, {"answer": "72"}, 0.0),
     ("correctness", "no idea", {}, {"answer": "72"}, 0.0),
     ("correctness", "<result>72</result>", {"tag": "result", "fallback": False}, {"answer": "72"}, 1.0),
+    # correctness on task rows: the task's own checker, not math-verify against the target
+    ("correctness", "<answer>(7 - 3) * 5</answer>", {}, COUNTDOWN, 1.0),
+    ("correctness", "<answer>5 * (7 - 3) = 20</answer>", {}, COUNTDOWN, 1.0),
+    ("correctness", "<answer>20</answer>", {}, COUNTDOWN, 0.0),  # repeats the target
+    ("correctness", "<answer>7+3+10</answer>", {}, COUNTDOWN, 0.0),  # 10 is not a given number
+    ("correctness", "<answer>7*3-5</answer>", {}, COUNTDOWN, 0.0),  # 16
+    ("correctness", "<answer>2,4,7,9</answer>", {}, SORT, 1.0),
+    ("correctness", "<answer>2, 4, 7, 9</answer>", {}, SORT, 1.0),
+    ("correctness", "<answer>4, 2, 7, 9</answer>", {}, SORT, 0.0),
+    ("correctness", "<answer>9</answer>", {}, SORT, 0.0),
+    ("correctness", "<answer>72 dollars</answer>", {}, {"answer": "72", "task": "arithmetic"}, 1.0),
+    ("correctness", "<answer>71</answer>", {}, {"answer": "72", "task": "arithmetic"}, 0.0),
+    ("correctness", "<answer>72</answer>", {}, {"answer": "72", "task": "gsm8k"}, 1.0),  # not a built-in task
     # integer_answer
     ("integer_answer", "<answer>72</answer>", {}, {}, 1.0),
     ("integer_answer", "<answer>\n-3\n</answer>", {}, {}, 1.0),
@@ -137,6 +151,8 @@ REWARD_TABLE = [
     ("reasoning_then_answer", "<think>ok</think><answer>72</answer>", {}, {"answer": "72"}, 0.0),
     ("reasoning_then_answer", "<answer>72</answer><think>" + "step " * 50 + "</think>", {}, {"answer": "72"}, 0.0),
     ("reasoning_then_answer", "<think>" + "w " * 10 + "</think><answer>72</answer>", {"cap_words": 20}, {"answer": "72"}, 0.5),
+    ("reasoning_then_answer", "<think>" + "step " * 50 + "</think><answer>(7-3)*5</answer>", {}, COUNTDOWN, 0.5),
+    ("reasoning_then_answer", "<think>" + "step " * 50 + "</think><answer>20</answer>", {}, COUNTDOWN, 0.0),
 ]
 
 
@@ -153,9 +169,24 @@ def test_every_registered_reward_has_a_table_row_and_a_docstring_example():
         assert ">>>" in (get_reward(info["name"]).__doc__ or "")
 
 
-@pytest.mark.parametrize("module", [answers, format_rewards, correctness, length, dryrun])
-def test_docstring_examples_hold(module):
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+def _modules_with_examples() -> list[str]:
+    """Every grpo_box module whose source holds a docstring example (`>>>`)."""
+    package = Path(__file__).resolve().parent.parent / "grpo_box"
+    found = [p.relative_to(package.parent).with_suffix("") for p in sorted(package.rglob("*.py"))
+             if ">>>" in p.read_text(encoding="utf-8")]
+    return [".".join(p.parts).removesuffix(".__init__") for p in found]
+
+
+def test_doctest_discovery_finds_the_known_modules():
+    found = set(_modules_with_examples())
+    assert {"grpo_box.tasks", "grpo_box.evaluate", "grpo_box.rewards.answers", "grpo_box.rewards.correctness",
+            "grpo_box.rewards.format", "grpo_box.rewards.length", "grpo_box.rewards.dryrun",
+            "grpo_box.rewards.rubric"} <= found
+
+
+@pytest.mark.parametrize("name", _modules_with_examples())
+def test_docstring_examples_hold(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -483,3 +514,136 @@ def test_correctness_works_off_the_main_thread():
     with ThreadPoolExecutor(1) as pool:
         result = pool.submit(func, None, ["<answer>$72</answer>", "<answer>7</answer>"], answer=["72", "72"]).result()
     assert result == [1.0, 0.0]
+
+
+# --- rubric tags follow the data template ----------------------------------------------------
+
+FULL_FORMAT = {"strict_format": 1.0, "soft_format": 1.0, "xml_count": 0.5, "think_format": 1.0, "correctness": 1.0}
+PERFECT_IN = {"think": PERFECT_NL, "reasoning": REASONING, "boxed": "8 * 9 = 72, so the answer is \\boxed{72}."}
+
+
+def score_with_template(template: str, specs: list, completion: str) -> dict[str, float | None]:
+    funcs, _ = build_rubric(specs, template=template)
+    prompt = [{"role": "user", "content": "What is 8*9?"}]
+    return {f.name: f([prompt], [as_chat(completion)], None, answer=["72"])[0] for f in funcs}
+
+
+@pytest.mark.parametrize("template", ["think", "reasoning"])
+def test_perfect_completion_gets_full_format_reward_in_its_template(template):
+    assert score_with_template(template, list(FULL_FORMAT), PERFECT_IN[template]) == FULL_FORMAT
+
+
+def test_perfect_boxed_completion_gets_full_format_reward():
+    scores = score_with_template("boxed", ["boxed_format", "correctness"], PERFECT_IN["boxed"])
+    assert scores == {"boxed_format": 1.0, "correctness": 1.0}
+    assert score_with_template("boxed", [{"name": "integer_answer", "params": {"fallback": True}}],
+                               PERFECT_IN["boxed"]) == {"integer_answer": 1.0}
+
+
+def test_template_tags_reach_the_default_rubric_and_matter():
+    from grpo_box.config import RunConfig
+
+    specs = RunConfig().rewards  # think_format + correctness, tags unset
+    assert score_with_template("reasoning", specs, REASONING) == {"think_format": 1.0, "correctness": 1.0}
+    assert score_with_template("think", specs, REASONING)["think_format"] == 0.25  # the wrong tags cost
+
+
+def test_explicit_tag_params_win_over_the_template():
+    spec = RewardSpec("think_format", 1.0, {"think_tag": "think"})
+    assert score_with_template("reasoning", [spec], PERFECT_NL) == {"think_format": 1.0}
+    assert rubric.apply_template([spec], "reasoning")[0].params == {"think_tag": "think", "answer_tag": "answer"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [("think_format", "use boxed_format"), ("xml_count", "use boxed_format"),
+     ("reasoning_then_answer", "think_tag and answer_tag"),
+     (RewardSpec("correctness", 1.0, {"fallback": False}), "fallback: true"),
+     ("integer_answer", "fallback: true")],  # it reads <answer> only by default
+)
+def test_boxed_template_refuses_rewards_that_need_tags(spec, match):
+    with pytest.raises(RewardError, match=match) as err:
+        build_rubric([spec], template="boxed")
+    assert "data.template='boxed'" in str(err.value)
+    explicit = RewardSpec("think_format", 1.0, {"think_tag": "think", "answer_tag": "answer"})
+    assert build_rubric([explicit], template="boxed")[0][0].params["think_tag"] == "think"
+
+
+def test_unknown_template_is_refused_with_the_choices():
+    from grpo_box.config import ConfigError
+
+    with pytest.raises(ConfigError, match="think, reasoning, boxed"):
+        build_rubric(["think_format"], template="cot")
+
+
+# --- dry run: completion_ids, reserved keys, sparse correctness-like rewards --------------------
+
+
+def write_dry_run(tmp_path, rows: list[dict], rubric_text: str = "- {name: target_length, params: {target: 4}}\n"):
+    rubric_path = tmp_path / "r.yaml"
+    rubric_path.write_text(rubric_text)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rubric_path, data
+
+
+def test_score_file_takes_completion_ids_per_line_and_per_group(tmp_path):
+    rows = [{"prompt": "p", "completion": "a", "completion_ids": [1, 2, 3, 4]},
+            {"prompt": "p", "completion": "b", "completion_ids": [1, 2]},
+            {"prompt": "q", "completions": ["c", "d"], "completion_ids": [[1], [1, 2, 3, 4, 5, 6]]}]
+    report = score_file(*write_dry_run(tmp_path, rows))
+    lengths = [[r.scores["target_length"] for r in g.completions] for g in report.groups]
+    assert lengths == [[1.0, 0.5], [0.25, 0.5]]  # tokens counted from the ids, not estimated
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [({"prompt": "p", "completion": "a", "completion_ids": "1 2"}, "'completion_ids' must be a list of token ids"),
+     ({"prompt": "p", "completions": ["a", "b"], "completion_ids": [[1]]}, "a list of 2 token-id lists"),
+     ({"prompt": "p", "completion": "a", "trainer_state": {}}, "'trainer_state' is passed by the trainer"),
+     ({"prompt": "p", "completion": "a", "prompts": ["p"]}, "'prompts' is passed by the trainer"),
+     ({"prompt": "p", "completion": "a", "log_metric": 1}, "'log_metric' is passed by the trainer")],
+)
+def test_score_file_rejects_reserved_keys_with_the_line(tmp_path, row, match):
+    with pytest.raises(RewardError, match=match) as err:
+        score_file(*write_dry_run(tmp_path, [row]))
+    assert "d.jsonl, line 1" in str(err.value)
+
+
+def test_score_file_wants_completion_ids_on_all_lines_of_a_prompt_or_none(tmp_path):
+    rows = [{"prompt": "p", "completion": "a", "completion_ids": [1]}, {"prompt": "p", "completion": "b"}]
+    with pytest.raises(RewardError, match=r"line 2: give 'completion_ids' on every line of a prompt or on none"):
+        score_file(*write_dry_run(tmp_path, rows))
+
+
+def test_score_groups_rejects_reserved_column_names():
+    group = {"prompt": "p", "completions": ["a"], "columns": {"answer": "1", "completions": ["x"]}}
+    with pytest.raises(RewardError, match="column 'completions' is a name the trainer passes itself"):
+        score_groups([group], ["correctness"])
+
+
+NEVER_RIGHT = [{"prompt": "2+2?", "completions": ["<think>" + "hmm " * 10 + "</think><answer>5</answer>"] * 2,
+                "columns": {"answer": "4"}}]
+
+
+@pytest.mark.parametrize(
+    ("specs", "sparse"),
+    [(["xml_count", "reasoning_then_answer"], ["reasoning_then_answer"]),
+     (["xml_count", "correctness", "reasoning_then_answer"], ["correctness", "reasoning_then_answer"]),
+     (["xml_count", "repetition_penalty"], [])],  # a penalty at 0 is fine; only answer checks count
+)
+def test_sparse_warning_covers_every_correctness_like_reward(specs, sparse):
+    report = score_groups(NEVER_RIGHT, specs)
+    flagged = [w.split(" scored 0")[0] for w in report.warnings if dryrun.SPARSE_WARNING in w]
+    assert flagged == sparse
+
+
+def test_list_rewards_marks_the_correctness_like_ones():
+    marked = {e["name"] for e in list_rewards() if e["checks_answer"]}
+    assert marked == {"correctness", "reasoning_then_answer"}
+
+
+def test_score_file_template_fills_tags_as_training_does(tmp_path):
+    rubric_path, data = write_dry_run(tmp_path, [{"prompt": "p", "completion": REASONING}], "- think_format\n")
+    assert score_file(rubric_path, data).groups[0].completions[0].scores["think_format"] == 0.25
+    assert score_file(rubric_path, data, template="reasoning").groups[0].completions[0].scores["think_format"] == 1.0

@@ -28,6 +28,8 @@ def test_chat_completion_through_the_openai_client(bundled_gguf: Path, tmp_path:
         assert handle.url.startswith("http://127.0.0.1:") and handle.url.endswith("/v1")
         assert handle.is_running() and events[-1][1] == 1.0 and handle.url in events[-1][0]
         assert "Open WebUI" in handle.describe() and handle.url in handle.describe()
+        port = handle.url.rsplit(":", 1)[1].split("/")[0]
+        assert f"--host 0.0.0.0 and use http://host.docker.internal:{port}/v1" in handle.describe()
         client = openai.OpenAI(base_url=handle.url, api_key="not-needed", timeout=60)
         assert [m.id for m in client.models.list().data] == [handle.model]
         reply = client.chat.completions.create(

@@ -125,8 +125,36 @@ def test_sort_check_accepts_spacing_variants():
 def test_arithmetic_check_compares_numbers():
     row = {"question": "What is 3 + 4?", "answer": "7"}
     assert check_answer("arithmetic", "7.0", row)
+    assert check_answer("arithmetic", "7 apples", row)  # math-verify, as for any dataset answer
     assert not check_answer("arithmetic", "8", row)
     assert not check_answer("arithmetic", "seven", row)
+
+
+COUNTDOWN_ROW = {"answer": "20", "numbers": [3, 5, 7]}
+SORT_ROW = {"answer": "2, 4, 7, 9"}
+
+
+@pytest.mark.parametrize(
+    ("task", "predicted", "row", "ok"),
+    [
+        ("countdown", "(7 - 3) * 5", COUNTDOWN_ROW, True),
+        ("countdown", "20", COUNTDOWN_ROW, False),  # repeating the target is not a solution
+        ("countdown", "7+3+10", COUNTDOWN_ROW, False),  # 10 is not one of the numbers
+        ("sort", "2,4,7,9", SORT_ROW, True),
+        ("sort", "2, 4, 7, 9", SORT_ROW, True),
+        ("sort", "4, 2, 7, 9", SORT_ROW, False),  # math-verify would take this as equal
+        ("sort", "9", SORT_ROW, False),  # …and this, the last number
+        ("letter_count", "3", {"answer": "3"}, True),
+        ("letter_count", "three", {"answer": "3"}, False),
+    ],
+)
+def test_check_answer_table(task, predicted, row, ok):
+    assert check_answer(task, predicted, row) is ok
+
+
+def test_countdown_check_without_numbers_says_which_column():
+    with pytest.raises(ValueError, match="'numbers' column"):
+        check_answer("countdown", "(7 - 3) * 5", {"answer": "20"})
 
 
 def test_errors_name_the_valid_choices():

@@ -4,11 +4,13 @@ and the Unsloth GPU boundary (checked on CPU, run for real behind the cuda marke
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import ENV, ROOT, run_cli
@@ -42,7 +44,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from grpo_box.train import start_run
 
     root = tmp_path_factory.mktemp("runs")
-    config = resolve_config("cpu", overrides=[*FAST, "grpo.max_steps=3", f"output.runs_dir={root}"])
+    # save_steps=100: the only checkpoint before the resume is the one the stop request saves
+    config = resolve_config("cpu", overrides=[*FAST, "grpo.max_steps=3", "output.save_steps=100",
+                                              f"output.runs_dir={root}"])
     run = start_run(config)
     child = job.start(run)
     deadline = time.time() + 900
@@ -51,9 +55,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     alive = child.alive()
     code = job.stop(child)
     stopped = run.status()
-    checkpoint = run.last_checkpoint()
+    checkpoints = [c.name for c in run.checkpoints()]
     resumed = run_cli("resume", str(run.path)) if alive and code == 0 else None
-    return {"run": run, "alive": alive, "stop_code": code, "stopped": stopped, "checkpoint": checkpoint,
+    return {"run": run, "alive": alive, "stop_code": code, "stopped": stopped, "checkpoints": checkpoints,
             "resumed": resumed}
 
 
@@ -64,7 +68,7 @@ def test_cpu_grpo_run_stops_resumes_and_saves_a_working_adapter(trained):
     assert trained["stop_code"] == 0, run.file("train.log").read_text()[-3000:]
     stopped = trained["stopped"]
     assert stopped["state"] == "stopped" and 1 <= stopped["step"] < 3
-    assert trained["checkpoint"].name == f"checkpoint-{stopped['step']}"
+    assert trained["checkpoints"] == [f"checkpoint-{stopped['step']}"]  # saved by the stop itself
 
     result = trained["resumed"]
     assert result.returncode == 0, result.stderr[-3000:]
@@ -87,6 +91,45 @@ def test_cpu_grpo_run_stops_resumes_and_saves_a_working_adapter(trained):
     first = run.checkpoints()[0]
     assert _lora_b_norm(first) != pytest.approx(_lora_b_norm(run.adapter_dir))
     _adapter_loads_and_generates(run)
+
+
+def _wait_for_state(run: RunDir, child: Any, states: tuple[str, ...], timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while run.status().get("state") not in states and child.alive() and time.time() < deadline:
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_model_loads_still_stops_with_a_checkpoint(tmp_path):
+    from grpo_box import job
+    from grpo_box.train import start_run
+
+    config = resolve_config("cpu", overrides=[*FAST, "grpo.max_steps=3", "output.save_steps=100",
+                                              f"output.runs_dir={tmp_path}"])
+    run = start_run(config)
+    child = job.start(run)
+    _wait_for_state(run, child, ("running",))
+    assert run.status().get("phase") == "loading", run.file("train.log").read_text()[-3000:]
+    child.process.send_signal(signal.SIGTERM)
+    assert job.wait(child) == 0, run.file("train.log").read_text()[-3000:]
+    status = run.status()
+    assert status["state"] == "stopped" and status["step"] == 1
+    assert [c.name for c in run.checkpoints()] == ["checkpoint-1"]
+
+
+def test_a_child_killed_outright_is_marked_failed_not_left_running(tmp_path):
+    from grpo_box import job
+    from grpo_box.train import start_run
+
+    run = start_run(resolve_config("cpu", overrides=[*FAST, f"output.runs_dir={tmp_path}"]))
+    child = job.start(run)
+    _wait_for_state(run, child, ("running",))
+    child.process.kill()
+    assert job.wait(child) == -signal.SIGKILL
+    status = run.status()
+    assert status["state"] == "failed"
+    assert "killed by signal 9" in status["error"] and "ran out of RAM" in status["error"]
+    assert str(run.file("train.log")) in status["error"]
 
 
 @pytest.mark.slow
@@ -200,9 +243,120 @@ def test_out_of_memory_is_reported_and_auto_fit_retries_smaller(tmp_path, capsys
     status = run.status()
     assert status["state"] == "finished", status
     assert status["auto_fit"]["after_step"] == 2 and "num_generations from 4 to" in status["auto_fit"]["change"]
-    assert run.config().grpo.num_generations < 4  # the retry really ran with the smaller setting
+    assert run.config().grpo.num_generations < 4
     assert run.file("config.before-autofit.yaml").is_file()
     assert [m["step"] for m in run.metrics()] == [1, 2]
+    # the retry really ran with the smaller setting: step 2's group has 3 completions, step 1's had 4
+    group_sizes = {s["step"]: len(s["completions"]) for s in run.samples()}
+    assert group_sizes == {1: 4, 2: 3}
+
+
+REWARD_OOM = textwrap.dedent(
+    """
+    import torch
+
+
+    def oom_reward(prompts, completions, **kwargs):
+        \"\"\"Stands in for a reward that runs a model on the GPU: it runs out of memory.\"\"\"
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
+    """
+)
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_a_reward_function_is_reported_as_rollout(tmp_path):
+    """Rewards run inside generate-and-score, and the rubric wraps their errors: still a rollout OOM."""
+    from grpo_box.train import start_run
+
+    reward_file = tmp_path / "oom_reward.py"
+    reward_file.write_text(REWARD_OOM)
+    config = resolve_config("cpu", overrides=[*FAST, "grpo.max_steps=1", f"output.runs_dir={tmp_path}",
+                                              f"reward_file={reward_file}",
+                                              'rewards=[{name: "user:oom_reward", weight: 1.0}]'])
+    run = start_run(config)
+    result = run_cli("worker", str(run.path))
+    assert result.returncode == 1, result.stderr[-3000:]
+    status = run.status()
+    assert status["state"] == "failed", status
+    assert status["error"].startswith(
+        "out of memory at step 1 during rollout; try: lower grpo.num_generations from 4 to 3")
+    assert status["oom"]["phase"] == "rollout" and "simulated" in status["oom"]["detail"]
+
+
+STARTUP_OOM_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from grpo_box import modeling
+    from grpo_box.runs import open_run
+    from grpo_box.train import run_training
+
+    modeling.import_unsloth(open_run(sys.argv[1]).config())  # before transformers, as in the real worker
+    import torch
+
+    real_load = modeling._load_cpu
+    mode = {}
+
+
+    def load(config, path):
+        # stands in for Unsloth's from_pretrained, where vLLM starts on a GPU
+        if mode["now"] == "load":
+            raise ValueError("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+                             "when initializing the engine.")
+        model, tokenizer = real_load(config, path)
+
+        def generate(*args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
+
+        model.generate = generate  # the base-model evaluation's generation runs out of memory
+        return model, tokenizer
+
+
+    modeling._load_cpu = load
+    for run_dir, now in zip(sys.argv[1::2], sys.argv[2::2]):
+        mode["now"] = now
+        run_training(open_run(run_dir))
+    """
+)
+
+
+@pytest.mark.slow
+def test_out_of_memory_at_start_up_is_reported_with_what_to_lower(tmp_path):
+    from grpo_box.train import start_run
+
+    runs = {}
+    for mode, extra in (("load", []), ("eval", ["evaluate=true"])):
+        overrides = [*FAST, "grpo.max_steps=1", f"output.runs_dir={tmp_path / mode}", *extra]
+        runs[mode] = start_run(resolve_config("cpu", overrides=overrides))
+    script = tmp_path / "startup_oom.py"
+    script.write_text(STARTUP_OOM_SCRIPT)
+    args = [arg for mode, run in runs.items() for arg in (str(run.path), mode)]
+    result = subprocess.run([sys.executable, str(script), *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=900, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for mode, what in (("load", "loading model / vLLM cache"), ("eval", "base-model evaluation")):
+        status = runs[mode].status()
+        assert status["state"] == "failed", status
+        assert status["error"].startswith(f"out of memory at start-up ({what}); try: "), status["error"]
+        assert "model.max_seq_length (now 256)" in status["error"] and "smaller model" in status["error"]
+        assert status["oom"]["phase"] == "start-up" and status["oom"]["step"] == 0
+    assert "No available memory for the cache blocks" in runs["load"].status()["oom"]["detail"]
+    assert "OutOfMemoryError" in runs["eval"].status()["oom"]["detail"]
+
+
+def test_out_of_memory_is_reported_even_when_the_model_cannot_be_sized(tmp_path, monkeypatch):
+    """A Hub model outside the catalog, offline: no smaller setting can be estimated, the OOM still ends the run."""
+    from grpo_box.train import TrainingOOM, _handle_oom, start_run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = resolve_config("8gb", overrides=["model.name=someone/not-in-the-catalog-7b", "auto_fit=true",
+                                              f"output.runs_dir={tmp_path}"])
+    run = start_run(config)
+    run.set_status("running", step=3)
+    _handle_oom(run, config, TrainingOOM(3, "rollout", "CUDA out of memory"))
+    status = run.status()
+    assert status["state"] == "failed" and "auto_fit" not in status
+    assert status["error"] == ("out of memory at step 3 during rollout; "
+                               "lower grpo.num_generations or grpo.max_completion_length")
 
 
 def test_unsloth_gpu_arguments_follow_the_preset(monkeypatch):
@@ -217,8 +371,14 @@ def test_unsloth_gpu_arguments_follow_the_preset(monkeypatch):
     for var in ("UNSLOTH_VLLM_STANDBY", "UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE", "UNSLOTH_ALLOW_CPU"):
         monkeypatch.delenv(var, raising=False)
     env = prepare_environment(config, cuda=True)
-    assert env["UNSLOTH_VLLM_STANDBY"] == "1" and env["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] == "1"
+    # standby on, and Unsloth's own vLLM share for the card respected (the estimate uses it too)
+    assert env["UNSLOTH_VLLM_STANDBY"] == "1" and env["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] == "0"
     assert "UNSLOTH_ALLOW_CPU" not in env
+    config.model.vllm_standby_util_override = True
+    assert prepare_environment(config, cuda=True)["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] == "1"
+    config.model.vllm_standby = False
+    env = prepare_environment(config, cuda=True)
+    assert env["UNSLOTH_VLLM_STANDBY"] == "0" and env["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] == "0"
     assert prepare_environment(load_preset("cpu"), cuda=False)["UNSLOTH_ALLOW_CPU"] == "1"
 
 
@@ -285,11 +445,27 @@ def test_grpo_arguments(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.slow
 def test_gpu_path_trains_one_step_with_unsloth(tmp_path):
+    """The real GPU path of the 8gb preset (4-bit base, vLLM rollouts, standby) on the bundled model
+    and the offline task; the step's measured VRAM is checked against the estimate for this card."""
+    from grpo_box.hardware import detect_gpu
+    from grpo_box.memory import estimate
+
     overrides = [*FAST, "grpo.max_steps=1", f"output.runs_dir={tmp_path}", "model.name=bundled:smollm2-135m-instruct",
-                 "model.load_in_4bit=false", "grpo.optim=adamw_torch"]
-    result = run_cli("train", "--preset", "8gb", "--force", *[a for o in overrides for a in ("--set", o)])
+                 "data.source=task:arithmetic"]
+    result = run_cli("train", "--preset", "8gb", *[a for o in overrides for a in ("--set", o)])
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = json.loads(run_cli("runs", "--root", str(tmp_path), "--json").stdout)[0]["path"]
     run = open_run(run_dir)
     assert run.status()["state"] == "finished" and run.has_adapter()
-    assert "vram/peak_gb" in json.dumps(run.metrics()[0]) or "vram" in json.dumps(run.metrics()[0])
+    config = run.config()
+    assert config.model.load_in_4bit and config.model.fast_inference and config.model.vllm_standby
+    step = run.metrics()[0]
+    for key in ("vram/allocated_gb", "vram/reserved_gb", "vram/peak_reserved_gb"):
+        assert step.get(key, 0) > 0, f"{key} missing from {sorted(step)}"
+    card = detect_gpu().vram_gb
+    est = estimate(config, vram_gb=card)
+    # The step's peak (torch's, or NVML's whole-card reading when there is one) lies between the
+    # trainer's side alone and the whole estimate with vLLM's share, each within 25%.
+    measured = max(step["vram/peak_reserved_gb"], step.get("vram/used_gb", 0.0))
+    assert 0.75 * est.phases["training"] <= measured <= 1.25 * est.total_gb, (measured, est.phases, est.total_gb)
+    assert measured <= card

@@ -3,14 +3,16 @@
 Rewards, evaluation and data preparation all need the same few steps: turn a TRL completion
 (a plain string or a list of chat messages) into text, find the final answer in it (an
 `<answer>` tag, else a `\\boxed{}`, else the last number), clean a reference answer (GSM8K's
-`... #### 72`), and compare the two with math-verify so that `72`, `72.0`, `\\boxed{72}`, `$72`
-and `72 dollars` all count as the reference `72`. Keeping them in one public module means the
-score a user sees in the dry run, during training and in the before/after evaluation is the same.
+`... #### 72`; `reference_answer` is the one cleaner, also used when data is loaded), and
+compare the two with math-verify so that `72`, `72.0`, `\\boxed{72}`, `$72` and `72 dollars`
+all count as the reference `72`. Keeping them in one public module means the score a user sees
+in the dry run, during training and in the before/after evaluation is the same.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import threading
@@ -19,6 +21,7 @@ from typing import Any
 from math_verify import parse, verify
 
 _NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+(?:\.\d+)?)?|-?\.\d+")
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _INTEGER = re.compile(r"^[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)$")
 _MAX_ANSWER_CHARS = 2000  # math-verify is slow on huge inputs; a final answer is never this long
 
@@ -129,15 +132,44 @@ def is_integer_text(text: str | None) -> bool:
 
 
 def reference_answer(raw: Any) -> str:
-    """Clean a dataset's reference answer: GSM8K's `reasoning #### 72` becomes `72`.
+    """The checkable part of a dataset's reference answer; data loading and rewards both use it.
 
-    >>> reference_answer("Natalia sold 48/2 = 24 clips... #### 72"), reference_answer(72)
+    GSM8K's `reasoning #### 1,234` gives `1234`; a MATH-style solution gives the content of its
+    last `\\boxed{}`; a number with thousands separators loses the commas, and a whole float from
+    a numeric column (`72.0`) becomes `72`. Lists and mappings become JSON; anything else is
+    returned stripped.
+
+    >>> reference_answer("Natalia sold 48/2 = 24 clips... #### 72"), reference_answer(72.0)
     ('72', '72')
+    >>> reference_answer(r"so \\boxed{1,234}"), reference_answer("2, 4, 7, 9")
+    ('1234', '2, 4, 7, 9')
     """
-    text = to_text(raw) if not isinstance(raw, (int, float)) else repr(raw)
+    text = _raw_text(raw).strip()
     if "####" in text:
-        text = text.rsplit("####", 1)[1]
-    return text.strip()
+        text = text.rsplit("####", 1)[1].strip()
+    else:
+        boxed = extract_boxed(text)
+        text = text if boxed is None else boxed
+    if _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
+    return text
+
+
+def _raw_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # 72.0 from a numeric CSV/Parquet column is the answer 72
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, dict)) and not _is_messages(value):
+        return json.dumps(value, ensure_ascii=False)
+    return to_text(value)
+
+
+def _is_messages(value: Any) -> bool:
+    items = value if isinstance(value, list) else [value]
+    return bool(items) and all(isinstance(m, dict) and "content" in m for m in items)
 
 
 def final_answer(text: str, tag: str = "answer", fallback: bool = True) -> str | None:

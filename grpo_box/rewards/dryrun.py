@@ -3,9 +3,11 @@
 GRPO learns only from differences inside a group of completions for one prompt: the advantage
 of each is `(r - mean) / std` over its group (TRL's default `scale_rewards="group"`, with the
 sample standard deviation and TRL's 1e-4 guard). A rubric that scores every completion alike
-teaches nothing, and a correctness reward that is always 0 is too sparse for a small model. The
-dry run shows per-function scores, weighted totals and advantages, and warns about both, using
-exactly the callables `build_rubric` hands the trainer. `score_file` is what
+teaches nothing, and a correctness-like reward (built-in `correctness`, `reasoning_then_answer`,
+or a user function with `checks_answer = True`) that is always 0 is too sparse for a small model;
+so is a rubric whose total is 0 everywhere. The dry run shows per-function scores, weighted
+totals and advantages, and warns about all three, using exactly the callables `build_rubric`
+hands the trainer. `score_file` is what
 `python -m grpo_box rewards score --rubric RUBRIC.yaml --data DATA.jsonl` runs; completions
 sampled from the base model come through `evaluate.sample_dry_run` (`rewards score --sample N`).
 """
@@ -23,7 +25,7 @@ import yaml
 
 from grpo_box.config import RewardSpec
 from grpo_box.rewards.answers import to_text
-from grpo_box.rewards.registry import RewardError, get_reward
+from grpo_box.rewards.registry import RewardError
 from grpo_box.rewards.rubric import RewardFunction, as_spec, build_rubric, shorten
 
 STD_EPS = 1e-4  # TRL adds this to the group std before dividing
@@ -58,13 +60,13 @@ class DryRunReport:
 
 
 def score_groups(groups: list[dict[str, Any]], rubric_specs: list[RewardSpec | dict | str],
-                 user_file: str | None = None) -> DryRunReport:
+                 user_file: str | None = None, template: str | None = None) -> DryRunReport:
     """Score each group {prompt, completions: [...], columns: {answer: ...}} with the rubric.
 
     A group may also carry `completion_ids` (one token list per completion), which length
-    rewards then count in tokens, as in training.
+    rewards then count in tokens, as in training. `template` fills tag params as in training.
     """
-    funcs, weights = build_rubric(rubric_specs, user_file)
+    funcs, weights = build_rubric(rubric_specs, user_file, template=template)
     results = [_score_group(i, g, funcs, weights) for i, g in enumerate(groups)]
     report = DryRunReport(
         rewards=[{"name": f.name, "weight": w, "params": f.params} for f, w in zip(funcs, weights)],
@@ -82,6 +84,8 @@ def _noop(*args: Any, **kwargs: Any) -> None:
 
 # What GRPOTrainer passes besides dataset columns; user rewards may read or call these.
 _TRAINER_KWARGS = {"trainer_state": None, "log_extra": _noop, "log_metric": _noop}
+# Names the dry run passes itself, so a group's columns may not use them.
+RESERVED_COLUMNS = ("prompt", "prompts", "completion", "completions", "completion_ids", *_TRAINER_KWARGS)
 
 
 def _score_group(index: int, group: dict[str, Any], funcs: list[RewardFunction], weights: list[float]) -> GroupResult:
@@ -124,6 +128,13 @@ def _unpack_group(index: int, group: dict[str, Any]) -> tuple[Any, list[Any], di
     columns = group.get("columns") or {}
     if not isinstance(columns, dict):
         raise RewardError(f"{where}: 'columns' must be a mapping such as {{answer: '72'}}")
+    taken = [k for k in columns if k in RESERVED_COLUMNS]
+    if taken:
+        raise RewardError(f"{where}: column {taken[0]!r} is a name the trainer passes itself "
+                          f"({', '.join(RESERVED_COLUMNS)}); rename that column")
+    ids = group.get("completion_ids")
+    if ids is not None and (not isinstance(ids, list) or len(ids) != len(completions)):
+        raise RewardError(f"{where}: 'completion_ids' must hold one token-id list per completion ({len(completions)})")
     return group["prompt"], completions, columns
 
 
@@ -148,14 +159,14 @@ def group_advantages(totals: list[float | None]) -> tuple[float | None, float, l
 
 
 def _sparse_warnings(funcs: list[RewardFunction], groups: list[GroupResult]) -> list[str]:
-    correctness = get_reward("correctness")
+    """Warn when the whole rubric, or any correctness-like function, pays nothing anywhere."""
     warnings = []
     totals = [row.total for g in groups for row in g.completions]
     if totals and all(not t for t in totals):
         warnings.append("the whole rubric scored 0 on every completion of every group: nothing pays yet, so GRPO "
                         "cannot learn; add a partial-credit reward (xml_count, target_length) or use an easier task")
     for func in funcs:
-        if func.func is not correctness or not groups:
+        if not func.checks_answer or not groups:
             continue
         values = [row.scores[func.name] for g in groups for row in g.completions]
         if all(not v for v in values):
@@ -194,11 +205,15 @@ def _group_table(group: GroupResult, names: list[str], width: int) -> list[str]:
     return [render(headers), *(render(r) for r in rows)]
 
 
-def score_file(rubric_yaml_path: str | Path, data_jsonl_path: str | Path, user_file: str | None = None) -> DryRunReport:
-    """The dry run from files: a rubric YAML and a JSONL of prompts with completions."""
+def score_file(rubric_yaml_path: str | Path, data_jsonl_path: str | Path, user_file: str | None = None,
+               template: str | None = None) -> DryRunReport:
+    """The dry run from files: a rubric YAML and a JSONL of prompts with completions.
+
+    With `template` (think, reasoning, boxed) the rubric's unset tag params come from it, as in training.
+    """
     specs = load_rubric(rubric_yaml_path)
     groups = load_groups(data_jsonl_path)
-    return score_groups(groups, specs, user_file)
+    return score_groups(groups, specs, user_file, template=template)
 
 
 def load_rubric(path: str | Path) -> list[RewardSpec]:
@@ -222,14 +237,13 @@ def load_rubric(path: str | Path) -> list[RewardSpec]:
         raise RewardError(f"rubric file {path}: {exc}") from exc
 
 
-_RESERVED = ("prompt", "completion", "completions")
-
-
 def load_groups(path: str | Path) -> list[dict[str, Any]]:
     """Read dry-run JSONL into groups; rows with the same prompt join one group, in file order.
 
     Each line: {"prompt": ..., "completion": "..."} or {"prompt": ..., "completions": [...]},
-    plus columns such as "answer". A bad line raises RewardError naming the file and line.
+    plus columns such as "answer", and optionally "completion_ids" (a token-id list for
+    "completion", a list of them for "completions"). A bad line raises RewardError naming the
+    file and line.
     """
     path = Path(path)
     try:
@@ -255,21 +269,48 @@ def _parse_row(path: Path, lineno: int, line: str) -> dict[str, Any]:
         raise RewardError(f"{where}: each line must be an object with a 'prompt'")
     if ("completion" in row) == ("completions" in row):
         raise RewardError(f"{where}: give either 'completion' (one string) or 'completions' (a list of strings)")
-    completions = [row["completion"]] if "completion" in row else row["completions"]
+    single = "completion" in row
+    completions = [row.pop("completion")] if single else row.pop("completions")
     if not isinstance(completions, list) or not completions or not all(isinstance(c, (str, list)) for c in completions):
         raise RewardError(f"{where}: completions must be strings (or lists of chat messages)")
+    taken = [k for k in row if k in RESERVED_COLUMNS and k not in ("prompt", "completion_ids")]
+    if taken:
+        raise RewardError(f"{where}: {taken[0]!r} is passed by the trainer itself, not read from the data; "
+                          "remove or rename that key")
     row["_completions"] = completions
+    row["_ids"] = _completion_ids(where, row.pop("completion_ids", None), completions, single)
     return row
 
 
+def _completion_ids(where: str, ids: Any, completions: list[Any], single: bool) -> list[list[int]] | None:
+    """Token ids per completion from a line's optional `completion_ids`, checked for shape."""
+    if ids is None:
+        return None
+    if single and _is_id_list(ids):
+        return [ids]
+    if isinstance(ids, list) and len(ids) == len(completions) and all(_is_id_list(i) for i in ids):
+        return ids
+    shape = "a list of token ids" if single else f"a list of {len(completions)} token-id lists, one per completion"
+    raise RewardError(f"{where}: 'completion_ids' must be {shape}")
+
+
+def _is_id_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in value)
+
+
 def _add_row(groups: dict[str, dict[str, Any]], row: dict[str, Any], label: str) -> None:
-    columns = {k: v for k, v in row.items() if k not in _RESERVED and k != "_completions"}
+    columns = {k: v for k, v in row.items() if k not in ("prompt", "_completions", "_ids")}
     key = json.dumps(row["prompt"], sort_keys=True)
     group = groups.get(key)
     if group is None:
-        completions = list(row["_completions"])
-        groups[key] = {"prompt": row["prompt"], "completions": completions, "columns": columns, "label": label}
+        groups[key] = {"prompt": row["prompt"], "completions": list(row["_completions"]), "columns": columns,
+                       "label": label, "completion_ids": row["_ids"]}
     elif group["columns"] != columns:
         raise RewardError(f"data file {label}: same prompt as {group['label']} but different columns {columns!r:.120}")
+    elif (group["completion_ids"] is None) != (row["_ids"] is None):
+        raise RewardError(f"data file {label}: give 'completion_ids' on every line of a prompt or on none "
+                          f"({group['label']} has the same prompt)")
     else:
         group["completions"] += row["_completions"]
+        if row["_ids"] is not None:
+            group["completion_ids"] += row["_ids"]

@@ -29,19 +29,23 @@ class RewardInfo:
     description: str
     func: RewardFn
     params: dict[str, Any] = field(default_factory=dict)
+    checks_answer: bool = False  # a correctness-like reward: the dry run warns when it never pays
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "params": dict(self.params)}
+        return {"name": self.name, "description": self.description, "params": dict(self.params),
+                "checks_answer": self.checks_answer}
 
 
 _REGISTRY: dict[str, RewardInfo] = {}
 
 
-def register(name: str, description: str, params: dict[str, Any] | None = None) -> Callable[[RewardFn], RewardFn]:
+def register(name: str, description: str, params: dict[str, Any] | None = None,
+             checks_answer: bool = False) -> Callable[[RewardFn], RewardFn]:
     """Register a reward under `name`; `params` are its tunable keyword arguments with defaults.
 
     The defaults must equal the function's own keyword defaults, so the function can also be
     called directly (as in its docstring example) and behave exactly as in a rubric.
+    `checks_answer` marks a reward that pays only for right answers (correctness-like).
     """
     params = dict(params or {})
 
@@ -49,7 +53,7 @@ def register(name: str, description: str, params: dict[str, Any] | None = None) 
         if name in _REGISTRY and not _same_definition(_REGISTRY[name].func, func):
             raise RewardError(f"reward {name!r} is registered twice ({func.__module__})")
         _check_defaults(name, func, params)
-        _REGISTRY[name] = RewardInfo(name, description, func, params)
+        _REGISTRY[name] = RewardInfo(name, description, func, params, checks_answer)
         return func
 
     return decorator
@@ -90,5 +94,5 @@ def reward_info(name: str) -> RewardInfo:
 
 
 def list_rewards() -> list[dict[str, Any]]:
-    """Every registered reward as {name, description, params}, sorted by name."""
+    """Every registered reward as {name, description, params, checks_answer}, sorted by name."""
     return [_REGISTRY[name].to_dict() for name in sorted(_REGISTRY)]

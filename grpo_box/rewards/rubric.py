@@ -5,6 +5,10 @@ TRL's GRPOTrainer takes `reward_funcs` and `GRPOConfig.reward_weights` and logs 
 name as `__name__`, and checks its own output: one finite number (or None) per completion. A bad
 reward therefore fails on the first batch with a RewardError naming the function and showing a
 shortened example input, instead of a tensor error deep inside the trainer or a silent NaN.
+
+Given the run's data template, `apply_template` fills the tag params (`think_tag`, `answer_tag`,
+`tag`) the rubric leaves unset from that template, so a `<reasoning>` prompt gets rewards that
+look for `<reasoning>`; a tag-checking reward under the tagless `boxed` template is an error.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from grpo_box.config import RewardSpec
+from grpo_box.prompts import get_template
 from grpo_box.rewards.answers import to_text
 from grpo_box.rewards.registry import RewardError, reward_info
 from grpo_box.rewards.user import load_user_rewards
@@ -29,12 +34,14 @@ class RewardFunction:
     `name`, `params` and the wrapped `func` to the UI and the dry run.
     """
 
-    def __init__(self, name: str, func: Callable, params: dict[str, Any], source: str | None = None):
+    def __init__(self, name: str, func: Callable, params: dict[str, Any], source: str | None = None,
+                 checks_answer: bool = False):
         self.__name__ = name
         self.name = name
         self.source = source  # the user reward file, named in error messages
         self.func = func
         self.params = dict(params)
+        self.checks_answer = checks_answer  # correctness-like: pays only for right answers
         self.__doc__ = func.__doc__
 
     def __call__(
@@ -121,14 +128,16 @@ def example_input(prompts: Any, completions: Any, i: int) -> str:
 
 
 def build_rubric(
-    specs: list[RewardSpec | dict | str], user_file: str | None = None
+    specs: list[RewardSpec | dict | str], user_file: str | None = None, template: str | None = None
 ) -> tuple[list[RewardFunction], list[float]]:
     """Resolve rubric specs into (reward callables, weights) for GRPOTrainer / GRPOConfig.reward_weights.
 
     Names are registered rewards or `user:<function>` from `user_file`. Params are checked
     against each reward's defaults. A name used twice gets `_2`, `_3` … so TRL's metrics stay apart.
+    With `template` (the run's `data.template`), unset tag params come from it (`apply_template`).
+    A user function marks itself correctness-like with the attribute `checks_answer = True`.
     """
-    specs = [as_spec(s, i) for i, s in enumerate(specs or [])]
+    specs = apply_template(specs or [], template) if template else [as_spec(s, i) for i, s in enumerate(specs or [])]
     if not specs:
         raise RewardError("the rubric is empty: add at least one reward, e.g. {name: correctness, weight: 1.0}")
     user_funcs: dict[str, Callable] | None = None
@@ -139,13 +148,63 @@ def build_rubric(
             if user_funcs is None:
                 user_funcs = _load_user(spec.name, user_file)
             func, params, source = _user_reward(spec, user_funcs, user_file), dict(spec.params), user_file
+            checks_answer = getattr(func, "checks_answer", False) is True
         else:
             (func, params), source = _builtin_reward(spec), None
+            checks_answer = reward_info(spec.name).checks_answer
         seen[spec.name] += 1
         name = spec.name if seen[spec.name] == 1 else f"{spec.name}_{seen[spec.name]}"
-        funcs.append(RewardFunction(name, func, params, source))
+        funcs.append(RewardFunction(name, func, params, source, checks_answer))
         weights.append(_weight(spec))
     return funcs, weights
+
+
+def apply_template(specs: list[RewardSpec | dict | str], template: str) -> list[RewardSpec]:
+    """The rubric with each built-in reward's unset tag params taken from the data template.
+
+    `think_tag` and `answer_tag` get the template's tags and `tag` (where correctness reads the
+    answer) its answer tag; params the rubric sets explicitly are kept. The `boxed` template has
+    no tags: a reward that checks them is refused unless the rubric names its tags, and one that
+    reads the answer tag must fall back to `\\boxed{}` (`fallback: true`).
+
+    >>> [s.params for s in apply_template(["think_format", {"name": "correctness", "params": {"tag": "final"}}],
+    ...                                   "reasoning")]
+    [{'think_tag': 'reasoning', 'answer_tag': 'answer'}, {'tag': 'final'}]
+    """
+    chosen = get_template(template)
+    tags = {"think_tag": chosen.think_tag, "answer_tag": chosen.answer_tag, "tag": chosen.answer_tag}
+    out = []
+    for i, raw in enumerate(specs):
+        spec = as_spec(raw, i)
+        if spec.name.startswith(USER_PREFIX) or not isinstance(spec.params, dict):
+            out.append(spec)  # user params are the user's; a bad params value is reported by build_rubric
+            continue
+        defaults = reward_info(spec.name).params
+        params = dict(spec.params)
+        for key in (k for k in tags if k in defaults and k not in params):
+            if tags[key] is not None:
+                params[key] = tags[key]
+            else:
+                _check_tagless(spec, key, defaults, template)
+        out.append(RewardSpec(spec.name, spec.weight, params))
+    return out
+
+
+def _check_tagless(spec: RewardSpec, key: str, defaults: dict[str, Any], template: str) -> None:
+    """Refuse a reward that would look for tags a tagless template (boxed) never asks for."""
+    if key == "tag":
+        if spec.params.get("fallback", defaults.get("fallback", True)):
+            return  # the answer is read from the last \\boxed{}
+        raise RewardError(
+            f"reward {spec.name!r} reads the answer from <answer> tags only (fallback: false), but "
+            f"data.template={template!r} asks for \\boxed{{}} without tags: set its params to "
+            "{fallback: true}, or set tag explicitly"
+        )
+    raise RewardError(
+        f"reward {spec.name!r} checks <think>/<answer> tags, but data.template={template!r} asks for "
+        "\\boxed{} without tags: use boxed_format for the format instead, choose the think or reasoning "
+        "template, or set its think_tag and answer_tag params explicitly"
+    )
 
 
 def as_spec(raw: RewardSpec | dict | str, index: int = 0) -> RewardSpec:
