@@ -73,11 +73,14 @@ def _print_preset_catalogs(presets: list[str]) -> None:
 
 
 def _resolve(args: argparse.Namespace):
+    from .hardware import detect_gpu, propose_preset
     from .presets import resolve_config
 
     overrides = list(args.set or [])
     if getattr(args, "model", None):
         overrides.append(f"model.name={args.model}")
+    if args.preset in (None, "auto"):
+        args.preset = propose_preset(detect_gpu())
     return resolve_config(args.preset, args.config, overrides)
 
 
@@ -258,7 +261,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate_run(args.run_dir, base=not args.trained_only, trained=True, **options)
         out = Path(args.run_dir) / "eval.json"
     else:
-        args.preset = args.preset or "cpu"
         out = Path(args.out or "eval.json")
         result = evaluate_model(_resolve(args), args.adapter, out, base=not args.trained_only, **options)
     _print_json(result) if args.json else print(format_eval(result))
@@ -459,8 +461,9 @@ def _progress(message: str, fraction: float | None = None) -> None:
 
 
 # -- parser -----------------------------------------------------------------------------------
-def _config_args(p: argparse.ArgumentParser, preset_default: str | None = "cpu") -> None:
-    p.add_argument("--preset", default=preset_default, help="cpu, 8gb, 12gb, 16gb, 24gb (see `presets`)")
+def _config_args(p: argparse.ArgumentParser, preset_default: str | None = "auto") -> None:
+    p.add_argument("--preset", default=preset_default,
+                   help="cpu, 8gb, 12gb, 16gb, 24gb (see `presets`); default: the one proposed for this machine")
     p.add_argument("--config", help="a YAML file applied on top of the preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. grpo.max_steps=10")
     p.add_argument("--model", help="model: bundled:…, a Hub id or a local HF directory")
@@ -484,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     for name in ("train", "demo"):
         p = sub.add_parser(name, help="train a run" if name == "train" else "train, evaluate and export (headless demo)")
-        _config_args(p)
+        _config_args(p, preset_default="auto" if name == "train" else "cpu")  # the demo is the offline cpu one
         p.add_argument("--force", action="store_true", help="start even if the estimate says it will not fit")
     p = sub.add_parser("resume", help="continue a run from its last checkpoint")
     p.add_argument("run_dir")
@@ -512,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("eval", help="score the held-out split (base and trained); writes eval.json")
     p.add_argument("run_dir", nargs="?", help="a run directory (its config, adapter and eval.json)")
-    _config_args(p, preset_default=None)  # None: tell a --preset given with RUN_DIR from the default (cpu)
+    _config_args(p, preset_default=None)  # None: tell a --preset given with RUN_DIR from the default (proposed)
     p.add_argument("--adapter", help="without RUN_DIR: a LoRA adapter folder to evaluate on top of --model")
     p.add_argument("--out", help="without RUN_DIR: where to write the results (default: ./eval.json)")
     p.add_argument("--k", type=int, default=1, help="pass@k samples (1 = greedy only)")

@@ -43,3 +43,27 @@ def test_unrequested_outputs_are_none():
     hidden, weight = torch.randn(3, 4), torch.randn(7, 4)
     out = TorchChunkedLogProb.apply(hidden, weight, None, torch.tensor([1, 2, 3]), 1.0, 4, None, 1.0, ())
     assert out[0].shape == (3,) and out[1:] == (None, None, None, None)
+
+
+@pytest.mark.slow
+def test_unsloths_fast_language_model_still_needs_cuda_which_is_why_the_cpu_path_uses_peft():
+    """modeling._load_cpu applies the same LoRA settings with transformers + PEFT because Unsloth
+    2026.10's FastLanguageModel asks CUDA for device properties even with its CPU backend on. If a
+    later Unsloth loads on the CPU, this fails: switch `_load_cpu` to FastLanguageModel then."""
+    import subprocess
+    import sys
+
+    from helpers import ENV, ROOT
+
+    from grpo_box.models import ensure_bundled_model
+
+    code = (
+        "import os; os.environ['UNSLOTH_ALLOW_CPU'] = '1'\n"
+        "import unsloth\n"
+        "from unsloth import FastLanguageModel\n"
+        f"FastLanguageModel.from_pretrained({str(ensure_bundled_model())!r}, max_seq_length=256, load_in_4bit=False)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode != 0, "FastLanguageModel loaded on the CPU: the PEFT fallback may no longer be needed"
+    assert "CUDA" in result.stderr or "cuda" in result.stderr, result.stderr[-2000:]
