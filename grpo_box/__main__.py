@@ -478,6 +478,8 @@ def _base_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .prompts import TEMPLATES
+
     parser = argparse.ArgumentParser(prog="python -m grpo_box", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("presets", help="list presets and the one proposed for this machine")
@@ -505,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="JSONL of prompts with completions to score")
     p.add_argument("--sample", type=int, metavar="N", help="score completions sampled from the base model on N prompts")
     p.add_argument("--user-file", help="Python file with your reward functions")
-    p.add_argument("--template", choices=["think", "reasoning", "boxed"],
+    p.add_argument("--template", choices=list(TEMPLATES),
                    help="with --data: fill the rubric's unset tag params from this data template, as training does")
     _config_args(p)
     p.add_argument("--json", action="store_true")

@@ -37,6 +37,7 @@ from .config import DataConfig, RunConfig
 from .errors import UserError
 from .prompts import build_messages, system_prompt
 from .rewards.answers import reference_answer
+from .rewards.dryrun import RESERVED_COLUMNS
 
 Row = dict[str, Any]
 Located = tuple[str, Row]  # (where the row came from, e.g. "qa.jsonl, line 3"; the raw row)
@@ -47,8 +48,7 @@ SUPPORTED_SUFFIXES = (".jsonl", ".csv", ".parquet")
 _FILE_SUFFIXES = {".json", ".ndjson", ".txt", ".tsv", ".xlsx", ".xls", ".arrow", ".pq", ".gz", ".zip",
                   ".yaml", ".yml", ".md", *SUPPORTED_SUFFIXES}
 # Column names with a meaning to TRL's reward call or to GRPO Box; source columns so named are dropped.
-_RESERVED = {"prompt", "prompts", "question", "answer", "completion", "completions", "completion_ids",
-             "trainer_state", "log_extra", "log_metric", ORIGIN}
+_RESERVED = {*RESERVED_COLUMNS, "question", "answer", ORIGIN}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 

@@ -339,11 +339,10 @@ def evaluate_model(
     return results
 
 
-def _base_and_trained(config: RunConfig, adapter: str | Path | None, base: bool, *,
-                      generator: BaseGenerator | None, **options: Any) -> dict[str, Any]:
+def _base_and_trained(config: RunConfig, adapter: str | Path | None, base: bool, *, generator: BaseGenerator | None,
+                      progress: Progress | None, **options: Any) -> dict[str, Any]:
     """{"base": …} and/or {"trained": …} with one model load; the adapter is off for the base pass."""
     results: dict[str, Any] = {}
-    progress = options.pop("progress")
     with _generator(config, adapter, generator) as gen:
         if base:
             with gen.adapter_disabled():

@@ -53,7 +53,6 @@ from .merge import (
 )
 from .modelfile import (
     modelfile_text,
-    ollama_template,
     parse_stops,
     render_modelfile_template,
     stop_tokens,
@@ -66,7 +65,7 @@ Progress = Callable[[str, float], None]
 __all__ = [
     "DiskSpaceError", "ExportError", "ExportReport", "GGUFResult", "LoraResult", "NoAdapterError",
     "UnsupportedArchitectureError", "estimate_sizes", "export_run", "find_gguf", "free_bytes",
-    "modelfile_text", "ollama_template", "push_to_hub", "render_modelfile_template", "verify_gguf",
+    "modelfile_text", "push_to_hub", "render_modelfile_template", "translate_template", "verify_gguf",
 ]
 
 REPORT = "export.json"

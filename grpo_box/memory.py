@@ -628,13 +628,12 @@ def smaller_setting(config: RunConfig, vram_gb: float | None = None, arch: Arch 
     """
     arch = arch or resolve_arch(config.model.name)
     before = estimate(config, arch, vram_gb, stack)
+    candidates = [(c, estimate(c, arch, vram_gb, stack)) for c in (lower(config) for _, lower in _RETRY_KNOBS)
+                  if c is not None]
     first = phase or before.phase
     for target in (first, "training" if first == "generation" else "generation"):
-        for _, lower in _RETRY_KNOBS:
-            candidate = lower(config)
-            if candidate is None:
-                continue
-            if estimate(candidate, arch, vram_gb, stack).phases[target] >= before.phases[target] * 0.99:
+        for candidate, est in candidates:
+            if est.phases[target] >= before.phases[target] * 0.99:
                 continue
             try:
                 validate(candidate)

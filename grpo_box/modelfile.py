@@ -81,11 +81,6 @@ def translate_template(tokenizer: Any) -> Translation:
     return Translation(fmt, go)
 
 
-def ollama_template(tokenizer: Any) -> str | None:
-    """The checked Go TEMPLATE for the tokenizer's chat template, or None (see `translate_template`)."""
-    return translate_template(tokenizer).template
-
-
 def _render_hf(tokenizer: Any, fmt: ChatFormat, messages: list[dict[str, str]]) -> str:
     """The HF prompt text without a leading BOS (llama.cpp's tokenizer adds that one in Ollama);
     a BOS that is also the format's turn opener (SmolLM's `<|im_start|>`) is part of the text."""

@@ -45,7 +45,7 @@ def prepare_environment(config: RunConfig, cuda: bool | None = None) -> dict[str
         standby = config.model.fast_inference and config.model.vllm_standby
         env["UNSLOTH_VLLM_STANDBY"] = "1" if standby else "0"
         env["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] = "1" if standby and config.model.vllm_standby_util_override else "0"
-    if not cuda:
+    else:
         env["UNSLOTH_ALLOW_CPU"] = "1"
     os.environ.update(env)
     return env

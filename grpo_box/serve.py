@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import UserError
 
@@ -59,7 +60,7 @@ class ServerHandle:
         return self.process.poll() is None
 
     def describe(self) -> str:
-        port = self.url.rsplit(":", 1)[1].split("/")[0]
+        port = urlsplit(self.url).port
         return (f"OpenAI-compatible server for {self.model} at {self.url}\n"
                 f"Open WebUI: Settings > Connections > OpenAI API > URL {self.url} (any API key)\n"
                 f"Open WebUI in Docker: serve with --host 0.0.0.0 and use http://host.docker.internal:{port}/v1 "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import traceback
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .config import RunConfig, validate
 from .runs import CHECKPOINTS, CONFIG, RETRYING, RunDir, create_run
@@ -162,20 +162,29 @@ def _smaller_setting(config: RunConfig, oom_phase: str) -> tuple[RunConfig, str]
 
 
 @contextlib.contextmanager
-def _startup_oom(config: RunConfig, what: str) -> Iterator[None]:
-    """Turn an out-of-memory error before training (see module docstring) into StartupOOM."""
+def _on_oom(as_error: Callable[[BaseException], Exception]) -> Iterator[None]:
+    """Re-raise an out-of-memory error (or one wrapping it, see `_oom_cause`) as `as_error(oom)`."""
     try:
         yield
     except Exception as exc:
         oom = _oom_cause(exc)
         if oom is None:
             raise
+        raise as_error(oom) from exc
+
+
+def _startup_oom(config: RunConfig, what: str) -> contextlib.AbstractContextManager[None]:
+    """Turn an out-of-memory error before training (see module docstring) into StartupOOM."""
+
+    def as_error(oom: BaseException) -> StartupOOM:
         import torch
 
         from .memory import startup_oom_hint
 
         hint = startup_oom_hint(config, vllm_cache=not isinstance(oom, torch.OutOfMemoryError))
-        raise StartupOOM(what, hint, f"{type(oom).__name__}: {oom}") from exc
+        return StartupOOM(what, hint, f"{type(oom).__name__}: {oom}")
+
+    return _on_oom(as_error)
 
 
 def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: list | None) -> None:
@@ -224,13 +233,9 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
 
 
 def _guarded_train(trainer: Any, files: RunFilesCallback, checkpoint: str | None) -> None:
-    try:
+    # the step and phase are read when the error happens
+    with _on_oom(lambda oom: TrainingOOM(max(files.current_step, 1), files.phase, str(oom))):
         trainer.train(resume_from_checkpoint=checkpoint)
-    except Exception as exc:
-        oom = _oom_cause(exc)
-        if oom is None:
-            raise
-        raise TrainingOOM(max(files.current_step, 1), files.phase, str(oom)) from exc
 
 
 def _track_phase(trainer: Any, files: RunFilesCallback) -> None:
