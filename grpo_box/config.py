@@ -1,88 +1,139 @@
-"""The one typed configuration of a GRPO Box run, its YAML round trip and its validation.
+"""The one typed configuration of a GRPO Box run, its field metadata and its YAML round trip.
 
 Everything a run needs (model, LoRA, GRPO, data, rewards, output) lives in `RunConfig`. Presets,
-the CLI's `--set key=value` overrides and (later) the UI all produce a `RunConfig`; `validate()` is
-the single place that checks it, and every message names the field and the fix, like TRL's
-`GRPOConfig.__post_init__`. The dataclasses are plain so that the engine, tests and the UI share
-defaults and ranges without re-typing strings.
+the CLI's `--set key=value` overrides and the app all produce a `RunConfig`. Every field carries
+its help text, range, step and choices as dataclass field metadata (`setting(...)`): the app
+builds its widgets from `field_specs()`, and `check_fields()` checks types, ranges and fixed
+choices generically from the same metadata, so no range is written twice. Checks that need the
+registries (templates, tasks, rewards) or span several fields live in `validation.py`, the one
+`validate()`; this module imports nothing from the engine but `errors` and `prompts`-free
+constants, so it loads without torch or datasets.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .errors import UserError
+from .errors import ConfigError
+
+__all__ = ["ConfigError", "RunConfig", "FieldSpec", "field_specs", "check_fields", "apply_overrides", "load_yaml"]
 
 BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
 MODEL_DTYPES = (None, "float16", "bfloat16")  # what Unsloth's from_pretrained accepts as a string
+LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+# Optimizers and schedulers offered; a curated subset of transformers' OptimizerNames/SchedulerType
+# (importing those enums pulls in torch, and this module must stay light).
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+              "inverse_sqrt")
+RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+=@-]{0,99}$")
 
 
-class ConfigError(UserError, ValueError):
-    """A configuration problem; the message names the field and what to change."""
+def setting(default: Any = dataclasses.MISSING, *, help: str, minimum: float | None = None,
+            maximum: float | None = None, step: float | None = None, min_exclusive: bool = False,
+            max_exclusive: bool = False, choices: tuple | None = None, choices_from: str | None = None,
+            hint: str = "", factory: Any = None) -> Any:
+    """A dataclass field with the metadata widgets and `check_fields` read (see FieldSpec)."""
+    meta = {"help": help, "minimum": minimum, "maximum": maximum, "step": step, "min_exclusive": min_exclusive,
+            "max_exclusive": max_exclusive, "choices": choices, "choices_from": choices_from, "hint": hint}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class ModelConfig:
-    name: str = BUNDLED_MODEL  # bundled:…, a Hub id, or a local HF directory
-    load_in_4bit: bool = False
-    fast_inference: bool = False  # vLLM rollouts (GPU only)
-    vllm_standby: bool = False  # UNSLOTH_VLLM_STANDBY=1 before `import unsloth`
-    vllm_standby_util_override: bool = False  # keep gpu_memory_utilization under standby (else Unsloth's target)
-    gpu_memory_utilization: float = 0.6  # vLLM's share of the card
-    max_seq_length: int = 512
-    max_lora_rank: int = 16  # vLLM's LoRA slot size; must be >= lora.r
-    dtype: str | None = None  # None lets Unsloth pick (bf16 where supported)
+    name: str = setting(BUNDLED_MODEL, help="The model to train: the bundled offline model, a Hugging Face Hub id "
+                        "or a local folder with a Hugging Face model", choices_from="models")
+    load_in_4bit: bool = setting(False, help="Load the base weights in 4-bit (QLoRA, bitsandbytes; GPU only): "
+                                 "about a quarter of the memory")
+    fast_inference: bool = setting(False, help="Generate rollouts with vLLM (GPU only): several times faster sampling")
+    vllm_standby: bool = setting(False, help="Unsloth's standby: vLLM's KV cache sleeps while the trainer steps, "
+                                 "so both fit on one card (needs fast_inference)")
+    vllm_standby_util_override: bool = setting(False, help="Under standby, keep gpu_memory_utilization instead of "
+                                               "Unsloth's own target share")
+    gpu_memory_utilization: float = setting(0.6, help="vLLM's share of the free GPU memory", minimum=0.05,
+                                            maximum=0.95, step=0.05)
+    max_seq_length: int = setting(512, help="Longest prompt + completion in tokens", minimum=64, maximum=131072,
+                                  step=64)
+    max_lora_rank: int = setting(16, help="vLLM's LoRA slot size; must be at least lora.r", minimum=1, maximum=512,
+                                 step=1)
+    dtype: str | None = setting(None, help="Compute dtype; empty lets Unsloth pick (bfloat16 where supported)",
+                                choices=("float16", "bfloat16"), hint="Unsloth takes float16 or bfloat16; leave it "
+                                "empty (null) to let it pick")
 
 
 @dataclass
 class LoraConfig:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    gradient_checkpointing: str | bool = "unsloth"
+    r: int = setting(16, help="LoRA rank: capacity of the adapter (8–64 is typical)", minimum=1, maximum=512, step=1)
+    alpha: int = setting(32, help="LoRA scale, usually r or 2 × r", minimum=1, maximum=1024, step=1,
+                         hint="usually lora.r or 2 × lora.r")
+    dropout: float = setting(0.0, help="LoRA dropout", minimum=0.0, maximum=1.0, max_exclusive=True, step=0.01,
+                             hint="e.g. 0 or 0.05")
+    target_modules: list[str] = setting(
+        help="The projections that get a LoRA adapter",
+        factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    gradient_checkpointing: str | bool = setting("unsloth", help="Recompute activations to save memory: "
+                                                 "'unsloth' (offloaded), true, or false",
+                                                 choices=("unsloth", True, False))
 
 
 @dataclass
 class GRPOSettings:
-    learning_rate: float = 5e-6
-    max_steps: int = 100
-    num_generations: int = 8
-    per_device_train_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_prompt_length: int = 256
-    max_completion_length: int = 256
-    temperature: float = 1.0
-    beta: float = 0.0
-    loss_type: str = "dapo"
-    epsilon: float = 0.2
-    optim: str = "adamw_torch"
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    lr_scheduler_type: str = "constant"
-    max_grad_norm: float = 0.1
-    seed: int = 3407
+    learning_rate: float = setting(5e-6, help="Learning rate of the LoRA weights", minimum=0.0, maximum=1e-2,
+                                   min_exclusive=True, max_exclusive=True, step=1e-6,
+                                   hint="use a small positive rate (1e-6 … 5e-5 is typical for GRPO)")
+    max_steps: int = setting(100, help="Optimizer steps to train", minimum=1, maximum=1_000_000, step=1)
+    num_generations: int = setting(8, help="Completions sampled per prompt; GRPO compares them within the group",
+                                   minimum=2, maximum=256, step=1,
+                                   hint="GRPO compares completions within a group; use at least 2")
+    per_device_train_batch_size: int = setting(8, help="Completions per step (a multiple of num_generations)",
+                                               minimum=1, maximum=4096, step=1)
+    gradient_accumulation_steps: int = setting(1, help="Steps whose gradients add up before one update",
+                                               minimum=1, maximum=1024, step=1)
+    max_prompt_length: int = setting(256, help="Longest prompt in tokens", minimum=1, maximum=131072, step=16)
+    max_completion_length: int = setting(256, help="Longest completion in tokens", minimum=1, maximum=131072,
+                                         step=16)
+    temperature: float = setting(1.0, help="Sampling temperature of the rollouts", minimum=0.0, maximum=2.0,
+                                 min_exclusive=True, step=0.05,
+                                 hint="GRPO needs sampled, different completions; use 0.6–1.2")
+    beta: float = setting(0.0, help="KL penalty to the base model (0 = none, and no reference model in memory)",
+                          minimum=0.0, maximum=10.0, step=0.001)
+    loss_type: str = setting("dapo", help="GRPO loss normalisation", choices=LOSS_TYPES)
+    epsilon: float = setting(0.2, help="PPO clipping range", minimum=0.0, maximum=1.0, min_exclusive=True, step=0.01)
+    optim: str = setting("adamw_torch", help="Optimizer (8-bit ones need a GPU)", choices=OPTIMIZERS)
+    weight_decay: float = setting(0.0, help="Weight decay", minimum=0.0, maximum=1.0, step=0.01)
+    warmup_ratio: float = setting(0.0, help="Share of the run spent warming the learning rate up", minimum=0.0,
+                                  maximum=1.0, max_exclusive=True, step=0.01, hint="a fraction of the run, e.g. 0.1")
+    lr_scheduler_type: str = setting("constant", help="Learning-rate schedule", choices=SCHEDULERS)
+    max_grad_norm: float = setting(0.1, help="Gradient clipping norm", minimum=0.0, maximum=100.0,
+                                   min_exclusive=True, step=0.01)
+    seed: int = setting(3407, help="Random seed of the trainer", minimum=0, maximum=2**32 - 1, step=1)
 
 
 @dataclass
 class DataConfig:
-    source: str = "task:arithmetic"  # task:<name>, a Hub dataset id, or a .jsonl/.csv/.parquet path
-    subset: str | None = None  # Hub dataset config, e.g. "main" for openai/gsm8k
-    split: str = "train"
-    prompt_column: str = "question"
-    answer_column: str = "answer"
-    template: str = "think"  # system prompt style: think | reasoning | boxed
-    system_prompt: str | None = None  # overrides the template's system prompt
-    size: int = 256  # rows generated for task: sources; max rows used otherwise
-    eval_size: int = 32  # held-out rows
-    seed: int = 0
+    source: str = setting("task:arithmetic", help="task:<name> (built in, offline), a Hub dataset id, or a "
+                          ".jsonl/.csv/.parquet file", choices_from="tasks")
+    subset: str | None = setting(None, help="Hub dataset configuration, e.g. main for openai/gsm8k")
+    split: str = setting("train", help="Dataset split to read")
+    prompt_column: str = setting("question", help="Column holding the prompt")
+    answer_column: str = setting("answer", help="Column holding the reference answer")
+    template: str = setting("think", help="Output format asked for in the system prompt (and checked by the "
+                            "format rewards)", choices_from="templates")
+    system_prompt: str | None = setting(None, help="Replaces the template's system prompt (the tags stay)")
+    size: int = setting(256, help="Rows generated for a task; most rows used from other sources", minimum=1,
+                        maximum=10_000_000, step=1)
+    eval_size: int = setting(32, help="Rows held out for evaluation", minimum=0, maximum=1_000_000, step=1)
+    seed: int = setting(0, help="Seed of the task generator and of the held-out split", minimum=0,
+                        maximum=2**32 - 1, step=1)
 
 
 @dataclass
@@ -94,11 +145,14 @@ class RewardSpec:
 
 @dataclass
 class OutputConfig:
-    runs_dir: str = ""  # "" = <data home>/runs (see models.data_home)
-    run_name: str | None = None  # default: <timestamp>-<preset>
-    save_steps: int = 25  # checkpoint every N steps
-    sample_every: int = 5  # write samples.jsonl every N steps
-    keep_checkpoints: int = 2
+    runs_dir: str = setting("", help="Folder of the runs; empty = <data home>/runs")
+    run_name: str | None = setting(None, help="Name of the run folder (letters, digits, - _ . only); empty = "
+                                   "<timestamp>-<preset>")
+    save_steps: int = setting(25, help="Save a checkpoint every N steps (a stop always saves one)", minimum=1,
+                              maximum=1_000_000, step=1)
+    sample_every: int = setting(5, help="Write sample completions every N steps", minimum=1, maximum=1_000_000,
+                                step=1)
+    keep_checkpoints: int = setting(2, help="How many checkpoints to keep", minimum=1, maximum=1000, step=1)
 
 
 def _default_rewards() -> list[RewardSpec]:
@@ -114,9 +168,13 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     rewards: list[RewardSpec] = field(default_factory=_default_rewards)
     output: OutputConfig = field(default_factory=OutputConfig)
-    reward_file: str | None = None  # a Python file of user reward functions (rubric names "user:<fn>")
-    evaluate: bool = False  # score the held-out split with the base model first and the adapter at the end
-    auto_fit: bool = False  # after a CUDA out-of-memory error, retry once with the next smaller setting
+    reward_file: str | None = setting(None, help="A Python file of your reward functions (rubric names "
+                                      "user:<function>)")
+    evaluate: bool = setting(False, help="Score the held-out split with the base model first and the adapter "
+                             "at the end")
+    auto_fit: bool = setting(False, help="After a CUDA out-of-memory error, retry once with the next smaller setting")
+    reward_timeout: float = setting(120.0, help="Seconds one reward call may take before the run fails naming "
+                                    "the function", minimum=0.0, maximum=86400.0, min_exclusive=True, step=1.0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,6 +182,9 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
         return _build(cls, raw or {}, "")
+
+    def copy(self) -> "RunConfig":
+        return RunConfig.from_dict(self.to_dict())
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -139,7 +200,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); save it as UTF-8 YAML") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if raw is None:
@@ -194,22 +257,30 @@ _SECTIONS: dict[str, type] = {
 
 
 def apply_overrides(config: RunConfig, overrides: list[str]) -> RunConfig:
-    """Apply CLI-style `section.key=value` overrides; values are parsed as YAML scalars."""
+    """Apply CLI-style `section.key=value` overrides (values parsed as YAML scalars); a new config."""
     raw = config.to_dict()
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. grpo.max_steps=10")
-        parts = key.strip().split(".")
-        node = raw
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"--set {key}: no section {part!r}; sections: {', '.join(_SECTIONS)}")
-            node = node[part]
-        if parts[-1] not in node:
-            raise ConfigError(f"--set {key}: unknown setting; valid keys: {', '.join(sorted(node))}")
-        node[parts[-1]] = _parse_value(text)
+        set_key(raw, key.strip(), _parse_value(text))
     return RunConfig.from_dict(raw)
+
+
+def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set `section.key` (or a top-level key) in a config dict; a whole section cannot be replaced."""
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"--set {key}: no section {part!r}; sections: {', '.join(_SECTIONS)}")
+        node = node[part]
+    if parts[-1] not in node:
+        raise ConfigError(f"--set {key}: unknown setting; valid keys: {', '.join(sorted(node))}")
+    if isinstance(node[parts[-1]], dict) and not isinstance(value, dict):
+        raise ConfigError(f"--set {key}={value!r}: {key} is a section; set one of its keys, e.g. "
+                          f"{key}.{next(iter(node[parts[-1]]), 'key')}=…")
+    node[parts[-1]] = value
 
 
 def _parse_value(text: str) -> Any:
@@ -223,159 +294,114 @@ def _parse_value(text: str) -> Any:
     return value
 
 
+# -- field metadata ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FieldSpec:
+    """What a widget and a generic check need to know about one setting."""
+
+    key: str  # "grpo.learning_rate", or "auto_fit" for a top-level setting
+    section: str  # "grpo", or "" at the top level
+    name: str
+    kind: str  # int | float | bool | str | list | choice
+    default: Any
+    help: str
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+    choices: tuple | None = None  # fixed choices
+    choices_from: str | None = None  # a registry: choices.runtime_choices(name)
+    hint: str = ""
+
+    def range_text(self) -> str:
+        low = "" if self.minimum is None else f"{'more than' if self.min_exclusive else 'at least'} {self.minimum:g}"
+        high = "" if self.maximum is None else f"{'less than' if self.max_exclusive else 'at most'} {self.maximum:g}"
+        return " and ".join(part for part in (low, high) if part)
+
+
+def _kind(type_text: str) -> tuple[str, bool]:
+    names = [n.strip() for n in str(type_text).split("|")]
+    nullable = "None" in names
+    names = [n for n in names if n != "None"]
+    if len(names) > 1:
+        return "choice", nullable
+    name = names[0]
+    return ("list" if name.startswith("list") else name), nullable
+
+
+def _specs_of(cls: type, section: str) -> list[FieldSpec]:
+    specs = []
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        kind, nullable = _kind(f.type)
+        meta = {k: v for k, v in f.metadata.items() if k != "help"}
+        key = f"{section}.{f.name}" if section else f.name
+        specs.append(FieldSpec(key, section, f.name, kind, getattr(defaults, f.name), f.metadata["help"],
+                               nullable, **meta))
+    return specs
+
+
+def field_specs() -> list[FieldSpec]:
+    """Every documented setting, section by section (model, lora, grpo, data, output, then top level)."""
+    specs = [spec for section, cls in _SECTIONS.items() for spec in _specs_of(cls, section)]
+    return specs + _specs_of(RunConfig, "")
+
+
+def field_spec(key: str) -> FieldSpec:
+    for spec in field_specs():
+        if spec.key == key:
+            return spec
+    raise KeyError(key)
+
+
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
 
 
-def _check_types(section: str, obj: Any) -> list[str]:
+def check_fields(config: RunConfig) -> list[str]:
+    """Types, ranges and fixed choices of every setting, from the field metadata; one line per problem."""
     problems = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        names = [n for n in str(f.type).split(" | ") if n != "None"]
-        if value is None and "None" in str(f.type):
-            continue
-        if any(n not in _TYPES for n in names):
-            continue  # lists and dicts are checked where they are used
-        if isinstance(value, bool) and "bool" not in names:
-            ok = False
-        else:
-            ok = any(isinstance(value, _TYPES[n]) for n in names)
-        if not ok:
-            problems.append(f"{section}.{f.name} must be {' or '.join(names)}, got {value!r}")
+    for spec in field_specs():
+        obj = getattr(config, spec.section) if spec.section else config
+        problems += _check_one(spec, getattr(obj, spec.name))
     return problems
 
 
-def validate(config: RunConfig) -> RunConfig:
-    """Check a config; raise ConfigError listing every problem with the fix. Returns the config."""
-    problems: list[str] = []
-    for name in _SECTIONS:
-        problems += _check_types(name, getattr(config, name))
-    if problems:
-        raise ConfigError("invalid config:\n- " + "\n- ".join(problems))
-    problems += _check_model(config)
-    problems += _check_grpo(config)
-    problems += _check_data_and_rewards(config)
-    if problems:
-        raise ConfigError("invalid config:\n- " + "\n- ".join(problems))
-    return config
-
-
-def _check_model(c: RunConfig) -> list[str]:
-    p = []
-    m, lora = c.model, c.lora
-    if not 0.05 <= m.gpu_memory_utilization <= 0.95:
-        p.append(f"model.gpu_memory_utilization={m.gpu_memory_utilization}: use a share between 0.05 and 0.95")
-    if lora.r < 1:
-        p.append(f"lora.r={lora.r}: the LoRA rank must be at least 1 (8–64 is typical)")
-    if lora.alpha <= 0:
-        p.append(f"lora.alpha={lora.alpha}: use a positive scale, usually lora.r or 2 × lora.r ({2 * max(lora.r, 1)})")
-    if not 0 <= lora.dropout < 1:
-        p.append(f"lora.dropout={lora.dropout}: use a probability in [0, 1), e.g. 0 or 0.05")
-    if m.name.startswith("bundled:") and m.name != BUNDLED_MODEL:
-        p.append(f"model.name={m.name!r}: the bundled model is {BUNDLED_MODEL}; or give a Hub id or a local directory")
-    if m.fast_inference and lora.r > m.max_lora_rank:
-        p.append(
-            f"lora.r={lora.r} is over model.max_lora_rank={m.max_lora_rank}: "
-            f"set model.max_lora_rank to at least {lora.r} or lower lora.r"
-        )
-    if m.vllm_standby and not m.fast_inference:
-        p.append("model.vllm_standby needs model.fast_inference=true (standby is vLLM's KV cache); turn one on or the other off")
-    if not lora.target_modules:
-        p.append("lora.target_modules is empty: list the projections to adapt, e.g. [q_proj, v_proj]")
-    if m.dtype not in MODEL_DTYPES:
-        p.append(f"model.dtype={m.dtype!r}: Unsloth takes float16 or bfloat16; leave it empty (null) to let it pick")
-    return p
-
-
-def _check_grpo(c: RunConfig) -> list[str]:
-    p = []
-    g, m = c.grpo, c.model
-    if g.num_generations < 2:
-        p.append(f"grpo.num_generations={g.num_generations}: GRPO compares completions within a group; use at least 2")
-    effective = g.per_device_train_batch_size * g.gradient_accumulation_steps
-    if g.num_generations >= 2 and effective % g.num_generations:
-        p.append(
-            f"effective batch grpo.per_device_train_batch_size × grpo.gradient_accumulation_steps = {effective} "
-            f"is not divisible by grpo.num_generations={g.num_generations}: set per_device_train_batch_size "
-            f"to a multiple of {g.num_generations} (e.g. {g.num_generations}) or change num_generations"
-        )
-    if g.max_prompt_length + g.max_completion_length > m.max_seq_length:
-        p.append(
-            f"grpo.max_prompt_length + grpo.max_completion_length = {g.max_prompt_length + g.max_completion_length} "
-            f"is over model.max_seq_length={m.max_seq_length}: raise model.max_seq_length to at least "
-            f"{g.max_prompt_length + g.max_completion_length} or shorten the completion"
-        )
-    for name in ("max_steps", "max_completion_length", "max_prompt_length",
-                 "per_device_train_batch_size", "gradient_accumulation_steps"):
-        if getattr(g, name) < 1:
-            p.append(f"grpo.{name}={getattr(g, name)} must be at least 1")
-    if g.temperature <= 0:
-        p.append(f"grpo.temperature={g.temperature}: GRPO needs sampled, different completions; use 0.6–1.2")
-    if not 0 <= g.warmup_ratio < 1:
-        p.append(f"grpo.warmup_ratio={g.warmup_ratio}: a fraction of the run in [0, 1), e.g. 0.1")
-    if g.epsilon <= 0 or g.max_grad_norm <= 0:
-        p.append(f"grpo.epsilon={g.epsilon} and grpo.max_grad_norm={g.max_grad_norm} must be positive (0.2 and 0.1 are usual)")
-    if not 0 < g.learning_rate < 1e-2:
-        p.append(f"grpo.learning_rate={g.learning_rate}: use a small positive rate (1e-6 … 5e-5 is typical for GRPO)")
-    if g.beta < 0:
-        p.append("grpo.beta must be >= 0 (0 disables the KL penalty and the reference model)")
-    if g.loss_type not in ("grpo", "dapo", "dr_grpo", "bnpo"):
-        p.append(f"grpo.loss_type={g.loss_type!r}: choose one of grpo, dapo, dr_grpo, bnpo")
-    return p
-
-
-def _check_data_and_rewards(c: RunConfig) -> list[str]:
-    p = []
-    if c.data.size < 1:
-        p.append("data.size must be at least 1")
-    if c.data.eval_size < 0:
-        p.append("data.eval_size must be >= 0")
-    if not c.rewards:
-        p.append("rewards is empty: add at least one reward, e.g. {name: correctness, weight: 1.0}")
-    from .prompts import TEMPLATES  # imported here: prompts imports this module
-
-    if c.data.template not in TEMPLATES:
-        p.append(f"data.template={c.data.template!r}: choose one of {', '.join(TEMPLATES)}")
-    for i, spec in enumerate(c.rewards):
-        if not isinstance(spec.weight, (int, float)):
-            p.append(f"rewards[{i}] ({spec.name}).weight must be a number")
-        p += _check_reward_name(i, spec, c.reward_file)
-    if not p and c.rewards:
-        p += _check_rubric_fits_template(c)
-    if c.output.save_steps < 1 or c.output.sample_every < 1:
-        p.append("output.save_steps and output.sample_every must be at least 1")
-    return p
-
-
-def _check_rubric_fits_template(c: RunConfig) -> list[str]:
-    """Tag-checking rewards need a template that asks for tags (`boxed` does not)."""
-    from .rewards.registry import RewardError
-    from .rewards.rubric import apply_template
-
-    try:
-        apply_template(c.rewards, c.data.template)
-    except RewardError as exc:
-        return [str(exc)]
-    return []
-
-
-def _check_reward_name(index: int, spec: RewardSpec, reward_file: str | None) -> list[str]:
-    """A rubric name must be a registered reward, or `user:<fn>` with a reward_file that exists.
-
-    Checked here so a typo fails before a run directory is made and a child process loads the model;
-    the user file itself is only imported in the training/eval process (see rewards.user).
-    """
-    label = f"rewards[{index}] ({spec.name})"
-    if spec.name.startswith("user:"):
-        if not reward_file:
-            return [f"{label} names a user reward: set reward_file to the Python file that defines it"]
-        if not Path(reward_file).expanduser().is_file():
-            return [f"reward_file={reward_file!r} does not exist: give the path of your reward file"]
+def _check_one(spec: FieldSpec, value: Any) -> list[str]:
+    if value is None:
+        return [] if spec.nullable else [f"{spec.key} must be set ({spec.help.lower()})"]
+    if spec.kind == "list":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            return [f"{spec.key} must be a list of names, got {value!r}"]
         return []
-    from .rewards.registry import RewardError, reward_info  # the registry needs the reward modules loaded
-    from . import rewards  # noqa: F401  (registers the built-in rewards)
-
-    try:
-        reward_info(spec.name)
-    except RewardError as exc:
-        return [f"{label}: {exc}"]
+    if spec.kind in _TYPES:
+        if (isinstance(value, bool) and spec.kind != "bool") or not isinstance(value, _TYPES[spec.kind]):
+            return [f"{spec.key} must be {spec.kind}, got {value!r}"]
+        if isinstance(value, float) and not math.isfinite(value):
+            return [f"{spec.key}={value!r} must be a finite number"]
+    if spec.choices is not None and value not in spec.choices:
+        shown = ", ".join(str(c) for c in spec.choices)
+        return [f"{spec.key}={value!r}: choose one of {shown}" + (f" ({spec.hint})" if spec.hint else "")]
+    if spec.kind in ("int", "float") and not _in_range(spec, value):
+        return [f"{spec.key}={value!r} is out of range: it must be {spec.range_text()}"
+                + (f"; {spec.hint}" if spec.hint else "")]
     return []
+
+
+def _in_range(spec: FieldSpec, value: float) -> bool:
+    if spec.minimum is not None and (value <= spec.minimum if spec.min_exclusive else value < spec.minimum):
+        return False
+    if spec.maximum is not None and (value >= spec.maximum if spec.max_exclusive else value > spec.maximum):
+        return False
+    return True
+
+
+def check_run_name(name: str | None) -> str | None:
+    """A run name is a plain folder name: no separators, no leading dot. The problem, or None."""
+    if name is None or RUN_NAME_PATTERN.match(name):
+        return None
+    return (f"output.run_name={name!r}: use a plain folder name of letters, digits and - _ . "
+            "(no slashes, no leading dot), e.g. gsm8k-try1")

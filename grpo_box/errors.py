@@ -13,3 +13,7 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A problem the user can fix; the message says how."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration problem; the message names the field and what to change."""

@@ -83,7 +83,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .catalog import CATALOG, Arch, resolve_arch
-from .config import ConfigError, RunConfig, validate
+from .config import ConfigError, RunConfig
+from .validation import validate
 
 GIB = 1024**3
 CUDA_CONTEXT_GB = 0.5

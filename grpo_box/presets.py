@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, RunConfig, apply_overrides, load_yaml, validate
+from .config import ConfigError, RunConfig, apply_overrides, load_yaml
+from .validation import validate
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 _META_KEYS = ("description", "vram_gb")

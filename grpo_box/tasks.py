@@ -301,6 +301,6 @@ def check_answer(name: str, predicted: str, row: Mapping[str, Any]) -> bool:
     task = get_task(name)
     if task.check is not None:
         return task.check(predicted, row)
-    from .rewards.answers import answers_match  # here, not at the top: rewards imports this module
+    from .rewards.answers import answers_match  # here: it loads math-verify (sympy), which listing tasks does not need
 
     return answers_match(predicted, row["answer"])

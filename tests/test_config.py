@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from grpo_box.config import ConfigError, RunConfig, apply_overrides, validate
+from grpo_box.config import ConfigError, RunConfig, apply_overrides
+from grpo_box.validation import validate
 from grpo_box.presets import list_presets, load_preset, preset_names, resolve_config
 
 
@@ -49,8 +50,18 @@ def test_yaml_round_trip(tmp_path):
         (["grpo.per_device_train_batch_size=0"], "per_device_train_batch_size=0", "at least 1"),
         (["grpo.gradient_accumulation_steps=0"], "gradient_accumulation_steps=0", "at least 1"),
         (["grpo.temperature=0"], "grpo.temperature=0", "use 0.6–1.2"),
-        (["grpo.warmup_ratio=5"], "grpo.warmup_ratio=5", "[0, 1)"),
-        (["lora.alpha=0"], "lora.alpha=0", "2 × lora.r (32)"),
+        (["grpo.warmup_ratio=5"], "grpo.warmup_ratio=5", "at least 0 and less than 1"),
+        (["lora.alpha=0"], "lora.alpha=0", "usually lora.r or 2 × lora.r"),
+        (["grpo.optim=adamw_bogus"], "grpo.optim='adamw_bogus'", "choose one of adamw_torch"),
+        (["grpo.lr_scheduler_type=wavy"], "grpo.lr_scheduler_type='wavy'", "choose one of constant"),
+        (["output.keep_checkpoints=-3"], "output.keep_checkpoints=-3", "at least 1"),
+        (["grpo.max_steps=100000000000000000000"], "grpo.max_steps=100000000000000000000", "at most 1e+06"),
+        (["grpo.max_steps=1e20"], "grpo.max_steps must be int", "got 1e+20"),
+        (["lora.target_modules=[]"], "lora.target_modules is empty", "list the projections"),
+        (["output.run_name=../../x"], "output.run_name='../../x'", "no slashes, no leading dot"),
+        (["output.run_name=/abs/x"], "output.run_name='/abs/x'", "plain folder name"),
+        (["output.run_name=.hidden"], "output.run_name='.hidden'", "no leading dot"),
+        (["reward_timeout=0"], "reward_timeout=0", "more than 0"),
         (["data.template=bogus"], "data.template='bogus'", "choose one of think, reasoning, boxed"),
         (["data.template=boxed"], "data.template='boxed' asks for \\boxed{} without tags", "use boxed_format"),
         (["model.name=bundled:nope"], "model.name='bundled:nope'", "bundled:smollm2-135m-instruct"),
@@ -85,3 +96,70 @@ def test_config_file_on_top_of_preset(tmp_path):
     broken.write_text("grpo: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
         resolve_config("cpu", str(broken))
+
+
+def test_every_setting_has_metadata_and_its_default_passes_its_own_check():
+    from grpo_box.config import _check_one, field_specs
+
+    specs = field_specs()
+    keys = {spec.key for spec in specs}
+    assert {"grpo.learning_rate", "model.name", "data.template", "output.save_steps", "auto_fit", "reward_timeout"} <= keys
+    for spec in specs:
+        assert spec.help, spec.key
+        assert _check_one(spec, spec.default) == [], spec.key
+        if spec.kind in ("int", "float"):
+            assert spec.minimum is not None and spec.maximum is not None and spec.step, spec.key
+    lr = next(s for s in specs if s.key == "grpo.learning_rate")
+    assert (lr.kind, lr.min_exclusive, lr.maximum) == ("float", True, 1e-2)
+    assert next(s for s in specs if s.key == "data.template").choices_from == "templates"
+    assert next(s for s in specs if s.key == "model.dtype").nullable
+
+
+def test_runtime_choices_come_from_the_registries():
+    from grpo_box.choices import runtime_choices
+    from grpo_box.config import field_specs
+
+    assert runtime_choices("templates") == ["think", "reasoning", "boxed"]
+    assert "task:arithmetic" in runtime_choices("tasks")
+    assert "correctness" in runtime_choices("rewards")
+    assert "q4_k_m" in runtime_choices("quantizations")
+    assert runtime_choices("models", "cpu")[0] == "bundled:smollm2-135m-instruct"
+    for spec in field_specs():  # every registry a field names exists
+        if spec.choices_from:
+            assert runtime_choices(spec.choices_from), spec.key
+
+
+def test_setting_a_whole_section_to_a_scalar_is_refused():
+    with pytest.raises(ConfigError, match=r"--set grpo=0: grpo is a section; set one of its keys"):
+        resolve_config("cpu", overrides=["grpo=0"])
+
+
+def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("grpo:\n  max_steps: 3 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not a UTF-8 text file"):
+        resolve_config("cpu", str(path))
+
+
+def test_create_run_leaves_the_callers_config_alone_and_refuses_a_taken_name(tmp_path):
+    from grpo_box.runs import create_run
+
+    config = resolve_config("cpu", overrides=[f"output.runs_dir={tmp_path}", "output.run_name=mine",
+                                              "data.source=rows.jsonl"])
+    (tmp_path / "rows.jsonl").write_text("")
+    before = config.to_dict()
+    run = create_run(config)
+    assert config.to_dict() == before  # no run name filled in, no path made absolute
+    assert run.path == tmp_path / "mine" and run.config().output.run_name == "mine"
+    with pytest.raises(ConfigError, match=r"output.run_name='mine': a run with that name exists .*resume it, delete it"):
+        create_run(config)
+    unnamed = resolve_config("cpu", overrides=[f"output.runs_dir={tmp_path}"])
+    first, second = create_run(unnamed), create_run(unnamed)
+    assert first.path != second.path  # generated names get a suffix instead
+
+
+def test_runs_dir_that_is_a_file_is_a_config_error(tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    with pytest.raises(ConfigError, match="output.runs_dir=.*afile' is a file, not a folder"):
+        resolve_config("cpu", overrides=[f"output.runs_dir={target}"])

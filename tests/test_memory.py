@@ -13,7 +13,8 @@ import pytest
 from grpo_box import hardware
 from grpo_box.__main__ import _check_fits, main
 from grpo_box.catalog import CATALOG, arch_from_config_json, catalog_for_preset, lookup, resolve_arch
-from grpo_box.config import BUNDLED_MODEL, ConfigError, RunConfig, apply_overrides, validate
+from grpo_box.config import BUNDLED_MODEL, ConfigError, RunConfig, apply_overrides
+from grpo_box.validation import validate
 from grpo_box.hardware import GpuInfo
 from grpo_box.memory import (
     GIB,

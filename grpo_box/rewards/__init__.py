@@ -6,46 +6,32 @@ params, `apply_template`); `list_rewards` feeds `rewards list` and the UI; `scor
 `score_groups` run the dry run. All rewards follow TRL's convention
 `fn(prompts, completions, completion_ids=None, **columns) -> list[float | None]`, with the
 reference answer in the `answer` column; `is_correct` is the one answer check that correctness
-rewards and evaluation share. Importing this package registers every built-in family.
+rewards and evaluation share. Names are resolved lazily
+(PEP 562): importing the package imports no submodule, so `tasks` can use `rewards.answers`
+without a cycle; the registry lookups come from `builtin`, which registers every family.
 """
 
-from grpo_box.rewards import correctness, format, length  # noqa: F401  (registers the built-in rewards)
-from grpo_box.rewards.answers import (
-    answers_match,
-    extract_answer,
-    extract_boxed,
-    final_answer,
-    parse_number,
-    reference_answer,
-    to_text,
-)
-from grpo_box.rewards.correctness import is_correct
-from grpo_box.rewards.dryrun import DryRunReport, format_report, score_file, score_groups
-from grpo_box.rewards.registry import RewardError, RewardInfo, get_reward, list_rewards, register, reward_info
-from grpo_box.rewards.rubric import RewardFunction, apply_template, build_rubric
-from grpo_box.rewards.user import load_user_rewards
+from __future__ import annotations
 
-__all__ = [
-    "DryRunReport",
-    "RewardError",
-    "RewardFunction",
-    "RewardInfo",
-    "answers_match",
-    "apply_template",
-    "build_rubric",
-    "extract_answer",
-    "extract_boxed",
-    "final_answer",
-    "format_report",
-    "get_reward",
-    "is_correct",
-    "list_rewards",
-    "load_user_rewards",
-    "parse_number",
-    "reference_answer",
-    "register",
-    "reward_info",
-    "score_file",
-    "score_groups",
-    "to_text",
-]
+import importlib
+from typing import Any
+
+# public name -> the submodule that defines it
+_WHERE = {
+    "answers_match": "answers", "extract_answer": "answers", "extract_boxed": "answers", "final_answer": "answers",
+    "parse_number": "answers", "reference_answer": "answers", "to_text": "answers",
+    "is_correct": "correctness",
+    "DryRunReport": "dryrun", "format_report": "dryrun", "score_file": "dryrun", "score_groups": "dryrun",
+    "RewardError": "builtin", "RewardInfo": "builtin", "get_reward": "builtin", "list_rewards": "builtin",
+    "register": "builtin", "reward_info": "builtin",
+    "RewardFunction": "rubric", "apply_template": "rubric", "build_rubric": "rubric",
+    "load_user_rewards": "user",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -18,6 +18,11 @@ from grpo_box.errors import UserError
 
 RewardFn = Callable[..., list]
 
+# Names a reward call receives from the trainer or the dry run itself (TRL's prompts/completions/
+# completion_ids plus trainer_state, log_extra, log_metric), so dataset columns may not use them.
+RESERVED_COLUMNS = ("prompt", "prompts", "completion", "completions", "completion_ids",
+                    "trainer_state", "log_extra", "log_metric")
+
 
 class RewardError(UserError, ValueError):
     """A reward problem (unknown name, bad params, broken user file, bad output) with its fix."""
