@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The one-training-job-per-machine lock of this test session (not the user's, see locks.py)
+os.environ.setdefault("GRPO_BOX_LOCK_DIR", tempfile.mkdtemp(prefix="grpo-box-test-lock-"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,0 +1,194 @@
+"""Run the engine's CLI in a child process: `python -m grpo_box … --json`, result on stdout.
+
+The app never loads a model, tokenizer or user reward file itself. Anything that does (the data
+preview, the reward-file check, the dry run, later evaluation and export) runs as the same CLI
+command a user could type, in a child process: progress lines come on stderr and the result as
+JSON on stdout. A crash, a hang (the timeout kills the whole process group) or an import error
+in user code therefore never takes the app down. A failure becomes a `ChildError` whose message
+is the engine's own one-line `error: …` when there is one (a UserError the CLI printed), else
+the last lines of stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpo_box.errors import UserError
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding grpo_box/
+TAIL_LINES = 12
+
+LineCallback = Callable[[str], None]
+
+
+class ChildError(UserError, RuntimeError):
+    """A child command failed or timed out; `str()` is the message to show the user."""
+
+    def __init__(self, message: str, *, returncode: int | None = None, stderr_tail: str = "",
+                 command: str = "") -> None:
+        super().__init__(message)
+        self.returncode = returncode
+        self.stderr_tail = stderr_tail
+        self.command = command
+
+
+@dataclass
+class ChildResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_command(args: Sequence[str]) -> list[str]:
+    """The argv that runs `python -m grpo_box ARGS` with this interpreter."""
+    return [sys.executable, "-m", "grpo_box", *[str(a) for a in args]]
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The app's environment, unbuffered, with this checkout importable."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    path = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(PACKAGE_ROOT) + (os.pathsep + path if path else "")
+    env.update(extra or {})
+    return env
+
+
+def run_cli(args: Sequence[str], *, timeout: float = 600.0, on_line: LineCallback | None = None,
+            cwd: str | Path | None = None, env: dict[str, str] | None = None) -> ChildResult:
+    """Run `python -m grpo_box ARGS`; call `on_line` with each stderr line as it arrives.
+
+    `on_line` runs in the calling thread (so it may update a Gradio progress bar). Raises
+    ChildError when the command exits non-zero or runs past `timeout` seconds (then it and its
+    own children are killed).
+    """
+    argv = cli_command(args)
+    shown = " ".join(["python", "-m", "grpo_box", *[str(a) for a in args]])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, encoding="utf-8", errors="replace", cwd=cwd, env=child_env(env),
+                            start_new_session=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+    stdout_parts: list[str] = []
+    readers = [threading.Thread(target=_pump, args=(proc.stderr, lines), daemon=True),
+               threading.Thread(target=lambda: stdout_parts.append(proc.stdout.read()), daemon=True)]
+    for reader in readers:
+        reader.start()
+    stderr_lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    timed_out = _drain(lines, stderr_lines, on_line, deadline)
+    if timed_out:
+        _kill(proc)
+    proc.wait()
+    for reader in readers:
+        reader.join(timeout=5)
+    _drain(lines, stderr_lines, on_line, None)
+    stderr = "".join(stderr_lines)
+    if timed_out:
+        raise ChildError(f"`{shown}` took longer than {timeout:g} s and was stopped", returncode=None,
+                         stderr_tail=tail(stderr), command=shown)
+    if proc.returncode != 0:
+        raise ChildError(error_message(stderr, proc.returncode), returncode=proc.returncode,
+                         stderr_tail=tail(stderr), command=shown)
+    return ChildResult(proc.returncode, "".join(stdout_parts), stderr)
+
+
+def run_json(args: Sequence[str], *, timeout: float = 600.0, on_line: LineCallback | None = None,
+             cwd: str | Path | None = None, env: dict[str, str] | None = None) -> Any:
+    """`run_cli` for a `--json` command: the parsed JSON it printed on stdout."""
+    result = run_cli(args, timeout=timeout, on_line=on_line, cwd=cwd, env=env)
+    try:
+        return json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise ChildError(f"`python -m grpo_box {' '.join(map(str, args))}` printed no JSON result:\n"
+                         f"{tail(result.stdout or result.stderr)}", returncode=0,
+                         stderr_tail=tail(result.stderr)) from None
+
+
+@contextlib.contextmanager
+def temp_config(yaml_text: str) -> Iterator[str]:
+    """A temporary YAML config file holding `yaml_text`, for `--config`; removed afterwards."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="grpo-box-ui-") as folder:
+        path = Path(folder) / "config.yaml"
+        path.write_text(yaml_text, encoding="utf-8")
+        yield str(path)
+
+
+_COUNT = re.compile(r"(\d+)\s*/\s*(\d+)")
+
+
+def parse_progress(line: str) -> tuple[int, int] | None:
+    """(done, total) from a progress line such as "  8 samples per prompt: 3/4 prompts"."""
+    match = _COUNT.search(line)
+    if not match or int(match.group(2)) == 0:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def _pump(stream: Any, lines: "queue.Queue[str | None]") -> None:
+    for line in iter(stream.readline, ""):
+        lines.put(line)
+    lines.put(None)
+
+
+def _drain(lines: "queue.Queue[str | None]", seen: list[str], on_line: LineCallback | None,
+           deadline: float | None) -> bool:
+    """Hand stderr lines to `on_line` until the stream ends; True when `deadline` passed first."""
+    while True:
+        wait = 0.0 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+        try:
+            line = lines.get(timeout=wait) if deadline is not None else lines.get_nowait()
+        except queue.Empty:
+            if deadline is None:
+                return False
+            if time.monotonic() >= deadline:
+                return True
+            continue
+        if line is None:
+            return False
+        seen.append(line)
+        if on_line is not None:
+            on_line(line.rstrip("\n"))
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def tail(text: str, lines: int = TAIL_LINES) -> str:
+    """The last `lines` non-empty lines of `text`."""
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def error_message(stderr: str, returncode: int | None = None) -> str:
+    """The engine's `error: …` message (with its continuation lines) when the CLI printed one,
+    else the end of stderr: a crash keeps its last lines, which name the exception."""
+    lines = stderr.rstrip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("error: "):
+            return "\n".join([lines[i][len("error: "):], *lines[i + 1:]]).strip()
+    code = f" (exit code {returncode})" if returncode is not None else ""
+    end = deque((line for line in lines if line.strip()), maxlen=TAIL_LINES)
+    if not end:
+        return f"the command failed{code} with no output"
+    if "Traceback (most recent call last)" in stderr:  # a bug, not a user error: its last line names it
+        return f"the command failed{code}: {end[-1].strip()}"
+    return f"the command failed{code}:\n" + "\n".join(end)
