@@ -124,7 +124,7 @@ def sync(state: UIState) -> dict[str, Any]:
         "data.difficulty": gr.update(value=v["difficulty"], maximum=v["max_difficulty"]),
         "data.task_note": task_note(v["task"]), "data.path": v["path"], "data.hub_id": v["hub_id"],
         "data.system_prompt": v["system"], "data.data.template": state.value("data.template"),
-        "data.error": messages.error(v["problem"]) if v["problem"] else "", "data.preview": "",
+        "data.error": messages.error(v["problem"]) if v["problem"] else config_problem(state), "data.preview": "",
         **{f"data.{k}": fields.update(fields.spec(k), state.value(k)) for k in FIELD_KEYS},
         **{f"data.{k}": gr.update(choices=list(dict.fromkeys([*v["columns"], v[k]])), value=v[k])
            for k in ("prompt_column", "answer_column")},
@@ -225,7 +225,18 @@ def apply_form(values: dict[str, Any]) -> dict[str, Any]:
         default = get_template(state.value("data.template")).system
         state.set("data.system_prompt", None if system == default else system)
     out["app.state"] = state
+    if not out["data.error"]:
+        out["data.error"] = config_problem(state)
     return out
+
+
+def config_problem(state: UIState) -> str:
+    """The engine's validation message for the state, as an error box ("" when it validates)."""
+    try:
+        state.config()
+    except UserError as exc:
+        return messages.error(str(exc), "These data settings cannot be used:")
+    return ""
 
 
 def upload_file(files_dir: Path, uploaded: str) -> Path:

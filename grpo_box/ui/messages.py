@@ -20,9 +20,9 @@ def box(kind: str, text: str, title: str | None = None) -> str:
     """`text` (plain, escaped; newlines kept) in a coloured box of `kind` error | warning | ok."""
     if not text and not title:
         return ""
-    head = f"<strong>{html.escape(title)}</strong><br>" if title else ""
+    head = f"<strong>{html.escape(title, quote=False)}</strong><br>" if title else ""
     return (f'<div class="grpo-box-{kind}" style="{_STYLES[kind]};padding:8px 12px;border-radius:4px;'
-            f'white-space:pre-wrap;margin:4px 0">{head}{html.escape(text)}</div>')
+            f'white-space:pre-wrap;margin:4px 0">{head}{html.escape(text, quote=False)}</div>')
 
 
 def error(text: str, title: str | None = None) -> str:

@@ -114,3 +114,14 @@ class Registry:
         for _, fn in self._syncers:
             out.update(fn(state))
         return out
+
+    def client_keys(self, blocks: Any, api_name: str) -> list[str]:
+        """The keys of the values `gradio_client` returns from endpoint `api_name`, in order (it leaves
+        out State and layout blocks such as a Column whose visibility the event changes)."""
+        import gradio as gr
+
+        fn = next((f for f in blocks.fns.values() if f.api_name == api_name.lstrip("/")), None)
+        if fn is None:
+            raise KeyError(f"no endpoint {api_name!r}")
+        return [self.key_of(c) for c in fn.outputs
+                if isinstance(c, gr.components.Component) and not isinstance(c, gr.State)]

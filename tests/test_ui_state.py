@@ -1,0 +1,136 @@
+"""The app's component registry and its state object (preset + typed overrides), without a server."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+import yaml
+
+from grpo_box.__main__ import build_parser
+from grpo_box.config import ConfigError
+from grpo_box.presets import load_preset, resolve_config
+from grpo_box.ui.registry import Registry
+from grpo_box.ui.state import UIState, parses_back, yaml_value
+
+
+class Widget:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def test_registry_keys_prefixes_and_reverse_lookup():
+    reg = Registry()
+    a, b, c = Widget("a"), Widget("b"), Widget("c")
+    assert reg.add("setup.preset", a) is a
+    reg.add("setup.grpo.max_steps", b)
+    reg.add("data.source", c)
+    assert reg["setup.preset"] is a and reg.get("data.source") is c and "setup.preset" in reg
+    assert reg.keys("setup") == reg.keys("setup.") == ["setup.preset", "setup.grpo.max_steps"]
+    assert reg.under("data") == {"data.source": c}
+    assert reg.key_of(b) == "setup.grpo.max_steps"
+    assert reg.components(["data.source", "setup.preset"]) == [c, a]
+    assert reg.inputs("setup.", "data.source") == {a, b, c}
+    with pytest.raises(ValueError, match="twice"):
+        reg.add("setup.preset", Widget("again"))
+    with pytest.raises(ValueError, match="tab.name"):
+        reg.add("nodot", Widget("x"))
+    with pytest.raises(KeyError, match="no component 'setup.missing'"):
+        reg["setup.missing"]
+
+
+def test_registry_turns_gradio_dicts_into_keyed_values_and_back():
+    reg = Registry()
+    a, b = reg.add("t.a", Widget("a")), reg.add("t.b", Widget("b"))
+    stranger = Widget("not registered")
+    assert reg.values({a: 1, b: "x", stranger: 3}) == {"t.a": 1, "t.b": "x"}
+    assert reg.updates({"t.b": 5}) == {b: 5}
+
+    def double(values):
+        return {"t.b": values["t.a"] * 2}
+
+    handler = reg.keyed(double)
+    assert handler({a: 21}) == {b: 42} and handler.__name__ == "double"
+
+
+def test_registry_sync_merges_every_tab():
+    reg = Registry()
+    reg.add("x.one", Widget("1"))
+    reg.add("y.two", Widget("2"))
+    reg.add_syncer(["x.one"], lambda state: {"x.one": state + 1})
+    reg.add_syncer(["y.two"], lambda state: {"y.two": state * 10})
+    assert reg.sync_keys() == ["x.one", "y.two"]
+    assert reg.sync(2) == {"x.one": 3, "y.two": 20}
+
+
+def test_state_config_applies_typed_overrides_to_the_preset():
+    state = UIState("cpu").update({"grpo.max_steps": 3.0, "data.source": "task:sort", "grpo.learning_rate": "2e-5"})
+    config = state.config()
+    assert config.grpo.max_steps == 3 and isinstance(config.grpo.max_steps, int)  # a widget's 3.0 becomes 3
+    assert config.grpo.learning_rate == 2e-5 and config.data.source == "task:sort"
+    assert config.preset == "cpu" and config.model.name == load_preset("cpu").model.name
+    # a value equal to the preset's is no override: the command lists only what changed
+    state.set("grpo.max_steps", load_preset("cpu").grpo.max_steps)
+    assert "grpo.max_steps" not in state.overrides
+
+
+def test_state_reports_config_errors_with_the_engines_message():
+    state = UIState("cpu").set("grpo.num_generations", 3)
+    with pytest.raises(ConfigError, match="not divisible by grpo.num_generations=3"):
+        state.config()
+    with pytest.raises(ConfigError, match="unknown setting"):
+        UIState("cpu").set("grpo.no_such_knob", 1)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        UIState("cpu").with_preset("3gb")
+
+
+def test_command_reproduces_the_same_config_through_the_cli_parser():
+    state = UIState("cpu").update({
+        "grpo.max_steps": 3, "grpo.learning_rate": 1e-5, "data.source": "task:arithmetic?difficulty=2",
+        "data.system_prompt": "Think first.\nThen answer: yes or 'no' #1", "lora.target_modules": ["q_proj", "v_proj"],
+        "output.run_name": "try-1", "output.runs_dir": "/tmp/my runs", "auto_fit": True,
+    })
+    state.set_rewards([{"name": "xml_count", "weight": 0.5}, {"name": "correctness", "weight": 2.0}])
+    line = state.command()
+    assert line.startswith("python -m grpo_box train --preset cpu --set ")
+    argv = shlex.split(line)
+    assert argv[:3] == ["python", "-m", "grpo_box"]
+    args = build_parser().parse_args(argv[3:])
+    assert resolve_config(args.preset, args.config, args.set).to_dict() == state.config().to_dict()
+
+
+def test_yaml_values_parse_back_as_the_cli_reads_them():
+    for value in ["yes", "null", "", " padded", "a: b", "#x", "line\nbreak", 3, 2.5, 1e-6, True, None, ["a", 1]]:
+        assert parses_back(yaml_value(value), value), value
+    # the CLI reads any float-looking string as a number: such a value cannot go through --set
+    state = UIState("cpu").set("output.run_name", "1e5")
+    assert "cannot be given with --set" in state.command()
+
+
+def test_save_and_load_round_trip_and_bad_files():
+    state = UIState("8gb").update({"grpo.max_steps": 7, "data.source": "task:countdown", "model.dtype": "bfloat16"})
+    loaded = UIState.from_yaml(state.to_yaml())
+    assert loaded.preset == "8gb" and loaded.overrides == state.overrides
+    assert loaded.config().to_dict() == state.config().to_dict()
+    assert yaml.safe_load(state.to_yaml())["grpo"]["max_steps"] == 7  # the whole config: usable with --config
+    partial = UIState.from_yaml("grpo:\n  max_steps: 5\n", keep={"output.runs_dir": "/tmp/x"})
+    assert partial.preset == "cpu" and partial.overrides == {"grpo.max_steps": 5, "output.runs_dir": "/tmp/x"}
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        UIState.from_yaml("grpo: [unclosed")
+    with pytest.raises(ConfigError, match="unknown setting grpo.max_stepz"):
+        UIState.from_yaml("grpo: {max_stepz: 5}")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        UIState.from_yaml("- just a list")
+    with pytest.raises(ConfigError, match="num_generations"):
+        UIState.from_yaml("grpo: {num_generations: 3}")
+
+
+def test_switching_preset_keeps_data_rubric_and_runs_dir():
+    state = UIState("cpu").update({"grpo.max_steps": 3, "data.source": "task:sort", "output.runs_dir": "/tmp/r",
+                                   "lora.r": 8})
+    state.set_rewards([{"name": "correctness", "weight": 1.0}])
+    moved = state.with_preset("8gb")
+    assert moved.preset == "8gb"
+    assert moved.overrides == {"data.source": "task:sort", "output.runs_dir": "/tmp/r",
+                               "rewards": [{"name": "correctness", "weight": 1.0, "params": {}}]}
+    assert moved.config().model.name == load_preset("8gb").model.name

@@ -1,0 +1,70 @@
+"""Helpers for the app's API tests: launch `build_app()` on a free port, call endpoints by key."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LiveApp:
+    blocks: Any
+    url: str
+    runs_dir: Path
+    files_dir: Path
+
+    @property
+    def reg(self) -> Any:
+        return self.blocks.registry
+
+    def client(self) -> "Session":
+        """A new browser-like session (its own app state)."""
+        from gradio_client import Client
+
+        return Session(self, Client(self.url, verbose=False, download_files=str(self.files_dir / "downloads")))
+
+
+@dataclass
+class Session:
+    app: LiveApp
+    client: Any
+
+    def call(self, api_name: str, *args: Any) -> dict[str, Any]:
+        """Call an endpoint; its results keyed "tab.name" (State and layout outputs are not returned)."""
+        result = self.client.predict(*args, api_name=api_name)
+        values = result if isinstance(result, tuple) else (result,)
+        keys = self.app.reg.client_keys(self.app.blocks, api_name)
+        assert len(keys) == len(values), (keys, values)
+        return dict(zip(keys, values))
+
+
+def launch_app(tmp: Path) -> Iterator[LiveApp]:
+    from grpo_box.ui import build_app
+
+    runs, files = tmp / "runs", tmp / "files"
+    blocks = build_app(runs_dir=str(runs), files_dir=str(files))
+    blocks.queue()
+    port = free_port()
+    blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                  run_history=False, show_error=True)
+    try:
+        yield LiveApp(blocks, f"http://127.0.0.1:{port}/", runs, files)
+    finally:
+        blocks.close()
+
+
+def value(update: Any) -> Any:
+    """A component's value from a returned update ({"value": ..., "__type__": "update"}) or plain value."""
+    return update.get("value") if isinstance(update, dict) and update.get("__type__") == "update" else update
