@@ -186,6 +186,8 @@ def cmd_rewards(args: argparse.Namespace) -> int:
                  "description": r["description"]} for r in list_rewards()]
         _print_json(list_rewards()) if args.json else print(_table(rows, ["name", "description", "params"]))
         return 0
+    if args.action == "check":
+        return _check_reward_file(args)
     if bool(args.data) == bool(args.sample):
         print("rewards score needs either --data FILE.jsonl (your completions) or --sample N (the base model's)",
               file=sys.stderr)
@@ -199,6 +201,22 @@ def cmd_rewards(args: argparse.Namespace) -> int:
         report = _sample_dry_run(args)
     _print_json(report.to_dict()) if args.json else print(format_report(report))
     return 0
+
+
+def _check_reward_file(args: argparse.Namespace) -> int:
+    """`rewards check FILE`: load a user reward file (syntax, signatures) and try each function on an example."""
+    from .rewards.filecheck import check_reward_file
+
+    if not args.file:
+        print("rewards check needs the reward file: python -m grpo_box rewards check FILE.py", file=sys.stderr)
+        return 2
+    result = check_reward_file(args.file)
+    if args.json:
+        _print_json(result)
+        return 0
+    for row in result["functions"]:
+        print(f"user:{row['name']}: " + (f"problem: {row['problem']}" if row["problem"] else f"example scores {row['scores']}"))
+    return 0 if result["ok"] else 1
 
 
 def _sample_dry_run(args: argparse.Namespace):
@@ -502,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("rewards", help="list rewards or score completions with a rubric (dry run)")
-    p.add_argument("action", choices=["list", "score"])
+    p.add_argument("action", choices=["list", "score", "check"])
+    p.add_argument("file", nargs="?", help="with check: your reward file (loaded, then each function tried on an example)")
     p.add_argument("--rubric", help="rubric YAML (with --sample: replaces the config's rewards)")
     p.add_argument("--data", help="JSONL of prompts with completions to score")
     p.add_argument("--sample", type=int, metavar="N", help="score completions sampled from the base model on N prompts")
