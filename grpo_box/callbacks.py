@@ -5,7 +5,9 @@ frac_reward_zero_std, kl, completion lengths, loss, …) plus wall time, RAM and
 peak since the previous step, and NVML's whole-card reading) to metrics.jsonl; every
 `sample_every` steps it writes the last batch's prompts, completions and per-function rewards
 (TRL keeps them in `trainer._logs`) to samples.jsonl; it keeps status.json current and turns a
-STOP file into "save a checkpoint and stop".
+STOP file into "save a checkpoint and stop". Before each checkpoint it checks the free disk space
+against the size of the last checkpoint; when it runs short the run stops cleanly, without writing
+a checkpoint that could not complete, and says how much room is needed.
 
 `StepSummaryProgress` keeps transformers' tqdm bar but replaces the raw dict of 30 metrics it
 prints per step with one line of what GRPO users watch: reward ± std, each reward function,
@@ -23,7 +25,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from .hardware import reset_peak_vram, vram_snapshot
-from .runs import METRICS, SAMPLES, RunDir
+from .runs import METRICS, SAMPLES, RunDir, free_bytes
 
 # Keys the Trainer adds at the end of training; they are not per-step metrics.
 _SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
@@ -43,6 +45,7 @@ class RunFilesCallback(TrainerCallback):
         self.current_step = 0  # the step being computed (global_step + 1 until it ends)
         self._t0 = time.time()
         self._last_step_at = time.time()
+        self.disk_problem: str | None = None  # set when the disk ran short before a checkpoint
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = self._last_step_at = time.time()
@@ -56,7 +59,22 @@ class RunFilesCallback(TrainerCallback):
         if self.run.stop_requested():
             control.should_save = True
             control.should_training_stop = True
+        if control.should_save:
+            self._check_disk(state.global_step, control)
         self.run.set_status("running", step=state.global_step, max_steps=self.max_steps)
+
+    def _check_disk(self, step: int, control) -> None:
+        needed = checkpoint_bytes(self.run)
+        free = free_bytes(self.run.path)
+        if free >= needed:
+            return
+        control.should_save = False
+        control.should_training_stop = True
+        last = self.run.last_checkpoint()
+        self.disk_problem = (
+            f"the disk is nearly full ({free / 2**20:.0f} MB free; a checkpoint needs about {needed / 2**20:.0f} MB): "
+            f"stopped at step {step} without saving it. Free some space, then resume "
+            + (f"(it continues from {last.name})" if last else "(it starts again: no checkpoint yet)"))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})
@@ -91,6 +109,18 @@ class RunFilesCallback(TrainerCallback):
             group = groups[key]
             self.run.append(SAMPLES, {"step": step, "prompt": key, "completions": group["completions"],
                                       "rewards": dict(group["rewards"]), "advantages": group["advantages"]})
+
+
+MIN_CHECKPOINT_BYTES = 64 * 2**20
+
+
+def checkpoint_bytes(run: RunDir) -> int:
+    """Room one more checkpoint needs: 1.5 × the last one's size (64 MB before the first)."""
+    last = run.last_checkpoint()
+    if last is None:
+        return MIN_CHECKPOINT_BYTES
+    size = sum(p.stat().st_size for p in last.rglob("*") if p.is_file())
+    return max(MIN_CHECKPOINT_BYTES, int(size * 1.5))
 
 
 class StepSummaryProgress(ProgressCallback):

@@ -1,30 +1,43 @@
-"""Training in a child process: start, poll, stop, resume.
+"""Training in a child process: start, monitor, stop, resume, reattach.
 
 The app must survive whatever training does (a crash, a CUDA OOM, a killed process), and VRAM is
 only reliably returned when the process that held it exits. So the UI never trains in its own
 process: `start()` spawns `python -m grpo_box worker RUN_DIR`, which writes everything to the run
-directory (runs.py); `poll()` reads it back; `stop()` asks for a checkpoint-and-stop through the
-STOP file and escalates to SIGTERM/SIGKILL only if the child does not stop.
+directory (runs.py). `Monitor.poll()` reads it back incrementally (new metric and sample lines
+from remembered offsets, the log tail, the status and whether the worker lives), settles a worker
+that died without saying why as failed, and starts the fresh resume child after an auto-fit
+`retrying` exit. The CLI's `wait` and the app's timer both go through it.
 
-Out of memory with auto-fit on, a child saves a smaller config, marks the run `retrying` and
-exits; `supervise()` then starts the resume child, so the retry gets a GPU the first child has
-really let go of. The CLI trains the same way (`run_attached`): the child's output goes to the
-terminal, and Ctrl-C asks for a checkpoint-and-stop instead of killing the step.
+One job per machine and one worker per run directory are enforced by locks the worker holds for
+its life (locks.py); `start()` takes the machine lock before spawning and hands it to the child,
+so a second start from anywhere is refused with the running run's name. A restarted app finds the
+running job with `reattach()`. The worker also records its pid and start time in status.json.
+
+Stopping: `request_stop(run)` (the UI; returns at once) writes the STOP file the trainer checks
+after each step; `stop(job)` (the CLI and tests) also waits, escalating to SIGTERM/SIGKILL. In
+the CLI (`run_attached`) Ctrl-C, SIGTERM and SIGHUP ask for a checkpoint-and-stop, a second one
+kills the child and settles its status, and the child stops by itself if its parent dies.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .runs import LOG, RETRYING, RunDir
+from . import locks
+from .locks import JobBusy
+from .runs import LOG, METRICS, RETRYING, SAMPLES, JsonlTail, RunDir, open_run
 
 UNSETTLED = ("created", "running")  # a child that exits in these states died without saying why
+LOG_TAIL_BYTES = 6000
+
+__all__ = ["Job", "JobBusy", "Monitor", "Update", "start", "stop", "request_stop", "wait", "reattach", "running_run"]
 
 
 @dataclass
@@ -39,65 +52,167 @@ class Job:
 
 def start(run: RunDir, resume: bool = False, attached: bool = False) -> Job:
     """Spawn the training child for an existing run directory; its output goes to train.log, or
-    with `attached` to this process's terminal. Either way it has its own session, so a Ctrl-C
-    in the terminal reaches only the parent, which turns it into a stop request."""
-    cmd = [sys.executable, "-m", "grpo_box", "worker", str(run.path)]
+    with `attached` to this process's terminal (and the child stops if this process dies). Either
+    way it has its own session, so a Ctrl-C in the terminal reaches only the parent, which turns it
+    into a stop request. Raises JobBusy when a job runs on this machine or in this run."""
+    if locks.run_is_training(run.path):
+        raise JobBusy(f"{run.path.name} is already training; stop it before resuming it")
     if resume:
-        cmd.append("--resume")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    project_root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH")) if p)
-    if attached:
-        process = subprocess.Popen(cmd, env=env, start_new_session=True)
-    else:
-        with run.file(LOG).open("a") as log:  # the child keeps its own copy of the descriptor
-            process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        run.check_resumable()
+    fd = locks.acquire_machine(run.path, attempts=1)
+    try:
+        cmd = [sys.executable, "-m", "grpo_box", "worker", str(run.path)]
+        if resume:
+            cmd.append("--resume")
+        if attached:
+            cmd += ["--parent-pid", str(os.getpid())]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", locks.INHERITED_FD_ENV: str(fd)}
+        project_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH")) if p)
+        if attached:
+            process = subprocess.Popen(cmd, env=env, start_new_session=True, pass_fds=(fd,))
+        else:
+            with run.file(LOG).open("a") as log:  # the child keeps its own copy of the descriptor
+                process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                           start_new_session=True, pass_fds=(fd,))
+        locks.note_holder(fd, run.path, process.pid)
+    finally:
+        os.close(fd)  # the child holds the lock now (or nobody, if it could not start)
     return Job(run, process, attached)
 
 
-def supervise(job: Job) -> Job:
-    """The job to follow next: a fresh resume child once this one has exited `retrying` (auto-fit).
-
-    A child that died without settling its status (SIGKILL, the kernel's OOM killer, a segfault)
-    is marked failed here, so a watcher never shows "running" for a dead process."""
-    if job.alive():
-        return job
-    if settle(job) != RETRYING:
-        return job
-    status = job.run.status()
-    fit = status.get("auto_fit", {})
-    print(f"out of memory at step {fit.get('after_step', '?')}: auto-fit resumes from the last checkpoint in a fresh "
-          f"process with: {fit.get('change', 'a smaller setting')}", file=sys.stderr, flush=True)
-    return start(job.run, resume=True, attached=job.attached)
+def request_stop(run: RunDir) -> None:
+    """Ask the worker to checkpoint and stop after its current step; returns at once (for the UI)."""
+    run.request_stop()
 
 
-def settle(job: Job) -> str:
-    """After the child exited: its final state, marking it failed if it died without saying."""
-    state = job.run.status().get("state", "created")
-    if state in UNSETTLED:
-        _mark_died(job)
-        state = "failed"
-    return state
+def running_run() -> RunDir | None:
+    """The run the machine's training job is working on, or None."""
+    note = locks.running_job()
+    if not note or not note.get("run"):
+        return None
+    try:
+        return open_run(note["run"])
+    except FileNotFoundError:
+        return None
 
 
-def _mark_died(job: Job) -> None:
+def reattach() -> "Monitor | None":
+    """A monitor on the job running on this machine (after an app restart), or None."""
+    run = running_run()
+    return Monitor(run) if run else None
+
+
+def worker_alive(run: RunDir) -> bool:
+    """Whether a worker lives for this run: it holds the run's lock, or (while it starts up) the
+    machine lock names this run. Locks, not pids: a recycled pid cannot look alive."""
+    if locks.run_is_training(run.path):
+        return True
+    note = locks.running_job()
+    return bool(note) and note.get("run") == str(run.path)
+
+
+@dataclass
+class Update:
+    """What one `Monitor.poll()` found."""
+
+    status: dict[str, Any]
+    alive: bool
+    metrics: list[dict[str, Any]]  # lines appended since the last poll
+    samples: list[dict[str, Any]]
+    reset: bool  # the files were rewritten (a resume dropped steps): replace, do not append
+    log_tail: str
+    events: list[str] = field(default_factory=list)  # things worth telling: a retry, a dead worker
+
+    @property
+    def settled(self) -> bool:
+        return not self.alive and self.status.get("state") not in (*UNSETTLED, RETRYING)
+
+
+class Monitor:
+    """Follows one run: incremental metrics/samples, status, liveness, auto-fit retries."""
+
+    def __init__(self, run: RunDir, job: Job | None = None, follow_retries: bool = True):
+        self.run = run
+        self.job = job
+        self.follow_retries = follow_retries
+        self.metrics: list[dict[str, Any]] = []
+        self.samples: list[dict[str, Any]] = []
+        self._tails = {METRICS: JsonlTail(run.file(METRICS)), SAMPLES: JsonlTail(run.file(SAMPLES))}
+
+    def alive(self) -> bool:
+        return self.job.alive() if self.job is not None else worker_alive(self.run)
+
+    def poll(self) -> Update:
+        alive = self.alive()
+        events: list[str] = []
+        if not alive:
+            state = self._settle(events)
+            if state == RETRYING and self.follow_retries:
+                alive = self._retry(events)
+        metrics, reset_m = self._tails[METRICS].read_new()
+        samples, reset_s = self._tails[SAMPLES].read_new()
+        reset = reset_m or reset_s
+        if reset:
+            self.metrics, self.samples = [], []
+            self._tails[METRICS].offset = self._tails[SAMPLES].offset = 0
+            metrics, _ = self._tails[METRICS].read_new()
+            samples, _ = self._tails[SAMPLES].read_new()
+        self.metrics += metrics
+        self.samples += samples
+        return Update(self.run.status(), alive, metrics, samples, reset, log_tail(self.run), events)
+
+    def _settle(self, events: list[str]) -> str:
+        status = self.run.status()
+        state = status.get("state", "created")
+        if state in UNSETTLED and not (self.job is not None and worker_alive(self.run)):
+            # (a child of ours that died while another worker lives, e.g. one refused by the run lock,
+            # says nothing about the live run)
+            how = _how_it_ended(self.job)
+            message = f"the training process {how} before finishing; see {self._where()}"
+            self.run.set_status("failed", error=message)
+            events.append(message)
+            state = "failed"
+        return state
+
+    def _where(self) -> str:
+        return "the output above" if self.job is not None and self.job.attached else str(self.run.file(LOG))
+
+    def _retry(self, events: list[str]) -> bool:
+        fit = self.run.status().get("auto_fit", {})
+        events.append(f"out of memory at step {fit.get('after_step', '?')}: auto-fit resumes from the last "
+                      f"checkpoint in a fresh process with: {fit.get('change', 'a smaller setting')}")
+        attached = self.job.attached if self.job is not None else False
+        self.job = start(self.run, resume=True, attached=attached)
+        return True
+
+
+def _how_it_ended(job: Job | None) -> str:
+    if job is None:
+        return "ended"
     code = job.process.returncode
     how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
     if code == -9:
         how += " (SIGKILL: often the system ran out of RAM; lower grpo.num_generations or the lengths)"
-    where = "the output above" if job.attached else str(job.run.file(LOG))
-    job.run.set_status("failed", error=f"the training process {how} before finishing; see {where}")
+    return how
 
 
-def run_attached(run: RunDir, resume: bool = False) -> int:
-    """Train in a child whose output goes to this terminal, through any auto-fit retry; returns the
-    last child's exit code. Ctrl-C requests a checkpoint-and-stop; a second Ctrl-C kills the child."""
-    return wait(start(run, resume=resume, attached=True), poll_seconds=0.5, stop_on_interrupt=True)
+def log_tail(run: RunDir, limit: int = LOG_TAIL_BYTES) -> str:
+    """The end of train.log as a terminal would show it (a progress bar's \\r updates collapsed)."""
+    path = run.file(LOG)
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - limit))
+            text = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in text.splitlines())
 
 
-def poll(run: RunDir) -> dict[str, Any]:
-    """Status plus the metrics so far: what a progress view needs."""
-    return {"status": run.status(), "metrics": run.metrics()}
+def settle(job: Job) -> str:
+    """After the child exited: its final state, marking it failed if it died without saying."""
+    events: list[str] = []
+    return Monitor(job.run, job, follow_retries=False)._settle(events)
 
 
 def stop(job: Job, timeout: float = 600.0) -> int | None:
@@ -116,24 +231,55 @@ def stop(job: Job, timeout: float = 600.0) -> int | None:
     return code
 
 
+def run_attached(run: RunDir, resume: bool = False) -> int:
+    """Train in a child whose output goes to this terminal, through any auto-fit retry. Returns the
+    exit code: 0 only when the run finished or was stopped. Ctrl-C, SIGTERM and SIGHUP request a
+    checkpoint-and-stop; a second one kills the child (its status is then settled)."""
+    job = start(run, resume=resume, attached=True)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig in previous:
+        signal.signal(sig, _raise_interrupt)
+    try:
+        code = wait(job, poll_seconds=0.5, stop_on_interrupt=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    state = run.status().get("state")
+    return code if code and code > 0 else (0 if state in ("finished", "stopped") else 1)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def wait(job: Job, poll_seconds: float = 1.0, *, stop_on_interrupt: bool = False) -> int:
-    """Wait for the run to settle, following auto-fit retries; the last child's exit code."""
+    """Wait for the run to settle, following auto-fit retries (via Monitor); the last child's exit
+    code. With `stop_on_interrupt`, the first Ctrl-C asks for a stop and a second kills the child."""
+    monitor = Monitor(job.run, job)
     interrupts = 0
     while True:
         try:
-            while job.alive():
-                time.sleep(poll_seconds)
+            update = monitor.poll()
+            for event in update.events:
+                print(event, file=sys.stderr, flush=True)
+            if not update.alive:
+                return monitor.job.process.returncode
+            time.sleep(poll_seconds)
         except KeyboardInterrupt:
             interrupts += 1
             if not stop_on_interrupt:
                 raise
             if interrupts > 1:
-                job.process.kill()
-                return job.process.wait()
+                monitor.job.process.kill()
+                monitor.job.process.wait()
+                _mark_aborted(monitor.job)
+                return monitor.job.process.returncode
             print("\nstopping after the current step (saves a checkpoint); Ctrl-C again to abort", file=sys.stderr)
             job.run.request_stop()
-            continue
-        following = supervise(job)
-        if following is job:
-            return job.process.returncode
-        job = following
+
+
+def _mark_aborted(job: Job) -> None:
+    if job.run.status().get("state") in UNSETTLED:
+        last = job.run.last_checkpoint()
+        where = f"resume continues from {last.name}" if last else "resume starts it again"
+        job.run.set_status("stopped", error=f"aborted mid-step by a second interrupt; {where}")

@@ -13,19 +13,27 @@ Layout of `<runs_dir>/<run_name>/`:
     eval.json          evaluation results; export/ holds merged models and GGUF files
 
 Files are written whole (status) or appended line by line (metrics, samples), so a reader never
-sees a half-written JSON document. Nothing secret (tokens) is ever written here.
+sees a half-written JSON document. A crash during an append can still leave a torn last line:
+readers skip it (and `repair_tail` cuts it before the next append), while a broken line anywhere
+else is an error naming the file and line. A status write that cannot complete (a full disk) falls
+back to rewriting the file in place, so the final state is still recorded. A checkpoint counts
+only once the Trainer has written its `trainer_state.json` (the last file it saves); a
+half-written one is skipped. Nothing secret (tokens) is ever written here.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
+from .config import ConfigError, RunConfig, check_run_name
+from .errors import UserError
 
 CONFIG = "config.yaml"
 STATUS = "status.json"
@@ -40,6 +48,11 @@ EXPORT = "export"
 
 RETRYING = "retrying"  # out of memory with auto_fit: a smaller config is saved, to resume in a fresh process
 STATES = ("created", "running", "finished", "failed", "stopped", RETRYING)
+TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
+
+
+class RunFileError(UserError, ValueError):
+    """A run file that cannot be read; the message names the file and line."""
 
 
 def default_runs_dir() -> Path:
@@ -66,13 +79,20 @@ class RunDir:
     # -- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         path = self.file(STATUS)
-        return json.loads(path.read_text()) if path.is_file() else {"state": "created"}
+        if not path.is_file():
+            return {"state": "created"}
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            # only a write that failed half-way can leave this (see set_status); the next write repairs it
+            return {"state": "failed", "error": f"{path} is unreadable (a write was cut off); resume to continue"}
+        return data if isinstance(data, dict) else {"state": "failed", "error": f"{path} is not a JSON object"}
 
     def set_status(self, state: str, **fields: Any) -> None:
         assert state in STATES, state
         data = self.status()
         data.update(fields, state=state, updated=time.time())
-        _write_atomic(self.file(STATUS), json.dumps(data, indent=2))
+        write_text_atomic(self.file(STATUS), json.dumps(data, indent=2), fallback_in_place=True)
 
     # -- metrics / samples --------------------------------------------------------------------
     def append(self, name: str, record: dict[str, Any]) -> None:
@@ -83,12 +103,25 @@ class RunDir:
         path = self.file(name)
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return parse_jsonl(path.read_bytes(), path)[0]
 
-    def truncate_metrics(self, last_step: int) -> None:
-        """Drop metric lines after `last_step` (a resume recomputes those steps)."""
-        kept = [r for r in self.metrics() if r.get("step", 0) <= last_step]
-        _write_atomic(self.file(METRICS), "".join(json.dumps(r, default=_jsonable) + "\n" for r in kept))
+    def truncate_after(self, last_step: int) -> None:
+        """Drop metric and sample lines after `last_step`: a resume recomputes those steps, so the files
+        agree with the checkpoint the run continues from (0: no checkpoint, start over)."""
+        for name in (METRICS, SAMPLES):
+            if self.file(name).is_file():
+                kept = [r for r in self.read_jsonl(name) if r.get("step", 0) <= last_step]
+                write_text_atomic(self.file(name), "".join(json.dumps(r, default=_jsonable) + "\n" for r in kept))
+
+    def repair_tail(self) -> None:
+        """Cut a torn last line (a crash during an append) so the next append starts on a fresh line."""
+        for name in (METRICS, SAMPLES):
+            path = self.file(name)
+            if path.is_file():
+                data = path.read_bytes()
+                if data and not data.endswith(b"\n"):
+                    with path.open("r+b") as fh:
+                        fh.truncate(data.rfind(b"\n") + 1)
 
     def metrics(self) -> list[dict[str, Any]]:
         return self.read_jsonl(METRICS)
@@ -98,7 +131,12 @@ class RunDir:
 
     # -- stop / checkpoints / adapter ---------------------------------------------------------
     def request_stop(self) -> None:
-        self.file(STOP).write_text(str(time.time()))
+        """Ask the worker to save a checkpoint and stop (a STOP file it checks after every step)."""
+        try:
+            self.file(STOP).write_text(str(time.time()))
+        except OSError as exc:
+            raise UserError(f"cannot ask {self.path} to stop: {exc.strerror} ({self.file(STOP)}); make the run "
+                            "folder writable, or stop the worker process itself") from exc
 
     def stop_requested(self) -> bool:
         return self.file(STOP).exists()
@@ -107,6 +145,14 @@ class RunDir:
         self.file(STOP).unlink(missing_ok=True)
 
     def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (see TRAINER_STATE)."""
+        return [p for p in self._checkpoint_dirs() if (p / TRAINER_STATE).is_file()]
+
+    def incomplete_checkpoints(self) -> list[Path]:
+        """Checkpoint folders a crash or a full disk cut off before the Trainer finished them."""
+        return [p for p in self._checkpoint_dirs() if not (p / TRAINER_STATE).is_file()]
+
+    def _checkpoint_dirs(self) -> list[Path]:
         root = self.file(CHECKPOINTS)
         found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
         return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
@@ -114,6 +160,33 @@ class RunDir:
     def last_checkpoint(self) -> Path | None:
         found = self.checkpoints()
         return found[-1] if found else None
+
+    def check_resumable(self) -> None:
+        """Refuse to resume a finished run: going further must say how many more steps (`extend`)."""
+        status = self.status()
+        if status.get("state") == "finished":
+            raise UserError(
+                f"{self.path.name} already finished its {status.get('max_steps', '?')} steps; to train further, say "
+                f"how many more steps: `python -m grpo_box resume {self.path} --steps N` (the finished adapter "
+                f"is kept as adapter-step-{status.get('step', 0)})")
+
+    def extend(self, steps: int) -> int:
+        """Allow `steps` more steps on a stopped or finished run: max_steps grows, the current adapter is
+        kept as adapter-step-<step> (and the history stays); returns the new max_steps."""
+        if steps < 1:
+            raise UserError(f"--steps {steps}: give a number of additional steps of at least 1")
+        status = self.status()
+        done = int(status.get("step", 0))
+        config = self.config()
+        config.grpo.max_steps = done + steps
+        if self.has_adapter():
+            keep = self.file(f"{ADAPTER}-step-{done}")
+            if not keep.exists():
+                shutil.copytree(self.adapter_dir, keep)
+        config.save(self.file(CONFIG))
+        state = status.get("state")
+        self.set_status("stopped" if state == "finished" else state, max_steps=config.grpo.max_steps)
+        return config.grpo.max_steps
 
     @property
     def adapter_dir(self) -> Path:
@@ -124,14 +197,32 @@ class RunDir:
 
 
 def create_run(config: RunConfig) -> RunDir:
-    """Make a fresh run directory for `config` and write its config.yaml."""
-    name = config.output.run_name or time.strftime("%Y%m%d-%H%M%S") + f"-{config.preset}"
-    path = runs_root(config) / name
+    """Make a fresh run directory for a copy of `config` and write its config.yaml.
+
+    A run name the user chose that is taken is refused (say which, and what to do); a generated
+    name gets a -2, -3 … suffix. The caller's config object is not changed."""
+    config = config.copy()
+    problem = check_run_name(config.output.run_name)
+    if problem:
+        raise ConfigError(problem)
+    root = runs_root(config)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output.runs_dir={str(root)!r} is a file, not a folder: give a folder for the runs")
+    chosen = config.output.run_name
+    name = chosen or time.strftime("%Y%m%d-%H%M%S") + f"-{config.preset}"
+    path = root / name
+    if chosen and path.exists():
+        raise ConfigError(f"output.run_name={chosen!r}: a run with that name exists ({path}); resume it, delete it, "
+                          "or choose another name")
     suffix = 1
     while path.exists():
         suffix += 1
-        path = runs_root(config) / f"{name}-{suffix}"
-    path.mkdir(parents=True)
+        path = root / f"{name}-{suffix}"
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run folder {path}: {exc.strerror}; set output.runs_dir to a "
+                          "writable folder") from exc
     config.output.run_name = path.name
     absolute_paths(config)
     run = RunDir(path)
@@ -159,31 +250,115 @@ def open_run(path: str | Path) -> RunDir:
 
 
 def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
-    """One summary per run under `root` (newest first): name, state, step, last reward."""
+    """One summary per run under `root` (newest first): name, state, step, last reward, start time,
+    held-out accuracy when evaluated. A run whose files cannot be read is listed with the reason."""
     root = Path(root).expanduser() if root else default_runs_dir()
     rows = []
     for path in sorted(root.glob("*/" + CONFIG), key=lambda p: p.stat().st_mtime, reverse=True):
-        run = RunDir(path.parent)
-        status = run.status()
-        metrics = run.metrics()
-        rows.append(
-            {
-                "name": run.path.name,
-                "path": str(run.path),
-                "state": status.get("state"),
-                "step": status.get("step", 0),
-                "max_steps": status.get("max_steps"),
-                "reward": metrics[-1].get("reward") if metrics else None,
-                "error": status.get("error"),
-            }
-        )
+        rows.append(summarize(RunDir(path.parent)))
     return rows
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def summarize(run: RunDir) -> dict[str, Any]:
+    status = run.status()
+    row = {"name": run.path.name, "path": str(run.path), "state": status.get("state"),
+           "step": status.get("step", 0), "max_steps": status.get("max_steps"), "reward": None,
+           "accuracy": None, "started": _started(run), "error": status.get("error")}
+    try:
+        metrics = run.metrics()
+        row["reward"] = metrics[-1].get("reward") if metrics else None
+    except RunFileError as exc:
+        row["error"] = str(exc)
+    row["accuracy"] = _trained_accuracy(run)
+    return row
+
+
+def _started(run: RunDir) -> float | None:
+    try:
+        return run.file(CONFIG).stat().st_mtime
+    except OSError:
+        return None
+
+
+def _trained_accuracy(run: RunDir) -> float | None:
+    try:
+        data = json.loads(run.file(EVAL).read_text())
+        return data.get("trained", {}).get("accuracy")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def parse_jsonl(data: bytes, path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Records of complete lines, and how many bytes they span. A torn last line (no newline, not
+    JSON) is left out; a bad line before the end raises RunFileError naming the file and line."""
+    records = []
+    end = data.rfind(b"\n") + 1
+    tail = data[end:]
+    if tail.strip():
+        try:
+            records_tail = [json.loads(tail)]  # a complete record that only lacks its newline
+            end = len(data)
+        except ValueError:
+            records_tail = []
+    else:
+        records_tail = []
+    for number, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as exc:
+            raise RunFileError(f"{path}, line {number}: not a JSON record ({exc}); remove or fix that line") from exc
+    return records + records_tail, end
+
+
+class JsonlTail:
+    """Reads the records appended to a JSONL file since the last call (for a monitor's poll)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+
+    def read_new(self) -> tuple[list[dict[str, Any]], bool]:
+        """New records, and True when the file was rewritten shorter (a resume truncated it): then the
+        records are the whole file again and the caller must drop what it had."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            reset = self.offset > 0
+            self.offset = 0
+            return [], reset
+        reset = size < self.offset
+        if reset:
+            self.offset = 0
+        with self.path.open("rb") as fh:
+            fh.seek(self.offset)
+            data = fh.read()
+        data = data[: data.rfind(b"\n") + 1]  # only whole lines: the writer may be mid-append
+        records, used = parse_jsonl(data, self.path)
+        self.offset += used
+        return records, reset
+
+
+def write_text_atomic(path: Path, text: str, fallback_in_place: bool = False) -> None:
+    """Write a whole file through a temporary one and a rename. With `fallback_in_place`, a write
+    the disk has no room for is retried in place after the temporary file is gone (a small file
+    such as status.json then still records the final state)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if not fallback_in_place or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        with path.open("r+" if path.exists() else "w") as fh:
+            fh.truncate(0)
+            fh.write(text)
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
 
 
 def _jsonable(value: Any) -> Any:

@@ -16,11 +16,18 @@ same way: the run is marked "out of memory at start-up (…)" with what to lower
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
+import threading
+import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from .config import RunConfig, validate
+from .config import RunConfig
+from .validation import validate
+from . import locks
+from .errors import UserError
 from .runs import CHECKPOINTS, CONFIG, RETRYING, RunDir, create_run
 
 if TYPE_CHECKING:  # the real import waits until unsloth is imported
@@ -112,14 +119,26 @@ def _bf16_supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-def run_training(run: RunDir, resume: bool = False, extra_callbacks: list | None = None) -> RunDir:
+def run_training(run: RunDir, resume: bool = False, extra_callbacks: list | None = None,
+                 parent_pid: int | None = None) -> RunDir:
     """Train the run in this process; on return status.json says finished, stopped or failed, or
     `retrying`: it ran out of memory with `auto_fit` on and a smaller config is saved. A retry
-    must run in a fresh process (`job.supervise`, `job.run_attached`): only the exit of the
+    must run in a fresh process (`job.Monitor`, `job.run_attached`): only the exit of the
     process that held it reliably returns VRAM, and a second vLLM engine would not fit beside
-    the first."""
-    config = run.config()
-    run.clear_stop()  # left by an earlier stop; one asked for from here on counts, even while loading
+    the first. The machine and run locks are held throughout (a second worker is refused before
+    it touches the run); with `parent_pid`, the run stops at the next step if that parent dies."""
+    with locks.held_for_worker(run.path):
+        if resume:
+            run.check_resumable()
+        config = run.config()
+        run.clear_stop()  # left by an earlier stop; one asked for from here on counts, even while loading
+        run.set_status(run.status().get("state", "created"), pid=os.getpid(), pid_started=_process_start_time())
+        with _Watchdog(run, parent_pid):
+            _run_guarded(run, config, resume, extra_callbacks)
+    return run
+
+
+def _run_guarded(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: list | None) -> None:
     try:
         with _stop_on_sigterm(run):
             _train_once(run, config, resume, extra_callbacks)
@@ -127,10 +146,79 @@ def run_training(run: RunDir, resume: bool = False, extra_callbacks: list | None
         _handle_oom(run, config, oom)
     except StartupOOM as oom:
         run.set_status("failed", error=str(oom), oom={"step": 0, "phase": "start-up", "detail": oom.detail[:500]})
-    except Exception as exc:  # the run must end in a readable state, whatever failed
+    except UserError as exc:  # bad data, a reward that failed, a full disk: the message says what to do
+        run.set_status("failed", error=str(exc), traceback=traceback.format_exc())
+        raise
+    except BaseException as exc:  # the run must end in a readable state, whatever failed
         run.set_status("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
         raise
-    return run
+
+
+def _process_start_time() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # psutil missing or /proc unreadable: the locks still tell liveness
+        return None
+
+
+class _Watchdog:
+    """A thread in the worker that (1) asks for a stop when the parent that started the run attached
+    to a terminal has died, so no orphan trains on; (2) ends a run that does not stop within a grace
+    period after a stop was requested (stuck in user code or a hung generation): the status says so
+    and the run resumes from its last checkpoint."""
+
+    LOADING_GRACE = 600.0  # a vLLM start-up can take minutes
+    MIN_GRACE = 120.0
+
+    def __init__(self, run: RunDir, parent_pid: int | None):
+        self.run, self.parent_pid = run, parent_pid
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="grpo-box-watchdog", daemon=True)
+
+    def __enter__(self) -> "_Watchdog":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        asked_at: float | None = None
+        step_at_ask = None
+        while not self._done.wait(1.0):
+            if self.parent_pid and os.getppid() != self.parent_pid and not self.run.stop_requested():
+                print("the terminal that started this run is gone: stopping after this step", file=sys.stderr)
+                self.run.request_stop()
+            if not self.run.stop_requested():
+                asked_at = None
+                continue
+            status = self.run.status()
+            if asked_at is None or status.get("step") != step_at_ask:
+                asked_at, step_at_ask = time.time(), status.get("step")
+                continue
+            if time.time() - asked_at > self._grace(status) and not self._done.is_set():
+                self._give_up(status)
+
+    def _grace(self, status: dict[str, Any]) -> float:
+        if status.get("phase") == "loading":
+            return self.LOADING_GRACE
+        try:
+            last = self.run.metrics()[-1].get("step_seconds", 0.0)
+        except Exception:
+            last = 0.0
+        return max(self.MIN_GRACE, 3 * float(last or 0.0))
+
+    def _give_up(self, status: dict[str, Any]) -> None:
+        last = self.run.last_checkpoint()
+        where = f"resume continues from {last.name}" if last else "resume starts it again"
+        message = (f"did not stop within {self._grace(status):.0f} s of the stop request (step "
+                   f"{int(status.get('step') or 0) + 1} never ended: a reward function or generation that does not "
+                   f"return?); ended it; {where}")
+        print(message, file=sys.stderr, flush=True)
+        self.run.set_status("stopped", error=message)
+        os._exit(3)
 
 
 def _handle_oom(run: RunDir, config: RunConfig, oom: TrainingOOM) -> None:
@@ -203,6 +291,7 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
 
     run.set_status("running", step=0, max_steps=config.grpo.max_steps, phase="loading", error=None)
     train_rows, _held_out = load_rows(config)
+    _check_enough_rows(config, len(train_rows))
     reward_funcs, weights = build_rubric(config.rewards, config.reward_file, template=config.data.template)
     with _startup_oom(config, "loading model / vLLM cache"):
         model, tokenizer = load_policy(config)
@@ -224,8 +313,13 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
         trainer.add_callback(StepSummaryProgress())
     _track_phase(trainer, files)
     checkpoint = _resume_point(run) if resume else None
+    run.repair_tail()
     _guarded_train(trainer, files, checkpoint)
-    _save_adapter(run, trainer, tokenizer)
+    if files.disk_problem:
+        run.set_status("stopped", step=trainer.state.global_step, phase="done", error=files.disk_problem)
+        return
+    if trainer.state.global_step > 0:  # an adapter from 0 steps would pass for a trained one
+        _save_adapter(run, trainer, tokenizer)
     stopped = trainer.state.global_step < config.grpo.max_steps
     run.set_status("stopped" if stopped else "finished", step=trainer.state.global_step, phase="done")
     if config.evaluate and not stopped:
@@ -251,13 +345,30 @@ def _track_phase(trainer: Any, files: RunFilesCallback) -> None:
     trainer._generate_and_score_completions = wrapped
 
 
+def _check_enough_rows(config: RunConfig, rows: int) -> None:
+    """At least one step's prompts must remain after the held-out split, or TRL trains 0 steps."""
+    g = config.grpo
+    per_step = max(1, g.per_device_train_batch_size * g.gradient_accumulation_steps // g.num_generations)
+    if rows < per_step:
+        from .data import DataError
+
+        raise DataError(
+            f"only {rows} training prompt{'s' if rows != 1 else ''} remain after holding out data.eval_size="
+            f"{config.data.eval_size}, and one step needs {per_step}: lower data.eval_size, or use more rows")
+
+
 def _resume_point(run: RunDir) -> str | None:
-    """The last checkpoint; metrics logged after it are dropped, since those steps run again."""
+    """The last complete checkpoint (None: start over). Metric and sample lines after it are dropped,
+    since those steps run again; checkpoint folders a crash cut off are removed."""
+    import shutil
+
+    for broken in run.incomplete_checkpoints():
+        print(f"removing {broken.name}: it was cut off before it was complete (a crash or a full disk)",
+              file=sys.stderr)
+        shutil.rmtree(broken, ignore_errors=True)
     checkpoint = run.last_checkpoint()
-    if checkpoint is None:
-        return None
-    run.truncate_metrics(int(checkpoint.name.split("-")[-1]))
-    return str(checkpoint)
+    run.truncate_after(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+    return str(checkpoint) if checkpoint else None
 
 
 class _stop_on_sigterm:

@@ -58,6 +58,12 @@ def _check_grpo(c: RunConfig) -> list[str]:
             f"is not divisible by grpo.num_generations={g.num_generations}: set per_device_train_batch_size "
             f"to a multiple of {g.num_generations} (e.g. {g.num_generations}) or change num_generations"
         )
+    per_step = max(1, effective // g.num_generations)
+    if c.data.source.startswith("task:") and c.data.size - c.data.eval_size < per_step:
+        p.append(
+            f"data.size={c.data.size} with data.eval_size={c.data.eval_size} held out leaves "
+            f"{max(0, c.data.size - c.data.eval_size)} training prompts, and one step needs {per_step}: raise "
+            f"data.size to at least {c.data.eval_size + per_step} or lower data.eval_size")
     if g.max_prompt_length + g.max_completion_length > m.max_seq_length:
         p.append(
             f"grpo.max_prompt_length + grpo.max_completion_length = {g.max_prompt_length + g.max_completion_length} "
