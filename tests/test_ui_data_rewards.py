@@ -57,6 +57,19 @@ def test_uploaded_file_columns_and_bad_files_get_the_engines_message(app, tmp_pa
     assert "line 3: empty 'answer'" in failed["data.error"] and "Traceback" not in failed["data.error"]
 
 
+def test_hub_dataset_form_and_an_unknown_id_offline(app):
+    session = app.client()
+    session.call("/select_preset", "cpu")
+    hub = session.form("/apply_data", {"data.kind": "hub", "data.hub_id": "nobody/no-such-dataset",
+                                       "data.data.subset": "main", "data.data.split": "test"})
+    assert hub["data.error"] == ""
+    line = session.call("/show_command")["setup.command"]
+    assert "--set data.source=nobody/no-such-dataset --set data.subset=main --set data.split=test" in line
+    failed = session.call("/preview_data")  # HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are set for the tests
+    assert "could not load Hub dataset 'nobody/no-such-dataset'" in failed["data.error"]
+    assert "Traceback" not in failed["data.error"]
+
+
 BROKEN_SYNTAX = "def score(prompts, completions, **kwargs)\n    return [1.0 for _ in completions]\n"
 WRONG_LENGTH = "def one_score(prompts, completions, **kwargs):\n    return [1.0]\n"
 
@@ -106,4 +119,10 @@ def test_rubric_editor_and_one_dry_run_on_the_bundled_model(app):
                                 "advantage"]
     assert len(table["data"]) == 2  # one prompt, two completions
     assert "group 1" in result["rewards.try_summary"]
-    assert "grpo-box-" in result["rewards.try_warnings"] and "Traceback" not in result["rewards.try_warnings"]
+    totals = [row[5] for row in table["data"]]
+    box = result["rewards.try_warnings"]
+    assert "Traceback" not in box
+    if len(set(totals)) == 1:  # both completions scored alike: the engine's warning must stand out
+        assert "grpo-box-warning" in box and "no learning signal" in box
+    else:
+        assert sorted(row[6] for row in table["data"])[0] < 0 < sorted(row[6] for row in table["data"])[-1]

@@ -48,6 +48,16 @@ def test_preset_choice_updates_memory_verdict_and_command(app):
     assert config.grpo.max_completion_length == 4096 and config.output.runs_dir == str(app.runs_dir)
 
 
+def test_editing_a_setting_updates_gauge_and_command(app):
+    session = app.client()
+    session.call("/select_preset", "cpu")
+    edited = session.form("/apply_setup", {"setup.grpo.max_steps": 5, "setup.lora.r": 8, "setup.lora.alpha": 16})
+    assert "--set lora.r=8 --set lora.alpha=16 --set grpo.max_steps=5" in edited["setup.command"]
+    assert edited["setup.error"] == "" and "RAM estimate" in edited["setup.gauge"]
+    bad = session.form("/apply_setup", {"setup.grpo.temperature": 0})
+    assert "grpo.temperature=0.0 is out of range" in bad["setup.error"]
+
+
 def test_a_bad_setting_shows_the_engines_message_not_a_traceback(app):
     session = app.client()
     session.call("/select_preset", "cpu")

@@ -50,6 +50,22 @@ class Session:
         return dict(zip(keys, values))
 
 
+    def form(self, api_name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Call a form endpoint (its inputs are a set of components) with the page's initial values,
+        `changes` ({"tab.name": value}) applied, in the order Gradio lists the inputs."""
+        fn = next(f for f in self.app.blocks.fns.values() if f.api_name == api_name.lstrip("/"))
+        keys = [self.app.reg.key_of(c) for c in fn.inputs if not isinstance(c, _state_type())]
+        unknown = set(changes) - set(keys)
+        assert not unknown, f"{unknown} are not inputs of {api_name}"
+        return self.call(api_name, *[changes.get(k, self.app.reg[k].value) for k in keys])
+
+
+def _state_type() -> type:
+    import gradio as gr
+
+    return gr.State
+
+
 def launch_app(tmp: Path) -> Iterator[LiveApp]:
     from grpo_box.ui import build_app
 

@@ -244,10 +244,17 @@ class UIState:
         return state
 
 
-def _order(key: str) -> tuple[int, str]:
-    sections = ("model", "lora", "grpo", "data", "rewards", "reward_file", "output")
-    head = key.split(".")[0]
-    return (sections.index(head) if head in sections else len(sections), key)
+def _order(key: str) -> tuple[float, str]:
+    """Settings in the config's own order (model, lora, grpo, data, rewards, output, top level)."""
+    positions = _positions()
+    if key == "rewards":
+        return (max((i for k, i in positions.items() if k.startswith("data.")), default=0) + 0.5, key)
+    return (positions.get(key, len(positions)), key)
+
+
+@functools.lru_cache(maxsize=1)
+def _positions() -> dict[str, int]:
+    return {spec.key: i for i, spec in enumerate(field_specs())}
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
