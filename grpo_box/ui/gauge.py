@@ -10,9 +10,12 @@ engine's own words. Nothing here imports torch; the arithmetic is the engine's.
 from __future__ import annotations
 
 import html
+import time
+from pathlib import Path
 from typing import Any
 
-from grpo_box.config import RunConfig
+from grpo_box.catalog import Arch, resolve_arch
+from grpo_box.config import ConfigError, RunConfig
 from grpo_box.memory import Card, estimate_report, preset_card_gb
 
 from .context import Hardware
@@ -36,9 +39,27 @@ def card_for(config: RunConfig, hardware: Hardware) -> Card:
     return Card(None, "no GPU detected")
 
 
+FAILURE_TTL_S = 300.0  # a Hub id that could not be sized is asked again after this long
+_failures: dict[str, tuple[float, str]] = {}
+
+
+def model_arch(name: str) -> Arch:
+    """The model's shape (the engine's `resolve_arch`). Asking the Hub for a config.json can take
+    half a minute of retries offline, so a failure is remembered for FAILURE_TTL_S: editing other
+    settings does not ask again on every change."""
+    failed = _failures.get(name)
+    if failed and time.monotonic() - failed[0] < FAILURE_TTL_S and not Path(name).expanduser().is_dir():
+        raise ConfigError(failed[1])
+    try:
+        return resolve_arch(name)
+    except ConfigError as exc:
+        _failures[name] = (time.monotonic(), str(exc))
+        raise
+
+
 def memory_report(config: RunConfig, hardware: Hardware) -> dict[str, Any]:
     """The engine's estimate report; on a CPU-only estimate, a RAM verdict is added."""
-    report = estimate_report(config, card=card_for(config, hardware))
+    report = estimate_report(config, arch=model_arch(config.model.name), card=card_for(config, hardware))
     if report["verdict"] is None and hardware.ram_gb:
         share = report["total"] / hardware.ram_gb
         report["ram_gb"] = hardware.ram_gb
