@@ -78,6 +78,10 @@ def build_app(runs_dir: str | None = None, *, files_dir: str | None = None,
                     modules.append(module)
         for module in modules:
             module.wire(reg)
+        for module in modules:  # e.g. the Train tab reattaches to a running job when a page opens
+            if hasattr(module, "page_load"):
+                inputs, outputs, fn = module.page_load(reg)
+                blocks.load(fn, inputs=inputs, outputs=outputs, api_visibility="private")
     blocks.registry = reg  # type: ignore[attr-defined]
     return blocks
 

@@ -1,0 +1,261 @@
+"""The Train tab: start, stop, resume with auto-fit and the memory verdict; live curves, progress,
+hints, sampled groups and the log tail of the run being watched, refreshed by a `gr.Timer`.
+
+Training runs in the engine's child process (job.start); this tab only writes the run's config,
+starts the child, asks for a stop (job.request_stop, which returns at once) and reads the run
+directory back through the shared monitors in `watch`. A reload or a restarted app finds the
+running job again (`watch.reattach`). Plots get `None` until they have rows and a fresh frame
+whenever their set of series changes (Gradio 6's LinePlot otherwise draws no lines).
+"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import gradio as gr
+
+from grpo_box import job
+from grpo_box.errors import UserError
+from grpo_box.runs import RunDir, open_run
+
+from . import messages, watch
+from .curves import PLOTS, plot_frame
+from .registry import Registry
+from .state import UIState
+from .train_view import hints_html, sample_choices, sample_html, status_html
+
+TICK_SECONDS = 2.0
+PLOT_IDS = list(PLOTS)
+
+
+# -- build ----------------------------------------------------------------------------------------
+def build(reg: Registry) -> None:
+    reg.add("train.run", gr.State(None))  # path of the run this page watches
+    reg.add("train.seen", gr.State(watch.Seen()))
+    reg.add("train.verdict", gr.HTML(elem_id="train-verdict"))
+    with gr.Row():
+        reg.add("train.autofit", gr.Checkbox(label="Auto-fit: after running out of GPU memory, retry once with "
+                                             "the next smaller setting", value=False, elem_id="train-autofit"))
+        reg.add("train.force", gr.Checkbox(label="Start even if the estimate says it will not fit", value=False,
+                                           elem_id="train-force"))
+    with gr.Row():
+        reg.add("train.start", gr.Button("Start training", variant="primary", elem_id="train-start"))
+        reg.add("train.stop", gr.Button("Stop (save a checkpoint, then stop)", variant="stop", elem_id="train-stop"))
+        reg.add("train.resume", gr.Button("Resume", elem_id="train-resume"))
+        reg.add("train.more_steps", gr.Number(label="More steps (to continue a finished run)", value=0, minimum=0,
+                                              precision=0, elem_id="train-more-steps"))
+    reg.add("train.message", gr.HTML(elem_id="train-message"))
+    reg.add("train.status", gr.HTML(elem_id="train-status"))
+    reg.add("train.hints", gr.HTML(elem_id="train-hints"))
+    with gr.Row():
+        for plot in PLOT_IDS[:2]:
+            _plot(reg, plot)
+    with gr.Row():
+        for plot in PLOT_IDS[2:4]:
+            _plot(reg, plot)
+    with gr.Row():
+        for plot in PLOT_IDS[4:]:
+            _plot(reg, plot)
+    with gr.Accordion("Sampled groups: every completion of a prompt, scored", open=True):
+        reg.add("train.sample_pick", gr.Dropdown(label="Logged group", choices=[], elem_id="train-sample-pick"))
+        reg.add("train.sample_view", gr.HTML(elem_id="train-sample-view"))
+    with gr.Accordion("Log", open=False):
+        reg.add("train.log", gr.Textbox(label="train.log (last lines)", lines=12, max_lines=12, interactive=False,
+                                        elem_id="train-log", autoscroll=True))
+    reg.add("train.timer", gr.Timer(TICK_SECONDS))
+    # what a page does when it opens (find the running job); a button too, for API clients
+    reg.add("train.reattach", gr.Button("Show the running job", visible=False, elem_id="train-reattach"))
+
+
+def _plot(reg: Registry, plot: str) -> None:
+    title, y_title, _ = PLOTS[plot]
+    reg.add(f"train.plot_{plot}", gr.LinePlot(None, x="step", y="value", color="series", title=title,
+                                              y_title=y_title, x_title="step", height=260,
+                                              elem_id=f"train-plot-{plot}"))
+
+
+# -- wire -----------------------------------------------------------------------------------------
+def wire(reg: Registry) -> None:
+    state, run, seen = reg["app.state"], reg["train.run"], reg["train.seen"]
+    view = _view_outputs(reg)
+    reg["train.start"].click(_start(reg), inputs=[state, reg["train.force"], reg["train.autofit"]],
+                             outputs=[run, seen, reg["train.message"]], api_name="train_start") \
+        .then(_tick, inputs=[run, seen, state], outputs=[seen, *view], api_visibility="private")
+    reg["train.stop"].click(_stop, inputs=[run], outputs=[reg["train.message"]], api_name="train_stop")
+    reg["train.resume"].click(_resume, inputs=[run, reg["train.more_steps"]],
+                              outputs=[run, seen, reg["train.message"]], api_name="train_resume")
+    reg["train.timer"].tick(_tick, inputs=[run, seen, state], outputs=[seen, *view], api_name="train_poll",
+                            show_progress="hidden")
+    reg["train.sample_pick"].change(_show_sample, inputs=[run, reg["train.sample_pick"]],
+                                    outputs=[reg["train.sample_view"]], api_visibility="private")
+    state.change(_verdict(reg), inputs=[state], outputs=[reg["train.verdict"]], api_visibility="private")
+    inputs, outputs, load = page_load(reg)
+    reg["train.reattach"].click(load, inputs=inputs, outputs=outputs, api_name="train_reattach")
+
+
+def page_load(reg: Registry) -> tuple[list[Any], list[Any], Any]:
+    """(inputs, outputs, fn) for the app's load event: watch the running job, else the latest run."""
+
+    def load(current: str | None, state: UIState) -> tuple[Any, ...]:
+        path = watch.reattach() or current or watch.latest_run(reg.ctx.runs_dir)
+        return path, watch.Seen(), _verdict(reg)(state)
+
+    return [reg["train.run"], reg["app.state"]], [reg["train.run"], reg["train.seen"], reg["train.verdict"]], load
+
+
+def _view_outputs(reg: Registry) -> list[Any]:
+    return [reg["train.status"], reg["train.hints"], reg["train.log"], reg["train.sample_pick"],
+            reg["train.sample_view"], *[reg[f"train.plot_{p}"] for p in PLOT_IDS]]
+
+
+# -- handlers -------------------------------------------------------------------------------------
+def _verdict(reg: Registry):
+    def verdict(state: UIState) -> str:
+        """The memory verdict for the current form, repeated where the user presses Start."""
+        try:
+            config = state.config()
+        except UserError as exc:
+            return messages.error(str(exc), "The configuration needs a fix before training")
+        gpu = reg.ctx.hardware.gpu
+        if gpu is None:
+            return messages.box("ok" if config.preset == "cpu" else "warning", _cpu_note(config))
+        from grpo_box.memory import preflight
+
+        result = preflight(config, vram_gb=gpu.vram_gb)
+        kind = {"fits": "ok", "tight": "warning", "will not fit": "error"}.get(result.verdict or "", "warning")
+        return messages.box(kind, result.message, "Memory")
+
+    return verdict
+
+
+def _cpu_note(config: Any) -> str:
+    if config.preset == "cpu":
+        return "No GPU: training runs on the CPU with the bundled model, about 15–25 s a step on 2 cores."
+    return (f"No GPU, but the {config.preset} preset is for a {config.preset.upper()} card: on the CPU it runs without "
+            "4-bit or vLLM and a step can take many minutes. Choose the cpu preset in Setup.")
+
+
+def _start(reg: Registry):
+    def start(state: UIState, force: bool, autofit: bool) -> tuple[Any, Any, str]:
+        """Write the run's config and start its training child; a message says what happened."""
+        from grpo_box.train import start_run
+
+        try:
+            config = state.config()
+            config.auto_fit = bool(autofit)
+            refusal = _refusal(reg, config, force)
+            if refusal:
+                return gr.skip(), gr.skip(), messages.error(refusal, "Not started")
+            busy = job.running_run()
+            if busy is not None:
+                raise job.JobBusy(f"a training job is already running: {busy.path.name}. Stop it first (Train tab, "
+                                  "Stop) or wait for it")
+            _release_chat_model()
+            run = start_run(config)
+            try:
+                started = job.start(run)
+            except UserError:
+                shutil.rmtree(run.path, ignore_errors=True)  # nothing trained in it: no half-made run left
+                raise
+        except UserError as exc:
+            return gr.skip(), gr.skip(), messages.error(str(exc), "Not started")
+        watch.register(run, started)
+        return str(run.path), watch.Seen(), messages.ok(f"Started {run.path.name}. Curves appear after the first step.")
+
+    return start
+
+
+def _refusal(reg: Registry, config: Any, force: bool) -> str | None:
+    gpu = reg.ctx.hardware.gpu
+    if gpu is None:
+        return None
+    from grpo_box.memory import preflight
+
+    result = preflight(config, vram_gb=gpu.vram_gb, force=force)
+    return None if result.proceed else f"{result.message}. Tick 'Start even if…' to try anyway."
+
+
+def _release_chat_model() -> None:
+    """Free the Chat tab's cached model before training needs the memory (when that tab exists)."""
+    try:
+        from . import chat_cache  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    chat_cache.release()
+
+
+def _stop(path: str | None) -> str:
+    if not path:
+        return messages.warning("No run is being watched.")
+    run = open_run(path)
+    if not job.worker_alive(run):
+        return messages.warning(f"{run.path.name} is not training (state: {run.status().get('state')}).")
+    try:
+        job.request_stop(run)
+    except UserError as exc:
+        return messages.error(str(exc))
+    return messages.ok("Stop requested: the run saves a checkpoint at the end of its current step, then stops.")
+
+
+def _resume(path: str | None, more_steps: float | None) -> tuple[Any, Any, str]:
+    if not path:
+        return gr.skip(), gr.skip(), messages.warning("Choose a run to resume (Runs tab) first.")
+    try:
+        run = resume_run(path, int(more_steps or 0))
+    except UserError as exc:
+        return gr.skip(), gr.skip(), messages.error(str(exc), "Not resumed")
+    return str(run.path), watch.Seen(), messages.ok(f"Resumed {run.path.name} from its last checkpoint.")
+
+
+def resume_run(path: str, more_steps: int = 0) -> RunDir:
+    """Resume `path` in a child (after extending a finished run by `more_steps`); shared with the Runs tab."""
+    run = open_run(path)
+    if job.worker_alive(run):
+        raise UserError(f"{run.path.name} is still training")
+    if more_steps > 0:
+        run.extend(more_steps)
+    _release_chat_model()
+    started = job.start(run, resume=True)
+    watch.register(run, started)
+    return run
+
+
+def _show_sample(path: str | None, index: Any) -> str:
+    if not path or index is None:
+        return sample_html(None, None)
+    run = open_run(path)
+    samples = run.samples()
+    config = run.config()
+    try:
+        sample = samples[int(index)]
+    except (IndexError, ValueError, TypeError):
+        sample = None
+    return sample_html(sample, config.data.template, {r.name: float(r.weight) for r in config.rewards})
+
+
+def _tick(path: str | None, seen: watch.Seen, state: UIState) -> tuple[Any, ...]:
+    """One timer tick: poll the watched run; send plots and samples only when they changed."""
+    skip = gr.skip()
+    if not path:
+        return (seen, "", hints_html([], 0.0), "", skip, skip, *[skip] * len(PLOT_IDS))
+    try:
+        update, metrics, samples, generation = watch.poll(path)
+        config = open_run(path).config()
+    except (UserError, FileNotFoundError) as exc:
+        return (seen, messages.error(str(exc)), skip, skip, skip, skip, *[skip] * len(PLOT_IDS))
+    fresh = seen.run != path or seen.generation != generation
+    status = status_html(config.output.run_name or path, update.status, metrics, update.alive)
+    log = update.log_tail
+    if fresh:  # another run, or a rewrite: clear the plots first, draw on the next tick
+        cleared = watch.Seen(path, generation, 0, 0)
+        return (cleared, status, skip, log, gr.update(choices=[], value=None), sample_html(None, None),
+                *[None] * len(PLOT_IDS))
+    if len(metrics) == seen.metrics and len(samples) == seen.samples:
+        return (seen, status, skip, log, skip, skip, *[skip] * len(PLOT_IDS))
+    plots = [plot_frame(p, metrics) for p in PLOT_IDS]
+    pick = gr.update(choices=sample_choices(samples), value=len(samples) - 1 if samples else None)
+    weights = {r.name: float(r.weight) for r in config.rewards}
+    view = sample_html(samples[-1] if samples else None, config.data.template, weights)
+    new_seen = watch.Seen(path, generation, len(metrics), len(samples))
+    return (new_seen, status, hints_html(metrics, config.grpo.beta), log, pick, view, *plots)

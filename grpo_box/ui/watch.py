@@ -1,0 +1,85 @@
+"""The app's handle on training jobs: one `job.Monitor` per run, shared by every page and timer tick.
+
+Gradio runs handlers on worker threads and every open page has its own timer, so the monitors
+live here, module-level, each behind its own lock: a tick polls the run's monitor (which reads
+only the lines appended since the last poll, settles a dead worker and follows auto-fit retries)
+and reads its cumulative metrics. A page remembers how many lines it has drawn (`Seen`), so a
+tick with nothing new sends nothing to the browser. After an app restart `reattach()` finds the
+running job through the machine lock (job.reattach) and monitors it again.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpo_box import job
+from grpo_box.runs import RunDir, open_run
+
+_LOCK = threading.Lock()
+_MONITORS: dict[str, "_Watched"] = {}
+
+
+@dataclass
+class _Watched:
+    monitor: job.Monitor
+    lock: threading.Lock
+    generation: int = 0  # bumped when the files were rewritten (a resume dropped steps)
+    last: job.Update | None = None
+
+
+@dataclass
+class Seen:
+    """What one page has drawn of a run: which run, which rewrite, how many metric lines."""
+
+    run: str | None = None
+    generation: int = -1
+    metrics: int = 0
+    samples: int = 0
+
+
+def register(run: RunDir, started: job.Job | None = None) -> None:
+    """Watch `run` (a job this process just started, or any run to view)."""
+    with _LOCK:
+        watched = _MONITORS.get(str(run.path))
+        if watched is None or started is not None:
+            _MONITORS[str(run.path)] = _Watched(job.Monitor(run, started), threading.Lock())
+
+
+def poll(path: str) -> tuple[job.Update, list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Poll the run at `path`: (this poll's update, all metrics, all samples, rewrite generation)."""
+    with _LOCK:
+        watched = _MONITORS.get(path)
+        if watched is None:
+            watched = _MONITORS[path] = _Watched(job.Monitor(open_run(path)), threading.Lock())
+    with watched.lock:
+        update = watched.monitor.poll()
+        if update.reset:
+            watched.generation += 1
+        watched.last = update
+        return update, list(watched.monitor.metrics), list(watched.monitor.samples), watched.generation
+
+
+def reattach() -> str | None:
+    """The path of the run training on this machine, now watched; None when nothing trains."""
+    run = job.running_run()
+    if run is None:
+        return None
+    register(run)
+    return str(run.path)
+
+
+def latest_run(runs_dir: str | None) -> str | None:
+    """The most recently started run under `runs_dir`, for a page opened when nothing trains."""
+    from grpo_box.runs import default_runs_dir
+
+    root = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
+    found = sorted(root.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    return str(found[0].parent) if found else None
+
+
+def forget(path: str) -> None:
+    with _LOCK:
+        _MONITORS.pop(path, None)

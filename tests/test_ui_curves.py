@@ -1,0 +1,57 @@
+"""The Train/Runs tabs' plot frames, progress, hints and sample view, from metric records."""
+
+from __future__ import annotations
+
+from grpo_box.ui.curves import hints, overlay_frame, plot_frame, progress, thin
+from grpo_box.ui.train_view import sample_choices, sample_html, status_html
+
+
+def _metrics(n: int, **extra):
+    return [{"step": i, "reward": i / n, "reward_std": 0.5, "rewards/correctness/mean": i / (2 * n),
+             "rewards/xml_count/mean": 0.0, "frac_reward_zero_std": 0.25, "completions/mean_length": 30.0,
+             "completions/clipped_ratio": 0.1, "loss": 0.0, "wall_time": 20.0 * i, "step_seconds": 20.0, **extra}
+            for i in range(1, n + 1)]
+
+
+def test_reward_frame_is_long_format_with_a_series_per_function_and_numeric_dtypes():
+    frame = plot_frame("reward", _metrics(3))
+    assert list(frame.columns) == ["step", "value", "series"]
+    assert set(frame["series"]) == {"total", "correctness", "xml_count"}
+    assert str(frame["step"].dtype) == "int64" and str(frame["value"].dtype) == "float64"
+    assert plot_frame("reward", []) is None  # None, never an empty frame (LinePlot would stay blank)
+    assert plot_frame("kl", _metrics(3)) is None  # no kl logged (beta = 0): nothing to draw
+
+
+def test_long_runs_are_thinned_but_keep_the_last_step():
+    kept = thin(_metrics(5000))
+    assert len(kept) <= 601 and kept[-1]["step"] == 5000 and kept[0]["step"] == 1
+
+
+def test_overlay_has_one_series_per_run():
+    frame = overlay_frame({"a": _metrics(2), "b": _metrics(3), "empty": []})
+    assert sorted(set(frame["series"])) == ["a", "b"] and len(frame) == 5
+
+
+def test_progress_gives_step_elapsed_and_eta():
+    p = progress({"step": 3, "max_steps": 10}, _metrics(3))
+    assert (p["step"], p["max_steps"], p["elapsed"], p["per_step"], p["eta"]) == (3, 10, 60.0, 20.0, 140.0)
+    html = status_html("run-1", {"state": "running", "step": 3, "max_steps": 10}, _metrics(3), alive=True)
+    assert 'id="train-step">3<' in html and "ETA 2m 20s" in html
+
+
+def test_hints_flag_no_signal_and_a_reward_that_never_pays():
+    quiet = _metrics(6, frac_reward_zero_std=1.0)
+    texts = [text for kind, text in hints(quiet) if kind == "warning"]
+    assert any("No learning signal in the last 5 steps" in t for t in texts)
+    assert any("'xml_count' has paid nothing in 6 steps" in t for t in texts)
+    assert hints(_metrics(2))[0][0] == "info" and "Watch the reward curves" in hints(_metrics(2))[0][1]
+
+
+def test_a_sampled_group_shows_reasoning_answer_scores_total_and_advantage():
+    sample = {"step": 4, "prompt": "What is 2 + 3?", "completions": ["<think>2 plus 3</think><answer>5</answer>", "6"],
+              "rewards": {"correctness": [1.0, 0.0], "xml_count": [0.5, None]}, "advantages": [0.7, -0.7]}
+    html = sample_html(sample, "think", {"correctness": 2.0, "xml_count": 0.5})
+    assert "2 plus 3" in html and "<em>answer:</em> 5" in html
+    assert "<strong>2.25</strong>" in html  # 2 × 1.0 + 0.5 × 0.5, weighted as the trainer weights it
+    assert "0.7" in html and "-0.7" in html
+    assert sample_choices([sample, {**sample, "step": 5}]) == [("step 5 · group 1", 1), ("step 4 · group 1", 0)]
