@@ -52,18 +52,45 @@ class StartupOOM(RuntimeError):
 
 # vLLM's start-up errors when its share has no room for a KV cache (ValueErrors, not CUDA OOMs)
 _VLLM_NO_CACHE = ("No available memory for the cache blocks", "larger than the available KV cache memory")
+# Out-of-memory errors on the GPU path that are not torch.OutOfMemoryError, matched in lower case:
+# - torch.AcceleratorError "CUDA error: out of memory" (c10_cuda_check_implementation, a CUDA call
+#   outside the caching allocator) and vLLM's cumem allocator waking the standby KV cache up,
+#   RuntimeError "CUDA Error: out of memory at …/cumem_allocator.cpp:N" (csrc/cumem_allocator.cpp);
+# - cuBLAS failing to allocate its workspace (RuntimeError "CUBLAS_STATUS_ALLOC_FAILED");
+# - vLLM's start-up check, ValueError "Free memory on device … is less than desired GPU memory
+#   utilization" (re-raised by unsloth_zoo as RuntimeError(str) after its retries);
+# - unsloth_zoo's standby wrapper, MemoryError "Unsloth: Your GPU ran out of memory loading vLLM …".
+_GPU_OOM_TEXT = ("cuda error: out of memory", "cublas_status_alloc_failed",
+                 "is less than desired gpu memory utilization", "gpu ran out of memory")
+# vLLM's memory-profiling race (another process freed memory meanwhile) quotes free memory too: not an OOM
+_NOT_OOM_TEXT = ("error in memory profiling",)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """Whether `exc` itself is an out-of-memory error (see _GPU_OOM_TEXT for the ones torch does not type)."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    if not isinstance(exc, (RuntimeError, ValueError, MemoryError)):
+        return False
+    text = str(exc).lower()
+    if any(marker in text for marker in _NOT_OOM_TEXT):
+        return False
+    return _no_kv_cache(exc) or any(marker in text for marker in _GPU_OOM_TEXT)
+
+
+def _no_kv_cache(exc: BaseException) -> bool:
+    """vLLM's share holds the weights but no KV cache: the share is too small (raise it), not too large."""
+    return isinstance(exc, (RuntimeError, ValueError)) and any(marker in str(exc) for marker in _VLLM_NO_CACHE)
 
 
 def _oom_cause(exc: BaseException | None) -> BaseException | None:
     """The out-of-memory error behind `exc`: itself or one it wraps (__cause__/__context__), else None."""
-    import torch
-
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, torch.OutOfMemoryError):
-            return exc
-        if isinstance(exc, ValueError) and any(marker in str(exc) for marker in _VLLM_NO_CACHE):
+        if _is_oom(exc):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
@@ -74,10 +101,18 @@ def start_run(config: RunConfig) -> RunDir:
     return create_run(validate(config))
 
 
-def grpo_args(config: RunConfig, run: RunDir, weights: list[float], cuda: bool) -> dict[str, Any]:
-    """Keyword arguments for TRL's GRPOConfig (a pure function so tests can check them)."""
+def grpo_args(config: RunConfig, run: RunDir, weights: list[float], cuda: bool,
+              model_dtype: Any = None) -> dict[str, Any]:
+    """Keyword arguments for TRL's GRPOConfig (a pure function so tests can check them).
+
+    Precision: on the CPU neither bf16 nor fp16. On the GPU the flags must match the dtype Unsloth
+    loaded the model in, or its trainer raises a TypeError ("Model is in float16 precision but you
+    want to use bfloat16", unsloth/models/rl.py); Unsloth loads float16 below compute capability 8
+    although torch.cuda.is_bf16_supported() says True there (emulation). With `model_dtype` (the
+    loaded model's, a torch.dtype or its name) they are set from it; without it neither is passed
+    and Unsloth's GRPOConfig (both False by default) lets its trainer pick from the model.
+    """
     g = config.grpo
-    bf16 = cuda and _bf16_supported()
     args: dict[str, Any] = {
         "output_dir": str(run.file(CHECKPOINTS)),
         "max_steps": g.max_steps,
@@ -90,6 +125,7 @@ def grpo_args(config: RunConfig, run: RunDir, weights: list[float], cuda: bool) 
         "beta": g.beta,
         "loss_type": g.loss_type,
         "epsilon": g.epsilon,
+        **loss_settings(config),
         "optim": g.optim if cuda or "8bit" not in g.optim else "adamw_torch",
         "weight_decay": g.weight_decay,
         "warmup_steps": g.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
@@ -104,19 +140,43 @@ def grpo_args(config: RunConfig, run: RunDir, weights: list[float], cuda: bool) 
         "report_to": "none",
         "remove_unused_columns": False,
         "use_cpu": not cuda,
-        "bf16": bf16,
-        "fp16": cuda and not bf16,
     }
+    if not cuda:
+        args.update(bf16=False, fp16=False)
+    elif model_dtype is not None:
+        args.update(precision_flags(model_dtype))
     # No use_vllm here: Unsloth's GRPOTrainer turns it on (colocated, reusing model.vllm_engine)
     # when the model has an engine. Forcing it where Unsloth declined fast_inference (an old GPU)
     # would make TRL start a second vLLM of its own.
     return args
 
 
-def _bf16_supported() -> bool:
-    import torch
+def loss_settings(config: RunConfig) -> dict[str, Any]:
+    """The GRPO objective's settings that Unsloth would otherwise choose behind our back, passed
+    explicitly so the GPU (Unsloth's GRPOConfig) and the CPU (stock TRL) train the same objective.
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    unsloth/models/rl.py, for an explicit loss_type: "dapo" sets mask_truncated_completions=True
+    (a step whose completions are all cut off then updates nothing, common early with long <think>
+    traces) and epsilon_high=0.28, where TRL keeps False and epsilon; "dr_grpo" forces
+    scale_rewards=False; vllm_importance_sampling_correction defaults to False (TRL: True). Here
+    loss_type only chooses the normalisation: no masking, symmetric clipping at grpo.epsilon, rewards
+    scaled by the group's std except for dr_grpo (whose point is not to), and no vLLM
+    importance-sampling correction (Unsloth's tested default; no effect without vLLM).
+    """
+    g = config.grpo
+    return {
+        "mask_truncated_completions": False,
+        "epsilon_high": g.epsilon,
+        "scale_rewards": "none" if g.loss_type == "dr_grpo" else "group",
+        "vllm_importance_sampling_correction": False,
+    }
+
+
+def precision_flags(model_dtype: Any) -> dict[str, bool]:
+    """bf16/fp16 for a model loaded in `model_dtype` (torch.float16, "bfloat16", …): autocast in the
+    model's own half precision, none for float32."""
+    name = str(model_dtype).removeprefix("torch.").lower()
+    return {"bf16": name in ("bfloat16", "bf16"), "fp16": name in ("float16", "fp16", "half")}
 
 
 def run_training(run: RunDir, resume: bool = False, extra_callbacks: list | None = None,
@@ -265,11 +325,9 @@ def _startup_oom(config: RunConfig, what: str) -> contextlib.AbstractContextMana
     """Turn an out-of-memory error before training (see module docstring) into StartupOOM."""
 
     def as_error(oom: BaseException) -> StartupOOM:
-        import torch
-
         from .memory import startup_oom_hint
 
-        hint = startup_oom_hint(config, vllm_cache=not isinstance(oom, torch.OutOfMemoryError))
+        hint = startup_oom_hint(config, vllm_cache=_no_kv_cache(oom))
         return StartupOOM(what, hint, f"{type(oom).__name__}: {oom}")
 
     return _on_oom(as_error)
