@@ -21,7 +21,10 @@ before/after accuracy, never share a question with the training rows.
 from __future__ import annotations
 
 import csv
+import decimal
 import json
+import math
+import numbers
 import os
 import random
 import re
@@ -37,7 +40,7 @@ from .config import DataConfig, RunConfig
 from .errors import UserError
 from .prompts import build_messages, system_prompt
 from .rewards.answers import reference_answer
-from .rewards.dryrun import RESERVED_COLUMNS
+from .rewards.registry import RESERVED_COLUMNS
 
 Row = dict[str, Any]
 Located = tuple[str, Row]  # (where the row came from, e.g. "qa.jsonl, line 3"; the raw row)
@@ -317,14 +320,75 @@ def _map_columns(raw: list[Located], cfg: DataConfig, origin: str) -> list[Row]:
 
 def _mapped_row(where: str, row: Row, cfg: DataConfig, extras: list[str]) -> Row:
     question, answer = row.get(cfg.prompt_column), row.get(cfg.answer_column)
-    if not _is_messages(question):
+    if _is_messages(question):
+        question = _text_messages(where, cfg.prompt_column, question)
+    else:
+        question = _plain_value(where, cfg.prompt_column, "prompt_column", question, "question")
         question = "" if question is None else str(question).strip()
-    answer = reference_answer(answer)
+    answer = reference_answer(_plain_value(where, cfg.answer_column, "answer_column", answer, "answer"))
     for setting, column, value in (("prompt_column", cfg.prompt_column, question),
                                    ("answer_column", cfg.answer_column, answer)):
         if not value:
             raise DataError(f"{where}: empty {column!r} (data.{setting}); fill it in or remove that row")
     return {"question": question, "answer": answer, ORIGIN: where, **{c: row.get(c) for c in extras}}
+
+
+def _plain_value(where: str, column: str, setting: str, value: Any, what: str) -> Any:
+    """A question or reference answer as given, refused unless it is text or a finite number.
+
+    Anything else would reach the rewards as its Python text and never match: a list as "[4, 5]",
+    bytes as "b'ab'", a missing number as "nan", a true/false value as "True", an object as JSON.
+    A list of exactly one text or number (`["4"]`, `[4]`: some datasets store each answer so) is
+    taken as that value, since it can mean nothing else; a longer list is refused, because which
+    of its entries is the answer is the user's call. None stays None (reported as empty).
+    """
+    if isinstance(value, (list, tuple)) and len(value) == 1 and not isinstance(value[0], (list, tuple, Mapping)):
+        value = value[0]
+    if value is None or isinstance(value, str):
+        return value
+    shown = f"{value!r:.60}"
+    if isinstance(value, bool):
+        problem = f"a true/false value ({shown})"
+    elif isinstance(value, (numbers.Real, decimal.Decimal)):
+        if math.isfinite(value):
+            return value
+        problem = "NaN, not a number (an empty numeric cell?)" if value != value else f"{value}, not a finite number"
+    elif isinstance(value, (bytes, bytearray)):
+        problem = f"bytes ({shown})"
+    elif isinstance(value, (list, tuple)):
+        problem = f"a list of {len(value)} item{'s' * (len(value) != 1)} ({shown})" if value else "an empty list"
+    elif isinstance(value, Mapping):
+        problem = f"an object ({shown})"
+    else:
+        problem = f"a {type(value).__name__} ({shown})"
+    raise DataError(f"{where}: column {column!r} (data.{setting}) holds {problem}; give a plain text or number {what}")
+
+
+def _text_messages(where: str, column: str, messages: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Chat messages with text content; content given as a list of text parts is joined into text.
+
+    OpenAI-style `[{"type": "text", "text": "..."}]` content is common in chat datasets. A part
+    of another type (an image) is refused: the models trained here read text only.
+    """
+    out = []
+    for i, message in enumerate(messages, 1):
+        content = message["content"]
+        if isinstance(content, (list, tuple)):
+            kinds = [p.get("type", "text") if isinstance(p, Mapping) else type(p).__name__ for p in content]
+            other = next((k for k, p in zip(kinds, content) if not (isinstance(p, str) or
+                          (k == "text" and isinstance(p, Mapping) and isinstance(p.get("text"), str)))), None)
+            if other is not None:
+                raise DataError(f"{where}: column {column!r}, message {i}: its content holds a part of type "
+                                f"{other!r}; only text can be trained on here: give the content as text")
+            content = "".join(p if isinstance(p, str) else p["text"] for p in content)
+        elif not isinstance(content, str):
+            raise DataError(f"{where}: column {column!r}, message {i}: its content is {content!r:.60} "
+                            f"({type(content).__name__}); give the message content as text")
+        if not isinstance(message["role"], str):
+            raise DataError(f"{where}: column {column!r}, message {i}: role {message['role']!r:.40} must be "
+                            "text such as 'system', 'user' or 'assistant'")
+        out.append({**message, "content": content})
+    return out
 
 
 def _record(row: Row, system: str) -> Row:
@@ -353,6 +417,11 @@ def _mixed_types_error(records: list[Row], source: str, exc: Exception) -> DataE
         bad = _first_unconvertible(values)
         if bad is not None:
             first = next(i for i, v in enumerate(values) if v is not None)
+            if first == bad:  # the value does not agree with itself, e.g. a list of numbers and text
+                return DataError(
+                    f"{records[bad][ORIGIN]}: column {column!r} holds {_kind(values[bad])} whose items are of "
+                    f"different types ({values[bad]!r:.60}); make them one type, or remove that column"
+                )
             return DataError(
                 f"{records[bad][ORIGIN]}: column {column!r} holds {_kind(values[bad])} ({values[bad]!r:.60}), "
                 f"but {records[first][ORIGIN]} holds {_kind(values[first])} ({values[first]!r:.60}); "
