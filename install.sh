@@ -77,7 +77,7 @@ else
 fi
 
 step "importing the bundled offline model (SmolLM2-135M-Instruct) into the data dir"
-.venv/bin/python -c "from grpo_box.models import ensure_bundled_model; print(ensure_bundled_model())"
+.venv/bin/python -c "from grpo_box.models import ensure_bundled_model, quiet_library_logs; quiet_library_logs(); print(ensure_bundled_model())"
 
 step "preparing llama.cpp's GGUF converter (pinned to llama-cpp-python ${LLAMA_CPP_VERSION})"
 .venv/bin/python -m grpo_box.llama_tools prepare --download  # fetches the sdist once (network at install time only)

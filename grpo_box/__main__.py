@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -101,8 +100,9 @@ def _check_fits(config: Any, force: bool) -> bool:
     from .memory import format_estimate, preflight
 
     result = preflight(config, force=force)
-    if result.card.vram_gb is None:
-        return True  # no GPU: nothing to check
+    if result.card.vram_gb is None:  # no GPU: no VRAM check, but the time per step (and a warning for a GPU config)
+        print(result.message, file=sys.stderr if result.warning else sys.stdout, flush=True)
+        return True
     if result.report:
         print(format_estimate(result.report))
     if not result.proceed:
@@ -196,7 +196,9 @@ def cmd_rewards(args: argparse.Namespace) -> int:
         if not args.rubric:
             print("rewards score --data needs --rubric RUBRIC.yaml", file=sys.stderr)
             return 2
-        report = score_file(args.rubric, args.data, user_file=args.user_file, template=args.template)
+        timeout = _resolve(args).reward_timeout if (args.config or args.set) else None  # None: the default
+        report = score_file(args.rubric, args.data, user_file=args.user_file, template=args.template,
+                            **({} if timeout is None else {"timeout": timeout}))
     else:
         report = _sample_dry_run(args)
     _print_json(report.to_dict()) if args.json else print(format_report(report))
@@ -265,7 +267,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     a preset/config (+ --set) and `--out FILE`. `--limit N` scores the first N held-out rows."""
     from .evaluate import evaluate_model, evaluate_run, format_eval
 
-    options = {"k": args.k, "limit": args.limit, "progress": _rows_progress}
+    def show(result: dict[str, Any]) -> None:  # before writing: a failed write must not lose the scores
+        _print_json(result) if args.json else print(format_eval(result), flush=True)
+
+    options = {"k": args.k, "limit": args.limit, "progress": _rows_progress, "show": show}
     if args.run_dir:
         given = [flag for flag, value in (("--preset", args.preset), ("--config", args.config), ("--set", args.set),
                                           ("--model", args.model), ("--adapter", args.adapter), ("--out", args.out))
@@ -276,12 +281,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   "outside the run with `eval --model ID [--adapter DIR] [--set KEY=VALUE] [--out FILE]`",
                   file=sys.stderr)
             return 2
-        result = evaluate_run(args.run_dir, base=not args.trained_only, trained=True, **options)
+        evaluate_run(args.run_dir, base=not args.trained_only, trained=True, **options)
         out = Path(args.run_dir) / "eval.json"
     else:
         out = Path(args.out or "eval.json")
-        result = evaluate_model(_resolve(args), args.adapter, out, base=not args.trained_only, **options)
-    _print_json(result) if args.json else print(format_eval(result))
+        evaluate_model(_resolve(args), args.adapter, out, base=not args.trained_only, **options)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
@@ -416,11 +420,11 @@ def _push_source(run_dir: str, what: str, quant: str | None) -> Path:
     if what == "merged":
         merged = default_merged_dir(run)
         if not (merged / "config.json").is_file():
-            raise FileNotFoundError(f"run {run.path.name} has no merged model yet: run `python -m grpo_box merge {run_dir}`")
+            raise UserError(f"run {run.path.name} has no merged model yet: run `python -m grpo_box merge {run_dir}`")
         return merged
     adapter = run_adapter_dir(run)
     if adapter is None:
-        raise FileNotFoundError(f"run {run.path.name} has no trained adapter yet; train it first")
+        raise UserError(f"run {run.path.name} has no trained adapter yet; train it first")
     return adapter
 
 
@@ -428,10 +432,10 @@ def _ask_token() -> str:
     import getpass
 
     if not sys.stdin.isatty():
-        raise ValueError("no Hugging Face token: set HF_TOKEN in the environment (it is never stored or logged)")
+        raise UserError("no Hugging Face token: set HF_TOKEN in the environment (it is never stored or logged)")
     token = getpass.getpass("Hugging Face token with write access (input hidden): ").strip()
     if not token:
-        raise ValueError("no token given; nothing was uploaded")
+        raise UserError("no token given; nothing was uploaded")
     return token
 
 
@@ -495,6 +499,21 @@ def _base_args(p: argparse.ArgumentParser) -> None:
                    help="without the 16-bit base, merge into the dequantized 4-bit base (lower quality; warned)")
 
 
+def _positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a number of `kind` above 0 (argparse reports anything else as a usage error)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if not value > 0:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .prompts import TEMPLATES
 
@@ -503,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list presets and the one proposed for this machine")
     p = sub.add_parser("estimate", help="VRAM estimate for a preset/config")
     _config_args(p)
-    p.add_argument("--vram", type=float, help="card size in GB (default: the detected GPU, else the preset's card)")
+    p.add_argument("--vram", type=_positive(float), help="card size in GB (default: the detected GPU, else the preset's card)")
     p.add_argument("--json", action="store_true")
     for name in ("train", "demo"):
         p = sub.add_parser(name, help="train a run" if name == "train" else "train, evaluate and export (headless demo)")
@@ -532,7 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("preview", help="the first prompts exactly as the model sees them")
     _config_args(p)
-    p.add_argument("-n", type=int, default=3)
+    p.add_argument("-n", type=_positive(int), default=3, help="how many prompts (at least 1)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("eval", help="score the held-out split (base and trained); writes eval.json")
     p.add_argument("run_dir", nargs="?", help="a run directory (its config, adapter and eval.json)")
@@ -574,16 +593,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _runs_user_code(args: argparse.Namespace) -> bool:
+    """Commands that call user reward code in this process (the rest run it in a training worker)."""
+    return args.command == "eval" or (args.command == "rewards" and args.action != "list")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Only UserError (whatever a user can fix) is printed as one line; anything
+    else is a bug and keeps its traceback. Commands that run user reward code run in a guarded
+    child (rewards.guard), so a reward calling os._exit() cannot end them silently with status 0."""
+    from .models import quiet_library_logs, use_data_home_for_caches
+    from .rewards import guard
+
     args = build_parser().parse_args(argv)
-    # torchao (pulled in by transformers/peft) warns on import about optional CUDA kernels built for
-    # another Python or GPU; we use none of them, and the warnings read like errors to users.
-    logging.getLogger("torchao").setLevel(logging.ERROR)
+    quiet_library_logs()  # torchao's optional-kernel and torch's pytree warnings read like errors to users
+    use_data_home_for_caches()  # Unsloth's compiled cache under the data home, not ./unsloth_compiled_cache
+    if _runs_user_code(args) and not guard.in_guarded_child():
+        return guard.run_guarded(sys.argv[1:] if argv is None else list(argv), f"`{args.command}`")
     try:
-        return COMMANDS[args.command](args)
-    except (UserError, FileNotFoundError, ValueError) as exc:
+        code = COMMANDS[args.command](args)
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
+    guard.mark_done(code)
+    return code
 
 
 if __name__ == "__main__":

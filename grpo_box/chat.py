@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ModelConfig, RunConfig
+from .errors import UserError
 from .inference import BaseGenerator, Messages, is_gguf, load_for_generation, run_adapter_dir
 from .modeling import has_cuda
+from .models import check_model_source, is_bundled, load_error
 from .prompts import get_template, system_prompt as template_system_prompt
 from .runs import CONFIG, RunDir, open_run
 
@@ -71,22 +73,32 @@ class ChatChunk:
         return cls(delta, text, *split_think_answer(shown, template), done=done)
 
 
+class ChatError(UserError, FileNotFoundError):
+    """A chat source that cannot be used (a run without an adapter); the message says what to do."""
+
+
 def resolve_source(source: str | Path, base: bool = False) -> ChatSource:
-    """Classify a chat source; `base=True` ignores a run's adapter (the untrained model)."""
+    """Classify a chat source; `base=True` ignores a run's adapter (the untrained model).
+
+    A path that does not exist, or a Hub id that cannot be had offline, raises ModelError here,
+    before any model loading starts."""
     path = Path(source).expanduser()
     if (path / CONFIG).is_file():
         return _run_source(open_run(path), base)
-    config = _enclosing_run_config(path) if path.exists() else None
+    if not path.exists():
+        check_model_source(str(source))
+        return ChatSource(str(source), None, None, None)  # bundled:… or a Hub id
+    config = _enclosing_run_config(path)
     if is_gguf(path) or path.is_dir():
         return ChatSource(str(path), None, None, config)
-    return ChatSource(str(source), None, None, None)  # bundled:… or a Hub id
+    raise ChatError(f"{path}: not a chat source; give a run directory, a merged model folder or a .gguf file")
 
 
 def _run_source(run: RunDir, base: bool) -> ChatSource:
     config = run.config()
     adapter = None if base else run_adapter_dir(run)
     if not base and adapter is None:
-        raise FileNotFoundError(
+        raise ChatError(
             f"{run.path} has no trained adapter yet (no adapter/ and no checkpoint); "
             "train it first, or chat with the base model (--base)"
         )
@@ -124,7 +136,12 @@ def get_generator(src: ChatSource, whole_replies: bool = False) -> BaseGenerator
     if key not in _cache:
         clear_cache()
         model_config = src.config.model if src.config else ModelConfig()
-        _cache[key] = load_for_generation(src.model, src.adapter, model_config=model_config, fast_inference=fast)
+        try:
+            _cache[key] = load_for_generation(src.model, src.adapter, model_config=model_config, fast_inference=fast)
+        except OSError as exc:  # a Hub id that is not found, or no network
+            if Path(src.model).exists() or is_bundled(src.model):
+                raise
+            raise load_error(src.model, exc) from exc
     return _cache[key]
 
 

@@ -37,14 +37,30 @@ from typing import Any
 import datasets
 
 from .config import RunConfig
+from .errors import UserError
 from .data import check_prompt_lengths, load_rows
 from .inference import BaseGenerator, Completion, load_for_generation, run_adapter_dir
+from .models import check_model_source, load_error, resolve_model
 from .prompts import answer_tag_for
 from .rewards import DryRunReport, build_rubric, final_answer, get_reward, is_correct, score_groups
+from .rewards.guard import timeout_of
 from .rewards.rubric import RewardFunction
 from .runs import EVAL, open_run
 
 Progress = Callable[[int, int, str], None]  # (done, total, what): called as rows are generated
+Show = Callable[[dict[str, Any]], None]  # called with the results before they are written
+
+
+class EvalError(UserError, ValueError):
+    """A request that cannot be evaluated (no adapter, nothing asked for, no held-out rows)."""
+
+
+class EvalWriteError(UserError, OSError):
+    """The results could not be written (a read-only folder, a full disk); `results` holds them."""
+
+    def __init__(self, message: str, results: dict[str, Any]):
+        super().__init__(message)
+        self.results = results
 
 SAMPLE_TEMPERATURE = 1.0
 _COMPARED = ("accuracy", "reward", "completion_length", "clipped_ratio", "pass_at_1", "pass_at_k")
@@ -87,10 +103,11 @@ def evaluate(
     holds its model passes `Generator(model, tokenizer)` instead of loading a second copy.
     """
     if k < 1:
-        raise ValueError(f"k={k}: pass@k needs at least one sample per prompt")
+        raise EvalError(f"k={k}: pass@k needs at least one sample per prompt")
     data = _rows(config, split, limit)
     rows = data.to_dict()
-    funcs, weights = build_rubric(config.rewards, config.reward_file, template=config.data.template)
+    funcs, weights = build_rubric(config.rewards, config.reward_file, template=config.data.template,
+                                  timeout=timeout_of(config))
     max_new = max_new_tokens or config.grpo.max_completion_length
     started = time.time()
     with _generator(config, adapter_dir, generator) as gen:
@@ -117,7 +134,7 @@ def sample_dry_run(
     """Sample `num_generations` completions per training prompt from the (base) model and score
     each group with the config's rubric: per-function scores, totals, advantages, warnings."""
     if prompts < 1:
-        raise ValueError(f"prompts={prompts}: sample at least one prompt")
+        raise EvalError(f"prompts={prompts}: sample at least one prompt")
     rows = _rows(config, "train", prompts).to_dict()
     g = config.grpo
     n = g.num_generations
@@ -135,7 +152,8 @@ def sample_dry_run(
         }
         for i, (prompt, group) in enumerate(zip(rows["prompt"], sampled))
     ]
-    return score_groups(groups, config.rewards, config.reward_file, template=config.data.template)
+    return score_groups(groups, config.rewards, config.reward_file, template=config.data.template,
+                        timeout=timeout_of(config))
 
 
 @contextlib.contextmanager
@@ -145,8 +163,14 @@ def _generator(config: RunConfig, adapter_dir: str | Path | None,
     if given is not None:
         yield given
         return
-    gen = load_for_generation(config.model.name, adapter_dir, model_config=config.model,
-                              fast_inference=config.model.fast_inference)
+    check_model_source(config.model.name)
+    try:
+        gen = load_for_generation(config.model.name, adapter_dir, model_config=config.model,
+                                  fast_inference=config.model.fast_inference)
+    except OSError as exc:  # not found on the Hub, no network
+        if Path(resolve_model(config.model.name)).exists():
+            raise
+        raise load_error(config.model.name, exc) from exc
     try:
         yield gen
     finally:
@@ -156,14 +180,14 @@ def _generator(config: RunConfig, adapter_dir: str | Path | None,
 def _rows(config: RunConfig, split: str, limit: int | None) -> datasets.Dataset:
     """The split's rows, the first `limit` of them when given (the split itself never changes)."""
     if split not in ("held_out", "train"):
-        raise ValueError(f"split={split!r}: choose held_out or train")
+        raise EvalError(f"split={split!r}: choose held_out or train")
     train, held_out = load_rows(config)
     data = held_out if split == "held_out" else train
     if len(data) == 0:
-        raise ValueError("there are no held-out rows: set data.eval_size above 0, or evaluate split='train'")
+        raise EvalError("there are no held-out rows: set data.eval_size above 0, or evaluate split='train'")
     if limit is not None:
         if limit < 1:
-            raise ValueError(f"limit={limit}: score at least one row")
+            raise EvalError(f"limit={limit}: score at least one row")
         data = data.select(range(min(limit, len(data))))
     return data
 
@@ -292,18 +316,24 @@ def evaluate_run(
     *,
     max_new_tokens: int | None = None,
     generator: BaseGenerator | None = None,
+    show: Show | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a run's base model and/or its adapter; write and return the merged eval.json."""
+    """Evaluate a run's base model and/or its adapter; write and return the merged eval.json.
+
+    `show` gets the results before they are written, so a write that fails (EvalWriteError: a
+    read-only run folder, a full disk) does not lose minutes of scoring."""
     if not (base or trained):
-        raise ValueError("nothing to evaluate: ask for base, trained or both")
+        raise EvalError("nothing to evaluate: ask for base, trained or both")
     run = open_run(run_dir)
     adapter = run_adapter_dir(run) if trained else None
     if trained and adapter is None:
-        raise FileNotFoundError(f"{run.path} has no trained adapter yet (no adapter/ and no checkpoint); train it first")
+        raise EvalError(f"{run.path} has no trained adapter yet (no adapter/ and no checkpoint); train it first")
     results = read_eval(run.path)
     results.update(_base_and_trained(run.config(), adapter, base, k=k, limit=limit, progress=progress,
                                      max_new_tokens=max_new_tokens, generator=generator))
     results["delta"] = compare(results.get("base"), results.get("trained"))
+    if show is not None:
+        show(results)
     _write_json(run.file(EVAL), results)
     return results
 
@@ -319,22 +349,24 @@ def evaluate_model(
     progress: Progress | None = None,
     max_new_tokens: int | None = None,
     generator: BaseGenerator | None = None,
+    show: Show | None = None,
 ) -> dict[str, Any]:
     """Evaluate the config's model, and `adapter_dir` on top of it when given, outside any run.
 
     Returns {"base", "trained", "delta"} like `evaluate_run` and writes it to `out` (replacing
-    that file: its numbers would belong to another model).
+    that file: its numbers would belong to another model); `show` as in `evaluate_run`.
     """
     if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json); "
+        raise EvalError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json); "
                                 "pass the adapter/ folder of a run or a checkpoint-N folder")
     if not base and adapter_dir is None:
-        raise ValueError("nothing to evaluate: --trained-only needs --adapter DIR")
+        raise EvalError("nothing to evaluate: --trained-only needs --adapter DIR")
     results = _base_and_trained(config, adapter_dir, base, k=k, limit=limit, progress=progress,
                                 max_new_tokens=max_new_tokens, generator=generator)
     results["delta"] = compare(results.get("base"), results.get("trained"))
+    if show is not None:
+        show(results)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         _write_json(Path(out), results)
     return results
 
@@ -386,9 +418,18 @@ def _phase(progress: Progress | None, name: str) -> Progress | None:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically; an OSError becomes EvalWriteError carrying the results."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise EvalWriteError(f"could not write the results to {path}: {exc.strerror or exc}; they are shown above "
+                             "but not saved: make that folder writable (or free disk space) and run eval again",
+                             data) from exc
 
 
 # ---------------------------------------------------------------- text

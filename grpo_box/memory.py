@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -781,6 +782,8 @@ class PreflightResult:
     message: str
     card: Card
     report: dict[str, Any] | None = None  # the `estimate_report` behind the verdict
+    seconds_per_step: float | None = None  # on the CPU: the rough time of one step (cpu_step_seconds)
+    warning: bool = False  # the message warns (e.g. a GPU config about to run on the CPU)
 
 
 def preflight(config: RunConfig, vram_gb: float | None = None, force: bool = False,
@@ -793,7 +796,7 @@ def preflight(config: RunConfig, vram_gb: float | None = None, force: bool = Fal
     """
     card = choose_card(config, vram_gb, preset_fallback=False)
     if card.vram_gb is None:
-        return PreflightResult(True, None, "no GPU detected: no VRAM check (training uses the CPU and RAM)", card)
+        return _cpu_preflight(config, card, arch)
     try:
         report = estimate_report(config, arch=arch, card=card)
     except ConfigError as exc:
@@ -806,6 +809,66 @@ def preflight(config: RunConfig, vram_gb: float | None = None, force: bool = Fal
     if judged == "will not fit" and force:
         message += " (forced: starting anyway)"
     return PreflightResult(not refused, judged, message, card, report)
+
+
+# Calibration of cpu_step_seconds: the cpu preset (SmolLM2-135M, 8 completions, prompts up to 160 and
+# completions up to 64 tokens) takes about 20-25 s a step on 2 cores (transformers generate + PEFT LoRA
+# in float32): 22.5 s x 2 cores / (135e6 params x 8 x 224 tokens).
+CPU_CORE_SECONDS_PER_PARAM_TOKEN = 22.5 * 2 / (134.5e6 * 8 * 224)
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def cpu_step_seconds(config: RunConfig, arch: Arch, cores: int | None = None) -> float:
+    """Rough seconds one GRPO step takes on the CPU: generating and training B·GA completions of up to
+    P + C tokens, all proportional to parameters × tokens, calibrated on the cpu preset (above).
+    An order of magnitude, not a promise: real prompts and completions are often shorter."""
+    g = config.grpo
+    tokens = g.per_device_train_batch_size * g.gradient_accumulation_steps * (g.max_prompt_length +
+                                                                             g.max_completion_length)
+    return CPU_CORE_SECONDS_PER_PARAM_TOKEN * arch.params * tokens / (cores or cpu_cores())
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def _cpu_preflight(config: RunConfig, card: Card, arch: Arch | None) -> PreflightResult:
+    """No GPU: nothing to check against VRAM, but say how long a step will take, and warn loudly
+    when the config was made for a GPU (4-bit, vLLM or a GPU preset), which the CPU path runs without."""
+    try:
+        seconds = cpu_step_seconds(config, arch or resolve_arch(config.model.name))
+    except (ConfigError, OSError):  # a shape unknown offline: no time estimate
+        seconds = None
+    cores = cpu_cores()
+    pace = (f"roughly {_duration(seconds)} per step on {cores} CPU core{'s' if cores != 1 else ''} "
+            f"({config.grpo.max_steps} steps: about {_duration(seconds * config.grpo.max_steps)})"
+            if seconds is not None else "the time per step could not be estimated (unknown model shape)")
+    m = config.model
+    gpu_only = [what for on, what in ((m.load_in_4bit, "4-bit QLoRA"), (m.fast_inference, "vLLM rollouts")) if on]
+    preset_card = preset_card_gb(config.preset)
+    if not gpu_only and not preset_card:
+        return PreflightResult(True, None, f"no GPU detected: training uses the CPU and RAM, {pace}", card,
+                               seconds_per_step=seconds)
+    made_for = f"the {config.preset} preset is made for GPUs with {preset_card:g} GB" if preset_card else \
+        "this config is made for a GPU"
+    without = f" without {' or '.join(gpu_only)}," if gpu_only else ""
+    message = (f"warning: no GPU detected, but {made_for}: it will run on the CPU{without} in float32, {pace}. "
+               f"To try the flow on this machine use --preset cpu (the bundled 135M model); for real training "
+               f"use a machine with an NVIDIA GPU")
+    return PreflightResult(True, None, message, card, seconds_per_step=seconds, warning=True)
 
 
 def startup_oom_hint(config: RunConfig, vllm_cache: bool) -> str:

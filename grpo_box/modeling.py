@@ -25,10 +25,11 @@ pure functions so a CPU test can check that boundary.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .models import resolve_model
+from .models import check_model_source, load_error, resolve_model, use_data_home_for_caches
 
 
 def has_cuda() -> bool:
@@ -40,6 +41,7 @@ def has_cuda() -> bool:
 def prepare_environment(config: RunConfig, cuda: bool | None = None) -> dict[str, str]:
     """Environment variables that must be set before `import unsloth`; returns what it set."""
     cuda = has_cuda() if cuda is None else cuda
+    use_data_home_for_caches()  # before `import unsloth`: its compiled cache, not ./unsloth_compiled_cache
     env: dict[str, str] = {"TOKENIZERS_PARALLELISM": "false"}
     if cuda:  # both always written: a value left in the shell must not make the run differ from its config
         standby = config.model.fast_inference and config.model.vllm_standby
@@ -99,11 +101,20 @@ def unsloth_peft_kwargs(config: RunConfig) -> dict[str, Any]:
 
 
 def load_policy(config: RunConfig) -> tuple[Any, Any]:
-    """The trainable (LoRA-wrapped) model and its tokenizer, on the GPU or the CPU."""
+    """The trainable (LoRA-wrapped) model and its tokenizer, on the GPU or the CPU.
+
+    A model that cannot be found (a missing folder, a Hub id offline or with a typo) raises
+    ModelError with one line to fix it, instead of the libraries' long download tracebacks."""
+    check_model_source(config.model.name)
     path = resolve_model(config.model.name)
-    if has_cuda():
-        return _load_unsloth(config, path)
-    return _load_cpu(config, path)
+    try:
+        if has_cuda():
+            return _load_unsloth(config, path)
+        return _load_cpu(config, path)
+    except OSError as exc:  # transformers / huggingface_hub: not found, no network, gated
+        if Path(path).exists():
+            raise
+        raise load_error(config.model.name, exc) from exc
 
 
 def _load_unsloth(config: RunConfig, path: str) -> tuple[Any, Any]:

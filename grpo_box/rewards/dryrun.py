@@ -25,7 +25,8 @@ import yaml
 
 from grpo_box.config import RewardSpec
 from grpo_box.rewards.answers import to_text
-from grpo_box.rewards.registry import RewardError
+from grpo_box.rewards.guard import DEFAULT_REWARD_TIMEOUT
+from grpo_box.rewards.registry import RESERVED_COLUMNS, RewardError
 from grpo_box.rewards.rubric import RewardFunction, as_spec, build_rubric, shorten
 
 STD_EPS = 1e-4  # TRL adds this to the group std before dividing
@@ -60,13 +61,15 @@ class DryRunReport:
 
 
 def score_groups(groups: list[dict[str, Any]], rubric_specs: list[RewardSpec | dict | str],
-                 user_file: str | None = None, template: str | None = None) -> DryRunReport:
+                 user_file: str | None = None, template: str | None = None,
+                 timeout: float | None = DEFAULT_REWARD_TIMEOUT) -> DryRunReport:
     """Score each group {prompt, completions: [...], columns: {answer: ...}} with the rubric.
 
     A group may also carry `completion_ids` (one token list per completion), which length
-    rewards then count in tokens, as in training. `template` fills tag params as in training.
+    rewards then count in tokens, as in training. `template` fills tag params as in training;
+    `timeout` limits each reward call as `reward_timeout` does in training.
     """
-    funcs, weights = build_rubric(rubric_specs, user_file, template=template)
+    funcs, weights = build_rubric(rubric_specs, user_file, template=template, timeout=timeout)
     results = [_score_group(i, g, funcs, weights) for i, g in enumerate(groups)]
     report = DryRunReport(
         rewards=[{"name": f.name, "weight": w, "params": f.params} for f, w in zip(funcs, weights)],
@@ -84,8 +87,7 @@ def _noop(*args: Any, **kwargs: Any) -> None:
 
 # What GRPOTrainer passes besides dataset columns; user rewards may read or call these.
 _TRAINER_KWARGS = {"trainer_state": None, "log_extra": _noop, "log_metric": _noop}
-# Names the dry run passes itself, so a group's columns may not use them.
-RESERVED_COLUMNS = ("prompt", "prompts", "completion", "completions", "completion_ids", *_TRAINER_KWARGS)
+assert set(_TRAINER_KWARGS) <= set(RESERVED_COLUMNS)
 
 
 def _score_group(index: int, group: dict[str, Any], funcs: list[RewardFunction], weights: list[float]) -> GroupResult:
@@ -206,14 +208,14 @@ def _group_table(group: GroupResult, names: list[str], width: int) -> list[str]:
 
 
 def score_file(rubric_yaml_path: str | Path, data_jsonl_path: str | Path, user_file: str | None = None,
-               template: str | None = None) -> DryRunReport:
+               template: str | None = None, timeout: float | None = DEFAULT_REWARD_TIMEOUT) -> DryRunReport:
     """The dry run from files: a rubric YAML and a JSONL of prompts with completions.
 
     With `template` (think, reasoning, boxed) the rubric's unset tag params come from it, as in training.
     """
     specs = load_rubric(rubric_yaml_path)
     groups = load_groups(data_jsonl_path)
-    return score_groups(groups, specs, user_file, template=template)
+    return score_groups(groups, specs, user_file, template=template, timeout=timeout)
 
 
 def load_rubric(path: str | Path) -> list[RewardSpec]:

@@ -21,7 +21,8 @@ from typing import Any, Callable
 from grpo_box.config import RewardSpec
 from grpo_box.prompts import get_template
 from grpo_box.rewards.answers import to_text
-from grpo_box.rewards.registry import RewardError, reward_info
+from grpo_box.rewards.guard import DEFAULT_REWARD_TIMEOUT, RewardTimeout, UserExit, call_limited
+from grpo_box.rewards.builtin import RewardError, reward_info
 from grpo_box.rewards.user import load_user_rewards
 
 USER_PREFIX = "user:"
@@ -35,21 +36,37 @@ class RewardFunction:
     """
 
     def __init__(self, name: str, func: Callable, params: dict[str, Any], source: str | None = None,
-                 checks_answer: bool = False):
+                 checks_answer: bool = False, timeout: float | None = DEFAULT_REWARD_TIMEOUT):
         self.__name__ = name
         self.name = name
         self.source = source  # the user reward file, named in error messages
         self.func = func
         self.params = dict(params)
         self.checks_answer = checks_answer  # correctness-like: pays only for right answers
+        self.timeout = timeout  # seconds per call (RunConfig.reward_timeout); None: no limit
         self.__doc__ = func.__doc__
 
     def __call__(
         self, prompts: list[Any], completions: list[Any], completion_ids: Any = None, **columns: Any
     ) -> list[float | None]:
         kwargs = {**columns, **self.params}  # the rubric's params win over a same-named dataset column
+
+        def call() -> Any:
+            return self.func(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+
         try:
-            out = self.func(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)
+            out = call_limited(call, self.timeout)
+        except RewardTimeout:
+            raise RewardError(
+                f"reward {self.label} did not return within reward_timeout={self.timeout:g} s and was stopped; "
+                f"make it faster (or find the endless loop), or raise reward_timeout (--set reward_timeout=SECONDS)"
+                f"\n{example_input(prompts, completions, 0)}"
+            ) from None
+        except UserExit as exc:
+            raise RewardError(
+                f"reward {self.label} {exc}; a reward function must return its scores (raise an exception "
+                f"to report a problem)\n{example_input(prompts, completions, 0)}"
+            ) from exc.original
         except Exception as exc:
             raise RewardError(
                 f"reward {self.label} raised {type(exc).__name__}: {exc}\n{example_input(prompts, completions, 0)}"
@@ -128,7 +145,8 @@ def example_input(prompts: Any, completions: Any, i: int) -> str:
 
 
 def build_rubric(
-    specs: list[RewardSpec | dict | str], user_file: str | None = None, template: str | None = None
+    specs: list[RewardSpec | dict | str], user_file: str | None = None, template: str | None = None,
+    timeout: float | None = DEFAULT_REWARD_TIMEOUT,
 ) -> tuple[list[RewardFunction], list[float]]:
     """Resolve rubric specs into (reward callables, weights) for GRPOTrainer / GRPOConfig.reward_weights.
 
@@ -136,6 +154,7 @@ def build_rubric(
     against each reward's defaults. A name used twice gets `_2`, `_3` … so TRL's metrics stay apart.
     With `template` (the run's `data.template`), unset tag params come from it (`apply_template`).
     A user function marks itself correctness-like with the attribute `checks_answer = True`.
+    `timeout` (the run's `reward_timeout`) limits each call, and the user file's import (rewards.guard).
     """
     specs = apply_template(specs or [], template) if template else [as_spec(s, i) for i, s in enumerate(specs or [])]
     if not specs:
@@ -146,7 +165,7 @@ def build_rubric(
     for spec in specs:
         if spec.name.startswith(USER_PREFIX):
             if user_funcs is None:
-                user_funcs = _load_user(spec.name, user_file)
+                user_funcs = _load_user(spec.name, user_file, timeout)
             func, params, source = _user_reward(spec, user_funcs, user_file), dict(spec.params), user_file
             checks_answer = getattr(func, "checks_answer", False) is True
         else:
@@ -154,7 +173,7 @@ def build_rubric(
             checks_answer = reward_info(spec.name).checks_answer
         seen[spec.name] += 1
         name = spec.name if seen[spec.name] == 1 else f"{spec.name}_{seen[spec.name]}"
-        funcs.append(RewardFunction(name, func, params, source, checks_answer))
+        funcs.append(RewardFunction(name, func, params, source, checks_answer, timeout))
         weights.append(_weight(spec))
     return funcs, weights
 
@@ -265,10 +284,10 @@ def _same_kind(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def _load_user(name: str, user_file: str | None) -> dict[str, Callable]:
+def _load_user(name: str, user_file: str | None, timeout: float | None) -> dict[str, Callable]:
     if not user_file:
         raise RewardError(f"reward {name!r} refers to a user function, but no user reward file was given")
-    return load_user_rewards(user_file)
+    return load_user_rewards(user_file, timeout=timeout)
 
 
 def _user_reward(spec: RewardSpec, user_funcs: dict[str, Callable], user_file: str | None) -> Callable:

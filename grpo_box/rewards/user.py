@@ -21,17 +21,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable
 
+from grpo_box.rewards.guard import DEFAULT_REWARD_TIMEOUT, RewardTimeout, UserExit, call_limited
 from grpo_box.rewards.registry import RewardError
 
 _CONTRACT = "def my_reward(prompts, completions, **kwargs) -> list[float | None]"
 
 
-def load_user_rewards(path: str | Path) -> dict[str, Callable]:
+def load_user_rewards(path: str | Path, timeout: float | None = DEFAULT_REWARD_TIMEOUT) -> dict[str, Callable]:
     """Import the reward file at `path` and return its public functions by name.
 
     Public means: defined in that file and not starting with `_` (name helpers `_helper`).
     Raises RewardError naming the file (and line, for syntax and import errors) and the
-    function whose signature does not fit `(prompts, completions, **kwargs)`.
+    function whose signature does not fit `(prompts, completions, **kwargs)`, also for a file
+    that calls sys.exit() while it is imported, or whose import takes longer than `timeout` s.
     Call this only inside a child process (training, evaluation, dry run), never in the UI.
     """
     path = Path(path)
@@ -39,7 +41,7 @@ def load_user_rewards(path: str | Path) -> dict[str, Callable]:
         raise RewardError(f"user reward file {path}: not found")
     source = _read(path)
     _check_syntax(path, source)
-    module = _import(path)
+    module = _import(path, timeout)
     functions = {
         name: obj
         for name, obj in vars(module).items()
@@ -94,7 +96,7 @@ def _check_syntax(path: Path, source: str) -> None:
         ) from exc
 
 
-def _import(path: Path) -> ModuleType:
+def _import(path: Path, timeout: float | None = None) -> ModuleType:
     # A stable, unique module name per file keeps two files with the same stem apart and lets
     # pickle find the functions again by module name inside the same process.
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
@@ -105,7 +107,19 @@ def _import(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        call_limited(lambda: spec.loader.exec_module(module), timeout)
+    except RewardTimeout:
+        sys.modules.pop(name, None)
+        raise RewardError(
+            f"user reward file {path}: importing it took longer than reward_timeout={timeout:g} s and was stopped; "
+            "move slow set-up out of module level (or raise reward_timeout)"
+        ) from None
+    except UserExit as exc:
+        sys.modules.pop(name, None)
+        raise RewardError(
+            f"user reward file {path}{_line_in(path, exc.original)}: importing it {exc}; a reward file must only "
+            "define functions (raise an exception to report a problem)"
+        ) from exc.original
     except Exception as exc:
         sys.modules.pop(name, None)
         raise RewardError(
