@@ -2,14 +2,24 @@
 
 Setup starts by finding the card: torch.cuda when a CUDA build of torch sees one, else
 `nvidia-smi` when it is on PATH (a CPU build of torch on a GPU machine still gets the right
-preset), else no GPU. `propose_preset` maps the card to the largest preset it holds. During
-training the readers below are sampled every step into metrics.jsonl: torch's counters see only
-the trainer's own allocator, while NVML (pynvml or nvidia-smi) also sees vLLM's KV cache, which
-Unsloth's standby mode allocates outside torch's caching allocator. torch's peak is reset after
-each reading (`reset_peak_vram`), so every step's peak is that step's own. NVML numbers GPUs
-differently from CUDA when CUDA_VISIBLE_DEVICES is set, so NVML and nvidia-smi are asked about
-its first entry (an index or a UUID), the card CUDA calls device 0. Every reader returns None on
-a machine without a GPU. Sizes are in GB meaning GiB (2**30 bytes), as torch and nvidia-smi report.
+preset), else no GPU. `propose_preset` maps the card to the largest preset it holds.
+
+The GPU stack GRPO Box pins (vLLM 0.31, torch 2.13 cu130) is CUDA 13 only: it needs a Linux
+driver >= 580 and compute capability >= 7.5 (Turing and newer). `gpu_problem` says why a card
+cannot run it (a Pascal card, an old driver, a CPU build of torch); such a card gets the cpu
+preset, and `modeling.check_gpu_usable` refuses a GPU config on it instead of running it on
+the CPU unnoticed.
+
+During training the readers below are sampled every step into metrics.jsonl: torch's counters see
+only the trainer's own allocator; `torch.cuda.mem_get_info` (cudaMemGetInfo) sees the whole card,
+vLLM's KV cache included, which Unsloth's standby mode allocates outside torch's caching allocator.
+torch's peak is reset after each reading (`reset_peak_vram`), so every step's peak is that step's
+own. A process without a CUDA context of its own (the app, the CLI before training) asks NVML
+(pynvml, else nvidia-smi) instead, so that it does not create one (a few hundred MB). NVML numbers
+GPUs in PCI order while CUDA puts the fastest first, so NVML is asked for the card by the UUID torch
+gives for CUDA's device 0; only without a CUDA torch does it fall back to CUDA_VISIBLE_DEVICES'
+first entry (an index or a UUID). Every reader returns None on a machine without a GPU. Sizes are in
+GB meaning GiB (2**30 bytes), as torch and nvidia-smi report.
 """
 
 from __future__ import annotations
@@ -23,7 +33,10 @@ from typing import Callable
 
 GIB = 1024**3
 PRESET_TOLERANCE = 0.05  # cards report a little less than their label (an 8 GB card shows ~7.8)
-_SMI_QUERY = ["--query-gpu=name,memory.total", "--format=csv,noheader"]
+MIN_CAPABILITY = (7, 5)  # torch cu130 / vLLM 0.31: Turing and newer
+MIN_DRIVER = 580  # CUDA 13's Linux driver
+_SMI_QUERY = ["--query-gpu=name,memory.total,compute_cap,driver_version", "--format=csv,noheader"]
+_SMI_QUERY_OLD = ["--query-gpu=name,memory.total", "--format=csv,noheader"]  # drivers without compute_cap
 _UNIT_TO_GIB = {"mib": 1 / 1024, "gib": 1.0, "mb": 1e6 / GIB, "gb": 1e9 / GIB, "kib": 1 / 1024**2}
 
 Runner = Callable[[list[str]], str]
@@ -33,17 +46,67 @@ Runner = Callable[[list[str]], str]
 class GpuInfo:
     name: str
     vram_gb: float
+    capability: tuple[int, int] | None = None  # compute capability (major, minor), when known
+    driver: str | None = None  # the NVIDIA driver's version (nvidia-smi); None when torch answered
+    uuid: str | None = None  # "GPU-…": this very card for NVML / nvidia-smi (from torch)
 
 
 def parse_nvidia_smi(text: str) -> list[GpuInfo]:
-    """GPUs in `nvidia-smi --query-gpu=name,memory.total --format=csv,noheader` output."""
+    """GPUs in `nvidia-smi --query-gpu=name,memory.total[,compute_cap,driver_version] --format=csv,noheader`."""
     gpus = []
     for line in text.strip().splitlines():
-        name, sep, memory = line.rpartition(",")
+        head, capability, driver = line, None, None
+        parts = line.rsplit(",", 3)
+        if len(parts) == 4 and re.fullmatch(r"\s*\d+\.\d+\s*", parts[2]) and re.fullmatch(r"\s*[\d.]+\s*", parts[3]):
+            head = ",".join(parts[:2])
+            major, minor = parts[2].strip().split(".")
+            capability, driver = (int(major), int(minor)), parts[3].strip()
+        name, sep, memory = head.rpartition(",")
         size = _parse_size_gb(memory) if sep else None
         if name.strip() and size is not None:
-            gpus.append(GpuInfo(name.strip(), size))
+            gpus.append(GpuInfo(name.strip(), size, capability, driver))
     return gpus
+
+
+def gpu_problem(gpu: GpuInfo | None) -> str | None:
+    """Why GRPO Box's GPU stack cannot use this card (None: it can, or nothing is known against it)."""
+    if gpu is None:
+        return None
+    if gpu.capability is not None and gpu.capability < MIN_CAPABILITY:
+        return (f"{gpu.name} has compute capability {gpu.capability[0]}.{gpu.capability[1]}; the GPU stack "
+                f"(torch 2.13 cu130, vLLM 0.31) needs {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (Turing: "
+                "RTX 20xx, T4, and later); use the cpu preset on this machine")
+    major = _driver_major(gpu.driver)
+    if major is not None and major < MIN_DRIVER:
+        return (f"the NVIDIA driver is {gpu.driver}; the GPU stack is built for CUDA 13, which needs driver "
+                f"{MIN_DRIVER} or newer: update the driver (or use the cpu preset)")
+    return None
+
+
+def _driver_major(driver: str | None) -> int | None:
+    match = re.match(r"\s*(\d+)", driver or "")
+    return int(match.group(1)) if match else None
+
+
+def torch_problem() -> str | None:
+    """Why torch cannot use the NVIDIA card nvidia-smi sees (None: it can, or there is no card)."""
+    if _torch_cuda() is not None:
+        return None
+    gpu = _smi_gpu()
+    if gpu is None:
+        return None
+    reason = gpu_problem(gpu)
+    if reason:
+        return reason
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed: run ./install.sh"
+    if torch.version.cuda is None:
+        return (f"torch {torch.__version__} is a CPU build although {gpu.name} is present: run ./install.sh "
+                "again (it replaces a CPU torch left from a CPU install)")
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use {gpu.name} (torch.cuda.is_available() "
+            "is False): check the driver with nvidia-smi and CUDA_VISIBLE_DEVICES")
 
 
 def _parse_size_gb(text: str, default_unit: str = "mib") -> float | None:
@@ -89,16 +152,37 @@ def detect_gpu(runner: Runner | None = None) -> GpuInfo | None:
     cuda = _torch_cuda()
     if cuda is not None:
         props = cuda.get_device_properties(0)
-        return GpuInfo(props.name, round(props.total_memory / GIB, 2))
+        major, minor = getattr(props, "major", None), getattr(props, "minor", None)
+        uuid = getattr(props, "uuid", None)
+        return GpuInfo(props.name, round(props.total_memory / GIB, 2),
+                       (major, minor) if isinstance(major, int) and isinstance(minor, int) else None,
+                       uuid=_nvml_uuid(uuid))
+    return _smi_gpu(runner)
+
+
+def _smi_gpu(runner: Runner | None = None) -> GpuInfo | None:
+    """CUDA_VISIBLE_DEVICES' first card as nvidia-smi lists it (a best guess without a CUDA torch)."""
     device = visible_device()
     if device is None:
         return None
+    run = runner or _run_nvidia_smi
     try:
-        gpus = parse_nvidia_smi((runner or _run_nvidia_smi)(_SMI_QUERY))
+        try:
+            gpus = parse_nvidia_smi(run(_SMI_QUERY))
+        except subprocess.CalledProcessError:  # a driver older than the compute_cap field
+            gpus = parse_nvidia_smi(run(_SMI_QUERY_OLD))
     except (OSError, subprocess.SubprocessError):
         return None
     index = int(device) if device.isdigit() else 0  # a UUID: nvidia-smi's list order cannot place it
     return gpus[index] if index < len(gpus) else None
+
+
+def _nvml_uuid(uuid: object) -> str | None:
+    """torch's device UUID as NVML / nvidia-smi spell it ("GPU-" + the UUID)."""
+    if not uuid:
+        return None
+    text = str(uuid)
+    return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
 
 
 def _preset_cards() -> list[tuple[str, float]]:
@@ -111,9 +195,10 @@ def propose_preset(gpu: GpuInfo | None) -> str:
     """The largest GPU preset the card holds (within PRESET_TOLERANCE of its label), else "cpu".
 
     A card smaller than the smallest preset (say a 6 GB laptop GPU) also gets "cpu": no GPU preset
-    fits it as shipped; the memory estimate's suggestions can shrink one by hand.
+    fits it as shipped; the memory estimate's suggestions can shrink one by hand. So does a card the
+    GPU stack cannot use (`gpu_problem`: compute capability below 7.5, a driver older than 580).
     """
-    if gpu is None:
+    if gpu is None or gpu_problem(gpu) is not None:
         return "cpu"
     best, best_vram = "cpu", 0.0
     for name, vram in _preset_cards():
@@ -142,10 +227,61 @@ def reset_peak_vram() -> None:
         cuda.reset_peak_memory_stats()
 
 
+def nvml_device() -> str | None:
+    """The NVML / nvidia-smi id of CUDA's device 0: its UUID from torch when torch sees CUDA (NVML's
+    index order is PCI order, CUDA's is fastest first), else `visible_device`'s guess."""
+    cuda = _torch_cuda()
+    if cuda is not None:
+        try:
+            uuid = _nvml_uuid(getattr(cuda.get_device_properties(0), "uuid", None))
+        except Exception:  # a driver problem: fall back to the index
+            uuid = None
+        if uuid:
+            return uuid
+    return visible_device()
+
+
+def cuda_mem_info() -> dict[str, float] | None:
+    """Whole-card free/total GB from `torch.cuda.mem_get_info()` (cudaMemGetInfo: every process and
+    vLLM's cuMem pool counted); None without CUDA. Creates a CUDA context where there is none yet, so
+    the readers use it only in a process that already holds one (`_has_cuda_context`)."""
+    cuda = _torch_cuda()
+    if cuda is None or not hasattr(cuda, "mem_get_info"):
+        return None
+    try:
+        free, total = cuda.mem_get_info()
+    except Exception:  # a driver error mid-run: let NVML answer
+        return None
+    return {"free": round(free / GIB, 3), "total": round(total / GIB, 3)}
+
+
+def _has_cuda_context(cuda) -> bool:
+    """Whether this process already allocated on the GPU (then mem_get_info costs nothing extra)."""
+    try:
+        return bool(cuda.is_initialized()) and cuda.memory_reserved() > 0
+    except Exception:
+        return False
+
+
+def free_vram_gb(gpu: GpuInfo | None = None) -> float | None:
+    """GB free on CUDA's device 0 now (what Unsloth sizes vLLM's share from), without creating a CUDA
+    context in this process: mem_get_info where one exists, else NVML; None when unknown."""
+    cuda = _torch_cuda()
+    if cuda is not None and _has_cuda_context(cuda):
+        info = cuda_mem_info()
+        if info is not None:
+            return info["free"]
+    device = gpu.uuid if gpu is not None and gpu.uuid else nvml_device()
+    reading = nvml_vram_gb(device) if device is not None else None
+    if reading is None:
+        return None
+    return round(max(reading["total"] - reading["used"], 0.0), 2)
+
+
 def nvml_vram_gb(device: str | None = None, runner: Runner | None = None) -> dict[str, float] | None:
     """Whole-card used/total GB from NVML (pynvml, else nvidia-smi) for `device` (an NVML index or
-    UUID; default: CUDA's device 0, see `visible_device`); None without a GPU."""
-    device = device if device is not None else visible_device()
+    UUID; default: CUDA's device 0, see `nvml_device`); None without a GPU."""
+    device = device if device is not None else nvml_device()
     if device is None:
         return None
     reading = _pynvml_reading(device)
@@ -186,11 +322,22 @@ def _pynvml_reading(device: str) -> dict[str, float] | None:
         return None
 
 
+def card_vram_gb() -> dict[str, float] | None:
+    """Whole-card used/total GB (vLLM's memory included): mem_get_info in a process that holds a CUDA
+    context, else NVML; None without a GPU."""
+    cuda = _torch_cuda()
+    if cuda is not None and _has_cuda_context(cuda):
+        info = cuda_mem_info()
+        if info is not None:
+            return {"used": round(info["total"] - info["free"], 3), "total": info["total"]}
+    return nvml_vram_gb()
+
+
 def current_vram_gb() -> float | None:
-    """GB in use on the card now: NVML (counts vLLM) when it answers, else torch's allocated."""
-    nvml = nvml_vram_gb()
-    if nvml is not None:
-        return nvml["used"]
+    """GB in use on the card now: the whole card (counts vLLM) when known, else torch's allocated."""
+    card = card_vram_gb()
+    if card is not None:
+        return card["used"]
     torch_reading = torch_vram_gb()
     return torch_reading["allocated"] if torch_reading else None
 
@@ -204,11 +351,11 @@ def peak_vram_gb() -> float | None:
 def vram_snapshot() -> dict[str, float] | None:
     """Flat per-step VRAM fields for metrics.jsonl (`vram/...` keys); None on a CPU machine."""
     torch_reading = torch_vram_gb()
-    nvml = nvml_vram_gb()
-    if torch_reading is None and nvml is None:
+    card = card_vram_gb()
+    if torch_reading is None and card is None:
         return None
     out = {f"vram/{key}_gb": value for key, value in (torch_reading or {}).items()}
-    if nvml is not None:
-        out["vram/used_gb"] = nvml["used"]
-        out["vram/total_gb"] = nvml["total"]
+    if card is not None:
+        out["vram/used_gb"] = card["used"]
+        out["vram/total_gb"] = card["total"]
     return out

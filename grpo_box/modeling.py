@@ -20,16 +20,35 @@ aliasing: a warning normally, but a hard error whenever `CI` is set in the envir
 
 `unsloth_load_kwargs` / `unsloth_peft_kwargs` are the exact arguments handed to Unsloth; they are
 pure functions so a CPU test can check that boundary.
+
+Standby and the allocator: unsloth_zoo sets `PYTORCH_ALLOC_CONF=expandable_segments:True` when
+standby is off and strips it when standby is on, but torch reads that variable for itself, and a
+training child inherits its parent's environment (a parent that imported unsloth without standby
+carries the setting). Expandable segments conflict with standby's sleep mode (vLLM's cuMem pool),
+so `prepare_environment` removes them for a standby run before anything imports torch, and
+`worker_environment` gives a child process the same clean environment.
+
+A GPU config on a card torch cannot use (a Pascal card, a driver older than CUDA 13's, a CPU build
+of torch left from a CPU install) is refused by `check_gpu_usable` with the reason, instead of
+training on the CPU in float32 without anyone noticing (`hardware.gpu_problem`, `torch_problem`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
+from .errors import UserError
 from .models import check_model_source, load_error, resolve_model, use_data_home_for_caches
+
+ALLOCATOR_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
+
+
+class GpuUnusableError(UserError, RuntimeError):
+    """A GPU config on a machine whose NVIDIA card torch cannot use; the message says why and what to do."""
 
 
 def has_cuda() -> bool:
@@ -38,8 +57,44 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def uses_standby(config: RunConfig) -> bool:
+    return config.model.fast_inference and config.model.vllm_standby
+
+
+def without_expandable_segments(env: dict[str, str]) -> dict[str, str]:
+    """`env` with `expandable_segments:…` taken out of the allocator variables (emptied ones dropped)."""
+    out = dict(env)
+    for key in ALLOCATOR_VARS:
+        if "expandable_segments" not in out.get(key, ""):
+            continue
+        kept = [part.strip() for part in out[key].split(",")
+                if part.strip() and not part.strip().startswith("expandable_segments")]
+        if kept:
+            out[key] = ",".join(kept)
+        else:
+            del out[key]
+    return out
+
+
+def worker_environment(config: RunConfig, env: dict[str, str]) -> dict[str, str]:
+    """The environment for a training child of a run with `config`, from its parent's `env`: without
+    expandable segments for a standby run (see the module docstring); otherwise unchanged."""
+    return without_expandable_segments(env) if uses_standby(config) else dict(env)
+
+
 def prepare_environment(config: RunConfig, cuda: bool | None = None) -> dict[str, str]:
     """Environment variables that must be set before `import unsloth`; returns what it set."""
+    if uses_standby(config):  # before has_cuda() imports torch, which reads the allocator settings
+        scrubbed = without_expandable_segments(dict(os.environ))
+        for key in ALLOCATOR_VARS:
+            if os.environ.get(key) != scrubbed.get(key):
+                if "torch" in sys.modules:
+                    print(f"warning: {key}={os.environ[key]} was set before torch was imported; standby needs "
+                          "expandable_segments off: unset it before starting GRPO Box", file=sys.stderr)
+                if key in scrubbed:
+                    os.environ[key] = scrubbed[key]
+                else:
+                    os.environ.pop(key, None)
     cuda = has_cuda() if cuda is None else cuda
     use_data_home_for_caches()  # before `import unsloth`: its compiled cache, not ./unsloth_compiled_cache
     env: dict[str, str] = {"TOKENIZERS_PARALLELISM": "false"}
@@ -58,7 +113,10 @@ def tolerate_inductor_pool_aliasing() -> None:
     os.environ.setdefault("TORCHINDUCTOR_ERROR_ON_CUSTOM_OP_ALIASING", "0")  # read where torch is not yet imported
     import torch._functorch.config as functorch_config
 
-    functorch_config.error_on_custom_op_aliasing = False  # torch may already be imported
+    # torch's config modules raise AttributeError for a key they do not have (torch/utils/_config_module.py);
+    # the key is new in PyTorch 2.13 and older builds have no such check to relax
+    if hasattr(functorch_config, "error_on_custom_op_aliasing"):
+        functorch_config.error_on_custom_op_aliasing = False  # torch may already be imported
 
 
 def import_unsloth(config: RunConfig) -> None:
@@ -107,6 +165,7 @@ def load_policy(config: RunConfig) -> tuple[Any, Any]:
     ModelError with one line to fix it, instead of the libraries' long download tracebacks."""
     check_model_source(config.model.name)
     path = resolve_model(config.model.name)
+    check_gpu_usable(config)
     try:
         if has_cuda():
             return _load_unsloth(config, path)
@@ -115,6 +174,31 @@ def load_policy(config: RunConfig) -> tuple[Any, Any]:
         if Path(path).exists():
             raise
         raise load_error(config.model.name, exc) from exc
+
+
+def needs_gpu(config: RunConfig) -> bool:
+    """A config made for a GPU: 4-bit weights, vLLM rollouts, or a GPU preset."""
+    from .memory import preset_card_gb
+
+    return config.model.load_in_4bit or config.model.fast_inference or bool(preset_card_gb(config.preset))
+
+
+def check_gpu_usable(config: RunConfig) -> None:
+    """Refuse to run a GPU config on an NVIDIA card the GPU stack cannot use (GpuUnusableError, with
+    the reason); a machine with no NVIDIA card at all is left to the CPU path and its warning."""
+    from . import hardware
+
+    if has_cuda():  # torch would take the GPU path whatever the preset
+        reason = hardware.gpu_problem(hardware.detect_gpu())
+        cpu = "hide the card (CUDA_VISIBLE_DEVICES= ) and use --preset cpu"
+    elif needs_gpu(config):
+        reason = hardware.torch_problem()
+        cpu = "use --preset cpu (or model.load_in_4bit=false and model.fast_inference=false)"
+    else:
+        reason = None
+    if reason:
+        raise GpuUnusableError(f"this run cannot use the GPU: {reason}. To train on the CPU instead (slowly, in "
+                               f"float32, without 4-bit or vLLM), {cpu}")
 
 
 def _load_unsloth(config: RunConfig, path: str) -> tuple[Any, Any]:

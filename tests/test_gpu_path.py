@@ -244,3 +244,182 @@ def test_startup_hint_says_which_way_to_move_the_share():
             with _startup_oom(config, "loading model / vLLM cache"):
                 raise errors[what]
         assert f"{direction} model.gpu_memory_utilization" in str(caught.value), what
+
+
+# ------------------------------------------------------------------------------------------------
+# which cards the CUDA 13 stack can use (item 3), and which card NVML reads (item 13)
+
+
+@pytest.mark.parametrize("gpu,preset", [
+    (("NVIDIA GeForce GTX 1080", 7.93, (6, 1), "575.64"), "cpu"),  # Pascal: no cu130 kernels
+    (("Tesla V100-SXM2-16GB", 15.77, (7, 0), "580.95"), "cpu"),  # Volta: CUDA 13 dropped it too
+    (("Tesla T4", 14.74, (7, 5), "580.95"), "12gb"),  # Turing: the oldest the stack runs on
+    (("NVIDIA GeForce RTX 3070", 7.6, (8, 6), "570.86"), "cpu"),  # a driver older than CUDA 13's
+    (("NVIDIA GeForce RTX 3070", 7.6, (8, 6), "580.65.06"), "8gb"),
+    (("NVIDIA GeForce RTX 4090", 23.99, (8, 9), None), "24gb"),  # from torch: no driver reading, CUDA works
+    (("NVIDIA GeForce RTX 3060", 12.0, None, None), "12gb"),  # nothing known against it
+])
+def test_propose_preset_considers_compute_capability_and_driver(gpu, preset):
+    from grpo_box.hardware import GpuInfo, gpu_problem, propose_preset
+
+    info = GpuInfo(*gpu)
+    assert propose_preset(info) == preset
+    assert (gpu_problem(info) is None) == (preset != "cpu")
+
+
+def test_gpu_problem_says_what_to_do():
+    from grpo_box.hardware import GpuInfo, gpu_problem
+
+    assert "compute capability 6.1" in gpu_problem(GpuInfo("GTX 1080", 8.0, (6, 1), "580.1")) and "7.5" in \
+        gpu_problem(GpuInfo("GTX 1080", 8.0, (6, 1), "580.1"))
+    assert "update the driver" in gpu_problem(GpuInfo("RTX 3070", 8.0, (8, 6), "550.120"))
+
+
+def fake_smi(listing: str):
+    def runner(args):
+        if args[0].startswith("--query-gpu=name"):
+            return listing
+        raise AssertionError(args)
+    return runner
+
+
+@pytest.fixture
+def torch_without_cuda(monkeypatch):
+    """torch sees no CUDA device (as here), and nvidia-smi lists one card."""
+    from grpo_box import hardware
+
+    monkeypatch.setattr(hardware, "_torch_cuda", lambda: None)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+    def listing(text: str) -> None:
+        monkeypatch.setattr(hardware, "_run_nvidia_smi", fake_smi(text))
+    return listing
+
+
+def test_a_cpu_torch_beside_a_usable_card_is_named(torch_without_cuda):
+    from grpo_box import hardware
+
+    torch_without_cuda("NVIDIA GeForce RTX 3070, 8192 MiB, 8.6, 580.95.05\n")
+    assert "CPU build" in hardware.torch_problem() and "./install.sh" in hardware.torch_problem()
+    torch_without_cuda("NVIDIA GeForce GTX 1080, 8192 MiB, 6.1, 580.95.05\n")
+    assert "compute capability 6.1" in hardware.torch_problem()
+
+
+def test_a_gpu_preset_on_a_card_torch_cannot_use_is_refused_not_run_on_the_cpu(torch_without_cuda, monkeypatch):
+    """Item 3 at run time: load_policy stops before loading anything, with the reason."""
+    from grpo_box import modeling
+
+    torch_without_cuda("NVIDIA GeForce RTX 3070, 8192 MiB, 8.6, 570.86.10\n")
+    loaded = []
+    monkeypatch.setattr(modeling, "_load_cpu", lambda config, path: loaded.append(path))
+    monkeypatch.setattr(modeling, "resolve_model", lambda name: "/models/x")
+    monkeypatch.setattr(modeling, "check_model_source", lambda name: None)
+    with pytest.raises(modeling.GpuUnusableError, match="driver 580 or newer.*--preset cpu"):
+        modeling.load_policy(load_preset("8gb"))
+    assert loaded == []
+    modeling.load_policy(load_preset("cpu"))  # a CPU config still runs on the CPU
+    assert loaded == ["/models/x"]
+
+
+def test_a_card_torch_uses_but_the_stack_does_not_is_refused(monkeypatch):
+    """A Pascal card under a CUDA torch: Unsloth would take the GPU path and fail in vLLM or a kernel."""
+    from grpo_box import hardware, modeling
+    from grpo_box.hardware import GpuInfo
+
+    monkeypatch.setattr(modeling, "has_cuda", lambda: True)
+    monkeypatch.setattr(hardware, "detect_gpu", lambda runner=None: GpuInfo("GTX 1080", 8.0, (6, 1)))
+    with pytest.raises(modeling.GpuUnusableError, match="CUDA_VISIBLE_DEVICES"):
+        modeling.check_gpu_usable(load_preset("cpu"))
+    monkeypatch.setattr(hardware, "detect_gpu", lambda runner=None: GpuInfo("RTX 3070", 7.6, (8, 6)))
+    modeling.check_gpu_usable(load_preset("8gb"))
+
+
+def fake_cuda_device(*, uuid="5f3a1c2e-0000-4000-8000-000000000001", free_gb=5.0, total_gb=8.0, context=True):
+    gib = 1024**3
+    props = types.SimpleNamespace(name="NVIDIA GeForce RTX 3070", total_memory=int(total_gb * gib), major=8, minor=6,
+                                  uuid=uuid)
+    return types.SimpleNamespace(
+        get_device_properties=lambda index: props,
+        mem_get_info=lambda *a: (int(free_gb * gib), int(total_gb * gib)),
+        is_initialized=lambda: context,
+        memory_reserved=lambda: int(1.5 * gib) if context else 0,
+        memory_allocated=lambda: int(1 * gib),
+        max_memory_reserved=lambda: int(2 * gib),
+    )
+
+
+def test_nvml_is_asked_about_cudas_device_0_by_uuid(monkeypatch):
+    """Item 13: NVML numbers cards in PCI order, CUDA fastest first; the UUID names the same card."""
+    from grpo_box import hardware
+
+    monkeypatch.setattr(hardware, "_torch_cuda", lambda: fake_cuda_device(context=False))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    asked = []
+    monkeypatch.setattr(hardware, "_pynvml_reading", lambda device: asked.append(device) or {"used": 3.0, "total": 8.0})
+    gpu = hardware.detect_gpu()
+    assert gpu.capability == (8, 6) and gpu.uuid == "GPU-5f3a1c2e-0000-4000-8000-000000000001"
+    assert hardware.nvml_device() == gpu.uuid
+    assert hardware.free_vram_gb(gpu) == 5.0  # no CUDA context here: NVML, not mem_get_info
+    assert hardware.current_vram_gb() == 3.0
+    assert asked == [gpu.uuid, gpu.uuid]
+
+
+def test_in_the_trainer_the_whole_card_comes_from_mem_get_info(monkeypatch):
+    """With a CUDA context (the training process), cudaMemGetInfo counts vLLM's cuMem pool too."""
+    from grpo_box import hardware
+
+    monkeypatch.setattr(hardware, "_torch_cuda", lambda: fake_cuda_device(free_gb=1.25, total_gb=8.0))
+    monkeypatch.setattr(hardware, "_pynvml_reading", lambda device: pytest.fail("NVML not needed"))
+    assert hardware.free_vram_gb() == 1.25
+    assert hardware.current_vram_gb() == 6.75
+    snap = hardware.vram_snapshot()
+    assert snap["vram/used_gb"] == 6.75 and snap["vram/total_gb"] == 8.0 and snap["vram/peak_reserved_gb"] == 2.0
+
+
+# ------------------------------------------------------------------------------------------------
+# modeling: the torch config key (item 4), the allocator under standby (item 11)
+
+
+def test_a_torch_without_the_aliasing_key_is_left_alone():
+    """torch's config modules raise AttributeError for a key they lack (the GPU image's torch 2.11 may)."""
+    code = ("import torch._functorch.config as c, torch.utils._config_module as m\n"
+            "del c._config['error_on_custom_op_aliasing']\n"
+            "try:\n    c.error_on_custom_op_aliasing = False\nexcept AttributeError:\n    print('raises')\n"
+            "from grpo_box.modeling import tolerate_inductor_pool_aliasing as t; t(); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["raises", "ok"], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("before,after", [
+    ({"PYTORCH_ALLOC_CONF": "expandable_segments:True"}, {}),
+    ({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True,roundup_power2_divisions:[32:256,>:32]"},
+     {"PYTORCH_CUDA_ALLOC_CONF": "roundup_power2_divisions:[32:256,>:32]"}),
+    ({"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"}, {"PYTORCH_ALLOC_CONF": "max_split_size_mb:512"}),
+])
+def test_a_standby_worker_gets_no_expandable_segments(before, after):
+    from grpo_box.modeling import worker_environment
+
+    standby = load_preset("8gb")
+    assert standby.model.fast_inference and standby.model.vllm_standby
+    env = {"PATH": "/usr/bin", **before}
+    assert worker_environment(standby, env) == {"PATH": "/usr/bin", **after}
+    standby.model.vllm_standby = False
+    assert worker_environment(standby, env) == env  # without standby the user's setting stays
+    assert env == {"PATH": "/usr/bin", **before}  # the parent's own environment is not touched
+
+
+def test_prepare_environment_scrubs_the_allocator_before_torch_is_imported():
+    """In a fresh process (as a training child starts), the setting is gone before torch reads it."""
+    code = ("import sys\n"
+            "from grpo_box.presets import load_preset\n"
+            "from grpo_box.modeling import prepare_environment\n"
+            "assert 'torch' not in sys.modules\n"
+            "import os\n"
+            "prepare_environment(load_preset('8gb'), cuda=True)\n"
+            "print(os.environ.get('PYTORCH_ALLOC_CONF'), os.environ['UNSLOTH_VLLM_STANDBY'])\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTORCH_ALLOC_CONF": "expandable_segments:True"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["None", "1"]
+    assert "warning" not in out.stderr

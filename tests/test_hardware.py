@@ -95,10 +95,25 @@ def test_detect_gpu_from_nvidia_smi_when_torch_is_a_cpu_build(no_cuda):
 
     def runner(args):
         seen.append(args)
-        return "NVIDIA GeForce RTX 3060, 12288 MiB\n"
+        return "NVIDIA GeForce RTX 3060, 12288 MiB, 8.6, 580.95.05\n"
 
-    assert hardware.detect_gpu(runner) == GpuInfo("NVIDIA GeForce RTX 3060", 12.0)
-    assert seen == [["--query-gpu=name,memory.total", "--format=csv,noheader"]]
+    assert hardware.detect_gpu(runner) == GpuInfo("NVIDIA GeForce RTX 3060", 12.0, (8, 6), "580.95.05")
+    assert seen == [["--query-gpu=name,memory.total,compute_cap,driver_version", "--format=csv,noheader"]]
+
+
+def test_detect_gpu_with_a_driver_too_old_for_the_compute_cap_field(no_cuda):
+    """nvidia-smi before ~510 refuses the compute_cap field: ask again for name and memory only."""
+    seen = []
+
+    def runner(args):
+        seen.append(args)
+        if "compute_cap" in args[0]:
+            raise subprocess.CalledProcessError(2, "nvidia-smi", 'Field "compute_cap" is not a valid field to query.')
+        return "GeForce GTX 1080, 8119 MiB\n"
+
+    assert hardware.detect_gpu(runner) == GpuInfo("GeForce GTX 1080", 7.93)
+    assert [args[0] for args in seen] == ["--query-gpu=name,memory.total,compute_cap,driver_version",
+                                          "--query-gpu=name,memory.total"]
 
 
 def test_detect_gpu_when_nvidia_smi_fails(no_cuda):
