@@ -241,3 +241,13 @@ def test_a_training_reward_that_exits_or_hangs_fails_the_run_naming_it(reward_fi
     assert status["state"] == "failed"
     assert f"reward 'user:{name}' (from {reward_file}) {what}" in status["error"]
     assert "example input" in status["error"]
+
+
+@pytest.mark.slow
+def test_a_training_reward_that_calls_os_exit_never_ends_train_with_status_0(reward_file: Path, tmp_path: Path) -> None:
+    """os._exit(0) kills the worker before it can say anything; the parent still fails the run."""
+    out = run_cli("train", *TINY, "--set", f"output.runs_dir={tmp_path / 'runs'}", "--set",
+                  f"reward_file={reward_file}", "--set", "rewards=[{name: 'user:hard_exits', weight: 1.0}]", timeout=600)
+    assert out.returncode != 0, out.stdout + out.stderr
+    status = json.loads(next((tmp_path / "runs").glob("*/status.json")).read_text())
+    assert status["state"] == "failed" and status.get("error")

@@ -183,10 +183,13 @@ def run_guarded(argv: list[str], what: str) -> int:
         code = _wait_forwarding(child)
         if done.is_file():
             return code
+    if code == 0:  # nothing but os._exit() ends Python with 0 before main() returns
+        print(f"error: {what} exited with code 0 before it finished: a reward function (or code it ran) called "
+              "os._exit(). Reward functions must return their scores; raise an exception to report a problem",
+              file=sys.stderr, flush=True)
+        return 1
     how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-    print(f"error: {what} {how} before it finished, without an error message: a reward function (or code it "
-          "ran) probably called os._exit() or crashed the interpreter. Reward functions must return their "
-          "scores; raise an exception to report a problem", file=sys.stderr, flush=True)
+    print(f"error: {what} {how} before it finished (see the output above)", file=sys.stderr, flush=True)
     return code if code > 0 else 1
 
 
