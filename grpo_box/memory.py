@@ -36,7 +36,13 @@ Components (bytes):
   batch, B·C·4 B, are added.
 - workspace (4-bit only): Unsloth dequantizes one projection at a time into a 16-bit buffer;
   2 × the largest projection.
-- vLLM (fast_inference): its share is S = u × card, u the vLLM utilisation (see "Standby").
+- vLLM (fast_inference): its share is S = u × card, u the vLLM utilisation (see "Standby"), on a
+  card given or assumed. On a detected card Unsloth's own rule applies: u × the memory free when
+  vLLM loads (`unsloth_zoo.vllm_utils.approximate_vllm_memory_usage`: `gpu_memory_utilization *
+  free_memory`), i.e. the free memory read now less the training process's CUDA context; a desktop
+  whose display holds 0.5-1 GB gets a smaller KV cache than u × card, and when it cannot hold one
+  model.max_seq_length sequence Unsloth cuts vLLM's context (`_fit_max_seq_length_to_kv_cache`).
+  The estimate then also must fit the free memory, not only the card.
   Inside it sit the weights (Unsloth: the same tensors the trainer uses; TRL's colocated vLLM
   loads its own 16-bit copy, `Stack.vllm_shares_weights`), a runtime part (CUDA graphs:
   172·h·n·4 B clamped to 0.15-1 GB, unsloth_zoo's own rule, plus a 4096-token profiling pass,
@@ -119,6 +125,7 @@ class MemoryEstimate:
     phase: str  # "training" | "generation": which phase is the peak
     phases: dict[str, float]
     card_gb: float | None = None  # card the vLLM share was sized on
+    free_gb: float | None = None  # memory free on that card now (detected cards): the share's base
     vllm_share_gb: float | None = None
     vllm_util: float | None = None  # the utilisation vLLM will run with (Unsloth's standby target or the config's)
     standby_target: bool = False  # True: Unsloth's standby target replaces model.gpu_memory_utilization
@@ -261,8 +268,9 @@ class _Parts:
 
 
 def estimate(config: RunConfig, arch: Arch | None = None, vram_gb: float | None = None,
-             stack: Stack = UNSLOTH) -> MemoryEstimate:
-    """Peak memory of one GRPO step for `config`; `vram_gb` sizes the vLLM share (default: the preset's card)."""
+             stack: Stack = UNSLOTH, free_gb: float | None = None) -> MemoryEstimate:
+    """Peak memory of one GRPO step for `config`; `vram_gb` sizes the vLLM share (default: the preset's card);
+    `free_gb`, the memory free on that card now, makes the share Unsloth's u × free (see the module docstring)."""
     arch = arch or resolve_arch(config.model.name)
     card = vram_gb if vram_gb else preset_card_gb(config.preset)
     device = "gpu" if (card or config.model.load_in_4bit or config.model.fast_inference) else "cpu"
@@ -282,7 +290,8 @@ def estimate(config: RunConfig, arch: Arch | None = None, vram_gb: float | None 
         "logits": _logit_bytes(arch, config, stack, act),
         "workspace": _workspace_bytes(arch, config) if device == "gpu" else 0.0,
     }
-    est = MemoryEstimate(config.model.name, device, 0.0, {}, "training", {}, card_gb=card)
+    est = MemoryEstimate(config.model.name, device, 0.0, {}, "training", {}, card_gb=card,
+                         free_gb=free_gb if card and free_gb is not None and device == "gpu" else None)
     if config.model.fast_inference and device == "gpu":
         generation = _add_vllm(arch, config, stack, parts, training, est)
     else:
@@ -290,7 +299,27 @@ def estimate(config: RunConfig, arch: Arch | None = None, vram_gb: float | None 
     if device == "cpu":
         est.notes.append("no GPU: this is RAM (float32 weights and activations unless model.dtype says otherwise)")
     _finish(est, training, generation)
+    _check_free(est)
     return est
+
+
+def vllm_base_gb(card_gb: float, free_gb: float | None) -> float:
+    """What Unsloth multiplies gpu_memory_utilization by: the card's free memory when vLLM loads (the
+    free memory now, less the training process's own CUDA context), else the whole card."""
+    if free_gb is None:
+        return card_gb
+    return max(min(free_gb, card_gb) - CUDA_CONTEXT_GB, 0.0)
+
+
+def _check_free(est: MemoryEstimate) -> None:
+    """On a card others already use, the run must fit what is free, not the card."""
+    if est.free_gb is None or est.card_gb is None:
+        return
+    others = est.card_gb - est.free_gb
+    if est.total_gb > est.free_gb:
+        est.problems.append(
+            f"the estimate ({est.total_gb:.1f} GB) is more than the {est.free_gb:.1f} GB free on this card now "
+            f"(other programs hold {others:.1f} GB): close them, or lower the settings")
 
 
 def _hf_generation(arch: Arch, config: RunConfig, parts: _Parts, act: int) -> dict[str, float]:
@@ -311,8 +340,13 @@ def _add_vllm(arch: Arch, config: RunConfig, stack: Stack, parts: _Parts, traini
     if est.card_gb:
         est.vllm_util = vllm_utilization(config, est.card_gb)
         est.standby_target = standby_sets_share(config)
-        share = est.vllm_util * est.card_gb * GIB
-        est.min_gpu_memory_utilization = round((vllm_weights + runtime + per_seq) / (est.card_gb * GIB), 3)
+        share = est.vllm_util * vllm_base_gb(est.card_gb, est.free_gb) * GIB
+        if est.free_gb is not None and est.card_gb - est.free_gb > 0.25:
+            est.notes.append(
+                f"other programs hold {est.card_gb - est.free_gb:.1f} GB of this card: Unsloth gives vLLM "
+                f"{est.vllm_util:g} of the free memory ({_gb(share):.2f} GB), not of the card")
+        base = max(vllm_base_gb(est.card_gb, est.free_gb), 0.01)
+        est.min_gpu_memory_utilization = round((vllm_weights + runtime + per_seq) / (base * GIB), 3)
     else:
         share = vllm_weights + runtime + per_seq * seqs
         est.notes.append("no card given: vLLM's share is sized to hold one generation batch")
@@ -331,13 +365,26 @@ def _add_vllm(arch: Arch, config: RunConfig, stack: Stack, parts: _Parts, traini
     return generation
 
 
+def unsloth_context_tokens(kv_bytes: float, per_token: float) -> int:
+    """The context Unsloth leaves vLLM for a KV cache of `kv_bytes` (unsloth_zoo: 95% of the tokens it
+    holds, rounded down to 256; `_fit_max_seq_length_to_kv_cache` cuts max_seq_length to it)."""
+    return int(0.95 * kv_bytes / per_token) // 256 * 256 if per_token > 0 else 0
+
+
 def _check_kv(est: MemoryEstimate, config: RunConfig, kv: float, per_seq: float, seqs: int) -> None:
     m = config.model
+    base = f"the free {est.free_gb:g} GB" if est.free_gb is not None else f"{est.card_gb or 0:g} GB"
+    tokens = unsloth_context_tokens(kv, per_seq / m.max_seq_length)
     if kv < per_seq:
         est.problems.append(
-            f"vLLM's share ({est.vllm_util:g} × {est.card_gb:g} GB) leaves {_gb(kv):.2f} GB of KV cache, "
-            f"less than one {m.max_seq_length}-token sequence needs ({_gb(per_seq):.2f} GB): {_kv_fix(est, config)}"
+            f"vLLM's share ({est.vllm_util:g} × {base}) leaves {_gb(kv):.2f} GB of KV cache, "
+            f"less than one {m.max_seq_length}-token sequence needs ({_gb(per_seq):.2f} GB; Unsloth would cut "
+            f"vLLM's context to {max(tokens, 256)} tokens): {_kv_fix(est, config)}"
         )
+    elif est.card_gb and tokens < m.max_seq_length:
+        est.notes.append(
+            f"Unsloth will cut vLLM's context to {tokens} tokens (model.max_seq_length is {m.max_seq_length}): "
+            f"longer prompt + completion pairs fail; {_kv_fix(est, config)}")
     elif kv < per_seq * seqs:
         est.notes.append(
             f"the KV cache holds {int(kv // per_seq)} of the {seqs} sequences of a generation batch at once: "
@@ -668,7 +715,7 @@ def estimate_report(config: RunConfig, vram_gb: float | None = None, arch: Arch 
     against (`card`, else `vram_gb`, else the preset's), verdict and suggestion."""
     card = card or choose_card(config, vram_gb, detect=False)
     arch = arch or resolve_arch(config.model.name)
-    est = estimate(config, arch, card.vram_gb, stack)
+    est = estimate(config, arch, card.vram_gb, stack, free_gb=card.free_gb)
     judged = verdict(est, card.vram_gb) if card.vram_gb else None
     suggestion = suggest_fix(config, card.vram_gb, arch, stack) if card.vram_gb and judged != "fits" else None
     return {
@@ -687,6 +734,7 @@ def estimate_report(config: RunConfig, vram_gb: float | None = None, arch: Arch 
         "standby_target": est.standby_target,
         "standby_frees": round(est.standby_frees_gb, 2) if est.standby_frees_gb is not None else None,
         "vram_gb": card.vram_gb,
+        "free_gb": est.free_gb,
         "card": card.label,
         "share_of_card": round(est.total_gb / card.vram_gb, 3) if card.vram_gb else None,
         "verdict": judged,
@@ -733,7 +781,7 @@ def _share_lines(report: dict[str, Any]) -> list[str]:
         util = report["vllm_utilization"]
         text = f"  vLLM share {report['vllm_share']:.2f} GB"
         if util is not None:
-            text += f" ({util:g} of the card"
+            text += f" ({util:g} of the {'free memory' if report.get('free_gb') is not None else 'card'}"
             if report["standby_target"]:
                 text += f"; Unsloth's standby target; configured {report['configured_utilization']:g} replaced"
             text += ")"
@@ -753,6 +801,7 @@ class Card:
 
     vram_gb: float | None
     label: str  # "detected NVIDIA GeForce RTX 3070 (7.6 GB)", "assumed: preset's 8 GB card, no GPU detected"
+    free_gb: float | None = None  # free now, on a detected card (what Unsloth sizes vLLM's share from)
 
 
 def choose_card(config: RunConfig, vram_gb: float | None = None, *, detect: bool = True,
@@ -765,7 +814,12 @@ def choose_card(config: RunConfig, vram_gb: float | None = None, *, detect: bool
 
         gpu = hardware.detect_gpu()
         if gpu is not None:
-            return Card(gpu.vram_gb, f"detected {gpu.name} ({gpu.vram_gb:g} GB)")
+            try:
+                free = hardware.free_vram_gb(gpu)
+            except Exception:  # a reading that fails must not stop the estimate
+                free = None
+            shown = f", {free:g} GB free" if free is not None and gpu.vram_gb - free > 0.25 else ""
+            return Card(gpu.vram_gb, f"detected {gpu.name} ({gpu.vram_gb:g} GB{shown})", free)
     undetected = ", no GPU detected" if detect else ""
     preset = preset_card_gb(config.preset) if preset_fallback else None
     if preset:

@@ -423,3 +423,56 @@ def test_prepare_environment_scrubs_the_allocator_before_torch_is_imported():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["None", "1"]
     assert "warning" not in out.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# vLLM's share of the free memory, not of the card (item 7)
+
+
+def test_unsloth_sizes_vllm_from_free_memory():
+    """The rule the estimate follows, as the pinned unsloth_zoo writes it."""
+    zoo = (SITE / "unsloth_zoo/vllm_utils.py").read_text()
+    assert "free_memory = gpu_memory_utilization * free_memory" in zoo
+    assert "def _fit_max_seq_length_to_kv_cache" in zoo and "int(0.95*(memory_left_for_kv_cache / kv_elements))" in zoo
+
+
+def test_a_card_the_display_already_uses_gets_a_smaller_share(monkeypatch):
+    from grpo_box import hardware
+    from grpo_box.hardware import GpuInfo
+    from grpo_box.memory import CUDA_CONTEXT_GB, choose_card, estimate, estimate_report, format_estimate
+
+    config = load_preset("8gb")
+    whole = estimate(config, vram_gb=7.6)
+    desktop = estimate(config, vram_gb=7.6, free_gb=6.6)  # the display holds 1 GB
+    assert desktop.vllm_share_gb == pytest.approx(whole.vllm_share_gb * (6.6 - CUDA_CONTEXT_GB) / 7.6, rel=1e-6)
+    assert any("other programs hold 1.0 GB" in note for note in desktop.notes)
+    monkeypatch.setattr(hardware, "detect_gpu", lambda runner=None: GpuInfo("NVIDIA GeForce RTX 3070", 7.6, (8, 6)))
+    monkeypatch.setattr(hardware, "free_vram_gb", lambda gpu=None: 6.6)
+    card = choose_card(config)
+    assert card.free_gb == 6.6 and "6.6 GB free" in card.label
+    report = estimate_report(config, card=card)
+    assert report["free_gb"] == 6.6 and report["vllm_share"] == round(desktop.vllm_share_gb, 2)
+    assert "of the free memory" in format_estimate(report)
+
+
+def test_the_estimate_says_when_unsloth_will_cut_the_context():
+    from grpo_box.memory import estimate
+
+    config = load_preset("8gb")
+    config.model.vllm_standby_util_override = True
+    config.model.gpu_memory_utilization = 0.25
+    config.model.max_seq_length = 32768
+    est = estimate(config, vram_gb=7.6, free_gb=6.6)
+    assert est.problems and "Unsloth would cut vLLM's context to 5120 tokens" in est.problems[0]
+    assert "the free 6.6 GB" in est.problems[0]
+    # the share needed is a share of the free memory, so it is larger than the card-based one
+    assert est.min_gpu_memory_utilization > estimate(config, vram_gb=7.6).min_gpu_memory_utilization
+
+
+def test_a_run_larger_than_the_free_memory_will_not_fit():
+    from grpo_box.memory import estimate, verdict
+
+    config = load_preset("8gb")
+    est = estimate(config, vram_gb=7.6, free_gb=3.0)
+    assert verdict(est, 7.6) == "will not fit" and "free on this card now" in est.problems[0]
+    assert verdict(estimate(config, vram_gb=7.6, free_gb=7.4), 7.6) != "will not fit"
