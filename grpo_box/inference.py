@@ -15,6 +15,18 @@ three back ends, chosen by `load_for_generation`:
 `import unsloth` must come before transformers / peft / trl, so this module imports all of them
 lazily, inside the functions that need them. An engine that already holds a model (the trainer)
 wraps it with `Generator(model, tokenizer)` instead of loading a second copy.
+
+One decoder everywhere: greedy (or plain temperature / nucleus sampling) with no repetition
+penalty, top-k, min-p or n-gram blocking, on every back end. HF `generate` would otherwise take
+such settings from the model's generation_config (Qwen Instruct models ship a repetition penalty
+and top-k), while vLLM, TRL's rollouts and llama.cpp do not, and base/trained accuracy and the
+merge / GGUF parity checks would depend on the back end; so each back end is passed the neutral
+values explicitly (`NEUTRAL_HF`, the SamplingParams and llama.cpp requests below).
+
+A generator that loaded its model owns it: `close()` frees its GPU memory, tearing a vLLM engine
+down with unsloth_zoo's `delete_vllm` (dropping the reference alone frees nothing, and the app's
+Chat tab would start a second engine beside the first). One that wraps the trainer's model leaves
+it alone. llama.cpp models are loaded with `llama_tools.gpu_layers()` layers on the GPU.
 """
 
 from __future__ import annotations
@@ -33,6 +45,21 @@ from .models import resolve_model
 from .runs import RunDir
 
 Messages = list[dict[str, str]]
+
+# HF generate settings that would otherwise come from the model's generation_config (transformers 5:
+# GenerationMixin._prepare_generation_config fills every unset field from it), all set to "off"
+NEUTRAL_HF: dict[str, Any] = {
+    "num_beams": 1,
+    "repetition_penalty": 1.0,
+    "encoder_repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_new_tokens": None,
+    "min_p": None,
+    "typical_p": None,
+    "epsilon_cutoff": None,
+    "eta_cutoff": None,
+    "top_h": None,
+}
 
 
 @dataclass
@@ -98,7 +125,9 @@ def from_gguf(path: str | Path, n_ctx: int = 4096, seed: int = 0) -> "GGUFGenera
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: GGUF file not found")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, verbose=False)
+    from .llama_tools import gpu_layers
+
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, n_gpu_layers=gpu_layers(), verbose=False)
     return GGUFGenerator(llm, path)
 
 
@@ -154,10 +183,11 @@ class BaseGenerator:
 class Generator(BaseGenerator):
     """A transformers model (optionally a PeftModel) and its tokenizer; HF `generate`."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8):
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, owns_model: bool = False):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.owns_model = owns_model  # loaded for this generator (not the trainer's): close() frees it
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -227,6 +257,7 @@ class Generator(BaseGenerator):
             "max_new_tokens": max_new_tokens,
             "eos_token_id": self.eos_ids,
             "pad_token_id": self.tokenizer.pad_token_id,
+            **NEUTRAL_HF,
         }
         if temperature <= 0:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -278,7 +309,9 @@ class Generator(BaseGenerator):
             streamer.end()
 
     def close(self) -> None:
-        self.model = None
+        owned, self.model = self.owns_model, None
+        if owned:
+            _free_cuda_cache()
 
 
 class GGUFGenerator(BaseGenerator):
@@ -342,9 +375,10 @@ class GGUFGenerator(BaseGenerator):
 class VLLMGenerator(BaseGenerator):
     """Unsloth's colocated vLLM (`fast_inference=True`); the adapter goes with each request."""
 
-    def __init__(self, model: Any, tokenizer: Any, adapter_dir: str | None = None):
+    def __init__(self, model: Any, tokenizer: Any, adapter_dir: str | None = None, owns_engine: bool = False):
         self.model = model
         self.tokenizer = tokenizer
+        self.owns_engine = owns_engine  # loaded for this generator (not the trainer's): close() tears it down
         self._lora = _lora_request(model, adapter_dir) if adapter_dir else None
         self._use_lora = True
 
@@ -372,13 +406,7 @@ class VLLMGenerator(BaseGenerator):
         from vllm import SamplingParams
 
         greedy = temperature <= 0
-        params = SamplingParams(
-            n=1 if greedy else num_return_sequences,
-            temperature=0.0 if greedy else temperature,
-            top_p=1.0 if greedy else top_p,
-            max_tokens=max_new_tokens,
-            seed=seed,
-        )
+        params = SamplingParams(**vllm_sampling_kwargs(max_new_tokens, temperature, top_p, num_return_sequences, seed))
         # Token ids, not text: vLLM would add the BOS again to a chat template that already has it.
         prompts = [{"prompt_token_ids": self._prompt_ids(m)} for m in messages_batch]
         lora = self._lora if self._use_lora else None
@@ -396,7 +424,55 @@ class VLLMGenerator(BaseGenerator):
         yield self.generate([messages], max_new_tokens, temperature, top_p)[0][0]
 
     def close(self) -> None:
-        self.model = None
+        model, self.model = self.model, None
+        if model is None or not self.owns_engine:
+            return
+        engine = getattr(model, "vllm_engine", None)
+        if engine is not None:
+            _delete_vllm_engine(engine)
+            try:
+                model.vllm_engine = None
+            except Exception:  # a model object that refuses the attribute: the engine is gone anyway
+                pass
+        del model, engine
+        _free_cuda_cache()
+
+
+def vllm_sampling_kwargs(max_new_tokens: int, temperature: float, top_p: float, n: int,
+                         seed: int | None) -> dict[str, Any]:
+    """vLLM SamplingParams for greedy (temperature 0) or plain temperature / nucleus sampling, with
+    every penalty and filter off explicitly (vLLM merges only the EOS ids from generation_config)."""
+    greedy = temperature <= 0
+    return {
+        "n": 1 if greedy else n,
+        "temperature": 0.0 if greedy else temperature,
+        "top_p": 1.0 if greedy else top_p,
+        "top_k": -1,  # all tokens (vLLM: 0 or -1)
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "max_tokens": max_new_tokens,
+        "seed": seed,
+    }
+
+
+def _delete_vllm_engine(engine: Any) -> None:
+    """unsloth_zoo's teardown of a vLLM engine (model parallel groups, executor, cache)."""
+    from unsloth_zoo.vllm_utils import delete_vllm
+
+    delete_vllm(engine)
+
+
+def _free_cuda_cache() -> None:
+    """Return freed blocks to the driver, so the next model (or another process) can use them."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------- loading
@@ -419,7 +495,7 @@ def _load_cpu(path: str, adapter: str | None) -> Generator:
 
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
-    return Generator(model, tokenizer)
+    return Generator(model, tokenizer, owns_model=True)
 
 
 def _load_unsloth(path: str, adapter: str | None, cfg: ModelConfig, fast_inference: bool) -> BaseGenerator:
@@ -440,13 +516,13 @@ def _load_unsloth(path: str, adapter: str | None, cfg: ModelConfig, fast_inferen
         kwargs.update(max_lora_rank=rank, gpu_memory_utilization=cfg.gpu_memory_utilization)
     model, tokenizer = FastLanguageModel.from_pretrained(**kwargs)
     if has_vllm_engine(model):  # Unsloth turns fast_inference off where vLLM cannot run (old GPUs)
-        return VLLMGenerator(model, tokenizer, adapter)
+        return VLLMGenerator(model, tokenizer, adapter, owns_engine=True)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
     FastLanguageModel.for_inference(model)
-    return Generator(model, tokenizer)
+    return Generator(model, tokenizer, owns_model=True)
 
 
 def _adapter_rank(adapter: str | None) -> int:

@@ -66,6 +66,29 @@ QUANTIZE_TYPES = (
 )
 
 
+GPU_LAYERS_ENV = "GRPO_BOX_GPU_LAYERS"
+
+
+def gpu_layers() -> int:
+    """`n_gpu_layers` for every llama.cpp model GRPO Box loads (chat on a GGUF, the export checks,
+    `serve`): all layers (-1) where llama-cpp-python was built with GPU offload, else 0. llama.cpp
+    offloads nothing unless asked, so a CUDA build without this runs on the CPU. install.sh builds
+    the CUDA flavour only where a CUDA toolkit (nvcc) exists. GRPO_BOX_GPU_LAYERS=N overrides it
+    (e.g. 0 to leave the card to a training run)."""
+    value = os.environ.get(GPU_LAYERS_ENV, "").strip()
+    if value:
+        try:
+            return int(value)
+        except ValueError:
+            raise UserError(f"{GPU_LAYERS_ENV}={value!r}: give a number of layers (-1 for all, 0 for none)") from None
+    try:
+        import llama_cpp
+
+        return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    except Exception:  # bindings missing or broken: the caller's own import reports it
+        return 0
+
+
 class ConverterMissingError(UserError, RuntimeError):
     """The llama.cpp converter files are not installed; the message says how to install them."""
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import UserError
+from .llama_tools import gpu_layers
 
 Progress = Callable[[str, float], None]
 
@@ -107,7 +108,7 @@ def start_server(gguf: str | Path, host: str = "127.0.0.1", port: int = 0, chat_
     port = port or free_port(host)
     alias = model_alias or gguf.stem
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", host, "--port", str(port),
-           "--n_ctx", str(n_ctx), "--model_alias", alias]
+           "--n_ctx", str(n_ctx), "--model_alias", alias, "--n_gpu_layers", str(gpu_layers())]
     if chat_format:
         cmd += ["--chat_format", chat_format]
     log_path = _rotated_log(Path(log_dir) if log_dir else default_log_dir(gguf), gguf)

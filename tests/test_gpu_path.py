@@ -476,3 +476,178 @@ def test_a_run_larger_than_the_free_memory_will_not_fit():
     est = estimate(config, vram_gb=7.6, free_gb=3.0)
     assert verdict(est, 7.6) == "will not fit" and "free on this card now" in est.problems[0]
     assert verdict(estimate(config, vram_gb=7.6, free_gb=7.4), 7.6) != "will not fit"
+
+
+# ------------------------------------------------------------------------------------------------
+# one decoder on every back end (item 8)
+
+MESSAGES = [{"role": "user", "content": "Count: one one one one one one one"}]
+
+
+def test_hf_generate_ignores_the_models_sampling_defaults(bundled_model_dir):
+    """A Qwen-style generation_config (repetition penalty, top-k, min-p) must not reach greedy
+    evaluation: transformers fills every unset field from it, so each is set to "off"."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpo_box.inference import Generator
+
+    model = AutoModelForCausalLM.from_pretrained(str(bundled_model_dir), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_dir))
+    gen = Generator(model, tokenizer)
+    plain = gen.complete([MESSAGES], max_new_tokens=24)[0][0].text
+    model.generation_config.update(repetition_penalty=1.8, top_k=20, min_p=0.2, no_repeat_ngram_size=2,
+                                   min_new_tokens=20)
+    for temperature in (0.0, 0.7):
+        kwargs = gen._generation_kwargs(24, temperature, 0.9)
+        resolved, _ = model._prepare_generation_config(None, **kwargs)
+        assert resolved.repetition_penalty == 1.0 and resolved.no_repeat_ngram_size == 0
+        assert resolved.min_p is None and resolved.min_new_tokens is None
+        assert resolved.top_k in (None, 0)
+    assert gen.complete([MESSAGES], max_new_tokens=24)[0][0].text == plain
+    # without the neutral values the model's defaults would change the greedy reply
+    inputs = gen._encode([MESSAGES])
+    leaked = model.generate(**inputs, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    text = tokenizer.decode(leaked[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert text != plain
+
+
+class FakeEngineModel:
+    """Unsloth's fast_inference model at the vLLM boundary: an engine and fast_generate."""
+
+    def __init__(self):
+        self.vllm_engine = types.SimpleNamespace(name="engine")
+        self.params = []
+
+    def fast_generate(self, prompts, sampling_params, lora_request, use_tqdm):
+        self.params.append(sampling_params)
+        reply = types.SimpleNamespace(text="4", token_ids=[19, 2], finish_reason="stop")
+        return [types.SimpleNamespace(outputs=[reply] * sampling_params.n) for _ in prompts]
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    vllm = types.ModuleType("vllm")
+    vllm.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+
+
+def test_vllm_requests_carry_neutral_sampling(bundled_tokenizer, fake_vllm):
+    from grpo_box.inference import VLLMGenerator
+
+    model = FakeEngineModel()
+    gen = VLLMGenerator(model, bundled_tokenizer)
+    gen.complete([MESSAGES], 16, temperature=0.0)
+    gen.complete([MESSAGES], 16, temperature=0.8, top_p=0.95, num_return_sequences=4, seed=3)
+    greedy, sampled = model.params
+    for params in (greedy, sampled):
+        assert (params.repetition_penalty, params.presence_penalty, params.frequency_penalty) == (1.0, 0.0, 0.0)
+        assert params.top_k == -1 and params.min_p == 0.0
+    assert (greedy.temperature, greedy.top_p, greedy.n) == (0.0, 1.0, 1)
+    assert (sampled.temperature, sampled.top_p, sampled.n, sampled.seed) == (0.8, 0.95, 4, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# a generator that loaded a vLLM engine tears it down (item 10)
+
+
+@pytest.fixture
+def fake_delete_vllm(monkeypatch):
+    deleted = []
+    zoo = types.ModuleType("unsloth_zoo")
+    utils = types.ModuleType("unsloth_zoo.vllm_utils")
+    utils.delete_vllm = lambda llm=None: deleted.append(llm)
+    monkeypatch.setitem(sys.modules, "unsloth_zoo", zoo)
+    monkeypatch.setitem(sys.modules, "unsloth_zoo.vllm_utils", utils)
+    return deleted
+
+
+def test_closing_a_loaded_vllm_generator_deletes_its_engine(bundled_tokenizer, fake_delete_vllm):
+    from grpo_box.inference import VLLMGenerator
+
+    assert "def delete_vllm(llm = None):" in (SITE / "unsloth_zoo/vllm_utils.py").read_text()
+    owned = FakeEngineModel()
+    engine = owned.vllm_engine
+    VLLMGenerator(owned, bundled_tokenizer, owns_engine=True).close()
+    assert fake_delete_vllm == [engine] and owned.vllm_engine is None
+    trainers = FakeEngineModel()  # the trainer's model, wrapped for evaluation: its engine stays
+    VLLMGenerator(trainers, bundled_tokenizer).close()
+    assert fake_delete_vllm == [engine] and trainers.vllm_engine is not None
+
+
+def test_load_for_generation_hands_over_ownership(monkeypatch, bundled_tokenizer, fake_delete_vllm):
+    """What Unsloth returns with fast_inference (an engine-carrying model) becomes an owned generator."""
+    from grpo_box import inference
+
+    model = FakeEngineModel()
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(**kwargs):
+            return model, bundled_tokenizer
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    gen = inference._load_unsloth("/models/x", None, load_preset("8gb").model, fast_inference=True)
+    assert gen.owns_engine
+    gen.close()
+    assert len(fake_delete_vllm) == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# llama.cpp offload (items 2 and 9)
+
+
+def test_gpu_layers_follow_the_build(monkeypatch):
+    import llama_cpp
+
+    from grpo_box.llama_tools import GPU_LAYERS_ENV, gpu_layers
+
+    monkeypatch.delenv(GPU_LAYERS_ENV, raising=False)
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: False)
+    assert gpu_layers() == 0
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
+    assert gpu_layers() == -1
+    monkeypatch.setenv(GPU_LAYERS_ENV, "12")
+    assert gpu_layers() == 12
+
+
+def test_chat_on_a_gguf_offloads_to_the_gpu(monkeypatch, tmp_path):
+    import llama_cpp
+
+    from grpo_box.inference import from_gguf
+    from grpo_box.llama_tools import GPU_LAYERS_ENV
+
+    monkeypatch.delenv(GPU_LAYERS_ENV, raising=False)
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
+    seen = {}
+    monkeypatch.setattr(llama_cpp, "Llama", lambda **kwargs: seen.update(kwargs) or types.SimpleNamespace())
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    from_gguf(gguf)
+    assert seen["n_gpu_layers"] == -1
+
+
+def test_the_server_is_started_with_gpu_offload(monkeypatch, tmp_path):
+    import llama_cpp
+
+    from grpo_box import serve
+    from grpo_box.llama_tools import GPU_LAYERS_ENV
+
+    monkeypatch.delenv(GPU_LAYERS_ENV, raising=False)
+    monkeypatch.setattr(llama_cpp, "llama_supports_gpu_offload", lambda: True)
+    started = []
+
+    class Started(Exception):
+        pass
+
+    def popen(cmd, **kwargs):
+        started.append(cmd)
+        raise Started
+
+    monkeypatch.setattr(serve.subprocess, "Popen", popen)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(Started):
+        serve.start_server(gguf, log_dir=tmp_path)
+    cmd = started[0]
+    assert cmd[cmd.index("--n_gpu_layers") + 1] == "-1"
