@@ -3,6 +3,8 @@
 #   ./install.sh            set up .venv (GPU stack if nvidia-smi sees a card, CPU stack otherwise),
 #                           import the bundled offline model, prepare llama.cpp's GGUF converter.
 #   GRPO_BOX_FORCE_CPU=1    install the CPU stack even on a GPU machine.
+#   GRPO_BOX_CHECK_ONLY=1   only say which stack this machine gets (and why a GPU cannot be used), then stop.
+# The GPU stack (vLLM 0.31 -> torch 2.13 cu130) is CUDA 13 only: Linux driver >= 580, compute capability >= 7.5.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,24 +26,78 @@ step "checking Python (>= 3.11 needed)"
 "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' \
   || { echo "Python 3.11+ is required (found $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2; exit 1; }
 
-step "creating the virtual environment .venv"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-PIP=(.venv/bin/python -m pip --disable-pip-version-check)
-"${PIP[@]}" install --quiet --upgrade pip setuptools wheel
-
 GPU=0
 if [ "${GRPO_BOX_FORCE_CPU:-0}" != "1" ] && command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   GPU=1
 fi
 
+MIN_DRIVER=580     # CUDA 13
+MIN_CAPABILITY=7.5 # Turing (RTX 20xx, T4) and newer: torch cu130 and vLLM 0.31 have no kernels for older cards
+if [ "$GPU" = "1" ]; then
+  step "checking the NVIDIA driver and the card (the GPU stack needs driver >= ${MIN_DRIVER} and compute capability >= ${MIN_CAPABILITY})"
+  CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+  DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1 || true)
+  CAPABILITY=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 || true)  # unknown before driver ~510
+  echo "card: ${CARD:-?}  driver: ${DRIVER:-?}  compute capability: ${CAPABILITY:-?}"
+  CPU_INSTEAD="or install the CPU stack on this machine: GRPO_BOX_FORCE_CPU=1 ./install.sh"
+  if ! [[ "${DRIVER%%.*}" =~ ^[0-9]+$ ]] || [ "${DRIVER%%.*}" -lt "$MIN_DRIVER" ]; then
+    echo "The NVIDIA driver (${DRIVER:-unknown}) is older than ${MIN_DRIVER}: the GPU stack (torch 2.13 cu130, vLLM 0.31) needs CUDA 13." >&2
+    echo "Update the driver to ${MIN_DRIVER} or newer (e.g. the distribution's nvidia-driver-${MIN_DRIVER} package), then run ./install.sh again," >&2
+    echo "${CPU_INSTEAD}" >&2
+    exit 1
+  fi
+  if ! [[ "$CAPABILITY" =~ ^[0-9]+\.[0-9]+$ ]] || ! awk -v c="$CAPABILITY" -v m="$MIN_CAPABILITY" 'BEGIN { exit !(c + 0 >= m + 0) }'; then
+    echo "${CARD:-This card} has compute capability ${CAPABILITY:-unknown}: the GPU stack needs ${MIN_CAPABILITY} or newer (Turing: RTX 20xx, T4, and later)." >&2
+    echo "Pascal (GTX 10xx) and Volta cards cannot run CUDA 13's torch and vLLM; train on a newer card, ${CPU_INSTEAD}" >&2
+    exit 1
+  fi
+fi
+if [ "${GRPO_BOX_CHECK_ONLY:-0}" = "1" ]; then
+  echo "this machine gets the $([ "$GPU" = "1" ] && echo GPU || echo CPU) stack"
+  exit 0
+fi
+
+step "creating the virtual environment .venv"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=(.venv/bin/python -m pip --disable-pip-version-check)
+"${PIP[@]}" install --quiet --upgrade pip setuptools wheel
+
 if [ "$GPU" = "1" ]; then
   step "NVIDIA GPU found ($(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | head -1)): installing the CUDA stack"
-  # llama-cpp-python is compiled with CUDA here (about 15 minutes; pip caches the wheel).
-  CMAKE_ARGS="-DGGML_CUDA=on" "${PIP[@]}" install -e ".[gpu,test]"
-  if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)"; then
+  # A CPU torch left by an earlier CPU install satisfies torch==2.13.0 (pip ignores the +cpu label): remove it first.
+  if .venv/bin/python -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else 1)" 2>/dev/null; then
+    step "replacing the CPU build of torch left from a CPU install"
+    "${PIP[@]}" uninstall -y torch torchvision torchaudio triton
+  fi
+  # llama-cpp-python's CUDA build needs a CUDA toolkit (nvcc), which a driver-only desktop lacks; without
+  # one it is built for the CPU (GGUF chat, the export checks and `serve` then run on the CPU).
+  NVCC=$(command -v nvcc || true)
+  for dir in "${CUDA_HOME:-}" "${CUDA_PATH:-}" /usr/local/cuda; do
+    if [ -z "$NVCC" ] && [ -n "$dir" ] && [ -x "$dir/bin/nvcc" ]; then NVCC="$dir/bin/nvcc"; fi
+  done
+  if [ -n "$NVCC" ]; then
+    LLAMA_CMAKE="-DGGML_CUDA=on -DCMAKE_CUDA_COMPILER=$NVCC"
+    echo "CUDA toolkit found ($NVCC): llama-cpp-python is compiled with CUDA (about 15 minutes; pip caches the wheel)"
+  else
+    LLAMA_CMAKE=""
+    echo "no CUDA toolkit (nvcc) found: llama-cpp-python is built for the CPU; to run GGUF models on the GPU, install"
+    echo "a CUDA toolkit (e.g. the distribution's nvidia-cuda-toolkit, or CUDA 13 from NVIDIA) and run ./install.sh again"
+  fi
+  CMAKE_ARGS="$LLAMA_CMAKE" "${PIP[@]}" install -e ".[gpu,test]"
+  if [ -n "$NVCC" ] && ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)"; then
     step "llama-cpp-python came without CUDA (a cached CPU wheel): rebuilding it with CUDA"
-    CMAKE_ARGS="-DGGML_CUDA=on" "${PIP[@]}" install --no-cache-dir --force-reinstall --no-deps \
+    CMAKE_ARGS="$LLAMA_CMAKE" "${PIP[@]}" install --no-cache-dir --force-reinstall --no-deps \
         "llama-cpp-python==${LLAMA_CPP_VERSION}"
+  fi
+  step "checking that torch uses the GPU"
+  if ! .venv/bin/python -c "
+import sys, torch
+ok = torch.version.cuda is not None and torch.cuda.is_available()
+print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, sees a GPU: {ok}' + (f' ({torch.cuda.get_device_name(0)})' if ok else ''))
+sys.exit(0 if ok else 1)"; then
+    echo "torch cannot use the GPU after the install: check nvidia-smi, the driver (>= ${MIN_DRIVER}) and CUDA_VISIBLE_DEVICES," >&2
+    echo "then run ./install.sh again, ${CPU_INSTEAD}" >&2
+    exit 1
   fi
 else
   step "no NVIDIA GPU: installing the CPU stack (CPU torch ${TORCH_CPU_VERSION}, no CUDA libraries)"

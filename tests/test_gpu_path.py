@@ -651,3 +651,83 @@ def test_the_server_is_started_with_gpu_offload(monkeypatch, tmp_path):
         serve.start_server(gguf, log_dir=tmp_path)
     cmd = started[0]
     assert cmd[cmd.index("--n_gpu_layers") + 1] == "-1"
+
+
+# ------------------------------------------------------------------------------------------------
+# install.sh: the CUDA 13 checks (item 3), llama.cpp's build (item 2), the [gpu] extra (item 14)
+
+
+def fake_nvidia_smi(bin_dir: Path, driver: str, capability: str, name: str = "NVIDIA GeForce RTX 3070") -> None:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"""#!/bin/sh
+case "$*" in
+  -L) echo "GPU 0: {name} (UUID: GPU-5f3a)";;
+  *name,memory.total*) echo "{name}, 8192 MiB";;
+  *--query-gpu=name\\ *|*--query-gpu=name) echo "{name}";;
+  *driver_version*) echo "{driver}";;
+  *compute_cap*) if [ -n "{capability}" ]; then echo "{capability}"; else echo 'Field "compute_cap" is not a valid field to query.' >&2; exit 2; fi;;
+  *) exit 0;;
+esac
+""")
+    smi.chmod(0o755)
+
+
+def run_install_check(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    path = f"{tmp_path / 'bin'}:/usr/bin:/bin"
+    return subprocess.run(["bash", str(ROOT / "install.sh")], capture_output=True, text=True, timeout=60,
+                          env={"PATH": path, "HOME": str(tmp_path), "PYTHON": sys.executable,
+                               "GRPO_BOX_CHECK_ONLY": "1", **env})
+
+
+@pytest.mark.parametrize("driver,capability,ok,says", [
+    ("580.95.05", "8.6", True, "gets the GPU stack"),
+    ("590.44.01", "7.5", True, "gets the GPU stack"),  # a T4 / RTX 20xx
+    ("575.64.03", "8.6", False, "older than 580"),
+    ("470.256.02", "", False, "older than 580"),  # a driver too old to know compute_cap
+    ("580.95.05", "6.1", False, "compute capability 6.1"),  # Pascal
+    ("580.95.05", "7.0", False, "compute capability 7.0"),  # Volta
+])
+def test_install_checks_driver_and_compute_capability(tmp_path, driver, capability, ok, says):
+    fake_nvidia_smi(tmp_path / "bin", driver, capability)
+    out = run_install_check(tmp_path)
+    assert (out.returncode == 0) == ok, out.stdout + out.stderr
+    assert says in out.stdout + out.stderr
+    if not ok:
+        assert "GRPO_BOX_FORCE_CPU=1" in out.stderr
+
+
+def test_install_without_a_card_or_when_forced_gets_the_cpu_stack(tmp_path):
+    assert "gets the CPU stack" in run_install_check(tmp_path).stdout  # no nvidia-smi on PATH
+    fake_nvidia_smi(tmp_path / "bin", "470.1", "6.1")
+    forced = run_install_check(tmp_path, GRPO_BOX_FORCE_CPU="1")
+    assert forced.returncode == 0 and "gets the CPU stack" in forced.stdout
+
+
+def test_install_builds_cuda_llama_cpp_only_with_a_toolkit_and_repairs_a_cpu_torch():
+    """The GPU branch as written (it installs ~5 GB, so it is read, not run, here)."""
+    script = (ROOT / "install.sh").read_text()
+    gpu_branch = script[script.index('step "NVIDIA GPU found'):script.index('step "no NVIDIA GPU')]
+    assert 'CMAKE_ARGS="$LLAMA_CMAKE"' in gpu_branch and 'LLAMA_CMAKE="-DGGML_CUDA=on' in gpu_branch
+    assert gpu_branch.index("command -v nvcc") < gpu_branch.index('install -e ".[gpu,test]"')
+    assert 'CMAKE_ARGS="-DGGML_CUDA=on" "${PIP[@]}" install -e' not in script  # no unconditional CUDA build
+    assert "torch.version.cuda is None" in gpu_branch and "uninstall -y torch" in gpu_branch
+    assert gpu_branch.index("uninstall -y torch") < gpu_branch.index('install -e ".[gpu,test]"')
+    assert "torch.cuda.is_available()" in gpu_branch[gpu_branch.index('install -e ".[gpu,test]"'):]
+
+
+def test_the_gpu_extra_pins_the_cuda13_stack_without_xformers():
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    names = {re_name(req): req for req in extra}
+    assert "xformers" not in names  # unpinned it resolved to a wheel Unsloth disables beside torch 2.13
+    for name, pin in (("torch", "==2.13.0"), ("vllm", "==0.31.0"), ("unsloth", "==2026.10.5"),
+                      ("bitsandbytes", "==0.50.2"), ("vllm-bnb-plugin", "==0.0.3")):
+        assert names[name].endswith(pin), names[name]
+
+
+def re_name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
