@@ -128,10 +128,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @command("resume")
 def cmd_resume(args: argparse.Namespace) -> int:
-    from . import job
+    """Continue a stopped or failed run; `--steps N` trains N steps past where it is (also after it finished)."""
+    from . import job, locks
     from .runs import open_run
 
     run = open_run(args.run_dir)
+    if locks.run_is_training(run.path):
+        print(f"error: {run.path.name} is still training; stop it first (python -m grpo_box stop {run.path})",
+              file=sys.stderr)
+        return 2
+    if args.steps is not None:
+        total = run.extend(args.steps)
+        print(f"{run.path.name}: training {args.steps} more steps (to step {total})", file=sys.stderr)
+    run.check_resumable()
     if run.last_checkpoint() is None:
         print(f"{run.path} has no checkpoint yet; starting it from step 0", file=sys.stderr)
     return job.run_attached(run, resume=True)
@@ -142,7 +151,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from .runs import open_run
     from .train import run_training
 
-    return _finish(run_training(open_run(args.run_dir), resume=args.resume))
+    return _finish(run_training(open_run(args.run_dir), resume=args.resume, parent_pid=args.parent_pid))
 
 
 def _finish(run: Any) -> int:
@@ -157,9 +166,14 @@ def _finish(run: Any) -> int:
 
 @command("stop")
 def cmd_stop(args: argparse.Namespace) -> int:
+    from . import job
     from .runs import open_run
 
-    open_run(args.run_dir).request_stop()
+    run = open_run(args.run_dir)
+    if not job.worker_alive(run):
+        print(f"{run.path.name} is not training (state: {run.status().get('state')}); nothing to stop")
+        return 0
+    job.request_stop(run)
     print("Stop requested: the run saves a checkpoint at the end of its current step.")
     return 0
 
@@ -530,9 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="start even if the estimate says it will not fit")
     p = sub.add_parser("resume", help="continue a run from its last checkpoint")
     p.add_argument("run_dir")
+    p.add_argument("--steps", type=int, metavar="N", help="train N more steps (raises max_steps; needed once finished)")
     p = sub.add_parser("worker", help=argparse.SUPPRESS)
     p.add_argument("run_dir")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
     p = sub.add_parser("stop", help="ask a running run to checkpoint and stop")
     p.add_argument("run_dir")
     p = sub.add_parser("runs", help="list runs")

@@ -51,6 +51,10 @@ STATES = ("created", "running", "finished", "failed", "stopped", RETRYING)
 TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
 
 
+class NotARunError(UserError, FileNotFoundError):
+    """A path that is not a run directory."""
+
+
 class RunFileError(UserError, ValueError):
     """A run file that cannot be read; the message names the file and line."""
 
@@ -245,7 +249,8 @@ def absolute_paths(config: RunConfig) -> None:
 def open_run(path: str | Path) -> RunDir:
     run = RunDir(Path(path).expanduser())
     if not run.file(CONFIG).is_file():
-        raise FileNotFoundError(f"{run.path} is not a GRPO Box run directory (no {CONFIG})")
+        raise NotARunError(f"{run.path} is not a GRPO Box run directory (no {CONFIG}); `python -m grpo_box runs` "
+                           "lists the runs")
     return run
 
 

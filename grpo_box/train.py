@@ -97,8 +97,18 @@ def _oom_cause(exc: BaseException | None) -> BaseException | None:
 
 
 def start_run(config: RunConfig) -> RunDir:
-    """Validate a config and create its run directory (without training)."""
-    return create_run(validate(config))
+    """Validate a config and create its run directory (without training). A model or data file that
+    certainly cannot be loaded is refused here, before a run folder exists for it."""
+    validate(config)
+    from .data import DataError, local_source_path
+    from .models import check_model_source
+
+    check_model_source(config.model.name)
+    source = local_source_path(config.data.source)
+    if source is not None and not source.exists():
+        raise DataError(f"data.source={config.data.source!r}: no such file (relative paths start from the folder "
+                        "you run from); give the path of a .jsonl, .csv or .parquet file")
+    return create_run(config)
 
 
 def grpo_args(config: RunConfig, run: RunDir, weights: list[float], cuda: bool,
@@ -350,7 +360,8 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
     run.set_status("running", step=0, max_steps=config.grpo.max_steps, phase="loading", error=None)
     train_rows, _held_out = load_rows(config)
     _check_enough_rows(config, len(train_rows))
-    reward_funcs, weights = build_rubric(config.rewards, config.reward_file, template=config.data.template)
+    reward_funcs, weights = build_rubric(config.rewards, config.reward_file, template=config.data.template,
+                                         timeout=config.reward_timeout)
     with _startup_oom(config, "loading model / vLLM cache"):
         model, tokenizer = load_policy(config)
     check_prompt_lengths(train_rows, tokenizer, config.grpo.max_prompt_length)

@@ -226,10 +226,7 @@ TINY = ["--preset", "cpu", "--set", "grpo.max_steps=1", "--set", "grpo.num_gener
 @pytest.mark.slow
 @pytest.mark.parametrize("name,what,extra", [
     ("exits", "called sys.exit(0)", []),
-    pytest.param("hangs", "did not return within reward_timeout=2 s", ["--set", "reward_timeout=2"],
-                 marks=pytest.mark.xfail(run=False, reason="train.py's build_rubric call must pass timeout="
-                                                             "config.reward_timeout; until then the run fails after "
-                                                             "the 120 s default")),
+    ("hangs", "did not return within reward_timeout=2 s", ["--set", "reward_timeout=2"]),
 ])
 def test_a_training_reward_that_exits_or_hangs_fails_the_run_naming_it(reward_file: Path, tmp_path: Path, name: str,
                                                                        what: str, extra: list[str]) -> None:
