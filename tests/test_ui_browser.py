@@ -19,7 +19,7 @@ grpo:
   num_generations: 4
   per_device_train_batch_size: 4
   max_completion_length: 16
-  max_steps: 4
+  max_steps: 5
 lora: {r: 4, alpha: 8}
 data: {size: 40, eval_size: 4}
 output: {save_steps: 1, sample_every: 1}
@@ -52,9 +52,11 @@ def test_a_new_user_trains_from_the_browser(browser, app, tmp_path):
     assert "CPU only" in page.locator("#setup-hardware").inner_text()
     config = tmp_path / "small.yaml"
     config.write_text(SMALL)
-    page.locator("#setup-load input[type=file]").set_input_files(str(config))
-    page.wait_for_function("() => document.querySelector('#setup-command')?.innerText.includes('max_steps=4')"
-                           " || [...document.querySelectorAll('#setup-command textarea')].some(t => t.value.includes('max_steps=4'))",
+    with page.expect_file_chooser() as chooser:
+        page.click("#setup-load")
+    chooser.value.set_files(str(config))
+    page.wait_for_function("() => document.querySelector('#setup-command')?.innerText.includes('max_steps=5')"
+                           " || [...document.querySelectorAll('#setup-command textarea')].some(t => t.value.includes('max_steps=5'))",
                            timeout=30000)
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "setup.png"), full_page=True)
@@ -77,14 +79,16 @@ def test_a_new_user_trains_from_the_browser(browser, app, tmp_path):
     page.click("#train-start")
     page.wait_for_function(f"() => document.querySelectorAll('{LINES}').length > 0", timeout=600000)
     assert "train-sample-table" in page.locator("#train-sample-view").inner_html()
+    page.wait_for_function("() => Number(document.querySelector('#train-step')?.innerText) >= 2", timeout=300000)
+    page.wait_for_timeout(2500)  # the next tick draws step 2: the curves are lines now, not points
     page.screenshot(path=str(DOCS / "train.png"), full_page=True)
     page.click("#train-stop")
     page.wait_for_function("() => document.querySelector('#train-state')?.innerText === 'stopped'", timeout=300000)
     stopped_at = int(page.locator("#train-step").inner_text())
-    assert 1 <= stopped_at < 4
+    assert 2 <= stopped_at < 5
     page.click("#train-resume")
     page.wait_for_function("() => document.querySelector('#train-state')?.innerText === 'finished'", timeout=600000)
-    assert page.locator("#train-step").inner_text() == "4"
+    assert page.locator("#train-step").inner_text() == "5"
     page.wait_for_function(f"() => document.querySelectorAll('{LINES}').length > 0", timeout=60000)
 
     # Runs: the finished run is listed

@@ -131,7 +131,8 @@ def hints(metrics: list[dict[str, Any]], beta: float = 0.0, window: int = 5) -> 
     recent = metrics[-window:]
     no_signal = [m.get("frac_reward_zero_std") for m in recent if _number(m.get("frac_reward_zero_std")) is not None]
     if no_signal and min(no_signal) >= 1.0:
-        notes.append(("warning", f"No learning signal in the last {len(no_signal)} steps: every completion in "
+        steps = f"{len(no_signal)} steps" if len(no_signal) > 1 else "step"
+        notes.append(("warning", f"No learning signal in the last {steps}: every completion in "
                                  "every group scored the same. Make the rubric more graded (add a format or "
                                  "length reward), raise grpo.temperature or grpo.num_generations, or use easier data."))
     for fn in reward_functions(metrics):

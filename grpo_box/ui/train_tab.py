@@ -26,7 +26,9 @@ from .state import UIState
 from .train_view import hints_html, sample_choices, sample_html, status_html
 
 TICK_SECONDS = 2.0
-PLOT_IDS = list(PLOTS)
+PLOT_ROWS = (("reward", "signal"), ("length", "memory"), ("optim", "lr", "kl"))  # KL shows only when beta > 0
+PLOT_IDS = [plot for row in PLOT_ROWS for plot in row]
+assert sorted(PLOT_IDS) == sorted(PLOTS)
 
 
 # -- build ----------------------------------------------------------------------------------------
@@ -48,15 +50,10 @@ def build(reg: Registry) -> None:
     reg.add("train.message", gr.HTML(elem_id="train-message"))
     reg.add("train.status", gr.HTML(elem_id="train-status"))
     reg.add("train.hints", gr.HTML(elem_id="train-hints"))
-    with gr.Row():
-        for plot in PLOT_IDS[:2]:
-            _plot(reg, plot)
-    with gr.Row():
-        for plot in PLOT_IDS[2:4]:
-            _plot(reg, plot)
-    with gr.Row():
-        for plot in PLOT_IDS[4:]:
-            _plot(reg, plot)
+    for row in PLOT_ROWS:
+        with gr.Row():
+            for plot in row:
+                _plot(reg, plot)
     with gr.Accordion("Sampled groups: every completion of a prompt, scored", open=True):
         reg.add("train.sample_pick", gr.Dropdown(label="Logged group", choices=[], elem_id="train-sample-pick"))
         reg.add("train.sample_view", gr.HTML(elem_id="train-sample-view"))
@@ -71,7 +68,8 @@ def build(reg: Registry) -> None:
 def _plot(reg: Registry, plot: str) -> None:
     title, y_title, _ = PLOTS[plot]
     reg.add(f"train.plot_{plot}", gr.LinePlot(None, x="step", y="value", color="series", title=title,
-                                              y_title=y_title, x_title="step", height=260,
+                                              y_title=y_title, x_title="step", height=260, x_axis_format="d",
+                                              y_axis_format="~g", visible=plot != "kl",
                                               elem_id=f"train-plot-{plot}"))
 
 
@@ -253,7 +251,8 @@ def _tick(path: str | None, seen: watch.Seen, state: UIState) -> tuple[Any, ...]
                 *[None] * len(PLOT_IDS))
     if len(metrics) == seen.metrics and len(samples) == seen.samples:
         return (seen, status, skip, log, skip, skip, *[skip] * len(PLOT_IDS))
-    plots = [plot_frame(p, metrics) for p in PLOT_IDS]
+    plots = [plot_frame(p, metrics) if p != "kl" else gr.update(value=plot_frame(p, metrics), visible=config.grpo.beta > 0)
+             for p in PLOT_IDS]
     pick = gr.update(choices=sample_choices(samples), value=len(samples) - 1 if samples else None)
     weights = {r.name: float(r.weight) for r in config.rewards}
     view = sample_html(samples[-1] if samples else None, config.data.template, weights)
