@@ -731,3 +731,39 @@ def re_name(requirement: str) -> str:
     import re
 
     return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
+
+
+# ------------------------------------------------------------------------------------------------
+# bench/gpu_smoke.sh: its plumbing, proved on the CPU
+
+
+def test_the_smoke_bundle_plan_lists_the_pinned_gpu_stack():
+    out = subprocess.run(["bash", str(ROOT / "bench/gpu_smoke_prep.sh"), "--dry-run", "--python-version", "3.12"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    for spec in ("unsloth==2026.10.5", "unsloth_zoo==2026.10.5", "trl==1.15.0", "peft==0.21.2", "bitsandbytes==0.50.2",
+                 "datasets==4.8.5", "math-verify==0.9.0"):
+        assert spec in out.stdout
+    assert "cp312" in out.stdout
+    assert subprocess.run(["git", "check-ignore", "-q", "bench/gpu_smoke_bundle.tar.xz"], cwd=ROOT).returncode == 0
+
+
+def test_the_smoke_check_without_its_bundle_fails_loudly(tmp_path):
+    out = subprocess.run(["bash", str(ROOT / "bench/gpu_smoke.sh")], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT, env={**os.environ, "GPU_SMOKE_BUNDLE": str(tmp_path / "missing.tar.xz"),
+                                        "GPU_SMOKE_WORK": str(tmp_path / "work")})
+    assert out.returncode == 2 and "gpu_smoke_prep.sh" in out.stderr
+
+
+@pytest.mark.slow
+def test_the_smoke_check_runs_end_to_end_on_the_cpu(tmp_path):
+    """--dry-run: every part of bench/gpu_smoke.sh on a tiny random model (about 2 minutes on 2 cores)."""
+    out = subprocess.run(["bash", str(ROOT / "bench/gpu_smoke.sh"), "--dry-run"], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT, env={**os.environ, "GPU_SMOKE_WORK": str(tmp_path / "work")})
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    summary = text[text.index("==== GPU smoke summary ===="):]
+    for part in ("environment", "imports", "random model", "estimate", "train", "evaluate", "LoRA weights moved",
+                 "peak VRAM vs estimate", "float16 step"):
+        assert f"PASS  {part}" in summary, summary
+    assert "==== 9 passed, 0 failed ====" in summary
