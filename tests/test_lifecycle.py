@@ -18,6 +18,7 @@ from helpers import ENV, ROOT, run_cli
 
 from grpo_box import job, locks
 from grpo_box.config import ConfigError
+from grpo_box.errors import UserError
 from grpo_box.presets import resolve_config
 from grpo_box.runs import METRICS, SAMPLES, RunDir, RunFileError, list_runs, open_run
 
@@ -364,3 +365,53 @@ def test_a_missing_model_or_data_file_is_refused_before_a_run_exists(tmp_path):
     result = run_cli("stop", str(tmp_path))
     assert result.returncode == 2 and "is not a GRPO Box run directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+STUCK = textwrap.dedent(
+    """
+    import sys, time
+    from grpo_box import train
+    from grpo_box.runs import open_run
+    run = open_run(sys.argv[1])
+    run.set_status("running", step=2, max_steps=10, phase="training")
+    train._Watchdog.MIN_GRACE = 1.0  # seconds instead of minutes, for the test
+    with train._Watchdog(run, None):
+        run.request_stop()
+        time.sleep(120)  # a step that never ends: a reward stuck in user code
+    """
+)
+
+
+def test_a_stop_that_user_code_ignores_is_forced_after_the_grace_period(tmp_path):
+    run = _new_run(tmp_path / "runs")
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK)
+    began = time.time()
+    done = subprocess.run([sys.executable, str(script), str(run.path)], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 3 and time.time() - began < 30, done.stderr[-2000:]
+    status = run.status()
+    assert status["state"] == "stopped"
+    assert "did not stop within 1 s of the stop request (step 3 never ended" in status["error"]
+    assert "resume starts it again" in status["error"]
+
+
+def test_stop_on_a_run_that_is_not_training_or_is_read_only_says_so(tmp_path):
+    run = _new_run(tmp_path)
+    run.set_status("finished", step=3, max_steps=3)
+    result = run_cli("stop", str(run.path))
+    assert result.returncode == 0 and "is not training (state: finished); nothing to stop" in result.stdout
+    assert not run.file("STOP").exists()
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root) to make a read-only run folder")
+    try:
+        frozen = RunDir(mount / "run")
+        frozen.path.mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        with pytest.raises(UserError, match=r"cannot ask .* to stop: Read-only file system .*make the run folder writable"):
+            frozen.request_stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
