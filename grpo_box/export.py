@@ -479,7 +479,8 @@ def _verify_lora(lora: Path, base_dir: Path, info: dict[str, Any], export_dir: P
     temp_base = export_dir / ".lora-check-base-f16.gguf.partial"
     try:
         llama_tools.convert_hf(base_dir, temp_base, "f16", export_dir / "logs" / "lora-base.log")
-        llm = Llama(model_path=str(temp_base), lora_path=str(lora), n_ctx=1024, seed=0, verbose=False)
+        llm = Llama(model_path=str(temp_base), lora_path=str(lora), n_ctx=1024, seed=0, verbose=False,
+                    n_gpu_layers=llama_tools.gpu_layers())
         try:
             cases = info.get("prompts", [])
             eos = {llm.token_eos()}

@@ -48,7 +48,9 @@ def _load_llama(path: Path, cases: list[dict[str, Any]], chat_max_tokens: int) -
 
     longest = max((len(c["prompt_ids"]) + len(c.get("merged_ids", [])) for c in cases), default=0)
     n_ctx = max(512, longest + chat_max_tokens + 64)
-    return Llama(model_path=str(path), n_ctx=n_ctx, seed=0, verbose=False)
+    from .llama_tools import gpu_layers
+
+    return Llama(model_path=str(path), n_ctx=n_ctx, seed=0, verbose=False, n_gpu_layers=gpu_layers())
 
 
 def _check_metadata(llm: Any, tokenizer: Any, cases: list[dict[str, Any]], result: GGUFResult) -> None:

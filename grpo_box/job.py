@@ -66,7 +66,10 @@ def start(run: RunDir, resume: bool = False, attached: bool = False) -> Job:
             cmd.append("--resume")
         if attached:
             cmd += ["--parent-pid", str(os.getpid())]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", locks.INHERITED_FD_ENV: str(fd)}
+        from .modeling import worker_environment  # light: no torch
+
+        env = {**worker_environment(run.config(), dict(os.environ)), "PYTHONUNBUFFERED": "1",
+               locks.INHERITED_FD_ENV: str(fd)}
         project_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH")) if p)
         if attached:

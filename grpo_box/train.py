@@ -373,7 +373,7 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
         model=model,
         processing_class=tokenizer,
         reward_funcs=reward_funcs,
-        args=GRPOConfig(**grpo_args(config, run, weights, has_cuda())),
+        args=GRPOConfig(**grpo_args(config, run, weights, has_cuda(), model_dtype=getattr(model, "dtype", None))),
         train_dataset=train_rows,
         callbacks=[files, *(extra_callbacks or [])],
     )
@@ -392,7 +392,18 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
     stopped = trainer.state.global_step < config.grpo.max_steps
     run.set_status("stopped" if stopped else "finished", step=trainer.state.global_step, phase="done")
     if config.evaluate and not stopped:
-        _evaluate(run, config, trainer.model, tokenizer, base=False)
+        _final_evaluation(run, config, trainer.model, tokenizer)
+
+
+def _final_evaluation(run: RunDir, config: RunConfig, model: Any, tokenizer: Any) -> None:
+    """The trained model's held-out evaluation. The run is already finished and its adapter saved:
+    a failure here (out of memory in a large generation, say) is recorded, not a failed run;
+    `python -m grpo_box eval RUN` can redo it."""
+    try:
+        _evaluate(run, config, model, tokenizer, base=False)
+    except Exception as exc:
+        run.set_status("finished", evaluation_error=f"the trained model's evaluation failed ({type(exc).__name__}: "
+                                                   f"{exc}); training is saved: run `python -m grpo_box eval {run.path}`")
 
 
 def _guarded_train(trainer: Any, files: RunFilesCallback, checkpoint: str | None) -> None:
