@@ -415,3 +415,14 @@ def test_stop_on_a_run_that_is_not_training_or_is_read_only_says_so(tmp_path):
             frozen.request_stop()
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_recycled_pid_in_status_json_does_not_count_as_alive(tmp_path):
+    """A restarted app finds `running` with a pid that now belongs to another process (here: this
+    test's own): liveness comes from the worker's lock, so the run is settled as failed."""
+    run = _new_run(tmp_path)
+    run.set_status("running", step=2, max_steps=10, pid=os.getpid(), pid_started=time.time() - 5)
+    assert not job.worker_alive(run)
+    update = job.Monitor(run).poll()
+    assert not update.alive and update.status["state"] == "failed"
+    assert "ended before finishing" in update.status["error"]
