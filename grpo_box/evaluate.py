@@ -45,6 +45,7 @@ from .prompts import answer_tag_for
 from .rewards import DryRunReport, build_rubric, final_answer, get_reward, is_correct, score_groups
 from .rewards.guard import timeout_of
 from .rewards.rubric import RewardFunction
+from .rewards.scoring import call_rewards, weighted_totals
 from .runs import EVAL, open_run
 
 Progress = Callable[[int, int, str], None]  # (done, total, what): called as rows are generated
@@ -215,16 +216,12 @@ def _generate(
 def score_completions(
     funcs: list[RewardFunction], rows: dict[str, list[Any]], completions: list[Completion], repeat: int = 1
 ) -> dict[str, list[float | None]]:
-    """Each reward's scores, called as TRL does: prompts, conversational completions, columns."""
+    """Each reward's scores for `repeat` completions per row, called as TRL does (`rewards.call_rewards`)."""
     expand = (lambda values: [v for v in values for _ in range(repeat)]) if repeat > 1 else list
     columns = {name: expand(values) for name, values in rows.items() if name != "prompt"}
     ids = [c.token_ids for c in completions]
-    kwargs = {
-        "prompts": expand(rows["prompt"]),
-        "completions": [[{"role": "assistant", "content": c.text}] for c in completions],
-        "completion_ids": ids if all(i is not None for i in ids) else None,
-    }
-    return {f.name: f(**kwargs, **columns) for f in funcs}
+    return call_rewards(funcs, expand(rows["prompt"]), [c.text for c in completions],
+                        ids if all(i is not None for i in ids) else None, columns)
 
 
 def _correctness(funcs: list[RewardFunction]) -> RewardFunction | None:
@@ -251,7 +248,7 @@ def _summary(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFu
              completions: list[Completion], n_examples: int) -> dict[str, Any]:
     scores = score_completions(funcs, rows, completions)
     correct = _correct(funcs, scores, config, rows, completions)
-    totals = [sum(w * (scores[f.name][i] or 0.0) for f, w in zip(funcs, weights)) for i in range(len(completions))]
+    totals = weighted_totals(funcs, weights, scores)  # None where every reward skipped (TRL: left out of the mean)
     return {
         "rows": len(completions),
         "accuracy": _mean([float(c) for c in correct]),
@@ -282,7 +279,7 @@ def _pass_at(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFu
 
 def _examples(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFunction],
               scores: dict[str, list[float | None]], completions: list[Completion], correct: list[bool],
-              totals: list[float], n: int) -> list[dict[str, Any]]:
+              totals: list[float | None], n: int) -> list[dict[str, Any]]:
     tag = answer_tag_for(config.data.template) or "answer"
     return [
         {

@@ -140,18 +140,34 @@ def test_rewards_get_trl_arguments(config: RunConfig, tmp_path: Path) -> None:
     user_file.write_text(
         "import json\n"
         "def spy(prompts, completions, completion_ids=None, **columns):\n"
-        f"    open({str(record)!r}, 'w').write(json.dumps([prompts, completions, completion_ids, columns]))\n"
+        "    calls = sorted(k for k, v in columns.items() if callable(v))\n"
+        "    columns = {k: v for k, v in columns.items() if not callable(v)}\n"
+        f"    open({str(record)!r}, 'w').write(json.dumps([prompts, completions, completion_ids, columns, calls]))\n"
         "    return [0.5] * len(completions)\n"
     )
     config.reward_file = str(user_file)
     config.rewards = [RewardSpec("user:spy", 1.0)]
     result = evaluate(config, generator=Scripted(config, lambda q, a, i: formatted(a)), limit=2)
-    prompts, completions, ids, columns = json.loads(record.read_text())
+    prompts, completions, ids, columns, calls = json.loads(record.read_text())
     assert prompts[0][-1]["role"] == "user" and len(prompts) == 2
     assert completions[0] == [{"role": "assistant", "content": formatted(columns["answer"][0])}]
     assert ids == [list(range(8))] * 2
     assert {"answer", "question"} <= set(columns) and "prompt" not in columns and len(columns["answer"]) == 2
+    assert columns["trainer_state"] is None and calls == ["log_extra", "log_metric"]  # as TRL passes them
     assert result["rewards"] == {"user:spy": 0.5} and result["accuracy"] == 1.0  # via answers_match
+
+
+def test_a_row_every_reward_skipped_has_no_total_and_is_left_out_of_the_mean(config: RunConfig,
+                                                                            tmp_path: Path) -> None:
+    user_file = tmp_path / "skips.py"
+    user_file.write_text("def odd(prompts, completions, completion_ids=None, answer=None, **kw):\n"
+                         "    return [1.0 if int(a) % 2 else None for a in answer]\n")
+    config.reward_file = str(user_file)
+    config.rewards = [RewardSpec("user:odd", 2.0), RewardSpec("user:odd", 1.0)]
+    result = evaluate(config, generator=Scripted(config, lambda q, a, i: formatted(a)))
+    odd = [int(e["answer"]) % 2 == 1 for e in result["examples"]]
+    assert [e["reward"] for e in result["examples"]] == [3.0 if o else None for o in odd]  # TRL: NaN, not 0
+    assert result["reward"] == (3.0 if any(odd) else None)
 
 
 def test_limit_scores_the_first_held_out_rows_without_changing_the_split(config: RunConfig) -> None:

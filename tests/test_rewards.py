@@ -647,3 +647,56 @@ def test_score_file_template_fills_tags_as_training_does(tmp_path):
     rubric_path, data = write_dry_run(tmp_path, [{"prompt": "p", "completion": REASONING}], "- think_format\n")
     assert score_file(rubric_path, data).groups[0].completions[0].scores["think_format"] == 0.25
     assert score_file(rubric_path, data, template="reasoning").groups[0].completions[0].scores["think_format"] == 1.0
+
+
+# ---------------------------------------------------------------- one scoring rule (rewards.scoring)
+
+SKIPPING = '''
+def skip_short(prompts, completions, completion_ids=None, **kw):
+    """None (skip) for a completion without an answer tag, else 1.0."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [1.0 if "<answer>" in t else None for t in texts]
+
+
+def skip_all(prompts, completions, completion_ids=None, **kw):
+    return [None] * len(completions)
+'''
+
+
+def test_weighted_total_is_none_when_every_function_skipped():
+    from grpo_box.rewards import weighted_total
+
+    assert weighted_total([None, None], [2.0, 0.5]) is None  # TRL: unscorable, not 0
+    assert weighted_total([1.0, None], [2.0, 0.5]) == 2.0  # nansum of the present ones
+    assert weighted_total([0.0, 0.0], [2.0, 0.5]) == 0.0
+
+
+def test_dry_run_gives_an_all_none_row_no_total_and_no_advantage(tmp_path):
+    user = tmp_path / "skips.py"
+    user.write_text(SKIPPING)
+    group = {"prompt": "2+2?", "completions": ["<answer>4</answer>", "four", "<answer>5</answer>"],
+             "columns": {"answer": "4"}}
+    report = score_groups([group], [RewardSpec("user:skip_short", 2.0), RewardSpec("user:skip_all", 1.0)], str(user))
+    rows = report.groups[0].completions
+    assert [r.total for r in rows] == [2.0, None, 2.0]
+    assert rows[1].advantage == 0.0 and report.groups[0].mean == 2.0
+
+
+def test_call_rewards_passes_what_trl_passes(tmp_path):
+    from grpo_box.rewards import call_rewards
+
+    seen = {}
+
+    def spy(prompts, completions, completion_ids=None, **kwargs):
+        seen.update(prompts=prompts, completions=completions, ids=completion_ids, kwargs=kwargs)
+        return [0.0] * len(completions)
+
+    func = rubric.RewardFunction("spy", spy, {})
+    chat = [[{"role": "user", "content": "2+2?"}]] * 2
+    call_rewards([func], chat, ["4", "5"], [[1], [2]], {"answer": ["4", "4"]})
+    assert seen["completions"] == [[{"role": "assistant", "content": "4"}], [{"role": "assistant", "content": "5"}]]
+    assert seen["ids"] == [[1], [2]] and seen["kwargs"]["answer"] == ["4", "4"]
+    assert seen["kwargs"]["trainer_state"] is None
+    assert callable(seen["kwargs"]["log_extra"]) and callable(seen["kwargs"]["log_metric"])
+    call_rewards([func], ["2+2?"] * 2, ["4", "5"])
+    assert seen["completions"] == ["4", "5"] and seen["ids"] is None  # plain prompts: plain completions

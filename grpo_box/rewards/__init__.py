@@ -3,7 +3,8 @@
 A rubric is a list of `RewardSpec(name, weight, params)`. `build_rubric` turns it into the
 reward callables and weights TRL's GRPOTrainer takes (with the data template filling unset tag
 params, `apply_template`); `list_rewards` feeds `rewards list` and the UI; `score_file` /
-`score_groups` run the dry run. All rewards follow TRL's convention
+`score_groups` run the dry run; `call_rewards` and `weighted_total` score completions exactly as
+TRL does, for the dry run and the evaluation alike. All rewards follow TRL's convention
 `fn(prompts, completions, completion_ids=None, **columns) -> list[float | None]`, with the
 reference answer in the `answer` column; `is_correct` is the one answer check that correctness
 rewards and evaluation share. Names are resolved lazily
@@ -25,6 +26,7 @@ _WHERE = {
     "RewardError": "builtin", "RewardInfo": "builtin", "get_reward": "builtin", "list_rewards": "builtin",
     "register": "builtin", "reward_info": "builtin",
     "RewardFunction": "rubric", "apply_template": "rubric", "build_rubric": "rubric",
+    "call_rewards": "scoring", "weighted_total": "scoring",
     "load_user_rewards": "user",
 }
 

@@ -28,6 +28,7 @@ from grpo_box.rewards.answers import to_text
 from grpo_box.rewards.guard import DEFAULT_REWARD_TIMEOUT
 from grpo_box.rewards.registry import RESERVED_COLUMNS, RewardError
 from grpo_box.rewards.rubric import RewardFunction, as_spec, build_rubric, shorten
+from grpo_box.rewards.scoring import call_rewards, weighted_totals
 
 STD_EPS = 1e-4  # TRL adds this to the group std before dividing
 SPARSE_WARNING = "reward too sparse for this model: add format rewards or use an easier task"
@@ -81,30 +82,16 @@ def score_groups(groups: list[dict[str, Any]], rubric_specs: list[RewardSpec | d
     return report
 
 
-def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-# What GRPOTrainer passes besides dataset columns; user rewards may read or call these.
-_TRAINER_KWARGS = {"trainer_state": None, "log_extra": _noop, "log_metric": _noop}
-assert set(_TRAINER_KWARGS) <= set(RESERVED_COLUMNS)
-
-
 def _score_group(index: int, group: dict[str, Any], funcs: list[RewardFunction], weights: list[float]) -> GroupResult:
     prompt, completions, columns = _unpack_group(index, group)
     n = len(completions)
     prompts = [prompt] * n
-    # Conversational prompts get conversational completions, as in training.
-    if isinstance(prompt, list):
-        completions = [[{"role": "assistant", "content": c}] if isinstance(c, str) else c for c in completions]
-    kwargs = {**{k: [v] * n for k, v in columns.items()}, **_TRAINER_KWARGS}
-    scores = {}
-    for func in funcs:
-        try:
-            scores[func.name] = func(prompts, completions, group.get("completion_ids"), **kwargs)
-        except RewardError as exc:
-            raise RewardError(f"{group.get('label') or f'group {index + 1}'}: {exc}") from exc
-    totals = [_weighted_total([scores[f.name][i] for f in funcs], weights) for i in range(n)]
+    try:
+        scores = call_rewards(funcs, prompts, completions, group.get("completion_ids"),
+                              {k: [v] * n for k, v in columns.items()})
+    except RewardError as exc:
+        raise RewardError(f"{group.get('label') or f'group {index + 1}'}: {exc}") from exc
+    totals = weighted_totals(funcs, weights, scores)
     mean, std, advantages = group_advantages(totals)
     rows = [
         ScoredCompletion(to_text(c), {f.name: scores[f.name][i] for f in funcs}, totals[i], advantages[i])
@@ -138,12 +125,6 @@ def _unpack_group(index: int, group: dict[str, Any]) -> tuple[Any, list[Any], di
     if ids is not None and (not isinstance(ids, list) or len(ids) != len(completions)):
         raise RewardError(f"{where}: 'completion_ids' must hold one token-id list per completion ({len(completions)})")
     return group["prompt"], completions, columns
-
-
-def _weighted_total(values: list[float | None], weights: list[float]) -> float | None:
-    """TRL's nansum of weighted scores; None when every function returned None."""
-    present = [(v, w) for v, w in zip(values, weights) if v is not None]
-    return sum(v * w for v, w in present) if present else None
 
 
 def group_advantages(totals: list[float | None]) -> tuple[float | None, float, list[float]]:
