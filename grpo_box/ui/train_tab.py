@@ -68,7 +68,7 @@ def build(reg: Registry) -> None:
 def _plot(reg: Registry, plot: str) -> None:
     title, y_title, _ = PLOTS[plot]
     reg.add(f"train.plot_{plot}", gr.LinePlot(None, x="step", y="value", color="series", title=title,
-                                              y_title=y_title, x_title="step", height=260, x_axis_format="d",
+                                              y_title=y_title, x_title="step", height=260, x_axis_format="~g",
                                               y_axis_format="~g", visible=plot != "kl",
                                               elem_id=f"train-plot-{plot}"))
 
