@@ -237,14 +237,36 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 def _build_rewards(value: Any) -> list[RewardSpec]:
     if not isinstance(value, list):
         raise ConfigError("rewards: expected a list of {name, weight, params}")
-    specs = []
-    for i, item in enumerate(value):
-        if isinstance(item, str):
-            item = {"name": item}
-        if not isinstance(item, dict) or "name" not in item:
-            raise ConfigError(f"rewards[{i}]: each entry needs a name, e.g. {{name: correctness, weight: 1.0}}")
-        specs.append(_build(RewardSpec, item, f"rewards[{i}]."))
-    return specs
+    return [reward_spec(item, i) for i, item in enumerate(value)]
+
+
+REWARD_KEYS = ("name", "weight", "params")
+
+
+def reward_spec(raw: Any, index: int = 0, error: type[Exception] = ConfigError) -> RewardSpec:
+    """One rubric entry as a RewardSpec: a RewardSpec, a bare name, or a {name, weight, params} mapping.
+
+    The one parser of rubric entries (run configs, rubric files, `build_rubric`); it raises `error`
+    (ConfigError here, RewardError from the rewards package) naming the entry. Missing params
+    become {}; the weight and the params' values are checked where the rubric is built.
+
+    >>> reward_spec({"name": "correctness", "weight": 2, "params": None})
+    RewardSpec(name='correctness', weight=2, params={})
+    """
+    if isinstance(raw, RewardSpec):
+        return raw
+    if isinstance(raw, str):
+        return RewardSpec(raw)
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise error(f"rewards[{index}]: each entry needs a name, e.g. {{name: correctness, weight: 1.0}}; "
+                    f"got {raw!r:.120}")
+    unknown = sorted(set(raw) - set(REWARD_KEYS))
+    if unknown:
+        raise error(f"rewards[{index}] ({raw['name']}): unknown key {unknown[0]!r}; use {', '.join(REWARD_KEYS)}")
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        raise error(f"rewards[{index}] ({raw['name']}): params must be a mapping of name: value, got {params!r}")
+    return RewardSpec(raw["name"], raw.get("weight", 1.0), dict(params))
 
 
 _SECTIONS: dict[str, type] = {

@@ -163,3 +163,26 @@ def test_runs_dir_that_is_a_file_is_a_config_error(tmp_path):
     target.write_text("x")
     with pytest.raises(ConfigError, match="output.runs_dir=.*afile' is a file, not a folder"):
         resolve_config("cpu", overrides=[f"output.runs_dir={target}"])
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"name": "correctness", "wieght": 2}, "rewards[0] (correctness): unknown key 'wieght'; use name, weight, params"),
+    ({"name": 3}, "rewards[0]: each entry needs a name"),
+    ({"weight": 1.0}, "rewards[0]: each entry needs a name"),
+    ({"name": "correctness", "params": 5}, "rewards[0] (correctness): params must be a mapping"),
+])
+def test_rubric_entries_have_one_parser_for_configs_and_rubrics(entry, message) -> None:
+    """config._build_rewards and rewards.rubric once parsed entries apart (a numeric name passed the
+    config and crashed later); both now go through config.reward_spec, each with its own error type."""
+    from grpo_box.rewards import RewardError, build_rubric
+
+    with pytest.raises(ConfigError) as from_config:
+        RunConfig.from_dict({"rewards": [entry]})
+    with pytest.raises(RewardError) as from_rubric:
+        build_rubric([entry])
+    assert message in str(from_config.value) and str(from_config.value) == str(from_rubric.value)
+
+
+def test_rubric_entry_without_params_gets_an_empty_mapping() -> None:
+    config = RunConfig.from_dict({"rewards": ["correctness", {"name": "think_format", "weight": 0.5, "params": None}]})
+    assert [(s.name, s.weight, s.params) for s in config.rewards] == [("correctness", 1.0, {}), ("think_format", 0.5, {})]

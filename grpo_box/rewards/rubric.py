@@ -18,7 +18,7 @@ import numbers
 from collections import Counter
 from typing import Any, Callable
 
-from grpo_box.config import RewardSpec
+from grpo_box.config import RewardSpec, reward_spec
 from grpo_box.prompts import get_template
 from grpo_box.rewards.answers import to_text
 from grpo_box.rewards.guard import DEFAULT_REWARD_TIMEOUT, RewardTimeout, UserExit, call_limited
@@ -227,20 +227,8 @@ def _check_tagless(spec: RewardSpec, key: str, defaults: dict[str, Any], templat
 
 
 def as_spec(raw: RewardSpec | dict | str, index: int = 0) -> RewardSpec:
-    """Accept a RewardSpec, a {name, weight, params} mapping or a bare name."""
-    if isinstance(raw, RewardSpec):
-        return raw
-    if isinstance(raw, str):
-        return RewardSpec(raw)
-    if isinstance(raw, dict) and isinstance(raw.get("name"), str):
-        unknown = sorted(set(raw) - {"name", "weight", "params"})
-        if unknown:
-            raise RewardError(f"rewards[{index}] ({raw['name']}): unknown key {unknown[0]!r}; use name, weight, params")
-        params = raw.get("params") or {}
-        if not isinstance(params, dict):
-            raise RewardError(f"rewards[{index}] ({raw['name']}): params must be a mapping, got {params!r}")
-        return RewardSpec(raw["name"], raw.get("weight", 1.0), dict(params))
-    raise RewardError(f"rewards[{index}]: expected {{name, weight, params}}, got {raw!r}")
+    """A rubric entry as a RewardSpec (`config.reward_spec`, the one parser), errors as RewardError."""
+    return reward_spec(raw, index, error=RewardError)
 
 
 def _weight(spec: RewardSpec) -> float:
