@@ -38,7 +38,7 @@ from typing import Any
 
 from . import llama_tools
 from .export_report import LOSSLESS, DiskSpaceError, ExportError, ExportReport, GGUFResult, LoraResult, size_text
-from .gguf_check import compare_to_merged, llama_greedy, verify_gguf
+from .gguf_check import compare_to_merged, llama_greedy, stop_ids, verify_gguf
 from .hub import push_to_hub
 from .merge import (
     BaseSource,
@@ -483,7 +483,7 @@ def _verify_lora(lora: Path, base_dir: Path, info: dict[str, Any], export_dir: P
                     n_gpu_layers=llama_tools.gpu_layers())
         try:
             cases = info.get("prompts", [])
-            eos = {llm.token_eos()}
+            eos = stop_ids(llm, info)
             hits = [compare_to_merged(llama_greedy(llm, c["prompt_ids"], max(len(c["merged_ids"]), 1), eos), c)[0]
                     for c in cases]
         finally:

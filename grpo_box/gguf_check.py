@@ -31,7 +31,7 @@ def verify_gguf(path: Path, merge_info: dict[str, Any], merged_dir: Path, result
     try:
         _check_metadata(llm, tokenizer, cases, result)
         _check_eos(llm, tokenizer, merge_info.get("eos_ids") or [tokenizer.eos_token_id], result)
-        eos_ids = set(merge_info.get("eos_ids", [])) | {llm.token_eos()}
+        eos_ids = stop_ids(llm, merge_info)
         _check_parity(llm, cases, eos_ids, int(merge_info.get("max_new_tokens", 32)), result)
         _check_chat_stop(llm, cases, eos_ids, chat_max_tokens, result)
     finally:
@@ -41,6 +41,12 @@ def verify_gguf(path: Path, merge_info: dict[str, Any], merged_dir: Path, result
         result.notes.append(f"{Path(path).name}: {result.fallback_tensors} tensors fell back to another type "
                             f"(row width not a multiple of the K-quant block of 256)")
     return result
+
+
+def stop_ids(llm: Any, merge_info: dict[str, Any]) -> set[int]:
+    """Where a GGUF check stops greedy decoding: the merge report's EOS set (`inference.eos_token_ids`,
+    the set chat, evaluation and training stop on) plus the GGUF's own EOS."""
+    return {int(i) for i in merge_info.get("eos_ids", [])} | {llm.token_eos()}
 
 
 def _load_llama(path: Path, cases: list[dict[str, Any]], chat_max_tokens: int) -> Any:

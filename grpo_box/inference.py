@@ -191,7 +191,7 @@ class Generator(BaseGenerator):
         tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
 
     @property
     def has_adapter(self) -> bool:
@@ -535,12 +535,18 @@ def _has_tokenizer(adapter: str | None) -> bool:
     return adapter is not None and (Path(adapter) / "tokenizer_config.json").is_file()
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The tokenizer's EOS plus any extra ones in the model's generation config (e.g. Qwen's)."""
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The token ids that end a reply: the tokenizer's EOS plus every EOS in the model's generation
+    config (e.g. Qwen's `<|im_end|>` and `<|endoftext|>`), tokenizer's first, without repeats.
+
+    This is the set GRPOTrainer stops completions on in training (TRL 1.15 `eos_token_ids`), so
+    chat, evaluation, the merge check and the GGUF checks (through the merge report's `eos_ids`)
+    all stop where the trained policy learned to stop.
+    """
     ids = [tokenizer.eos_token_id]
     extra = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids += extra if isinstance(extra, list) else [extra]
-    return list(dict.fromkeys(i for i in ids if i is not None))
+    ids += list(extra) if isinstance(extra, (list, tuple)) else [extra]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def _stopping_criteria(stop: threading.Event) -> Any:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .inference import eos_token_ids
 from .runs import EXPORT, RunDir, open_run
 
 Progress = Callable[[str, float], None]
@@ -384,13 +385,6 @@ def build_cases(tokenizer: Any, system: str | None, prompts: tuple[str, ...]) ->
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         cases.append({"messages": messages, "prompt_text": text, "prompt_ids": list(ids)})
     return cases
-
-
-def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Token ids that end a reply: the generation config's EOS (one or a list), else the tokenizer's."""
-    eos = model.generation_config.eos_token_id
-    eos = eos if eos is not None else tokenizer.eos_token_id
-    return [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
 
 
 def greedy_ids(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int) -> list[int]:

@@ -45,6 +45,27 @@ def test_greedy_is_deterministic_and_stops_at_im_end(tuned: Generator) -> None:
     assert not first[0][0].truncated  # "2 + 3 = 5" fits easily
 
 
+@pytest.mark.parametrize(("tokenizer_eos", "config_eos", "expected"), [
+    (2, [7, 2], [2, 7]),  # Qwen-style: the generation config lists more EOS tokens than the tokenizer's
+    (2, 7, [2, 7]),  # the config's single EOS differs from the tokenizer's: both stop
+    (2, None, [2]),
+    (None, [7], [7]),
+])
+def test_eos_set_is_the_tokenizer_s_plus_the_generation_config_s_as_trl(tokenizer_eos, config_eos, expected) -> None:
+    """One rule for chat, evaluation, the merge check and the GGUF checks: TRL's training stop set.
+    (merge once took the generation config's alone and so missed the tokenizer's EOS.)"""
+    from types import SimpleNamespace
+
+    from grpo_box import gguf_check, merge
+    from grpo_box.inference import eos_token_ids
+
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=config_eos))
+    assert eos_token_ids(model, SimpleNamespace(eos_token_id=tokenizer_eos)) == expected
+    assert merge.eos_token_ids is eos_token_ids
+    llm = SimpleNamespace(token_eos=lambda: 2)
+    assert gguf_check.stop_ids(llm, {"eos_ids": expected}) == {2, *expected}
+
+
 def test_batch_padding_does_not_change_replies(tuned: Generator) -> None:
     with tuned.adapter_disabled():
         alone = tuned.generate([QUESTION], MAX_NEW)[0][0]
