@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -46,7 +45,7 @@ from .rewards import DryRunReport, build_rubric, final_answer, get_reward, is_co
 from .rewards.guard import timeout_of
 from .rewards.rubric import RewardFunction
 from .rewards.scoring import call_rewards, weighted_totals
-from .runs import EVAL, open_run
+from .runs import EVAL, open_run, write_text_atomic
 
 Progress = Callable[[int, int, str], None]  # (done, total, what): called as rows are generated
 Show = Callable[[dict[str, Any]], None]  # called with the results before they are written
@@ -416,14 +415,10 @@ def _phase(progress: Progress | None, name: str) -> Progress | None:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Write atomically; an OSError becomes EvalWriteError carrying the results."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(data, indent=2, default=str))
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise EvalWriteError(f"could not write the results to {path}: {exc.strerror or exc}; they are shown above "
                              "but not saved: make that folder writable (or free disk space) and run eval again",
                              data) from exc

@@ -58,7 +58,7 @@ from .modelfile import (
     stop_tokens,
     translate_template,
 )
-from .runs import EXPORT, RunDir, open_run
+from .runs import EXPORT, RunDir, open_run, write_text_atomic
 
 Progress = Callable[[str, float], None]
 
@@ -389,7 +389,7 @@ def _attach_modelfile(run: RunDir, merged: Path, gguf: Path, merge_info: dict[st
     path = gguf.with_suffix(".Modelfile")
     text = modelfile_text(gguf.name, translation.template, stop_tokens(tokenizer, translation.chat_format, eos_ids),
                           _run_system_prompt(run))
-    _write_text_atomic(path, text)
+    write_text_atomic(path, text)
     result.modelfile = str(path)
     result.ollama_command = f"ollama create {_slug(run.path.name)}:{result.quant} -f {path}"
     _check_modelfile_stops(path, tokenizer, eos_ids, result)
@@ -410,7 +410,7 @@ def _default_modelfile(export_dir: Path, best: GGUFResult) -> tuple[str, str]:
     if not best.modelfile:
         return "", ""
     path = export_dir / "Modelfile"
-    _write_text_atomic(path, Path(best.modelfile).read_text())
+    write_text_atomic(path, Path(best.modelfile).read_text())
     return str(path), best.ollama_command.replace(best.modelfile, str(path))
 
 
@@ -507,13 +507,4 @@ def _read_json(path: Path, default: Any = None) -> Any:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    _write_text_atomic(path, json.dumps(data, indent=2, default=str))
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _partial(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))

@@ -23,6 +23,7 @@ half-written one is skipped. Nothing secret (tokens) is ever written here.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -346,16 +347,19 @@ class JsonlTail:
 
 
 def write_text_atomic(path: Path, text: str, fallback_in_place: bool = False) -> None:
-    """Write a whole file through a temporary one and a rename. With `fallback_in_place`, a write
-    the disk has no room for is retried in place after the temporary file is gone (a small file
-    such as status.json then still records the final state)."""
+    """Write a whole file through a temporary one beside it and a rename, so a reader sees the old
+    file or the new one, never half of one; the temporary file never outlives a failed write. The
+    one atomic write of the engine (run files, eval.json, export reports and Modelfiles). With
+    `fallback_in_place`, a write the disk has no room for is retried in place after the temporary
+    file is gone (a small file such as status.json then still records the final state)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if not fallback_in_place or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if not (fallback_in_place and isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
             raise
         with path.open("r+" if path.exists() else "w") as fh:
             fh.truncate(0)

@@ -339,3 +339,23 @@ def test_rewards_score_sample_on_the_bundled_model(tmp_path: Path) -> None:
     correctness = [r["scores"]["correctness"] for g in report["groups"] for r in g["completions"]]
     sparse = any(w.startswith("correctness scored 0 on every completion") for w in report["warnings"])
     assert sparse == (not any(correctness))
+
+
+def test_a_failed_results_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path, monkeypatch) -> None:
+    """eval.json goes through runs.write_text_atomic, the engine's one atomic write."""
+    import os
+
+    from grpo_box import evaluate as ev
+    from grpo_box.evaluate import EvalWriteError
+
+    path = tmp_path / "eval.json"
+    path.write_text('{"old": 1}')
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(EvalWriteError, match="No space left") as err:
+        ev._write_json(path, {"new": 2})
+    assert err.value.results == {"new": 2} and json.loads(path.read_text()) == {"old": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
