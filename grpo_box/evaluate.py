@@ -45,7 +45,7 @@ from .rewards import DryRunReport, build_rubric, final_answer, get_reward, is_co
 from .rewards.guard import timeout_of
 from .rewards.rubric import RewardFunction
 from .rewards.scoring import call_rewards, weighted_totals
-from .runs import EVAL, open_run, write_text_atomic
+from .runs import ADAPTER_CONFIG, EVAL, is_adapter_dir, open_run, write_text_atomic
 
 Progress = Callable[[int, int, str], None]  # (done, total, what): called as rows are generated
 Show = Callable[[dict[str, Any]], None]  # called with the results before they are written
@@ -352,8 +352,8 @@ def evaluate_model(
     Returns {"base", "trained", "delta"} like `evaluate_run` and writes it to `out` (replacing
     that file: its numbers would belong to another model); `show` as in `evaluate_run`.
     """
-    if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise EvalError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json); "
+    if adapter_dir is not None and not is_adapter_dir(adapter_dir):
+        raise EvalError(f"{adapter_dir}: not a LoRA adapter folder (no {ADAPTER_CONFIG}); "
                                 "pass the adapter/ folder of a run or a checkpoint-N folder")
     if not base and adapter_dir is None:
         raise EvalError("nothing to evaluate: --trained-only needs --adapter DIR")

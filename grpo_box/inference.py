@@ -42,7 +42,7 @@ from typing import Any
 from .config import ModelConfig
 from .modeling import tolerate_inductor_pool_aliasing
 from .models import resolve_model
-from .runs import RunDir
+from .runs import ADAPTER_CONFIG, RunDir, is_adapter_dir, read_adapter_config
 
 Messages = list[dict[str, str]]
 
@@ -88,7 +88,7 @@ def run_adapter_dir(run: RunDir) -> Path | None:
     if run.has_adapter():
         return run.adapter_dir
     for checkpoint in reversed(run.checkpoints()):
-        if (checkpoint / "adapter_config.json").is_file():
+        if is_adapter_dir(checkpoint):
             return checkpoint
     return None
 
@@ -111,8 +111,8 @@ def load_for_generation(
         return from_gguf(model_name_or_dir)
     path = resolve_model(str(model_name_or_dir))
     adapter = str(adapter_dir) if adapter_dir is not None else None
-    if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    if adapter is not None and not is_adapter_dir(adapter):
+        raise FileNotFoundError(f"{adapter} is not a LoRA adapter folder (no {ADAPTER_CONFIG})")
     if _cuda():
         return _load_unsloth(path, adapter, model_config or ModelConfig(), fast_inference)
     return _load_cpu(path, adapter)
@@ -528,7 +528,7 @@ def _load_unsloth(path: str, adapter: str | None, cfg: ModelConfig, fast_inferen
 def _adapter_rank(adapter: str | None) -> int:
     if adapter is None:
         return 0
-    return int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 0))
+    return int(read_adapter_config(adapter).get("r", 0))
 
 
 def _has_tokenizer(adapter: str | None) -> bool:

@@ -35,7 +35,7 @@ from typing import Any
 
 from .errors import UserError
 from .inference import eos_token_ids
-from .runs import EXPORT, RunDir, open_run
+from .runs import ADAPTER_CONFIG, EXPORT, RunDir, open_run, read_adapter_config
 
 Progress = Callable[[str, float], None]
 
@@ -47,7 +47,7 @@ DEFAULT_PROMPTS = (
     "Name three primary colors.",
     "Write one sentence about the sea.",
 )
-_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json")
+_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", ADAPTER_CONFIG)
 
 
 class MergeError(UserError, RuntimeError):
@@ -161,7 +161,7 @@ def merged_is_current(run: RunDir, merged_dir: str | Path | None = None) -> bool
 def require_adapter(run: RunDir) -> None:
     if not run.has_adapter():
         raise NoAdapterError(
-            f"run {run.path.name} has no LoRA adapter ({run.adapter_dir}/adapter_config.json is missing): "
+            f"run {run.path.name} has no LoRA adapter ({run.adapter_dir}/{ADAPTER_CONFIG} is missing): "
             f"train first (python -m grpo_box train …), then merge or export"
         )
 
@@ -256,9 +256,9 @@ def cached_snapshot(repo_id: str) -> Path | None:
 
 
 def _adapter_base(run: RunDir | None) -> str | None:
-    if run is None or not (run.adapter_dir / "adapter_config.json").is_file():
+    if run is None or not run.has_adapter():
         return None
-    return json.loads((run.adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    return read_adapter_config(run.adapter_dir).get("base_model_name_or_path")
 
 
 def check_architecture(path: str, local_only: bool = True) -> Any:

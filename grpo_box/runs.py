@@ -198,7 +198,7 @@ class RunDir:
         return self.file(ADAPTER)
 
     def has_adapter(self) -> bool:
-        return (self.adapter_dir / "adapter_config.json").is_file()
+        return is_adapter_dir(self.adapter_dir)
 
 
 def create_run(config: RunConfig) -> RunDir:
@@ -344,6 +344,19 @@ class JsonlTail:
         records, used = parse_jsonl(data, self.path)
         self.offset += used
         return records, reset
+
+
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT writes it into every LoRA adapter folder it saves
+
+
+def is_adapter_dir(path: str | Path | None) -> bool:
+    """Whether `path` is a LoRA adapter folder (a run's adapter/, a checkpoint-N/, one given by hand)."""
+    return path is not None and (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    """The adapter folder's PEFT config (rank `r`, `base_model_name_or_path`, …)."""
+    return json.loads((Path(path) / ADAPTER_CONFIG).read_text())
 
 
 def write_text_atomic(path: Path, text: str, fallback_in_place: bool = False) -> None:

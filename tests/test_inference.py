@@ -114,12 +114,25 @@ def test_missing_adapter_is_explained(bundled_model_dir: Path, tmp_path: Path) -
         load_for_generation(str(bundled_model_dir), tmp_path)
 
 
+def test_is_adapter_dir_is_the_one_adapter_folder_rule(tmp_path: Path) -> None:
+    from grpo_box.runs import is_adapter_dir, read_adapter_config
+
+    assert not is_adapter_dir(tmp_path) and not is_adapter_dir(None)
+    (tmp_path / "adapter_config.json").write_text('{"r": 4}')
+    assert is_adapter_dir(tmp_path) and is_adapter_dir(str(tmp_path)) and read_adapter_config(tmp_path)["r"] == 4
+    package = Path(__file__).resolve().parent.parent / "grpo_box"
+    spelled = [p.name for p in package.rglob("*.py") if '"adapter_config.json"' in p.read_text(encoding="utf-8")]
+    assert spelled == ["runs.py"], f"use runs.is_adapter_dir / ADAPTER_CONFIG instead of the literal: {spelled}"
+
+
 def test_run_adapter_dir_prefers_final_then_checkpoint(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     assert run_adapter_dir(run) is None
     ckpt = tmp_path / "checkpoints" / "checkpoint-5"
     ckpt.mkdir(parents=True)
     (ckpt / "adapter_config.json").write_text("{}")
+    assert run_adapter_dir(run) is None  # the Trainer has not finished it yet
+    (ckpt / "trainer_state.json").write_text("{}")
     assert run_adapter_dir(run) == ckpt
     run.adapter_dir.mkdir()
     (run.adapter_dir / "adapter_config.json").write_text("{}")
