@@ -137,6 +137,12 @@ def _torch_cuda():
         return None
 
 
+def has_cuda() -> bool:
+    """Whether torch can use a CUDA device: the engine's one probe (training, chat, evaluation and
+    the loaders ask it). A CPU build, no driver or a broken driver all answer False."""
+    return _torch_cuda() is not None
+
+
 def visible_device() -> str | None:
     """The NVML/nvidia-smi id of CUDA's device 0: CUDA_VISIBLE_DEVICES' first entry, else "0";
     None when that variable hides every GPU ("" or "-1")."""

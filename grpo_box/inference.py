@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
-from .modeling import tolerate_inductor_pool_aliasing
+from .modeling import has_cuda, tolerate_inductor_pool_aliasing, unsloth_load_kwargs
 from .models import resolve_model
 from .runs import ADAPTER_CONFIG, RunDir, is_adapter_dir, read_adapter_config
 
@@ -113,7 +113,7 @@ def load_for_generation(
     adapter = str(adapter_dir) if adapter_dir is not None else None
     if adapter is not None and not is_adapter_dir(adapter):
         raise FileNotFoundError(f"{adapter} is not a LoRA adapter folder (no {ADAPTER_CONFIG})")
-    if _cuda():
+    if has_cuda():
         return _load_unsloth(path, adapter, model_config or ModelConfig(), fast_inference)
     return _load_cpu(path, adapter)
 
@@ -478,12 +478,6 @@ def _free_cuda_cache() -> None:
 # ---------------------------------------------------------------- loading
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _load_cpu(path: str, adapter: str | None) -> Generator:
     """transformers + PEFT in float32 (bf16 matmuls are slow on most CPUs)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -504,16 +498,7 @@ def _load_unsloth(path: str, adapter: str | None, cfg: ModelConfig, fast_inferen
     import unsloth  # noqa: F401  (must precede transformers / peft)
     from unsloth import FastLanguageModel
 
-    kwargs: dict[str, Any] = {
-        "model_name": path,
-        "max_seq_length": cfg.max_seq_length,
-        "load_in_4bit": cfg.load_in_4bit,
-        "dtype": cfg.dtype,
-        "fast_inference": fast_inference,
-    }
-    if fast_inference:
-        rank = max(cfg.max_lora_rank, _adapter_rank(adapter))
-        kwargs.update(max_lora_rank=rank, gpu_memory_utilization=cfg.gpu_memory_utilization)
+    kwargs = unsloth_load_kwargs(cfg, path, fast_inference=fast_inference, adapter_rank=_adapter_rank(adapter))
     model, tokenizer = FastLanguageModel.from_pretrained(**kwargs)
     if has_vllm_engine(model):  # Unsloth turns fast_inference off where vLLM cannot run (old GPUs)
         return VLLMGenerator(model, tokenizer, adapter, owns_engine=True)

@@ -40,8 +40,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
+from .config import ModelConfig, RunConfig
 from .errors import UserError
+from .hardware import has_cuda  # re-exported: chat and train ask modeling
 from .models import check_model_source, load_error, resolve_model, use_data_home_for_caches
 
 ALLOCATOR_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_ALLOC_CONF")
@@ -49,12 +50,6 @@ ALLOCATOR_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_HIP_
 
 class GpuUnusableError(UserError, RuntimeError):
     """A GPU config on a machine whose NVIDIA card torch cannot use; the message says why and what to do."""
-
-
-def has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def uses_standby(config: RunConfig) -> bool:
@@ -131,17 +126,22 @@ def import_unsloth(config: RunConfig) -> None:
         patch_trl_for_cpu()
 
 
-def unsloth_load_kwargs(config: RunConfig, model_path: str) -> dict[str, Any]:
-    m = config.model
+def unsloth_load_kwargs(config: RunConfig | ModelConfig, model_path: str, *, fast_inference: bool | None = None,
+                        adapter_rank: int = 0) -> dict[str, Any]:
+    """`FastLanguageModel.from_pretrained` arguments for a run (training) or a model section
+    (inference): `fast_inference` overrides the config's, and vLLM's `max_lora_rank` grows to
+    `adapter_rank` so that the adapter to be served fits."""
+    m = config.model if isinstance(config, RunConfig) else config
+    fast = m.fast_inference if fast_inference is None else fast_inference
     kwargs: dict[str, Any] = {
         "model_name": model_path,
         "max_seq_length": m.max_seq_length,
         "load_in_4bit": m.load_in_4bit,
-        "fast_inference": m.fast_inference,
+        "fast_inference": fast,
         "dtype": m.dtype,
     }
-    if m.fast_inference:
-        kwargs["max_lora_rank"] = m.max_lora_rank
+    if fast:
+        kwargs["max_lora_rank"] = max(m.max_lora_rank, adapter_rank)
         kwargs["gpu_memory_utilization"] = m.gpu_memory_utilization
     return kwargs
 

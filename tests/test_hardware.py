@@ -210,3 +210,51 @@ def test_each_step_writes_vram_to_metrics_and_starts_a_new_peak(monkeypatch, tmp
             "vram/allocated_gb": 3.0, "vram/reserved_gb": 4.0, "vram/peak_reserved_gb": 6.5,
             "vram/used_gb": 17.5, "vram/total_gb": 24.0,
         }
+
+
+def test_one_cuda_probe_survives_a_broken_driver(monkeypatch):
+    """hardware.has_cuda is the probe modeling (training, chat) and inference use; a driver that
+    raises from torch.cuda.is_available() reads as no GPU instead of a crash."""
+    import torch
+
+    from grpo_box import inference, modeling
+
+    def broken() -> bool:
+        raise RuntimeError("CUDA driver initialization failed")
+
+    monkeypatch.setattr(torch.cuda, "is_available", broken)
+    assert hardware.has_cuda() is False
+    assert modeling.has_cuda is hardware.has_cuda and inference.has_cuda is hardware.has_cuda
+
+
+def test_inference_loads_unsloth_with_the_training_kwargs(monkeypatch, tmp_path):
+    """inference._load_unsloth takes modeling.unsloth_load_kwargs, with vLLM's rank grown to the adapter's."""
+    import json
+    import sys
+    import types
+
+    from grpo_box import inference
+    from grpo_box.modeling import unsloth_load_kwargs
+    from grpo_box.presets import load_preset
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(**kwargs):
+            seen.update(kwargs)
+            raise Stop
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 512}))
+    model = load_preset("8gb").model
+    with pytest.raises(Stop):
+        inference._load_unsloth("/models/x", str(tmp_path), model, fast_inference=True)
+    assert seen == unsloth_load_kwargs(model, "/models/x", fast_inference=True, adapter_rank=512)
+    assert seen["max_lora_rank"] == 512 and seen["gpu_memory_utilization"] == model.gpu_memory_utilization
+    with pytest.raises(Stop):
+        inference._load_unsloth("/models/x", None, model, fast_inference=False)
+    assert seen["fast_inference"] is False
