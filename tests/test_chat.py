@@ -199,6 +199,10 @@ def test_whole_replies_use_fast_generate_with_the_lora_request(run: RunDir, bund
     config = run.config()
     config.model.fast_inference = True
     monkeypatch.setattr(RunDir, "config", lambda self: config)
+    from grpo_box import inference
+
+    # unsloth_zoo's vLLM teardown needs vLLM itself: record that the engine chat loaded is torn down
+    monkeypatch.setattr(inference, "_delete_vllm_engine", lambda engine: calls.setdefault("deleted", []).append(engine))
     chat.clear_cache()
     try:
         assert chat.uses_vllm(resolve_source(run.path))
@@ -208,5 +212,6 @@ def test_whole_replies_use_fast_generate_with_the_lora_request(run: RunDir, bund
         assert calls["lora_requests"] == ["lora-request", None, "lora-request"], "base: no LoRA; trained: the run's"
     finally:
         chat.clear_cache()
+    assert calls["deleted"] and all(e is FakeUnslothModel.vllm_engine for e in calls["deleted"])
     config.model.fast_inference = False
     assert not chat.uses_vllm(resolve_source(run.path)), "without fast_inference, plain generation"
