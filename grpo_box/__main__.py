@@ -453,6 +453,28 @@ def _ask_token() -> str:
     return token
 
 
+@command("cluster")
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Write a multi-GPU job bundle for plain TRL + accelerate + a vLLM server (cluster.py)."""
+    from .cluster import build_bundle
+
+    bundle = build_bundle(args.source, args.gpus, nodes=args.nodes, backend=args.backend,
+                          vllm_gpus=args.vllm_gpus, out=args.out)
+    print(bundle.summary())
+    return 0
+
+
+@command("import-adapter")
+def cmd_import_adapter(args: argparse.Namespace) -> int:
+    """A cluster job's output folder becomes a run directory (cluster_import.py)."""
+    from .cluster_import import import_adapter
+
+    run = import_adapter(args.dir, name=args.name)
+    print(f"Run directory: {run.path}\nNext: python -m grpo_box chat {run.path}  |  eval {run.path}  |  "
+          f"export {run.path}")
+    return 0
+
+
 @command("serve")
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve_forever
@@ -602,6 +624,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--what", choices=["gguf", "merged", "adapter"], default="gguf")
     p.add_argument("--quant", help="which GGUF (default: the smallest quantized one)")
     p.add_argument("--public", action="store_true", help="make a new repo public (default: private)")
+    p = sub.add_parser("cluster", help="write a multi-GPU job (TRL + accelerate + vLLM server) for a run or config")
+    p.add_argument("source", metavar="RUN_DIR_OR_CONFIG")
+    p.add_argument("--gpus", type=_positive(int), required=True, help="GPUs in all (vLLM server + training)")
+    p.add_argument("--nodes", type=_positive(int), default=1, help="machines (more than 1: a SLURM job)")
+    p.add_argument("--backend", choices=["zero3", "fsdp"], default="zero3", help="DeepSpeed ZeRO-3 or FSDP2")
+    p.add_argument("--vllm-gpus", type=int, help="GPUs for the vLLM server (default: 1 on one node, a whole node on "
+                   "several; 0: vLLM inside each training process)")
+    p.add_argument("--out", help="bundle folder (default: RUN_DIR/cluster/<N>gpu-<backend>)")
+    p = sub.add_parser("import-adapter", help="turn a cluster job's output folder into a run directory")
+    p.add_argument("dir", help="the job's output folder (adapter/, run_config.yaml, metrics.jsonl)")
+    p.add_argument("--name", help="run name (default: <run>-cluster)")
     p = sub.add_parser("serve", help="OpenAI-compatible server on a GGUF (for Open WebUI)")
     p.add_argument("gguf")
     p.add_argument("--host", default="127.0.0.1")

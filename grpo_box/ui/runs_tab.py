@@ -20,7 +20,7 @@ from grpo_box import job
 from grpo_box.errors import UserError
 from grpo_box.runs import RunFileError, default_runs_dir, list_runs, open_run
 
-from . import messages, watch
+from . import cluster_panel, messages, watch
 from .curves import overlay_frame, plot_frame
 from .registry import Registry
 from .train_tab import resume_run
@@ -58,6 +58,7 @@ def build(reg: Registry) -> None:
                                             elem_id="runs-compare"))
         reg.add("runs.overlay", gr.LinePlot(None, x="step", y="value", color="series", title="Reward by run",
                                             height=300, elem_id="runs-overlay"))
+    cluster_panel.build(reg)
 
 
 def wire(reg: Registry) -> None:
@@ -78,6 +79,7 @@ def wire(reg: Registry) -> None:
     reg["runs.delete"].click(_delete(reg), inputs=[reg["runs.pick"], reg["runs.confirm"]],
                              outputs=[reg["runs.message"], reg["runs.confirm"]], api_name="runs_delete") \
         .then(_listing(reg), outputs=listing, api_visibility="private")
+    cluster_panel.wire(reg, lambda name: _path(reg, name))
 
 
 def page_load(reg: Registry) -> tuple[list[Any], list[Any], Any]:
