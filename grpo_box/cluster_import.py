@@ -18,7 +18,7 @@ from typing import Any
 
 from .config import RunConfig
 from .errors import UserError
-from .runs import ADAPTER, METRICS, RunDir, create_run, write_text_atomic
+from .runs import ADAPTER, ADAPTER_CONFIG, METRICS, RunDir, create_run, is_adapter_dir, read_adapter_config, write_text_atomic
 
 IMPORT_RECORD = "imported.json"
 
@@ -33,9 +33,9 @@ def find_adapter(folder: Path) -> Path:
     checkpoints = sorted(folder.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     candidates += [c for c in reversed(checkpoints) if c.name.split("-")[-1].isdigit()]
     for candidate in candidates:
-        if (candidate / "adapter_config.json").is_file():
+        if is_adapter_dir(candidate):
             return candidate
-    raise ImportAdapterError(f"{folder}: no LoRA adapter (adapter_config.json) in it, in adapter/ or in a "
+    raise ImportAdapterError(f"{folder}: no LoRA adapter ({ADAPTER_CONFIG}) in it, in adapter/ or in a "
                              "checkpoints/checkpoint-N/; give the job's output folder")
 
 
@@ -78,7 +78,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _match_lora(config: RunConfig, adapter: Path) -> None:
     """The run's LoRA settings as the adapter has them (they describe the adapter on disk)."""
-    peft = json.loads((adapter / "adapter_config.json").read_text())
+    peft = read_adapter_config(adapter)
     config.lora.r = int(peft.get("r", config.lora.r))
     config.lora.alpha = int(peft.get("lora_alpha", config.lora.alpha))
     targets = peft.get("target_modules")
@@ -90,8 +90,8 @@ def _match_lora(config: RunConfig, adapter: Path) -> None:
 def _point_at_local_base(run: RunDir, config: RunConfig) -> str | None:
     from .models import is_bundled, resolve_model
 
-    path = run.adapter_dir / "adapter_config.json"
-    peft = json.loads(path.read_text())
+    path = run.adapter_dir / ADAPTER_CONFIG
+    peft = read_adapter_config(run.adapter_dir)
     original = peft.get("base_model_name_or_path")
     name = config.model.name
     peft["base_model_name_or_path"] = resolve_model(name) if is_bundled(name) else name
