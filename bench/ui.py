@@ -1,6 +1,7 @@
-"""What the app costs: start-up, one timer tick, reattaching, and its effect on training speed.
+"""What the app costs: start-up, one timer tick, reattaching, its effect on training speed, chat
+latency and export time.
 
-    .venv/bin/python bench/ui.py [--steps 6] [--skip-training]
+    .venv/bin/python bench/ui.py [--steps 6] [--skip-training] [--skip-chat] [--skip-export]
 
 Prints, on this machine:
 - start: seconds from `python app.py` to the first page served (target < 10 s on 2 cores);
@@ -12,6 +13,12 @@ Prints, on this machine:
 - step ratio: mean training step time with the app open and a page polling every 2 s, over the
   same config trained by the CLI alone (target < 1.03). Both runs are real CPU runs on the
   bundled model (tiny settings, `--steps` each; steps after the first are compared).
+- chat: time to the first streamed token in the Chat tab against `python -m grpo_box chat RUN
+  --prompt P` on the same prompt (greedy, a run with a random LoRA on the bundled model); both
+  cold (the app's first message loads the model, as the CLI does) and, for the app, warm (the
+  model cached); the target is the app cold within 10% of the CLI;
+- export: wall time of a q4_k_m export from the app (submit to result) against the same CLI
+  command on an identical run (target within 5%).
 """
 
 from __future__ import annotations
@@ -154,10 +161,103 @@ def bench_training(root: Path, steps: int) -> tuple[float, float]:
     return cli, app
 
 
+CHAT_PROMPT = "What is 2 + 2?"
+
+
+def lora_run(root: Path, name: str):
+    """A run whose adapter is a random LoRA on the bundled model (the tests' helper: no training)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import make_random_lora
+
+    from grpo_box.models import ensure_bundled_model
+    from grpo_box.presets import resolve_config
+    from grpo_box.runs import create_run
+
+    run = create_run(resolve_config("cpu", overrides=[f"output.runs_dir={root}", f"output.run_name={name}"]))
+    make_random_lora(ensure_bundled_model(), run.adapter_dir)
+    return run
+
+
+def cli_first_token(run_dir: Path) -> float:
+    """Seconds from starting `python -m grpo_box chat --prompt` to its first streamed text on stdout."""
+    began = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "grpo_box", "chat", str(run_dir), "--prompt", CHAT_PROMPT,
+                             "--temperature", "0", "--max-tokens", "32"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    first = None
+    while first is None:
+        byte = proc.stdout.read(1)
+        if not byte:
+            break
+        if not byte.isspace():
+            first = time.perf_counter() - began
+    proc.stdout.read()
+    proc.wait()
+    if first is None:
+        raise SystemExit("the CLI chat printed nothing")
+    return first
+
+
+def app_first_token(url: str, run_name: str) -> float:
+    """Seconds from sending a message in the Chat tab to the first update carrying reply text."""
+    from gradio_client import Client
+
+    page = Client(url, verbose=False)
+    began = time.perf_counter()
+    job = page.submit(run_name, "trained", None, 0.0, 1.0, 32, "wait", CHAT_PROMPT, [], [], api_name="/chat_send")
+    while not job.done() or len(job.outputs()) > 0:
+        for update in job.outputs():
+            bot = update[0] or []
+            if bot and bot[-1].get("role") == "assistant" and any(
+                    (part.get("text") or "").strip() for part in bot[-1]["content"]):
+                elapsed = time.perf_counter() - began
+                job.result()
+                return elapsed
+        if job.done():
+            break
+        time.sleep(0.005)
+    raise SystemExit(f"the app's chat streamed no text: {job.result()}")
+
+
+def bench_chat(root: Path) -> dict[str, float]:
+    run = lora_run(root, "chat")
+    cli = statistics.median(cli_first_token(run.path) for _ in range(2))
+    proc, url, _ = start_app(root)
+    try:
+        cold = app_first_token(url, run.path.name)
+        warm = statistics.median(app_first_token(url, run.path.name) for _ in range(3))
+    finally:
+        proc.kill()
+    return {"cli": cli, "app cold": cold, "app warm": warm}
+
+
+def bench_export(root: Path) -> tuple[float, float]:
+    cli_run, app_run = lora_run(root, "export-cli"), lora_run(root, "export-app")
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "grpo_box", "export", str(cli_run.path), "--quant", "q4_k_m"], cwd=ROOT,
+                   check=True, capture_output=True)
+    cli = time.perf_counter() - began
+    proc, url, _ = start_app(root)
+    try:
+        from gradio_client import Client
+
+        page = Client(url, verbose=False, download_files=False)
+        began = time.perf_counter()
+        out = page.predict(app_run.path.name, ["q4_k_m"], False, False, api_name="/export_run")
+        app = time.perf_counter() - began
+    finally:
+        proc.kill()
+    if "passed its checks" not in str(out[0]):
+        raise SystemExit(f"the app's export did not pass: {out[0]}")
+    return cli, app
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--skip-training", action="store_true", help="only start, tick and reattach")
+    parser.add_argument("--skip-training", action="store_true", help="no training-speed comparison")
+    parser.add_argument("--skip-chat", action="store_true", help="no chat latency comparison")
+    parser.add_argument("--skip-export", action="store_true", help="no export time comparison")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="grpo-box-bench-ui-"))
     proc, _, start = start_app(root / "empty")
@@ -170,6 +270,13 @@ def main() -> int:
         cli, app = bench_training(root, args.steps)
         print(f"training step: CLI alone {cli:.2f} s, app open and polling {app:.2f} s, ratio {app / cli:.3f} "
               f"(target < 1.03)")
+    if not args.skip_chat:
+        ttft = bench_chat(root / "chat")
+        print(f"chat, time to first token: CLI {ttft['cli']:.2f} s, app cold {ttft['app cold']:.2f} s "
+              f"(ratio {ttft['app cold'] / ttft['cli']:.3f}, target < 1.10), app warm {ttft['app warm']:.2f} s")
+    if not args.skip_export:
+        cli, app = bench_export(root / "export")
+        print(f"export q4_k_m: CLI {cli:.1f} s, app {app:.1f} s, ratio {app / cli:.3f} (target < 1.05)")
     return 0
 
 

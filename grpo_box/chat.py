@@ -35,6 +35,11 @@ from .runs import CONFIG, RunDir, open_run
 _RUN_SEARCH_DEPTH = 3  # export/merged/ and export/gguf/x.gguf sit this deep under their run
 _PARTIAL_TAG = re.compile(r"<[/A-Za-z]*$")  # "<ans" at the end of a streamed reply: maybe a tag
 THINK_LABEL, ANSWER_LABEL = "[thinking]", "[answer]"
+# Sampling defaults for chat: the CLI and the app's sliders both start from these (one place).
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
+DEFAULT_MAX_NEW_TOKENS = 256
+COMPARE_TEMPERATURE = 0.0  # side by side is greedy: a difference between the panes then comes from the adapter
 
 
 @dataclass
@@ -172,9 +177,9 @@ def chat_stream(
     source: str | Path,
     messages: Messages,
     system_prompt: str | None = None,
-    temperature: float = 0.7,
-    top_p: float = 0.95,
-    max_new_tokens: int = 256,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_p: float = DEFAULT_TOP_P,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     base: bool = False,
 ) -> Iterator[ChatChunk]:
     """Stream a reply to `messages` (the conversation so far, ending with the user's turn).
@@ -183,8 +188,14 @@ def chat_stream(
     `done=True` and the whole reply.
     """
     src = resolve_source(source, base)
+    yield from stream_with(get_generator(src), src, messages, system_prompt, temperature, top_p, max_new_tokens)
+
+
+def stream_with(generator: BaseGenerator, src: ChatSource, messages: Messages, system_prompt: str | None = None,
+                temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
+                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Iterator[ChatChunk]:
+    """`chat_stream` on a generator the caller holds (the app keeps its own, behind a lock)."""
     system = src.system_prompt if system_prompt is None else system_prompt
-    generator = get_generator(src)
     text = ""
     for piece in generator.stream(with_system(messages, system), max_new_tokens, temperature, top_p):
         text += piece
@@ -205,9 +216,9 @@ def side_by_side(
     run_dir: str | Path,
     prompt: str,
     system_prompt: str | None = None,
-    temperature: float = 0.0,
+    temperature: float = COMPARE_TEMPERATURE,
     top_p: float = 1.0,
-    max_new_tokens: int = 256,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> tuple[str, str]:
     """(base reply, trained reply) to the same prompt; one model load, the adapter switched off for base.
 

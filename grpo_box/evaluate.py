@@ -95,12 +95,14 @@ def evaluate(
     *,
     limit: int | None = None,
     generator: BaseGenerator | None = None,
-    n_examples: int = 3,
+    n_examples: int | None = None,
 ) -> dict[str, Any]:
     """Score `split` ("held_out" or "train") of the config's data with its rubric.
 
     Loads the config's model (plus `adapter_dir`) unless a `generator` is given; a trainer that
     holds its model passes `Generator(model, tokenizer)` instead of loading a second copy.
+    `examples` keeps every scored row unless `n_examples` caps it (the app filters them into
+    "fixed by training" and "broken by training").
     """
     if k < 1:
         raise EvalError(f"k={k}: pass@k needs at least one sample per prompt")
@@ -244,7 +246,7 @@ def _correct(funcs: list[RewardFunction], scores: dict[str, list[float | None]],
 
 
 def _summary(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFunction], weights: list[float],
-             completions: list[Completion], n_examples: int) -> dict[str, Any]:
+             completions: list[Completion], n_examples: int | None) -> dict[str, Any]:
     scores = score_completions(funcs, rows, completions)
     correct = _correct(funcs, scores, config, rows, completions)
     totals = weighted_totals(funcs, weights, scores)  # None where every reward skipped (TRL: left out of the mean)
@@ -278,7 +280,7 @@ def _pass_at(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFu
 
 def _examples(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardFunction],
               scores: dict[str, list[float | None]], completions: list[Completion], correct: list[bool],
-              totals: list[float | None], n: int) -> list[dict[str, Any]]:
+              totals: list[float | None], n: int | None) -> list[dict[str, Any]]:
     tag = answer_tag_for(config.data.template) or "answer"
     return [
         {
@@ -290,7 +292,7 @@ def _examples(config: RunConfig, rows: dict[str, list[Any]], funcs: list[RewardF
             "reward": totals[i],
             "rewards": {f.name: scores[f.name][i] for f in funcs},
         }
-        for i in range(min(n, len(completions)))
+        for i in range(len(completions) if n is None else min(n, len(completions)))
     ]
 
 

@@ -31,9 +31,14 @@ TABS: list[tuple[str, str, str]] = [
     ("Data", "data", "grpo_box.ui.data_tab"),
     ("Rewards", "rewards", "grpo_box.ui.rewards_tab"),
     ("Train", "train", "grpo_box.ui.train_tab"),
+    ("Evaluate", "evaluate", "grpo_box.ui.evaluate_tab"),
+    ("Chat", "chat", "grpo_box.ui.chat_tab"),
+    ("Export", "export", "grpo_box.ui.export_tab"),
     ("Runs", "runs", "grpo_box.ui.runs_tab"),
 ]
-CSS = ".grpo-box-error, .grpo-box-warning, .grpo-box-ok { font-size: 0.95em; }"
+CSS = (".grpo-box-error, .grpo-box-warning, .grpo-box-ok { font-size: 0.95em; }\n"
+       ".grpo-box-table { border-collapse: collapse; } .grpo-box-table td, .grpo-box-table th "
+       "{ border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; }")
 
 
 def _tab_module(name: str) -> ModuleType | None:

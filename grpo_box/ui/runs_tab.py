@@ -1,6 +1,7 @@
 """The Runs tab: every run with its state, steps, final reward, held-out accuracy and start time;
 open one to see its curves, config and samples; overlay the reward curves of several runs;
-resume a stopped or failed run; delete a run after confirming.
+resume a stopped or failed run; delete a run after confirming. An opened run also lists what was
+made from it: its evaluation and its exports (`run_made`).
 
 It reads run directories only (runs.list_runs, RunDir), so a run made by the CLI shows up here
 too. Resume goes through the Train tab's `resume_run` (one job per machine, the same checks).
@@ -23,6 +24,7 @@ from grpo_box.runs import RunFileError, default_runs_dir, list_runs, open_run
 from . import cluster_panel, messages, watch
 from .curves import overlay_frame, plot_frame
 from .registry import Registry
+from .run_made import made_html
 from .train_tab import resume_run
 from .train_view import sample_choices, sample_html, status_html
 
@@ -43,6 +45,7 @@ def build(reg: Registry) -> None:
         reg.add("runs.delete", gr.Button("Delete run", variant="stop", elem_id="runs-delete", scale=0))
     reg.add("runs.message", gr.HTML(elem_id="runs-message"))
     reg.add("runs.status", gr.HTML(elem_id="runs-status"))
+    reg.add("runs.made", gr.HTML(elem_id="runs-made"))  # its evaluation and exports
     with gr.Row():
         reg.add("runs.plot_reward", gr.LinePlot(None, x="step", y="value", color="series", title="Reward",
                                                 height=260, elem_id="runs-plot-reward"))
@@ -67,7 +70,9 @@ def wire(reg: Registry) -> None:
     detail = [reg[k] for k in ("runs.status", "runs.plot_reward", "runs.plot_signal", "runs.config",
                                "runs.sample_pick", "runs.sample_view")]
     reg["runs.pick"].change(_clear, outputs=detail[1:3], api_visibility="private") \
-        .then(_open(reg), inputs=[reg["runs.pick"]], outputs=detail, api_name="runs_open")
+        .then(_open(reg), inputs=[reg["runs.pick"]], outputs=detail, api_name="runs_open") \
+        .then(lambda name: made_html(_path(reg, name)), inputs=[reg["runs.pick"]], outputs=[reg["runs.made"]],
+              api_name="runs_made")
     reg["runs.sample_pick"].change(_sample(reg), inputs=[reg["runs.pick"], reg["runs.sample_pick"]],
                                    outputs=[reg["runs.sample_view"]], api_visibility="private")
     reg["runs.compare"].change(lambda: None, outputs=[reg["runs.overlay"]], api_visibility="private") \

@@ -1,0 +1,132 @@
+"""The Chat tab's one loaded model, shared by every page, behind a lock.
+
+Chat is the only place where the app process loads a model. Gradio runs handlers on worker
+threads, so two pages may chat at once: each reply holds `turn()` for as long as it generates,
+which serialises generation (one model, one reply at a time, so a PEFT adapter switched off for
+a "base" reply never leaks into another page's "trained" reply) and lets a page say it is waiting.
+
+Where the model runs (`placement`): a GGUF runs in llama.cpp on the CPU; without a GPU everything
+runs on the CPU; with a GPU the model goes there unless a training job is running, in which case
+the chat either waits for the job to end or loads the model on the CPU, as the user chose.
+
+`release()` drops the model and frees its memory; the Train tab calls it before starting a job
+(if a reply is streaming, it is told to stop and `release()` waits for it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from grpo_box.chat import ChatSource
+from grpo_box.inference import BaseGenerator, from_gguf, is_gguf, load_for_generation
+
+_LOCK = threading.Lock()
+_STOP = threading.Event()  # set by release(): a streaming reply stops at its next token
+_loaded: dict[str, Any] = {"key": None, "generator": None}
+RELEASE_WAIT_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: str  # "gpu" or "cpu"
+    note: str  # what the page says about it
+    wait: bool = False  # True: a training job holds the GPU and the user chose to wait for it
+
+
+def placement(src: ChatSource, has_gpu: bool, training: str | None, when_training: str) -> Placement:
+    """Where a chat with `src` runs now; `training` names the run a job is training, if any."""
+    if is_gguf(src.model):
+        return Placement("cpu", "GGUF in llama.cpp on the CPU: the replies Ollama and llama.cpp will give.")
+    if not has_gpu:
+        shared = f" A training job ({training}) shares the CPU, so replies are slower." if training else ""
+        return Placement("cpu", "Running on the CPU (no GPU here)." + shared)
+    if not training:
+        return Placement("gpu", "Running on the GPU.")
+    if when_training == "cpu":
+        return Placement("cpu", f"Training ({training}) holds the GPU: this chat runs on the CPU instead "
+                                "(slower), so training is not disturbed.")
+    return Placement("gpu", f"Training ({training}) holds the GPU: this chat waits for it to finish "
+                            "(or choose 'run on the CPU').", wait=True)
+
+
+@contextlib.contextmanager
+def turn(timeout: float | None = None) -> Iterator[bool]:
+    """Hold the model for one reply; yields False (holding nothing) when `timeout` ran out first."""
+    got = _LOCK.acquire(timeout=-1 if timeout is None else timeout)
+    try:
+        yield got
+    finally:
+        if got:
+            _LOCK.release()
+
+
+def busy() -> bool:
+    """Whether another reply holds the model right now."""
+    return _LOCK.locked()
+
+
+def generator(src: ChatSource, device: str, has_gpu: bool = False) -> BaseGenerator:
+    """The generator for `src` on `device`, loading it (and dropping the previous one) if needed.
+
+    Call inside `turn()`. A run's adapter is always loaded with it; a "base" reply switches it off
+    (`adapter_disabled`), so base, trained and compare share one load.
+    """
+    key = (src.model, src.adapter, device)
+    if _loaded["key"] != key:
+        _drop()
+        _loaded["generator"] = _load(src, device, has_gpu)
+        _loaded["key"] = key
+    return _loaded["generator"]
+
+
+def _load(src: ChatSource, device: str, has_gpu: bool) -> BaseGenerator:
+    if is_gguf(src.model):
+        return from_gguf(src.model)
+    model_config = src.config.model if src.config else None
+    if device == "cpu" and has_gpu:
+        from grpo_box.inference import _load_cpu  # transformers + PEFT on the CPU even where CUDA exists
+        from grpo_box.models import resolve_model
+
+        return _load_cpu(resolve_model(src.model), src.adapter)
+    return load_for_generation(src.model, src.adapter, model_config=model_config)
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+def release() -> None:
+    """Drop the cached model and free its memory (before training starts); waits for a reply in progress."""
+    _STOP.set()
+    try:
+        if not _LOCK.acquire(timeout=RELEASE_WAIT_SECONDS):
+            return  # a reply ignored the stop for minutes: dropping its model under it would crash it
+        try:
+            _drop()
+        finally:
+            _LOCK.release()
+    finally:
+        _STOP.clear()
+
+
+def loaded_key() -> tuple[str, str | None, str] | None:
+    return _loaded["key"]
+
+
+def _drop() -> None:
+    gen = _loaded["generator"]
+    _loaded["key"], _loaded["generator"] = None, None
+    if gen is None:
+        return
+    gen.close()
+    del gen
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

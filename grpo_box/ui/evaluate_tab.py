@@ -1,0 +1,148 @@
+"""The Evaluate tab: did training help? Base against trained on the run's held-out split.
+
+Evaluation runs as `python -m grpo_box eval RUN --json [--limit N] [--k K]` in a child process
+(it loads the model and the run's reward functions, user code included), its progress lines
+moving the page's progress bar. The result is read back from the run's `eval.json`, so opening a
+run shows its last evaluation without rerunning it, including the one training itself wrote.
+The page shows a summary table, a bar chart (accuracy, the weighted total and each reward's mean,
+base against trained) and the held-out examples, filterable to those training fixed or broke.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from grpo_box import job
+
+from . import eval_view, messages, run_choice
+from .child import ChildError, parse_progress, run_json
+from .registry import Registry
+
+EVAL_TIMEOUT = 6 * 3600.0
+
+
+def build(reg: Registry) -> None:
+    gr.Markdown("Score the run's **held-out** prompts (never trained on) with its own rubric, for the base model "
+                "and for the trained adapter. The result is kept in the run's `eval.json`.")
+    with gr.Row():
+        reg.add("evaluate.run", gr.Dropdown(label="Run", choices=[], allow_custom_value=True, elem_id="evaluate-run",
+                                            scale=4))
+        reg.add("evaluate.refresh", gr.Button("Refresh runs", elem_id="evaluate-refresh", scale=0))
+    with gr.Row():
+        reg.add("evaluate.limit", gr.Number(label="Rows to score (0 = the whole held-out split)", value=0, minimum=0,
+                                            precision=0, elem_id="evaluate-limit"))
+        reg.add("evaluate.k", gr.Number(label="pass@k: samples per prompt (1 = greedy only)", value=1, minimum=1,
+                                        maximum=64, precision=0, elem_id="evaluate-k"))
+        reg.add("evaluate.start", gr.Button("Evaluate base and trained", variant="primary", elem_id="evaluate-start"))
+    reg.add("evaluate.message", gr.HTML(elem_id="evaluate-message"))
+    with gr.Row():
+        reg.add("evaluate.summary", gr.HTML(elem_id="evaluate-summary"))
+        reg.add("evaluate.chart", gr.BarPlot(None, x="bar", y="value", color="model", title="Base against trained",
+                                             x_title="", y_title="", x_label_angle=-30, height=320,
+                                             color_map={"base": "#9e9e9e", "trained": "#ef6c00"},
+                                             elem_id="evaluate-chart"))
+    reg.add("evaluate.filter", gr.Radio(list(eval_view.FILTERS), value="all", label="Show examples",
+                                        elem_id="evaluate-filter"))
+    reg.add("evaluate.examples", gr.HTML(elem_id="evaluate-examples"))
+
+
+def wire(reg: Registry) -> None:
+    shown = [reg["evaluate.summary"], reg["evaluate.chart"], reg["evaluate.filter"], reg["evaluate.examples"]]
+    reg["evaluate.refresh"].click(lambda current: run_choice.dropdown(reg, current), inputs=[reg["evaluate.run"]],
+                                  outputs=[reg["evaluate.run"]], api_visibility="private")
+    reg["evaluate.run"].change(lambda: None, outputs=[reg["evaluate.chart"]], api_visibility="private") \
+        .then(_show(reg), inputs=[reg["evaluate.run"]], outputs=[reg["evaluate.message"], *shown],
+              api_name="evaluate_show")
+    reg["evaluate.start"].click(_evaluate(reg), inputs=[reg["evaluate.run"], reg["evaluate.limit"], reg["evaluate.k"]],
+                                outputs=[reg["evaluate.message"], *shown], api_name="evaluate_run",
+                                concurrency_limit=2)
+    reg["evaluate.filter"].change(_filter(reg), inputs=[reg["evaluate.run"], reg["evaluate.filter"]],
+                                  outputs=[reg["evaluate.examples"]], api_visibility="private")
+
+
+def page_load(reg: Registry) -> tuple[list[Any], list[Any], Any]:
+    """(inputs, outputs, fn) for the app's load event: the run list, the newest run chosen."""
+    return [reg["evaluate.run"]], [reg["evaluate.run"]], lambda current: run_choice.dropdown(reg, current)
+
+
+def _template(run: Path) -> str | None:
+    try:
+        from grpo_box.runs import open_run
+
+        return open_run(run).config().data.template
+    except Exception:  # an unreadable config only loses the reasoning/answer split
+        return None
+
+
+def view(run: Path, which: str = "all") -> tuple[Any, ...]:
+    """(summary, chart, filter, examples) for the run's eval.json."""
+    results = eval_view.read(run)
+    frame = eval_view.bar_frame(results)
+    found = eval_view.counts(results)
+    choices = [("all", "all")] + [(f"{name} ({found[name]})", name) for name in eval_view.FILTERS[1:]]
+    order = list(frame["bar"]) if frame is not None else None
+    chart = gr.update(value=frame, y_lim=eval_view.bar_limits(frame), sort=order)
+    return (eval_view.summary_html(results), chart, gr.update(choices=choices, value=which),
+            eval_view.examples_html(results, which, _template(run)))
+
+
+def _show(reg: Registry):
+    def show(name: str | None) -> tuple[Any, ...]:
+        """The run's last evaluation, read back from its eval.json (nothing is rerun)."""
+        run = run_choice.run_path(reg, name)
+        if run is None:
+            return "", "", None, gr.update(value="all"), ""
+        note = "" if eval_view.read(run) else messages.warning(
+            f"{name} has no evaluation yet: press 'Evaluate base and trained'.")
+        return (note, *view(run))
+
+    return show
+
+
+def _evaluate(reg: Registry):
+    def evaluate(name: str | None, limit: float | None, k: float | None,
+                 progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+        """Run the evaluation in a child process; the page shows eval.json once it is written."""
+        skip = (gr.skip(),) * 4
+        run = run_choice.run_path(reg, name)
+        if run is None:
+            return messages.warning("Choose a run first."), *skip
+        busy = job.running_run()
+        if busy is not None and reg.ctx.hardware.gpu is not None:
+            return messages.error(f"A training job is running ({busy.path.name}) and needs the GPU; evaluate once it "
+                                  "has finished or been stopped.", "Not started"), *skip
+        args = ["eval", str(run), "--json", "--k", str(int(k or 1))]
+        if limit and int(limit) > 0:
+            args += ["--limit", str(int(limit))]
+        progress(0.0, desc="loading the model")
+        try:
+            run_json(args, timeout=EVAL_TIMEOUT, on_line=lambda line: _progress(progress, line))
+        except ChildError as exc:
+            return messages.error(str(exc), "Evaluation failed"), *skip
+        note = f" (training {busy.path.name} shares the CPU, so it took longer)" if busy is not None else ""
+        return messages.ok(f"Evaluated {name}; the results are saved in its eval.json.{note}"), *view(run)
+
+    return evaluate
+
+
+def _progress(progress: gr.Progress, line: str) -> None:
+    """Map "  base: greedy: 3/8 prompts" and "  trained: …" onto one bar (base first, then trained)."""
+    counted = parse_progress(line)
+    if counted is None:
+        return
+    done, total = counted
+    phase = 0.5 if line.strip().startswith("trained") else 0.0
+    progress(phase + 0.5 * done / total, desc=line.strip())
+
+
+def _filter(reg: Registry):
+    def filter_(name: str | None, which: str | None) -> str:
+        run = run_choice.run_path(reg, name)
+        if run is None:
+            return ""
+        return eval_view.examples_html(eval_view.read(run), which or "all", _template(run))
+
+    return filter_

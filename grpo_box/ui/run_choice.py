@@ -1,0 +1,62 @@
+"""Choosing a run in the Evaluate, Chat and Export tabs: names under the app's runs folder.
+
+Runs live under `reg.ctx.runs_dir` (or the engine's default folder); a dropdown holds their
+names, newest first, and a handler turns a name back into its folder, refusing names that would
+leave the runs folder. Reading only `*/config.yaml` mtimes keeps listing instant however large
+the runs are. `exported_ggufs` lists a run's model GGUFs for the Chat and Serve pickers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from grpo_box.runs import CONFIG, EXPORT, default_runs_dir
+
+
+def runs_root(reg: Any) -> Path:
+    return Path(reg.ctx.runs_dir).expanduser() if reg.ctx.runs_dir else default_runs_dir()
+
+
+def run_names(reg: Any) -> list[str]:
+    """Run folder names, most recently created first."""
+    root = runs_root(reg)
+    if not root.is_dir():
+        return []
+    found = sorted(root.glob("*/" + CONFIG), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [p.parent.name for p in found]
+
+
+def run_path(reg: Any, name: str | None) -> Path | None:
+    """The folder of run `name`, or None for no choice, a vanished run or a name outside the root."""
+    if not name:
+        return None
+    root = runs_root(reg).resolve()
+    path = (root / name).resolve()
+    if path.parent != root or not (path / CONFIG).is_file():
+        return None
+    return path
+
+
+def dropdown(reg: Any, current: str | None = None) -> Any:
+    """An update listing the runs, keeping `current` when it still exists, else the newest run."""
+    names = run_names(reg)
+    value = current if current in names else (names[0] if names else None)
+    return gr.update(choices=names, value=value)
+
+
+def exported_ggufs(run: Path) -> list[Path]:
+    """The run's exported GGUF files (model and LoRA), by name; temporary `.partial` files left out."""
+    folder = run / EXPORT
+    return sorted(p for p in folder.glob("*.gguf") if p.is_file()) if folder.is_dir() else []
+
+
+def is_gguf_file(path: Path) -> bool:
+    """Whether `path` starts with the GGUF magic bytes (a .gguf name alone proves nothing)."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False

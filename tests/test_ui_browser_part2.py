@@ -1,0 +1,168 @@
+"""The Chat and Export tabs in a real headless Chromium (Debian's package, driven by Playwright),
+on a run whose adapter is a random LoRA on the bundled model: a chat reply streams in with its
+reasoning in a collapsible block; compare mode shows two different panes; the export shows a
+verification table with every check passed and a download link serving a file llama.cpp loads;
+the serve panel shows the reply to its test request. Screenshots go to docs/chat.png (compare)
+and docs/export.png for the README. Page errors fail the tests."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser_helpers import PageErrors, browser_session
+from helpers import ROOT, make_random_lora
+from ui_helpers import launch_app
+
+from grpo_box.config import RunConfig
+from grpo_box.runs import create_run
+from grpo_box.ui import chat_cache
+
+DOCS = ROOT / "docs"
+THINKS = "Reply with exactly this text: <think>2 plus 2 is 4</think><answer>4</answer>"
+BOT = "#chat-bot [data-testid=bot]"
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    yield from browser_session()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path) -> Any:
+    tmp = tmp_path_factory.mktemp("ui-browser-part2")
+    for name in ("thinker", "demo"):  # demo is the newest: every tab opens on it
+        config = RunConfig()
+        config.output.runs_dir, config.output.run_name = str(tmp / "runs"), name
+        config.data.size, config.data.eval_size = 12, 4
+        config.grpo.max_completion_length = 24
+        run = create_run(config)
+        if name == "thinker":  # this adapter (seeded: the same every time) answers THINKS with a <think> block
+            make_random_lora(bundled_model_dir, run.adapter_dir, r=8, alpha=16, targets=config.lora.target_modules)
+        else:  # the adapter the engine's export tests use: every check passes
+            make_random_lora(bundled_model_dir, run.adapter_dir)
+    yield from launch_app(tmp)
+    chat_cache.release()
+
+
+def open_tab(page: Any, tab: str, ready: str, run: str = "demo") -> None:
+    """Open a tab (its run dropdown shows the newest run, demo) and choose `run` there."""
+    page.click(f"#tab-{tab}-button")
+    page.wait_for_function(f"() => document.querySelector('{ready} input')?.value === 'demo'", timeout=30000)
+    if run != "demo":
+        page.locator(f"{ready} input").click()
+        page.get_by_role("option", name=run, exact=True).click()
+        page.wait_for_function(f"() => document.querySelector('{ready} input')?.value === '{run}'", timeout=30000)
+
+
+def set_number(page: Any, elem_id: str, number: str) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(number)
+    box.press("Enter")
+
+
+def test_chat_streams_reasoning_and_compare_shows_two_panes(browser: Any, app: Any) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = PageErrors(page)
+    page.goto(app.url)
+    open_tab(page, "chat", "#chat-run", "thinker")
+    page.get_by_text("System prompt and sampling").click()
+    page.wait_for_function("() => document.querySelector('#chat-system textarea')?.value.includes('<think>')",
+                           timeout=30000)  # the run's system prompt, preselected
+    set_number(page, "chat-temperature", "0")
+    set_number(page, "chat-max-tokens", "64")
+    page.locator("#chat-input textarea").fill(THINKS)
+    page.click("#chat-send")
+
+    lengths: list[int] = []  # the bot's text as the reply streams in
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        text = page.evaluate(f"() => [...document.querySelectorAll('{BOT}')].map(e => e.innerText).join('')")
+        if text and (not lengths or len(text) != lengths[-1]):
+            lengths.append(len(text))
+        if page.locator("#chat-input textarea").input_value() == "" and \
+                "Running on the CPU" in page.locator("#chat-note").inner_text() and \
+                page.locator("#chat-bot .thought-group").count() and page.locator(f"{BOT} >> text='4'").count():
+            break
+        time.sleep(0.05)
+    assert len(lengths) >= 3, f"the reply did not stream: {lengths}"
+
+    thought = page.locator("#chat-bot .thought-group").first
+    assert "Reasoning" in thought.inner_text()
+    toggle = thought.locator("[role=button]").first
+    before = thought.inner_text()
+    toggle.click()
+    page.wait_for_timeout(300)
+    after = thought.inner_text()
+    assert ("2 plus 2 is 4" in before) != ("2 plus 2 is 4" in after), (before, after)  # it opens or closes
+    if "2 plus 2 is 4" not in after:
+        toggle.click()  # left open for the screenshot
+
+    page.locator("#chat-compare-input textarea").fill("What is 2 + 2?")
+    page.click("#chat-compare-go")
+    script = ("() => ['#chat-compare-base', '#chat-compare-trained'].every(id => "
+              "[...document.querySelectorAll(id + ' [data-testid=bot]')].some(e => e.innerText.trim().length > 0))"
+              " && document.querySelector('#chat-note')?.innerText.includes('Running')")
+    page.wait_for_function(script, timeout=240000)
+    panes, stable_since = [], time.time()
+    while time.time() - stable_since < 1.5:  # the trained pane streams last: wait until it stops growing
+        now = [page.locator(f"{pane} [data-testid=bot]").last.inner_text()
+               for pane in ("#chat-compare-base", "#chat-compare-trained")]
+        if now != panes:
+            panes, stable_since = now, time.time()
+        page.wait_for_timeout(100)
+    assert panes[0].strip() and panes[1].strip() and panes[0] != panes[1], panes
+    DOCS.mkdir(exist_ok=True)
+    page.locator("#chat-compare-base").scroll_into_view_if_needed()
+    page.screenshot(path=str(DOCS / "chat.png"), full_page=True)
+    errors.assert_none()
+
+
+def test_export_verifies_downloads_and_serves(browser: Any, app: Any, tmp_path: Path) -> None:
+    import llama_cpp
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = PageErrors(page)
+    page.goto(app.url)
+    open_tab(page, "export", "#export-run")
+    page.click("#export-start")
+    page.wait_for_function("() => /Export|exported/.test(document.querySelector('#export-message')?.innerText || '')",
+                           timeout=600000)  # "Exported", or the reason it was not
+    assert "Every file was exported" in page.locator("#export-message").inner_text()
+    rows = page.locator("#export-verification tbody tr")
+    assert rows.count() == 1 and rows.first.get_attribute("data-ok") == "true"
+    assert page.locator("#export-verification .check-fail").count() == 0
+    assert page.locator("#export-verification .check-pass").count() == 5
+    assert "Exported" in page.locator("#export-message").inner_text()
+
+    link = page.locator("#export-files a[href*='demo-q4_k_m.gguf']").first
+    response = page.request.get(link.get_attribute("href"))
+    assert response.ok
+    gguf = tmp_path / "downloaded.gguf"
+    gguf.write_bytes(response.body())
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=256, verbose=False)
+    try:
+        assert llm.n_vocab() > 1000 and llm.tokenize(b"Hello")
+    finally:
+        llm.close()
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "export.png"), full_page=True)
+
+    set_number(page, "serve-port", "0")
+    page.click("#serve-start")
+    page.wait_for_selector("#serve-state[data-state=running]", timeout=180000)
+    try:
+        assert "/v1" in page.locator("#serve-url").inner_text()
+        assert "host.docker.internal" in page.locator("#serve-settings textarea").input_value()
+        page.click("#serve-test")
+        page.wait_for_function("() => (document.querySelector('#serve-reply textarea')?.value || '').trim().length > 0",
+                               timeout=120000)
+        assert "The server answered" in page.locator("#serve-status").inner_text()
+    finally:
+        page.click("#serve-stop")
+        page.wait_for_selector("#serve-state[data-state=stopped]", timeout=60000)
+    errors.assert_none()

@@ -1,0 +1,133 @@
+"""The Chat tab: where a chat runs while a training job holds the GPU (a table), and, through the
+API against the real app and the bundled model with a random LoRA: a streamed reply whose
+reasoning comes as a collapsible message, the held-out prompt picker, compare mode, two sessions
+chatting at once without mixing their replies, and `chat_cache.release()` stopping a reply in
+progress and dropping the model (what the Train tab calls before a job starts)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import make_random_lora
+from ui_helpers import LiveApp, launch_app, value
+
+from grpo_box.chat import ChatSource
+from grpo_box.config import RunConfig
+from grpo_box.runs import create_run
+from grpo_box.ui import chat_cache
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+THINKS = "Reply with exactly this text: <think>2 plus 2 is 4</think><answer>4</answer>"
+
+
+@pytest.mark.parametrize(("model", "gpu", "training", "when", "device", "wait", "said"), [
+    ("m", False, None, "wait", "cpu", False, "on the CPU (no GPU here)"),
+    ("m", False, "r1", "wait", "cpu", False, "shares the CPU"),
+    ("m", True, None, "wait", "gpu", False, "on the GPU"),
+    ("m", True, "r1", "wait", "gpu", True, "waits for it to finish"),
+    ("m", True, "r1", "cpu", "cpu", False, "runs on the CPU instead"),
+    ("x.gguf", True, "r1", "wait", "cpu", False, "llama.cpp on the CPU"),
+])
+def test_placement_says_where_the_chat_runs(model: str, gpu: bool, training: str | None, when: str, device: str,
+                                            wait: bool, said: str) -> None:
+    where = chat_cache.placement(ChatSource(model, None, None, None), gpu, training, when)
+    assert (where.device, where.wait) == (device, wait) and said in where.note
+    if training and not model.endswith(".gguf"):
+        assert training in where.note
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path) -> Any:
+    tmp = tmp_path_factory.mktemp("ui-chat")
+    config = RunConfig()
+    config.output.runs_dir, config.output.run_name = str(tmp / "runs"), "chatty"
+    config.data.size, config.data.eval_size = 12, 4
+    run = create_run(config)
+    # this adapter (seeded, so the same every run) answers THINKS greedily with a <think> block
+    make_random_lora(bundled_model_dir, run.adapter_dir, r=8, alpha=16, targets=config.lora.target_modules)
+    yield from launch_app(tmp)
+    chat_cache.release()
+
+
+def send(page: Any, prompt: str, model: str = "trained", tokens: int = 32, system: str | None = None) -> dict[str, Any]:
+    return page.call("/chat_send", "chatty", model, system, 0.0, 1.0, tokens, "wait", prompt, [], [])
+
+
+def words(message: dict[str, Any]) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+@pytest.mark.slow
+def test_reply_streams_with_a_collapsible_reasoning_message(app: LiveApp) -> None:
+    page = app.client()
+    system = page.call("/chat_open", "chatty")["chat.system"]
+    job = page.client.submit("chatty", "trained", system, 0.0, 1.0, 64, "wait", THINKS, [], [], api_name="/chat_send")
+    seen = []
+    for update in job:
+        bot = update[0]
+        if bot and bot[-1]["role"] == "assistant":
+            seen.append(sum(len(words(m)) for m in bot[1:]))
+    bot = job.outputs()[-1][0]
+    assert len(set(seen)) >= 3 and seen[0] < seen[-1], seen  # it grew, token by token
+    thought = [m for m in bot if m["role"] == "assistant" and (m.get("metadata") or {}).get("title")]
+    assert len(thought) == 1 and thought[0]["metadata"]["title"] == "Reasoning"
+    assert words(thought[0]) == "2 plus 2 is 4" and thought[0]["metadata"]["status"] == "done"
+    assert words(bot[-1]) == "4" and not bot[-1].get("metadata")
+
+
+@pytest.mark.slow
+def test_held_out_prompt_and_compare(app: LiveApp) -> None:
+    page = app.client()
+    picked = page.call("/chat_heldout", "chatty", -1)
+    assert picked["chat.input"] and picked["chat.input"] == picked["chat.compare_input"]
+    assert "Held-out prompt 1 of 4" in picked["chat.reference"] and "Reference answer" in picked["chat.reference"]
+    again = page.call("/chat_heldout", "chatty", 0)
+    assert "Held-out prompt 2 of 4" in again["chat.reference"]
+    out = page.call("/chat_compare", "chatty", None, "What is 2 + 2?", 0.0, 1.0, 32, "wait")
+    base, trained = out["chat.compare_base"], out["chat.compare_trained"]
+    assert words(base[0]) == words(trained[0]) == "What is 2 + 2?"
+    assert words(base[-1]).strip() and words(trained[-1]).strip()
+    assert words(base[-1]) != words(trained[-1]), "base and trained panes should differ with the adapter"
+    plain = send(page, "What is 2 + 2?", model="base")
+    assert words(plain["chat.bot"][-1]) == words(base[-1])  # the base choice is the adapter switched off
+
+
+@pytest.mark.slow
+def test_two_sessions_chatting_at_once_keep_their_own_replies(app: LiveApp) -> None:
+    prompts = ["Name a color.", "What is the capital of France?"]
+    alone = [words(send(app.client(), p)["chat.bot"][-1]) for p in prompts]
+    assert alone[0] != alone[1]
+    pages, results = [app.client(), app.client()], [None, None]
+
+    def chat(i: int) -> None:
+        results[i] = send(pages[i], prompts[i])
+
+    threads = [threading.Thread(target=chat, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert [words(r["chat.bot"][-1]) for r in results] == alone
+    assert [words(r["chat.bot"][0]) for r in results] == prompts
+
+
+@pytest.mark.slow
+def test_release_stops_a_reply_and_drops_the_model(app: LiveApp) -> None:
+    page = app.client()
+    job = page.client.submit("chatty", "trained", None, 0.0, 1.0, 2000, "wait", "Tell me a very long story.", [], [],
+                             api_name="/chat_send")
+    deadline = time.time() + 120
+    while chat_cache.loaded_key() is None or not chat_cache.busy():
+        assert time.time() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    began = time.time()
+    chat_cache.release()
+    assert time.time() - began < 30 and chat_cache.loaded_key() is None and not chat_cache.busy()
+    final = job.result(timeout=60)
+    assert "a training job is starting" in str(value(final[2]))

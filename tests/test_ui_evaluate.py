@@ -1,0 +1,104 @@
+"""The Evaluate tab's views of eval.json (no model): the summary table, the bars base against
+trained, the examples filtered to those training fixed or broke with each reply split into its
+reasoning and answer; and the tab reading a run's eval.json back through the API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ui_helpers import launch_app, value
+
+from grpo_box.config import RunConfig
+from grpo_box.runs import create_run
+from grpo_box.ui import eval_view
+
+
+def example(question: str, answer: str, completion: str, correct: bool) -> dict[str, Any]:
+    return {"question": question, "answer": answer, "completion": completion, "predicted": answer if correct else "",
+            "correct": correct, "reward": 1.0 if correct else 0.0, "rewards": {}}
+
+
+BASE = {"rows": 3, "accuracy": 1 / 3, "reward": 0.5, "rewards": {"think_format": 0.2, "correctness": 0.33},
+        "completion_length": 40.0, "clipped_ratio": 0.5,
+        "examples": [example("1+1?", "2", "<think>one and one</think><answer>2</answer>", True),
+                     example("2+2?", "4", "five", False),
+                     example("3+3?", "6", "six", False)]}
+TRAINED = {"rows": 3, "accuracy": 2 / 3, "reward": 0.9, "rewards": {"think_format": 0.8, "correctness": -0.1},
+           "completion_length": 30.0, "clipped_ratio": 0.0,
+           "examples": [example("1+1?", "2", "<think>hmm</think><answer>3</answer>", False),
+                        example("2+2?", "4", "<think>two and two</think><answer>4</answer>", True),
+                        example("3+3?", "6", "<think>three</think><answer>6</answer>", True)]}
+RESULTS = {"base": BASE, "trained": TRAINED,
+           "delta": {"accuracy": 1 / 3, "reward": 0.4, "rewards": {"think_format": 0.6, "correctness": -0.43},
+                     "completion_length": -10.0, "clipped_ratio": -0.5}}
+
+
+def test_summary_colours_the_change() -> None:
+    html = eval_view.summary_html(RESULTS)
+    assert "<td>accuracy</td><td>33.3%</td><td>66.7%</td><td style=\"color:#2e7d32\">+33.3%</td>" in html
+    assert "<td>reward: correctness</td><td>0.330</td><td>-0.100</td><td style=\"color:#c62828\">-0.430</td>" in html
+    assert "<td>clipped ratio</td><td>50.0%</td><td>0.0%</td><td style=\"color:#2e7d32\">-50.0%</td>" in html
+    assert eval_view.summary_html({}) == ""
+
+
+def test_bars_stand_side_by_side_from_zero() -> None:
+    frame = eval_view.bar_frame(RESULTS)
+    assert list(frame["bar"][:2]) == ["accuracy · base", "accuracy · trained"]
+    assert set(frame["metric"]) == {"accuracy", "reward (weighted total)", "think_format", "correctness"}
+    assert frame["value"].dtype == "float64" and len(frame) == 8
+    assert eval_view.bar_limits(frame) == [-0.1, 1.0]
+    assert eval_view.bar_frame({}) is None
+
+
+@pytest.mark.parametrize(("which", "questions"), [
+    ("all", ["1+1?", "2+2?", "3+3?"]),
+    ("fixed by training", ["2+2?", "3+3?"]),
+    ("broken by training", ["1+1?"]),
+])
+def test_examples_filter(which: str, questions: list[str]) -> None:
+    html = eval_view.examples_html(RESULTS, which, "think")
+    shown = [q for q in ("1+1?", "2+2?", "3+3?") if f">{q}<" in html]
+    assert shown == questions
+    assert eval_view.counts(RESULTS) == {"fixed by training": 2, "broken by training": 1}
+
+
+def test_replies_are_split_into_reasoning_and_answer() -> None:
+    html = eval_view.examples_html(RESULTS, "broken by training", "think")
+    assert "<details><summary>reasoning</summary><div style='white-space:pre-wrap'>one and one</div></details>" in html
+    assert "<think>" not in html and "&lt;think&gt;" not in html
+    assert "✔ right" in html and "✘ wrong" in html
+    none = eval_view.examples_html({"base": {"examples": []}, "trained": {"examples": []}}, "all")
+    assert none == ""
+    assert "No held-out example was fixed by training" in eval_view.examples_html(
+        {"base": {"examples": [BASE["examples"][0]]}, "trained": {"examples": [BASE["examples"][0]]}},
+        "fixed by training")
+
+
+def test_short_text_for_the_runs_tab() -> None:
+    assert eval_view.short_text(RESULTS) == "accuracy 33.3% (base) → 66.7% (trained); 2 fixed, 1 broken by training"
+    assert "not evaluated yet" in eval_view.short_text({})
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("ui-evaluate")
+    config = RunConfig()
+    config.output.runs_dir, config.output.run_name = str(tmp / "runs"), "evaluated"
+    run = create_run(config)
+    run.file("eval.json").write_text(json.dumps(RESULTS))
+    yield from launch_app(tmp)
+
+
+def test_the_tab_reads_eval_json_back_and_filters(app: Any) -> None:
+    page = app.client()
+    shown = page.call("/evaluate_show", "evaluated")
+    assert shown["evaluate.message"] == "" and "66.7%" in shown["evaluate.summary"]
+    assert len(value(shown["evaluate.chart"])["data"]) == 8
+    choices = [c[0] for c in shown["evaluate.filter"]["choices"]]
+    assert choices == ["all", "fixed by training (2)", "broken by training (1)"]
+    assert shown["evaluate.examples"].count("<tr data-verdict") == 3
+    missing = page.call("/evaluate_run", "no-such-run", 0, 1)
+    assert "Choose a run first" in missing["evaluate.message"]

@@ -1,0 +1,213 @@
+"""The Evaluate, Chat and Export tabs through the API (`gradio_client`), against the app on a free port.
+
+One run with a real random LoRA adapter on the bundled model (no training: `make_random_lora`)
+goes the whole way: evaluation (base and trained, read back from eval.json) → one chat reply
+from the trained model → export q4_k_m (verified in llama.cpp) → the server started from the
+page → a chat completion through the `openai` client → the server stopped. Then what goes wrong:
+a run with no adapter, a full disk during export (the earlier export stays), a port already in
+use, a file that is not a GGUF, a push with a bad token or no network (the token never shown),
+and an export while a training job runs (refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import ENV, ROOT, make_random_lora
+from ui_helpers import LiveApp, Session, launch_app, value
+
+from grpo_box.config import RunConfig
+from grpo_box.runs import RunDir, create_run
+
+pytestmark = pytest.mark.slow
+
+
+def make_run(root: Path, name: str, model_dir: Path | None) -> RunDir:
+    """A small run; with `model_dir`, a random LoRA as its adapter (as training would save it)."""
+    config = RunConfig()
+    config.output.runs_dir, config.output.run_name = str(root), name
+    config.data.size, config.data.eval_size = 12, 4
+    config.grpo.max_completion_length = 24
+    run = create_run(config)
+    if model_dir is not None:
+        make_random_lora(model_dir, run.adapter_dir)
+    return run
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path) -> Any:
+    tmp = tmp_path_factory.mktemp("ui-export")
+    make_run(tmp / "runs", "untrained", None)
+    make_run(tmp / "runs", "demo", bundled_model_dir)
+    yield from launch_app(tmp)
+
+
+@pytest.fixture(scope="module")
+def page(app: LiveApp) -> Session:
+    return app.client()
+
+
+def text_of(html: Any) -> str:
+    return re.sub(r"<[^>]+>", " ", str(value(html) or ""))
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file() and "logs" not in p.parts and ".server.log" not in p.name}
+
+
+# -- the whole way ------------------------------------------------------------------------------
+def test_evaluate_chat_export_serve_from_the_page(app: LiveApp, page: Session) -> None:
+    import openai
+
+    first = page.call("/evaluate_show", "demo")
+    assert "no evaluation yet" in first["evaluate.message"]
+
+    done = page.call("/evaluate_run", "demo", 2, 1)
+    assert "Evaluated demo" in done["evaluate.message"], done["evaluate.message"]
+    summary = done["evaluate.summary"]
+    assert "<th>base</th><th>trained</th>" in summary and "accuracy" in summary
+    chart = value(done["evaluate.chart"])
+    models = {row[2] for row in chart["data"]}
+    assert models == {"base", "trained"} and any("correctness" in row[0] for row in chart["data"])
+    assert done["evaluate.examples"].count("<tr data-verdict") == 2
+    again = app.client().call("/evaluate_show", "demo")  # read back from eval.json by another page, no rerun
+    assert again["evaluate.summary"] == summary and not again["evaluate.message"]
+
+    opened = page.call("/chat_open", "demo")
+    assert "<think>" in opened["chat.system"] and value(opened["chat.model"]) == "trained"
+    chat = page.call("/chat_send", "demo", "trained", opened["chat.system"], 0.0, 1.0, 24, "wait", "What is 2 + 2?",
+                     [], [])
+    bot = chat["chat.bot"]
+    assert bot[0]["role"] == "user" and bot[-1]["role"] == "assistant"
+    assert "".join(part["text"] for part in bot[-1]["content"]).strip()
+
+    exported = page.call("/export_run", "demo", ["q4_k_m"], False, False)
+    assert "passed its checks" in exported["export.message"], exported["export.message"]
+    table = exported["export.table"]
+    assert "demo-q4_k_m.gguf" in table and 'data-ok="true"' in table and "check-fail" not in table
+    assert "3/3" in text_of(exported["export.merge_report"])
+    assert "ollama create demo:q4_k_m -f" in exported["export.ollama"]
+    assert "PARAMETER stop" in exported["export.modelfile"]
+    names = {Path(p).name for p in exported["export.files"]}
+    assert {"demo-q4_k_m.gguf", "demo-q4_k_m.Modelfile", "Modelfile"} <= names
+
+    started = page.call("/serve_start", "demo", "demo-q4_k_m.gguf", "", "127.0.0.1", 0)
+    url = re.search(r'id="serve-url">([^<]+)<', started["serve.status"]).group(1)
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+    assert "host.docker.internal" in started["serve.settings"] and "Model: demo-q4_k_m" in started["serve.settings"]
+    try:
+        other = page.call("/serve_start", "demo", "demo-q4_k_m.gguf", "", "127.0.0.1", 0)
+        assert "one server at a time" in other["serve.status"]
+        client = openai.OpenAI(base_url=url, api_key="none", timeout=120)
+        reply = client.chat.completions.create(model="demo-q4_k_m", max_tokens=32, temperature=0,
+                                               messages=[{"role": "user", "content": "Say hi."}])
+        assert reply.choices[0].message.content.strip()
+        tested = page.call("/serve_test")
+        assert tested["serve.reply"].strip() and "The server answered" in tested["serve.status"]
+    finally:
+        stopped = page.call("/serve_stop")
+    assert "Stopped the server" in stopped["serve.status"] and 'data-state="stopped"' in stopped["serve.status"]
+    with pytest.raises(openai.APIConnectionError):
+        openai.OpenAI(base_url=url, api_key="none", timeout=5, max_retries=0).models.list()
+
+    page.call("/runs_list")  # the Runs tab's list first: its dropdown accepts listed runs only
+    made = page.call("/runs_made", "demo")["runs.made"]
+    assert "accuracy" in made and "demo-q4_k_m.gguf: every check passed" in made
+
+
+# -- what goes wrong ----------------------------------------------------------------------------
+def test_export_of_a_run_without_adapter_says_train_first(page: Session) -> None:
+    out = page.call("/export_run", "untrained", ["q4_k_m"], False, False)
+    assert "Export failed" in out["export.message"] and "train first" in out["export.message"]
+    assert "Traceback" not in out["export.message"]
+
+
+def test_full_disk_during_export_keeps_the_earlier_export(app: LiveApp, page: Session, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export child sees a disk with 50 MB free under the runs folder (as test_export patches
+    free_bytes in-process): refused with the engine's message; the q4_k_m export stays as it was."""
+    export = app.runs_dir / "demo" / "export"
+    if not (export / "demo-q4_k_m.gguf").is_file():
+        pytest.skip("needs the export of the first test")
+    before = snapshot(export)
+    (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import shutil
+        _usage = shutil.disk_usage
+        def disk_usage(path):
+            real = _usage(path)
+            if str(path).startswith({str(app.runs_dir)!r}):
+                return type(real)(real.total, real.total - 50 * 2**20, 50 * 2**20)
+            return real
+        shutil.disk_usage = disk_usage
+    """))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    out = page.call("/export_run", "demo", ["f16", "q8_0"], False, False)
+    message = out["export.message"]
+    assert "not enough free disk space" in message and "only 50 MB is free" in message, message
+    assert "Earlier exports of this run were left as they were" in message
+    assert "demo-q4_k_m.gguf" in out["export.table"] and 'data-ok="true"' in out["export.table"]
+    assert snapshot(export) == before
+
+
+def test_a_port_in_use_is_refused(page: Session) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        out = page.call("/serve_start", "demo", "demo-q4_k_m.gguf", "", "127.0.0.1", port)
+    assert "Server not started" in out["serve.status"] and f"port {port}" in out["serve.status"]
+    assert "in use" in out["serve.status"] and 'data-state="stopped"' in out["serve.status"]
+
+
+def test_a_file_that_is_not_a_gguf_is_refused(app: LiveApp, page: Session, tmp_path: Path) -> None:
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"this is no model" * 64)
+    out = page.call("/serve_start", "demo", None, str(fake), "127.0.0.1", 0)
+    assert "not a GGUF file" in out["serve.status"] and 'data-state="stopped"' in out["serve.status"]
+    planted = app.runs_dir / "demo" / "export" / "fake-q8_0.gguf"
+    planted.write_bytes(b"this is no model" * 64)
+    try:
+        choices = [c[1] for c in page.call("/chat_open", "demo")["chat.model"]["choices"]]
+        assert "gguf:fake-q8_0.gguf" in choices
+        chat = page.call("/chat_send", "demo", "gguf:fake-q8_0.gguf", "", 0.0, 1.0, 16, "wait", "Hi", [], [])
+        assert "not a GGUF file" in str(chat["chat.note"]) and chat["chat.bot"] == []
+    finally:
+        planted.unlink()
+
+
+def test_push_with_a_bad_token_or_no_network_never_shows_the_token(app: LiveApp, page: Session) -> None:
+    bad = page.call("/push_run", "demo", "gguf", "demo-q4_k_m.gguf", "me/model", "not-a-token", False)
+    assert "does not look like a Hugging Face token" in bad["push.message"] and bad["push.token"] == ""
+    token = "hf_FAKEfakeFAKEfake0123456789"
+    offline = page.call("/push_run", "demo", "gguf", "demo-q4_k_m.gguf", "me/model", token, False)
+    assert "No network" in offline["push.message"] and "Not pushed" in offline["push.message"]
+    assert token not in str(offline) and offline["push.token"] == ""
+    assert not [p for p in app.runs_dir.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+
+
+def test_export_while_a_training_job_runs_is_refused(app: LiveApp, page: Session) -> None:
+    """A stand-in worker holds the machine lock (as a training job does); export and merge refuse."""
+    run = app.runs_dir / "untrained"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import time; from pathlib import Path; from grpo_box import locks; "
+        f"locks.acquire_machine(Path({str(run)!r})); print('held', flush=True); time.sleep(300)")],
+        cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = page.call("/export_run", "demo", ["q8_0"], False, False)
+        assert "A training job is running (untrained)" in out["export.message"] and "Not exported" in out["export.message"]
+        merged = page.call("/export_merge", "demo", False)
+        assert "A training job is running" in merged["export.message"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (app.runs_dir / "demo" / "export" / "demo-q8_0.gguf").exists()
