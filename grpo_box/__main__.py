@@ -329,11 +329,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _chat_turn(args: argparse.Namespace, history: list[dict[str, str]]) -> str:
-    from .chat import SectionStream, chat_stream
+    from .chat import DEFAULT_TEMPERATURE, SectionStream, chat_stream
 
     sections = SectionStream()
     reply = ""
-    for chunk in chat_stream(args.source, history, system_prompt=args.system, temperature=_temperature(args, 0.7),
+    for chunk in chat_stream(args.source, history, system_prompt=args.system,
+                             temperature=_temperature(args, DEFAULT_TEMPERATURE),
                              top_p=args.top_p, max_new_tokens=args.max_tokens, base=args.base):
         print(sections.feed(chunk), end="", flush=True)
         reply = chunk.text
@@ -342,10 +343,11 @@ def _chat_turn(args: argparse.Namespace, history: list[dict[str, str]]) -> str:
 
 
 def _chat_compare(args: argparse.Namespace, prompt: str) -> None:
-    from .chat import format_sections, resolve_source, side_by_side, split_think_answer
+    from .chat import COMPARE_TEMPERATURE, format_sections, resolve_source, side_by_side, split_think_answer
 
     template = resolve_source(args.source).template
-    replies = side_by_side(args.source, prompt, system_prompt=args.system, temperature=_temperature(args, 0.0),
+    replies = side_by_side(args.source, prompt, system_prompt=args.system,
+                           temperature=_temperature(args, COMPARE_TEMPERATURE),
                            top_p=args.top_p, max_new_tokens=args.max_tokens)
     for name, reply in zip(("base model", "trained model"), replies):
         print(f"=== {name} ===\n{format_sections(*split_think_answer(reply, template))}\n", flush=True)
@@ -606,9 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", action="store_true", help="talk to the run's base model (with the run's system prompt)")
     p.add_argument("--compare", action="store_true", help="the same prompt to the base and the trained model")
     p.add_argument("--system", help="system prompt instead of the run's ('' sends none)")
-    p.add_argument("--temperature", type=float, help="default 0.7; 0 (greedy) with --compare")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-tokens", type=int, default=256)
+    from .chat import COMPARE_TEMPERATURE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+
+    p.add_argument("--temperature", type=float,
+                   help=f"default {DEFAULT_TEMPERATURE:g}; {COMPARE_TEMPERATURE:g} (greedy) with --compare")
+    p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p = sub.add_parser("merge", help="merge the LoRA into a 16-bit model")
     p.add_argument("run_dir")
     _base_args(p)

@@ -32,7 +32,6 @@ it alone. llama.cpp models are loaded with `llama_tools.gpu_layers()` layers on 
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
