@@ -345,12 +345,13 @@ def test_out_of_memory_at_start_up_is_reported_with_what_to_lower(tmp_path):
 
 def test_out_of_memory_is_reported_even_when_the_model_cannot_be_sized(tmp_path, monkeypatch):
     """A Hub model outside the catalog, offline: no smaller setting can be estimated, the OOM still ends the run."""
-    from grpo_box.train import TrainingOOM, _handle_oom, start_run
+    from grpo_box.runs import create_run
+    from grpo_box.train import TrainingOOM, _handle_oom
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = resolve_config("8gb", overrides=["model.name=someone/not-in-the-catalog-7b", "auto_fit=true",
                                               f"output.runs_dir={tmp_path}"])
-    run = start_run(config)
+    run = create_run(config)  # (start_run would refuse the uncached Hub id offline before the run exists)
     run.set_status("running", step=3)
     _handle_oom(run, config, TrainingOOM(3, "rollout", "CUDA out of memory"))
     status = run.status()
