@@ -55,18 +55,19 @@ def resolve_config(preset: str, config_path: str | None = None, overrides: list[
     """The CLI's config: a preset, then an optional YAML file on top, then `--set` overrides."""
     config = load_preset(preset)
     if config_path:
-        merged = _deep_merge(config.to_dict(), load_yaml(config_path))
+        merged = deep_merge(config.to_dict(), load_yaml(config_path))
         config = RunConfig.from_dict(merged)
     if overrides:
         config = apply_overrides(config, overrides)
     return validate(config)
 
 
-def _deep_merge(base: dict, top: dict) -> dict:
+def deep_merge(base: dict, top: dict) -> dict:
+    """`base` with `top` laid over it, section by section (nested mappings merge, other values replace)."""
     out = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

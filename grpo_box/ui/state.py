@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from grpo_box.config import ConfigError, RunConfig, field_specs, set_key
+from grpo_box.presets import deep_merge, load_preset
 
 DEFAULT_PRESET = "cpu"
 # Overrides kept when the user switches preset: what the Data and Rewards tabs and the app's
@@ -41,8 +42,6 @@ def _validate(config: RunConfig) -> RunConfig:
 
 @functools.lru_cache(maxsize=16)
 def _preset_dict(name: str) -> dict[str, Any]:
-    from grpo_box.presets import load_preset
-
     return load_preset(name).to_dict()
 
 
@@ -231,7 +230,7 @@ class UIState:
             raise ConfigError(f"preset: expected a preset name, got {preset!r}")
         state = cls(preset)
         base = preset_dict(preset)
-        merged = _deep_merge(base, {k: v for k, v in raw.items() if k != "preset"})
+        merged = deep_merge(base, {k: v for k, v in raw.items() if k != "preset"})
         RunConfig.from_dict(merged)  # unknown sections and keys fail here, naming the valid ones
         flat_base = flatten(base)
         for key, value in flatten(merged).items():
@@ -255,13 +254,3 @@ def _order(key: str) -> tuple[float, str]:
 @functools.lru_cache(maxsize=1)
 def _positions() -> dict[str, int]:
     return {spec.key: i for i, spec in enumerate(field_specs())}
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
