@@ -55,3 +55,12 @@ def test_a_sampled_group_shows_reasoning_answer_scores_total_and_advantage():
     assert "<strong>2.25</strong>" in html  # 2 × 1.0 + 0.5 × 0.5, weighted as the trainer weights it
     assert "0.7" in html and "-0.7" in html
     assert sample_choices([sample, {**sample, "step": 5}]) == [("step 5 · group 1", 1), ("step 4 · group 1", 0)]
+
+
+def test_weights_follow_the_names_the_trainer_logs_a_repeated_reward_under():
+    from grpo_box.presets import resolve_config
+    from grpo_box.ui.train_view import rubric_weights
+
+    config = resolve_config("cpu", overrides=["rewards=[{name: correctness, weight: 2.0}, {name: xml_count, weight: 0.5},"
+                                              " {name: correctness, weight: 0.25, params: {tag: answer}}]"])
+    assert rubric_weights(config) == {"correctness": 2.0, "xml_count": 0.5, "correctness_2": 0.25}

@@ -77,6 +77,21 @@ def _check_defaults(name: str, func: RewardFn, params: dict[str, Any]) -> None:
             raise RewardError(f"reward {name!r}: param {key!r} default {default!r} does not match the function signature")
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """The names a rubric's functions carry in TRL's metrics and samples: a name used again gets
+    `_2`, `_3` … so the curves stay apart.
+
+    >>> unique_names(["correctness", "xml_count", "correctness"])
+    ['correctness', 'xml_count', 'correctness_2']
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}_{seen[name]}")
+    return out
+
+
 def get_reward(name: str) -> RewardFn:
     """The registered reward function `name` (unbound, defaults as registered).
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections import Counter
 from typing import Any, Callable
 
 from grpo_box.config import RewardSpec, reward_spec
@@ -23,6 +22,7 @@ from grpo_box.prompts import get_template
 from grpo_box.rewards.answers import to_text
 from grpo_box.rewards.guard import DEFAULT_REWARD_TIMEOUT, RewardTimeout, UserExit, call_limited
 from grpo_box.rewards.builtin import RewardError, reward_info
+from grpo_box.rewards.registry import unique_names
 from grpo_box.rewards.user import load_user_rewards
 
 USER_PREFIX = "user:"
@@ -160,9 +160,8 @@ def build_rubric(
     if not specs:
         raise RewardError("the rubric is empty: add at least one reward, e.g. {name: correctness, weight: 1.0}")
     user_funcs: dict[str, Callable] | None = None
-    seen: Counter[str] = Counter()
     funcs, weights = [], []
-    for spec in specs:
+    for spec, name in zip(specs, unique_names([spec.name for spec in specs])):
         if spec.name.startswith(USER_PREFIX):
             if user_funcs is None:
                 user_funcs = _load_user(spec.name, user_file, timeout)
@@ -171,8 +170,6 @@ def build_rubric(
         else:
             (func, params), source = _builtin_reward(spec), None
             checks_answer = reward_info(spec.name).checks_answer
-        seen[spec.name] += 1
-        name = spec.name if seen[spec.name] == 1 else f"{spec.name}_{seen[spec.name]}"
         funcs.append(RewardFunction(name, func, params, source, checks_answer, timeout))
         weights.append(_weight(spec))
     return funcs, weights

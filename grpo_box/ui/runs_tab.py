@@ -26,7 +26,7 @@ from .curves import overlay_frame, plot_frame
 from .registry import Registry
 from .run_made import made_html
 from .train_tab import resume_run
-from .train_view import sample_choices, sample_html, status_html
+from .train_view import rubric_weights, run_sample_html, sample_choices, sample_html, status_html
 
 COLUMNS = ["name", "state", "step", "max_steps", "reward", "accuracy", "started"]
 
@@ -138,10 +138,9 @@ def _open(reg: Registry):
             return messages.error(str(exc)), None, None, "", gr.update(choices=[], value=None), ""
         status = status_html(run.path.name, run.status(), metrics, job.worker_alive(run))
         config = run.config()
-        weights = {r.name: float(r.weight) for r in config.rewards}
         return (status, plot_frame("reward", metrics), plot_frame("signal", metrics), config_text,
                 gr.update(choices=sample_choices(samples), value=len(samples) - 1 if samples else None),
-                sample_html(samples[-1] if samples else None, config.data.template, weights))
+                sample_html(samples[-1] if samples else None, config.data.template, rubric_weights(config)))
 
     return open_
 
@@ -149,15 +148,7 @@ def _open(reg: Registry):
 def _sample(reg: Registry):
     def sample(name: str | None, index: Any) -> str:
         path = _path(reg, name)
-        if path is None or index is None:
-            return sample_html(None, None)
-        run = open_run(path)
-        samples, config = run.samples(), run.config()
-        try:
-            chosen = samples[int(index)]
-        except (IndexError, ValueError, TypeError):
-            chosen = None
-        return sample_html(chosen, config.data.template, {r.name: float(r.weight) for r in config.rewards})
+        return run_sample_html(str(path) if path else None, index)
 
     return sample
 

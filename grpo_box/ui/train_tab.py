@@ -23,7 +23,7 @@ from . import messages, watch
 from .curves import PLOTS, plot_frame
 from .registry import Registry
 from .state import UIState
-from .train_view import hints_html, sample_choices, sample_html, status_html
+from .train_view import hints_html, rubric_weights, run_sample_html, sample_choices, sample_html, status_html
 
 TICK_SECONDS = 2.0
 PLOT_ROWS = (("reward", "signal"), ("length", "memory"), ("optim", "lr", "kl"))  # KL shows only when beta > 0
@@ -85,7 +85,7 @@ def wire(reg: Registry) -> None:
                               outputs=[run, seen, reg["train.message"]], api_name="train_resume")
     reg["train.timer"].tick(_tick, inputs=[run, seen, state], outputs=[seen, *view], api_name="train_poll",
                             show_progress="hidden")
-    reg["train.sample_pick"].change(_show_sample, inputs=[run, reg["train.sample_pick"]],
+    reg["train.sample_pick"].change(run_sample_html, inputs=[run, reg["train.sample_pick"]],
                                     outputs=[reg["train.sample_view"]], api_visibility="private")
     state.change(_verdict(reg), inputs=[state], outputs=[reg["train.verdict"]], api_visibility="private")
     inputs, outputs, load = page_load(reg)
@@ -219,19 +219,6 @@ def resume_run(path: str, more_steps: int = 0) -> RunDir:
     return run
 
 
-def _show_sample(path: str | None, index: Any) -> str:
-    if not path or index is None:
-        return sample_html(None, None)
-    run = open_run(path)
-    samples = run.samples()
-    config = run.config()
-    try:
-        sample = samples[int(index)]
-    except (IndexError, ValueError, TypeError):
-        sample = None
-    return sample_html(sample, config.data.template, {r.name: float(r.weight) for r in config.rewards})
-
-
 def _tick(path: str | None, seen: watch.Seen, state: UIState) -> tuple[Any, ...]:
     """One timer tick: poll the watched run; send plots and samples only when they changed."""
     skip = gr.skip()
@@ -254,7 +241,6 @@ def _tick(path: str | None, seen: watch.Seen, state: UIState) -> tuple[Any, ...]
     plots = [plot_frame(p, metrics) if p != "kl" else gr.update(value=plot_frame(p, metrics), visible=config.grpo.beta > 0)
              for p in PLOT_IDS]
     pick = gr.update(choices=sample_choices(samples), value=len(samples) - 1 if samples else None)
-    weights = {r.name: float(r.weight) for r in config.rewards}
-    view = sample_html(samples[-1] if samples else None, config.data.template, weights)
+    view = sample_html(samples[-1] if samples else None, config.data.template, rubric_weights(config))
     new_seen = watch.Seen(path, generation, len(metrics), len(samples))
     return (new_seen, status, hints_html(metrics, config.grpo.beta), log, pick, view, *plots)

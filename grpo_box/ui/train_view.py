@@ -10,6 +10,9 @@ import html
 from typing import Any
 
 from grpo_box.chat import split_think_answer
+from grpo_box.config import RunConfig
+from grpo_box.rewards.registry import unique_names
+from grpo_box.runs import open_run
 
 from . import messages
 from .curves import duration, hints, progress
@@ -90,6 +93,25 @@ def sample_html(sample: dict[str, Any] | None, template: str | None, weights: di
             f'border-radius:4px;max-height:160px;overflow:auto"><strong>prompt (step {sample.get("step")})</strong>\n'
             f'{prompt}</div><table style="width:100%;font-size:0.9em"><tr><th>#</th><th>completion</th>{header}'
             f'<th>total (weighted)</th><th>advantage</th></tr>{"".join(rows)}</table></div>')
+
+
+def rubric_weights(config: RunConfig) -> dict[str, float]:
+    """Each reward function's weight under the name the trainer logs it by (a repeated name gets _2 …)."""
+    names = unique_names([spec.name for spec in config.rewards])
+    return {name: float(spec.weight) for name, spec in zip(names, config.rewards)}
+
+
+def run_sample_html(path: str | None, index: Any) -> str:
+    """Logged group number `index` of the run at `path` (see `sample_choices`), rendered."""
+    if not path or index is None:
+        return sample_html(None, None)
+    run = open_run(path)
+    samples, config = run.samples(), run.config()
+    try:
+        sample = samples[int(index)]
+    except (IndexError, ValueError, TypeError):
+        sample = None
+    return sample_html(sample, config.data.template, rubric_weights(config))
 
 
 def _num(value: Any) -> str:
