@@ -153,16 +153,13 @@ class Monitor:
             state = self._settle(events)
             if state == RETRYING and self.follow_retries:
                 alive = self._retry(events)
-        metrics, reset_m = self._tails[METRICS].read_new()
+        metrics, reset_m = self._tails[METRICS].read_new()  # after a rewrite: the whole file again
         samples, reset_s = self._tails[SAMPLES].read_new()
+        self.metrics = metrics if reset_m else self.metrics + metrics
+        self.samples = samples if reset_s else self.samples + samples
         reset = reset_m or reset_s
-        if reset:
-            self.metrics, self.samples = [], []
-            self._tails[METRICS].offset = self._tails[SAMPLES].offset = 0
-            metrics, _ = self._tails[METRICS].read_new()
-            samples, _ = self._tails[SAMPLES].read_new()
-        self.metrics += metrics
-        self.samples += samples
+        if reset:  # the update then carries everything, to replace what the caller had
+            metrics, samples = list(self.metrics), list(self.samples)
         return Update(self.run.status(), alive, metrics, samples, reset, log_tail(self.run), events)
 
     def _settle(self, events: list[str]) -> str:

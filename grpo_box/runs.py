@@ -324,17 +324,20 @@ class JsonlTail:
     def __init__(self, path: Path):
         self.path = path
         self.offset = 0
+        self.inode: int | None = None
 
     def read_new(self) -> tuple[list[dict[str, Any]], bool]:
-        """New records, and True when the file was rewritten shorter (a resume truncated it): then the
-        records are the whole file again and the caller must drop what it had."""
+        """New records, and True when the file was rewritten (a resume truncated it: a new file, see
+        `truncate_after`, or a shorter one): then the records are the whole file again and the caller
+        must drop what it had. A new inode tells a rewrite even once it has grown past the old size."""
         try:
-            size = self.path.stat().st_size
+            stat = self.path.stat()
         except FileNotFoundError:
             reset = self.offset > 0
-            self.offset = 0
+            self.offset, self.inode = 0, None
             return [], reset
-        reset = size < self.offset
+        reset = stat.st_size < self.offset or (self.inode is not None and stat.st_ino != self.inode)
+        self.inode = stat.st_ino
         if reset:
             self.offset = 0
         with self.path.open("rb") as fh:

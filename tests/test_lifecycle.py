@@ -426,3 +426,16 @@ def test_a_recycled_pid_in_status_json_does_not_count_as_alive(tmp_path):
     update = job.Monitor(run).poll()
     assert not update.alive and update.status["state"] == "failed"
     assert "ended before finishing" in update.status["error"]
+
+
+def test_a_monitor_notices_a_rewrite_even_when_the_file_grew_past_its_old_size(tmp_path):
+    run = _new_run(tmp_path)
+    monitor = job.Monitor(run, follow_retries=False)
+    for step in (1, 2):
+        run.append(METRICS, {"step": step})
+    monitor.poll()
+    run.truncate_after(1)  # a resume from checkpoint-1 …
+    for step in (2, 3, 4):  # … that has logged more than it dropped before the next poll
+        run.append(METRICS, {"step": step, "resumed": True})
+    update = monitor.poll()
+    assert update.reset and [m["step"] for m in monitor.metrics] == [1, 2, 3, 4]
