@@ -226,7 +226,7 @@ def _tick(path: str | None, seen: watch.Seen, state: UIState) -> tuple[Any, ...]
         return (seen, "", hints_html([], 0.0), "", skip, skip, *[skip] * len(PLOT_IDS))
     try:
         update, metrics, samples, generation = watch.poll(path)
-        config = open_run(path).config()
+        config = watch.run_config(path)
     except (UserError, FileNotFoundError) as exc:
         return (seen, messages.error(str(exc)), skip, skip, skip, skip, *[skip] * len(PLOT_IDS))
     fresh = seen.run != path or seen.generation != generation

@@ -10,13 +10,15 @@ running job through the machine lock (job.reattach) and monitors it again.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from grpo_box import job
-from grpo_box.runs import RunDir, open_run
+from grpo_box.config import RunConfig
+from grpo_box.runs import CONFIG, RunDir, open_run
 
 _LOCK = threading.Lock()
 _MONITORS: dict[str, "_Watched"] = {}
@@ -60,6 +62,16 @@ def poll(path: str) -> tuple[job.Update, list[dict[str, Any]], list[dict[str, An
             watched.generation += 1
         watched.last = update
         return update, list(watched.monitor.metrics), list(watched.monitor.samples), watched.generation
+
+
+def run_config(path: str) -> RunConfig:
+    """The run's config.yaml, parsed once per version of the file (a tick reads it every 2 s)."""
+    return _parsed_config(path, (Path(path) / CONFIG).stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _parsed_config(path: str, mtime_ns: int) -> RunConfig:
+    return open_run(path).config()
 
 
 def reattach() -> str | None:
