@@ -4,6 +4,7 @@ workers, and runs too small to train. Real CPU runs on the bundled model with ti
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -292,12 +294,21 @@ def test_a_monitor_reads_only_new_lines_and_notices_a_rewrite(tmp_path):
     assert third.status["state"] == "failed"  # `created` with no worker alive: settled, not left running
 
 
-def test_a_status_write_on_a_full_disk_still_records_the_state(tmp_path):
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk for real")
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str, why: str) -> Iterator[Path]:
+    """A real small disk at `path` (a tmpfs of `size`), unmounted afterwards; skips where mounting
+    is not allowed (it needs root), saying `why` the test wanted one."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root) {why}")
     try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_status_write_on_a_full_disk_still_records_the_state(tmp_path):
+    with _tmpfs(tmp_path / "small", "4m", "to fill a disk for real") as mount:
         run = RunDir(mount / "run")
         run.path.mkdir()
         run.set_status("running", step=3, max_steps=10)
@@ -307,8 +318,6 @@ def test_a_status_write_on_a_full_disk_still_records_the_state(tmp_path):
         run.set_status("failed", error="disk full")
         assert run.status()["state"] == "failed" and run.status()["step"] == 3
         assert not run.file("status.json.tmp").exists()
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _fill(path: Path, leave: int = 0) -> None:
@@ -330,11 +339,7 @@ def _fill(path: Path, leave: int = 0) -> None:
 def test_training_on_a_filling_disk_stops_cleanly_and_resumes_after_space_is_freed(tmp_path):
     from grpo_box.callbacks import checkpoint_bytes
 
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root) to fill a disk for real")
-    try:
+    with _tmpfs(tmp_path / "disk", "200m", "to fill a disk for real") as mount:
         run = _new_run(mount, "grpo.max_steps=3")
         child = job.start(run)
         assert _wait(lambda: run.last_checkpoint() is not None or not child.alive()), _log(run)
@@ -349,8 +354,6 @@ def test_training_on_a_filling_disk_stops_cleanly_and_resumes_after_space_is_fre
         (mount / "ballast").unlink()
         assert job.wait(job.start(run, resume=True)) == 0, _log(run)
         assert run.status()["state"] == "finished" and _steps(run) == [1, 2, 3]
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_missing_model_or_data_file_is_refused_before_a_run_exists(tmp_path):
@@ -403,18 +406,12 @@ def test_stop_on_a_run_that_is_not_training_or_is_read_only_says_so(tmp_path):
     assert result.returncode == 0 and "is not training (state: finished); nothing to stop" in result.stdout
     assert not run.file("STOP").exists()
 
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root) to make a read-only run folder")
-    try:
+    with _tmpfs(tmp_path / "ro", "1m", "to make a read-only run folder") as mount:
         frozen = RunDir(mount / "run")
         frozen.path.mkdir()
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         with pytest.raises(UserError, match=r"cannot ask .* to stop: Read-only file system .*make the run folder writable"):
             frozen.request_stop()
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_recycled_pid_in_status_json_does_not_count_as_alive(tmp_path):
