@@ -231,12 +231,7 @@ def apply_form(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_problem(state: UIState) -> str:
-    """The engine's validation message for the state, as an error box ("" when it validates)."""
-    try:
-        state.config()
-    except UserError as exc:
-        return messages.error(str(exc), "These data settings cannot be used:")
-    return ""
+    return messages.config_problem(state, "These data settings cannot be used:")
 
 
 def upload_file(files_dir: Path, uploaded: str) -> Path:

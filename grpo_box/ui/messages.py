@@ -8,6 +8,9 @@ coloured box beside the field, never a traceback. An empty string renders nothin
 from __future__ import annotations
 
 import html
+from typing import Any
+
+from grpo_box.errors import UserError
 
 _STYLES = {
     "error": "border-left:4px solid #c62828;background:#fdecea;color:#5f1010",
@@ -35,3 +38,13 @@ def warning(text: str, title: str | None = None) -> str:
 
 def ok(text: str, title: str | None = None) -> str:
     return box("ok", text, title)
+
+
+def config_problem(state: Any, title: str) -> str:
+    """The engine's validation message for the app state (`state.config()`), as an error box
+    under `title`; "" when the config validates."""
+    try:
+        state.config()
+    except UserError as exc:
+        return error(str(exc), title)
+    return ""

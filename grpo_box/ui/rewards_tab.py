@@ -84,12 +84,7 @@ def describe(name: str) -> tuple[str, str]:
 
 
 def rubric_problem(state: UIState) -> str:
-    """The engine's validation message for the current config, as an error box ("" when valid)."""
-    try:
-        state.config()
-    except UserError as exc:
-        return messages.error(str(exc), "The rubric or config needs a fix:")
-    return ""
+    return messages.config_problem(state, "The rubric or config needs a fix:")
 
 
 def rubric_view(state: UIState) -> dict[str, Any]:
