@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -58,7 +57,7 @@ from .modelfile import (
     stop_tokens,
     translate_template,
 )
-from .runs import EXPORT, RunDir, open_run, write_text_atomic
+from .runs import EXPORT, RunDir, free_bytes, open_run, write_text_atomic
 
 Progress = Callable[[str, float], None]
 
@@ -190,13 +189,6 @@ def _base_config(base: BaseSource) -> dict[str, Any]:
 
     snap = cached_snapshot(base.path)
     return json.loads((snap / "config.json").read_text()) if snap is not None else {}
-
-
-def free_bytes(path: Path) -> int:
-    """Free disk space where `path` lives (the one function tests replace to simulate a full disk)."""
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free
 
 
 def count_params(model_dir: Path) -> int:
