@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from grpo_box import job
+from grpo_box import job, locks
 from grpo_box.errors import UserError
 from grpo_box.runs import RunDir, open_run
 
@@ -145,10 +145,9 @@ def _start(reg: Registry):
             refusal = _refusal(reg, config, force)
             if refusal:
                 return gr.skip(), gr.skip(), messages.error(refusal, "Not started")
-            busy = job.running_run()
+            busy = locks.running_job()  # asked before a run folder is made for a start that cannot happen
             if busy is not None:
-                raise job.JobBusy(f"a training job is already running: {busy.path.name}. Stop it first (Train tab, "
-                                  "Stop) or wait for it")
+                raise locks.JobBusy(locks.busy_message(busy), busy)
             _release_chat_model()
             run = start_run(config)
             try:
