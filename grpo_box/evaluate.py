@@ -40,6 +40,7 @@ from .errors import UserError
 from .data import check_prompt_lengths, load_rows
 from .inference import BaseGenerator, Completion, load_for_generation, run_adapter_dir
 from .models import check_model_source, load_error, resolve_model
+from .progress import RowsProgress
 from .prompts import answer_tag_for
 from .rewards import DryRunReport, build_rubric, final_answer, get_reward, is_correct, score_groups
 from .rewards.guard import timeout_of
@@ -47,7 +48,6 @@ from .rewards.rubric import RewardFunction
 from .rewards.scoring import call_rewards, weighted_totals
 from .runs import ADAPTER_CONFIG, EVAL, is_adapter_dir, open_run, write_text_atomic
 
-Progress = Callable[[int, int, str], None]  # (done, total, what): called as rows are generated
 Show = Callable[[dict[str, Any]], None]  # called with the results before they are written
 
 
@@ -91,7 +91,7 @@ def evaluate(
     split: str = "held_out",
     k: int = 1,
     max_new_tokens: int | None = None,
-    progress: Progress | None = None,
+    progress: RowsProgress | None = None,
     *,
     limit: int | None = None,
     generator: BaseGenerator | None = None,
@@ -129,7 +129,7 @@ def evaluate(
 def sample_dry_run(
     config: RunConfig,
     prompts: int = 4,
-    progress: Progress | None = None,
+    progress: RowsProgress | None = None,
     *,
     generator: BaseGenerator | None = None,
 ) -> DryRunReport:
@@ -196,7 +196,7 @@ def _rows(config: RunConfig, split: str, limit: int | None) -> datasets.Dataset:
 
 def _generate(
     gen: BaseGenerator, prompts: list[Any], max_new: int, temperature: float, n: int,
-    seed: int, progress: Progress | None, what: str,
+    seed: int, progress: RowsProgress | None, what: str,
 ) -> list[list[Completion]]:
     """Replies for every prompt, in batches so that `progress` moves."""
     step = getattr(gen, "batch_size", len(prompts)) or len(prompts)
@@ -310,7 +310,7 @@ def evaluate_run(
     trained: bool = True,
     k: int = 1,
     limit: int | None = None,
-    progress: Progress | None = None,
+    progress: RowsProgress | None = None,
     *,
     max_new_tokens: int | None = None,
     generator: BaseGenerator | None = None,
@@ -344,7 +344,7 @@ def evaluate_model(
     base: bool = True,
     k: int = 1,
     limit: int | None = None,
-    progress: Progress | None = None,
+    progress: RowsProgress | None = None,
     max_new_tokens: int | None = None,
     generator: BaseGenerator | None = None,
     show: Show | None = None,
@@ -370,7 +370,7 @@ def evaluate_model(
 
 
 def _base_and_trained(config: RunConfig, adapter: str | Path | None, base: bool, *, generator: BaseGenerator | None,
-                      progress: Progress | None, **options: Any) -> dict[str, Any]:
+                      progress: RowsProgress | None, **options: Any) -> dict[str, Any]:
     """{"base": …} and/or {"trained": …} with one model load; the adapter is off for the base pass."""
     results: dict[str, Any] = {}
     with _generator(config, adapter, generator) as gen:
@@ -409,7 +409,7 @@ def _minus(a: Any, b: Any) -> float | None:
     return a - b if ok else None
 
 
-def _phase(progress: Progress | None, name: str) -> Progress | None:
+def _phase(progress: RowsProgress | None, name: str) -> RowsProgress | None:
     if progress is None:
         return None
     return lambda done, total, what: progress(done, total, f"{name}: {what}")

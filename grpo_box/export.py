@@ -29,7 +29,7 @@ import os
 import re
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from math import prod
 from pathlib import Path
@@ -57,9 +57,8 @@ from .modelfile import (
     stop_tokens,
     translate_template,
 )
+from .progress import Progress
 from .runs import EXPORT, RunDir, free_bytes, open_run, write_text_atomic
-
-Progress = Callable[[str, float], None]
 
 __all__ = [
     "DiskSpaceError", "ExportError", "ExportReport", "GGUFResult", "LoraResult", "NoAdapterError",

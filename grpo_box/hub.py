@@ -12,14 +12,12 @@ last component.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .export_report import ExportError
 from .merge import MERGE_INFO
-
-Progress = Callable[[str, float], None]
+from .progress import Progress
 
 IGNORED = (".*", "*.partial", MERGE_INFO)
 _TEXT_SUFFIXES = {".json", ".md", ".txt", ".jinja", ".yaml", ".yml"}

@@ -36,12 +36,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import UserError
-
-Progress = Callable[[str, float], None]
+from .progress import Progress
 
 PACKAGE = "llama_cpp_python"
 _MARKER = "grpo_box_converter.json"

@@ -28,16 +28,14 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
 from .inference import eos_token_ids
+from .progress import Progress
 from .runs import ADAPTER_CONFIG, EXPORT, RunDir, open_run, read_adapter_config
-
-Progress = Callable[[str, float], None]
 
 MERGED = "merged"
 MERGE_INFO = "grpo_box_merge.json"
