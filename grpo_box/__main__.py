@@ -222,6 +222,7 @@ def cmd_rewards(args: argparse.Namespace) -> int:
 def _check_reward_file(args: argparse.Namespace) -> int:
     """`rewards check FILE`: load a user reward file (syntax, signatures) and try each function on an example."""
     from .rewards.filecheck import check_reward_file
+    from .rewards.rubric import USER_PREFIX
 
     if not args.file:
         print("rewards check needs the reward file: python -m grpo_box rewards check FILE.py", file=sys.stderr)
@@ -231,7 +232,8 @@ def _check_reward_file(args: argparse.Namespace) -> int:
         _print_json(result)
         return 0
     for row in result["functions"]:
-        print(f"user:{row['name']}: " + (f"problem: {row['problem']}" if row["problem"] else f"example scores {row['scores']}"))
+        outcome = f"problem: {row['problem']}" if row["problem"] else f"example scores {row['scores']}"
+        print(f"{USER_PREFIX}{row['name']}: {outcome}")
     return 0 if result["ok"] else 1
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from .hardware import reset_peak_vram, vram_snapshot
+from .hardware import GIB, reset_peak_vram, vram_snapshot
 from .runs import METRICS, SAMPLES, RunDir, free_bytes
 
 # Keys the Trainer adds at the end of training; they are not per-step metrics.
@@ -32,7 +32,7 @@ _SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_s
 
 
 def ram_peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB  # ru_maxrss is in KiB on Linux
 
 
 class RunFilesCallback(TrainerCallback):

@@ -336,12 +336,14 @@ def _write_files(bundle: Bundle, config: RunConfig, name: str, model: str, run_d
 
 
 def _copy_user_rewards(config: RunConfig, target: Path) -> str | None:
-    if not any(r.name.startswith("user:") for r in config.rewards):
+    from .rewards.rubric import USER_PREFIX
+
+    if not any(r.name.startswith(USER_PREFIX) for r in config.rewards):
         return None
     source = Path(config.reward_file or "")
     if not config.reward_file or not source.is_file():
-        raise ClusterError(f"the rubric uses user: rewards but reward_file={config.reward_file!r} is not a file: "
-                           "point reward_file at your reward functions")
+        raise ClusterError(f"the rubric uses {USER_PREFIX} rewards but reward_file={config.reward_file!r} is not a "
+                           "file: point reward_file at your reward functions")
     dest = target / "user_rewards" / source.name
     dest.parent.mkdir(parents=True)
     shutil.copyfile(source, dest)

@@ -6,8 +6,8 @@ its help text, range, step and choices as dataclass field metadata (`setting(...
 builds its widgets from `field_specs()`, and `check_fields()` checks types, ranges and fixed
 choices generically from the same metadata, so no range is written twice. Checks that need the
 registries (templates, tasks, rewards) or span several fields live in `validation.py`, the one
-`validate()`; this module imports nothing from the engine but `errors` and `prompts`-free
-constants, so it loads without torch or datasets.
+`validate()`; this module imports nothing from the engine but `errors` and the bundled model's
+name from `models`, so it loads without torch or datasets.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .models import BUNDLED_NAME, BUNDLED_PREFIX
 
 __all__ = ["ConfigError", "RunConfig", "FieldSpec", "field_specs", "check_fields", "apply_overrides", "load_yaml"]
 
-BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
+BUNDLED_MODEL = BUNDLED_PREFIX + BUNDLED_NAME
 MODEL_DTYPES = (None, "float16", "bfloat16")  # what Unsloth's from_pretrained accepts as a string
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
 # Optimizers and schedulers offered; a curated subset of transformers' OptimizerNames/SchedulerType

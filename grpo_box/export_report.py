@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .hardware import GIB
 
 LOSSLESS = ("f32", "f16", "bf16")  # must reproduce the merged model's greedy tokens
 
@@ -161,4 +162,4 @@ def _yes(passed: bool) -> str:
 
 def size_text(n: int) -> str:
     """Bytes as "123 MB" or "1.23 GB"."""
-    return f"{n / 2**20:.0f} MB" if n < 2**30 else f"{n / 2**30:.2f} GB"
+    return f"{n / 2**20:.0f} MB" if n < GIB else f"{n / GIB:.2f} GB"

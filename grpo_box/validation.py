@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import BUNDLED_MODEL, ConfigError, RewardSpec, RunConfig, check_fields, check_run_name
+from .models import is_bundled
 from .prompts import TEMPLATES
 
 
@@ -32,7 +33,7 @@ def validate(config: RunConfig) -> RunConfig:
 def _check_model(c: RunConfig) -> list[str]:
     p = []
     m, lora = c.model, c.lora
-    if m.name.startswith("bundled:") and m.name != BUNDLED_MODEL:
+    if is_bundled(m.name) and m.name != BUNDLED_MODEL:
         p.append(f"model.name={m.name!r}: the bundled model is {BUNDLED_MODEL}; or give a Hub id or a local directory")
     if not m.name.strip():
         p.append(f"model.name is empty: give {BUNDLED_MODEL}, a Hub id or a local directory")
@@ -113,15 +114,16 @@ def _check_reward_name(index: int, spec: RewardSpec, reward_file: str | None) ->
 
     The user file itself is only imported in the training/eval process (see rewards.user).
     """
+    from .rewards.builtin import RewardError, reward_info
+    from .rewards.rubric import USER_PREFIX
+
     label = f"rewards[{index}] ({spec.name})"
-    if spec.name.startswith("user:"):
+    if spec.name.startswith(USER_PREFIX):
         if not reward_file:
             return [f"{label} names a user reward: set reward_file to the Python file that defines it"]
         if not Path(reward_file).expanduser().is_file():
             return [f"reward_file={reward_file!r} does not exist: give the path of your reward file"]
         return []
-    from .rewards.builtin import RewardError, reward_info
-
     try:
         reward_info(spec.name)
     except RewardError as exc:

@@ -54,8 +54,10 @@ def registered() -> dict[str, dict[str, Any]]:
 
 
 def reward_choices(state: UIState, user_functions: list[str] | None = None) -> list[str]:
-    users = [r["name"] for r in state.rewards if r["name"].startswith("user:")]
-    return list(dict.fromkeys([*registered(), *[f"user:{f}" for f in user_functions or []], *users]))
+    from grpo_box.rewards.rubric import USER_PREFIX
+
+    users = [r["name"] for r in state.rewards if r["name"].startswith(USER_PREFIX)]
+    return list(dict.fromkeys([*registered(), *[USER_PREFIX + f for f in user_functions or []], *users]))
 
 
 def rubric_rows(rewards: list[dict[str, Any]]) -> list[list[Any]]:
@@ -75,9 +77,11 @@ def parse_params(text: str) -> dict[str, Any]:
 
 def describe(name: str) -> tuple[str, str]:
     """(description, default params as JSON) of a reward name."""
+    from grpo_box.rewards.rubric import USER_PREFIX
+
     info = registered().get(name)
     if info is None:
-        if name.startswith("user:"):
+        if name.startswith(USER_PREFIX):
             return f"`{name}`: a function from your reward file (params are its keyword arguments).", "{}"
         return f"`{name}` is not a registered reward.", "{}"
     return f"**{name}**: {info['description']}", json.dumps(info["params"])
@@ -105,11 +109,13 @@ def file_view(state: UIState) -> tuple[str, str]:
 
 
 def check_html(result: dict[str, Any], path: Path) -> str:
-    names = ", ".join(f"user:{f['name']}" for f in result["functions"])
+    from grpo_box.rewards.rubric import USER_PREFIX
+
+    names = ", ".join(USER_PREFIX + f["name"] for f in result["functions"])
     text = f"Saved {path}.\nReward functions: {names} (add them to the rubric above)."
-    problems = [f"user:{f['name']}: {f['problem']}" for f in result["functions"] if f["problem"]]
+    problems = [f"{USER_PREFIX}{f['name']}: {f['problem']}" for f in result["functions"] if f["problem"]]
     if not problems:
-        scores = "; ".join(f"user:{f['name']} -> {f['scores']}" for f in result["functions"])
+        scores = "; ".join(f"{USER_PREFIX}{f['name']} -> {f['scores']}" for f in result["functions"])
         return messages.ok(f"{text}\nOn an example group (2 + 3 = ?, three completions): {scores}", "File checked")
     return messages.warning(text + "\n\nOn an example group (2 + 3 = ?, three completions, column answer):\n"
                             + "\n".join(problems), "Saved, but a function failed on an example input")

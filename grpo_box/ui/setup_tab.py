@@ -21,6 +21,7 @@ import gradio as gr
 from grpo_box.catalog import catalog_for_preset
 from grpo_box.config import BUNDLED_MODEL, FieldSpec
 from grpo_box.errors import UserError
+from grpo_box.models import is_bundled
 from grpo_box.presets import list_presets
 
 from . import fields, messages
@@ -82,7 +83,7 @@ def model_choices(preset: str, current: str) -> list[tuple[str, str]]:
 
 def model_note(name: str) -> str:
     path = Path(name).expanduser()
-    if name.startswith("bundled:"):
+    if is_bundled(name):
         return "The bundled model: already on disk, trains offline."
     if path.is_dir():
         found = "has" if (path / "config.json").is_file() else "has no"
