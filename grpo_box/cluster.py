@@ -79,8 +79,7 @@ def _config_file(path: Path) -> RunConfig:
 
 def cluster_model(config: RunConfig) -> tuple[str, list[str]]:
     """The model the cluster loads (unquantized), and notes on what to do with it."""
-    from .merge import strip_4bit_suffix
-    from .models import BUNDLED_NAME, bundled_model_dir, is_bundled
+    from .models import BUNDLED_NAME, bundled_model_dir, is_bundled, strip_4bit_suffix
 
     name = config.model.name
     if is_bundled(name):

@@ -40,11 +40,10 @@ from .export_report import LOSSLESS, DiskSpaceError, ExportError, ExportReport, 
 from .gguf_check import compare_to_merged, llama_greedy, stop_ids, verify_gguf
 from .hub import push_to_hub
 from .merge import (
-    BaseSource,
     NoAdapterError,
     UnsupportedArchitectureError,
     default_merged_dir,
-    locate_base,
+    locate_run_base,
     merge_with_report,
     merged_is_current,
     read_merge_info,
@@ -57,6 +56,7 @@ from .modelfile import (
     stop_tokens,
     translate_template,
 )
+from .models import BaseSource, cached_snapshot
 from .progress import Progress
 from .runs import EXPORT, RunDir, free_bytes, open_run, write_text_atomic
 
@@ -89,7 +89,7 @@ def export_run(run_dir: str | Path, quants: list[str] | tuple[str, ...] = ("f16"
     if not quants and not lora:
         raise ExportError("nothing to export: give at least one quantization (e.g. f16, q4_k_m) or lora=True")
     say("checking converter, architecture and disk space", 0.0)
-    base = locate_base(run.config().model.name, run, allow_4bit_merge=allow_4bit_merge, download_base=download_base)
+    base = locate_run_base(run, allow_4bit_merge=allow_4bit_merge, download_base=download_base)
     check_convertible(base)
     export_dir = run.path / EXPORT
     export_dir.mkdir(parents=True, exist_ok=True)
@@ -184,8 +184,6 @@ def _base_config(base: BaseSource) -> dict[str, Any]:
     path = Path(base.path) / "config.json"
     if path.is_file():
         return json.loads(path.read_text())
-    from .merge import cached_snapshot
-
     snap = cached_snapshot(base.path)
     return json.loads((snap / "config.json").read_text()) if snap is not None else {}
 
@@ -218,8 +216,6 @@ def estimate_sizes(base: BaseSource, quants: list[str], need_merge: bool, lora: 
 
 def _param_count(base: BaseSource) -> int:
     """Parameters of the base; 0 (so only the margin is checked) when nothing tells us."""
-    from .merge import cached_snapshot
-
     local = Path(base.path) if Path(base.path).is_dir() else cached_snapshot(base.path)
     if local is not None:
         # bitsandbytes packs two 4-bit weights per stored byte
@@ -441,8 +437,6 @@ def _export_lora(run: RunDir, base: BaseSource, export_dir: Path, say: Progress,
 def _base_dir_for_lora(run: RunDir, base: BaseSource) -> Path:
     if Path(base.path).is_dir():
         return Path(base.path)
-    from .merge import cached_snapshot
-
     snap = cached_snapshot(base.path)
     if snap is not None:
         return snap

@@ -34,6 +34,7 @@ from typing import Any
 
 from .errors import UserError
 from .inference import eos_token_ids
+from .models import BaseSource, locate_base
 from .progress import Progress
 from .runs import ADAPTER_CONFIG, EXPORT, RunDir, open_run, read_adapter_config
 
@@ -58,17 +59,6 @@ class NoAdapterError(MergeError):
 
 class UnsupportedArchitectureError(MergeError):
     pass
-
-
-class BaseWeightsMissingError(MergeError):
-    pass
-
-
-@dataclass
-class BaseSource:
-    name: str  # what the user asked for (config.model.name or the 16-bit repo id)
-    path: str  # what from_pretrained loads: a local directory or a Hub id
-    quantized_4bit: bool = False
 
 
 @dataclass
@@ -115,7 +105,7 @@ def merge_with_report(run_dir: str | Path, out_dir: str | Path | None = None, pr
     config = run.config()
     out = Path(out_dir) if out_dir else default_merged_dir(run)
     say("locating the 16-bit base model", 0.02)
-    base = locate_base(config.model.name, run, allow_4bit_merge=allow_4bit_merge, download_base=download_base)
+    base = locate_run_base(run, allow_4bit_merge=allow_4bit_merge, download_base=download_base)
     check_architecture(base.path, local_only=not download_base)
     notes = _base_warnings(base)
     say(f"loading base {base.name}", 0.05)
@@ -177,40 +167,11 @@ def adapter_fingerprint(adapter_dir: Path) -> str:
 
 
 # -- the base model ----------------------------------------------------------------------------
-def locate_base(name: str, run: RunDir | None = None, *, allow_4bit_merge: bool = False,
-                download_base: bool = False) -> BaseSource:
-    """Where the original 16-bit weights of `name` are; raise BaseWeightsMissingError if not on disk."""
-    from .models import resolve_model
-
-    path = resolve_model(name)
-    if Path(path).is_dir():
-        if not is_4bit_checkpoint(Path(path)):
-            return BaseSource(name, path)
-        return _fallback_4bit(name, [path], allow_4bit_merge, f"{path} holds 4-bit weights")
-    wanted = strip_4bit_suffix(name)
-    cached = cached_snapshot(wanted)
-    if cached is not None and not is_4bit_checkpoint(cached):
-        return BaseSource(wanted, str(cached))
-    if download_base:
-        return BaseSource(wanted, wanted)
-    candidates = [name, f"{wanted}-unsloth-bnb-4bit", f"{wanted}-bnb-4bit", _adapter_base(run)]
-    return _fallback_4bit(wanted, candidates, allow_4bit_merge, f"the 16-bit weights of {wanted} are not in the local Hugging Face cache")
-
-
-def _fallback_4bit(name: str, candidates: list[str | None], allow: bool, why: str) -> BaseSource:
-    if allow:
-        for cand in filter(None, candidates):
-            local = Path(cand) if Path(cand).is_dir() else cached_snapshot(cand)
-            if local is not None and is_4bit_checkpoint(local):
-                return BaseSource(cand, str(local), quantized_4bit=True)
-    repo = strip_4bit_suffix(name)
-    fix = (f"download it (`hf download {repo}`, or pass --download-base (CLI) / download_base=True), "
-           f"or accept a lower-quality merge into dequantized 4-bit weights: pass --allow-4bit-merge (CLI) / "
-           f"allow_4bit_merge=True")
-    if allow:
-        fix = (f"no 4-bit checkpoint of it was found on disk either; download the 16-bit base (`hf download {repo}`, "
-               f"or pass --download-base (CLI) / download_base=True)")
-    raise BaseWeightsMissingError(f"{why}. A faithful merge needs the original 16-bit base: {fix}")
+def locate_run_base(run: RunDir, *, allow_4bit_merge: bool = False, download_base: bool = False) -> BaseSource:
+    """The 16-bit base of the run's model (`models.locate_base`), the adapter's own base as a 4-bit fallback."""
+    adapter_base = read_adapter_config(run.adapter_dir).get("base_model_name_or_path") if run.has_adapter() else None
+    return locate_base(run.config().model.name, adapter_base, allow_4bit_merge=allow_4bit_merge,
+                       download_base=download_base)
 
 
 def _base_warnings(base: BaseSource) -> list[str]:
@@ -220,43 +181,6 @@ def _base_warnings(base: BaseSource) -> list[str]:
            f"so quality is below a 16-bit merge; download the 16-bit base for a faithful export")
     warnings.warn(msg, stacklevel=3)
     return [msg]
-
-
-def strip_4bit_suffix(name: str) -> str:
-    for suffix in ("-unsloth-bnb-4bit", "-bnb-4bit", "-bnb-nf4", "-4bit"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def is_4bit_checkpoint(path: Path) -> bool:
-    config = path / "config.json"
-    if not config.is_file():
-        return False
-    quant = json.loads(config.read_text()).get("quantization_config") or {}
-    return bool(quant.get("load_in_4bit")) or quant.get("quant_method") in ("bitsandbytes_4bit",) or (
-        quant.get("quant_method") == "bitsandbytes" and not quant.get("load_in_8bit")
-    )
-
-
-def cached_snapshot(repo_id: str) -> Path | None:
-    """Local HF-cache snapshot of `repo_id` with its weights, without touching the network."""
-    if repo_id.count("/") != 1:
-        return None
-    try:
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:  # LocalEntryNotFoundError and friends: simply not cached
-        return None
-    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
-    return path if has_weights and (path / "config.json").is_file() else None
-
-
-def _adapter_base(run: RunDir | None) -> str | None:
-    if run is None or not run.has_adapter():
-        return None
-    return read_adapter_config(run.adapter_dir).get("base_model_name_or_path")
 
 
 def check_architecture(path: str, local_only: bool = True) -> Any:

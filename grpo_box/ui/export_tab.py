@@ -110,13 +110,14 @@ def quant_choices(run: Path) -> list[tuple[str, str]]:
 
 def _sizes(run: Path) -> dict[str, int]:
     from grpo_box.export import BITS_PER_WEIGHT, estimate_sizes
-    from grpo_box.merge import BaseSource, locate_base
+    from grpo_box.merge import locate_run_base
+    from grpo_box.models import BaseSource
     from grpo_box.runs import open_run
 
     try:
         name = open_run(run).config().model.name
         try:
-            base = locate_base(name, open_run(run), allow_4bit_merge=True)
+            base = locate_run_base(open_run(run), allow_4bit_merge=True)
         except UserError:  # the base is not on disk: the catalog may still know its size
             base = BaseSource(name, name)
         return estimate_sizes(base, list(BITS_PER_WEIGHT), False, False)
