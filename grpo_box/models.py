@@ -92,7 +92,7 @@ class ModelError(UserError, ValueError):
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-_HUB_RETRY = ("use `bundled:smollm2-135m-instruct` (offline), a local Hugging Face model folder, or a Hub id "
+_HUB_RETRY = (f"use `{BUNDLED_PREFIX}{BUNDLED_NAME}` (offline), a local Hugging Face model folder, or a Hub id "
               "such as unsloth/Qwen2.5-1.5B-Instruct")
 
 
