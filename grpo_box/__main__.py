@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
+from .text_table import text_table
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -34,11 +35,8 @@ def _print_json(data: Any) -> None:
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[str(r.get(c, "")) if r.get(c) is not None else "-" for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+    """`columns` of dict `rows` under a header row; a missing or None value shows as "-"."""
+    return text_table([columns] + [["-" if r.get(c) is None else r[c] for c in columns] for r in rows])
 
 
 # -- setup ------------------------------------------------------------------------------------
@@ -66,9 +64,7 @@ def _print_preset_catalogs(presets: list[str]) -> None:
     from .catalog import catalog_for_preset
 
     for preset in presets:
-        print(f"\nModels for {preset}:")
-        for model_id, reason in catalog_for_preset(preset):
-            print(f"  {model_id:<36}  {reason}")
+        print(f"\nModels for {preset}:\n" + text_table(catalog_for_preset(preset), indent="  "))
 
 
 def _resolve(args: argparse.Namespace):

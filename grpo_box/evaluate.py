@@ -47,6 +47,7 @@ from .rewards.guard import timeout_of
 from .rewards.rubric import RewardFunction
 from .rewards.scoring import call_rewards, weighted_totals
 from .runs import ADAPTER_CONFIG, EVAL, is_adapter_dir, open_run, write_text_atomic
+from .text_table import text_table
 
 Show = Callable[[dict[str, Any]], None]  # called with the results before they are written
 
@@ -437,12 +438,8 @@ def format_eval(result: dict[str, Any]) -> str:
     else:
         columns, delta = [("value", result)], None
     header = ["metric", *(name for name, _ in columns), *(["delta"] if delta else [])]
-    lines = [header] + [_table_row(label, key, columns, delta) for label, key in _metrics(columns)]
-    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-    text = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-            for row in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text)
+    rows = [header] + [_table_row(label, key, columns, delta) for label, key in _metrics(columns)]
+    return text_table(rows, right=range(1, len(header)), rule=True)
 
 
 def _metrics(columns: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, tuple[str, ...]]]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import UserError
 from .hardware import GIB
+from .text_table import text_table
 
 LOSSLESS = ("f32", "f16", "bf16")  # must reproduce the merged model's greedy tokens
 
@@ -133,10 +134,8 @@ class ExportReport:
                          "-" if lo.identical is None else
                          f"{lo.identical}/{lo.prompts} identical, {lo.near_ties} near-tie (base+LoRA)",
                          "-", "-", "-", "-", "yes" if lo.ok else "NO"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        lines += [""] + [f"ollama: {f.ollama_command}" for f in self.files if f.ollama_command]
+        lines = [text_table(rows, rule=True), ""]
+        lines += [f"ollama: {f.ollama_command}" for f in self.files if f.ollama_command]
         if self.lora and self.lora.usage:
             lines.append(f"LoRA: {self.lora.usage}")
         lines += [f"note: {n}" for f in self.files for n in f.notes] + [f"warning: {w}" for w in self.warnings]
