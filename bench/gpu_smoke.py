@@ -70,7 +70,7 @@ def section(title: str) -> None:
 def environment_facts(dry_run: bool) -> dict:
     import torch
 
-    from grpo_box import hardware
+    from grpo_box import hardware, presets
 
     facts: dict = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
                    "cuda_available": torch.cuda.is_available()}
@@ -95,7 +95,7 @@ def environment_facts(dry_run: bool) -> dict:
     facts["grpo_box_detect_gpu"] = gpu.__dict__ if gpu else None
     facts["grpo_box_gpu_problem"] = hardware.gpu_problem(gpu)
     facts["grpo_box_torch_problem"] = hardware.torch_problem()
-    facts["grpo_box_proposed_preset"] = hardware.propose_preset(gpu)
+    facts["grpo_box_proposed_preset"] = presets.propose_preset(gpu)
     facts["grpo_box_nvml_device"] = hardware.nvml_device()
     facts["grpo_box_nvml_reading"] = hardware.nvml_vram_gb()
     facts["grpo_box_free_vram_gb"] = hardware.free_vram_gb(gpu)

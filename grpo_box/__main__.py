@@ -42,8 +42,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 # -- setup ------------------------------------------------------------------------------------
 @command("presets")
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .hardware import detect_gpu, propose_preset
-    from .presets import list_presets, load_preset
+    from .hardware import detect_gpu
+    from .presets import list_presets, load_preset, propose_preset
 
     rows = []
     for info in list_presets():
@@ -68,8 +68,8 @@ def _print_preset_catalogs(presets: list[str]) -> None:
 
 
 def _resolve(args: argparse.Namespace):
-    from .hardware import detect_gpu, propose_preset
-    from .presets import resolve_config
+    from .hardware import detect_gpu
+    from .presets import propose_preset, resolve_config
 
     overrides = list(args.set or [])
     if getattr(args, "model", None):

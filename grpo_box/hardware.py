@@ -1,8 +1,8 @@
-"""GPU detection, preset proposal and VRAM readers.
+"""GPU detection and VRAM readers.
 
 Setup starts by finding the card: torch.cuda when a CUDA build of torch sees one, else
 `nvidia-smi` when it is on PATH (a CPU build of torch on a GPU machine still gets the right
-preset), else no GPU. `propose_preset` maps the card to the largest preset it holds.
+preset), else no GPU. `presets.propose_preset` maps the card to the largest preset it holds.
 
 The GPU stack GRPO Box pins (vLLM 0.31, torch 2.13 cu130) is CUDA 13 only: it needs a Linux
 driver >= 580 and compute capability >= 7.5 (Turing and newer). `gpu_problem` says why a card
@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 GIB = 1024**3
-PRESET_TOLERANCE = 0.05  # cards report a little less than their label (an 8 GB card shows ~7.8)
 MIN_CAPABILITY = (7, 5)  # torch cu130 / vLLM 0.31: Turing and newer
 MIN_DRIVER = 580  # CUDA 13's Linux driver
 _SMI_QUERY = ["--query-gpu=name,memory.total,compute_cap,driver_version", "--format=csv,noheader"]
@@ -189,28 +188,6 @@ def _nvml_uuid(uuid: object) -> str | None:
         return None
     text = str(uuid)
     return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
-
-
-def _preset_cards() -> list[tuple[str, float]]:
-    from .presets import list_presets
-
-    return [(p.name, p.vram_gb) for p in list_presets() if p.vram_gb > 0]
-
-
-def propose_preset(gpu: GpuInfo | None) -> str:
-    """The largest GPU preset the card holds (within PRESET_TOLERANCE of its label), else "cpu".
-
-    A card smaller than the smallest preset (say a 6 GB laptop GPU) also gets "cpu": no GPU preset
-    fits it as shipped; the memory estimate's suggestions can shrink one by hand. So does a card the
-    GPU stack cannot use (`gpu_problem`: compute capability below 7.5, a driver older than 580).
-    """
-    if gpu is None or gpu_problem(gpu) is not None:
-        return "cpu"
-    best, best_vram = "cpu", 0.0
-    for name, vram in _preset_cards():
-        if gpu.vram_gb >= vram * (1 - PRESET_TOLERANCE) and vram > best_vram:
-            best, best_vram = name, vram
-    return best
 
 
 def torch_vram_gb() -> dict[str, float] | None:

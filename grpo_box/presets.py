@@ -2,7 +2,8 @@
 
 A preset is a RunConfig in YAML plus two metadata keys, `description` and `vram_gb`, that say
 which card it is for. Presets are data (like torchtune's recipe configs) so that trade-offs are
-documented next to the numbers, and every preset is validated by a test.
+documented next to the numbers, and every preset is validated by a test. `propose_preset` picks
+the preset for a detected card (`hardware.detect_gpu`): the largest one the card holds.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, RunConfig, apply_overrides, load_yaml
+from .hardware import GpuInfo, gpu_problem
 from .validation import validate
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 _META_KEYS = ("description", "vram_gb")
+PRESET_TOLERANCE = 0.05  # cards report a little less than their label (an 8 GB card shows ~7.8)
 
 
 @dataclass
@@ -36,6 +39,23 @@ def list_presets() -> list[PresetInfo]:
         raw = load_yaml(path)
         infos.append(PresetInfo(path.stem, str(raw.get("description", "")), float(raw.get("vram_gb", 0)), path))
     return sorted(infos, key=lambda info: info.vram_gb)
+
+
+def propose_preset(gpu: GpuInfo | None) -> str:
+    """The largest GPU preset the card holds (within PRESET_TOLERANCE of its label), else "cpu".
+
+    A card smaller than the smallest preset (say a 6 GB laptop GPU) also gets "cpu": no GPU preset
+    fits it as shipped; the memory estimate's suggestions can shrink one by hand. So does a card the
+    GPU stack cannot use (`hardware.gpu_problem`: compute capability below 7.5, a driver older than 580).
+    """
+    if gpu is None or gpu_problem(gpu) is not None:
+        return "cpu"
+    best, best_vram = "cpu", 0.0
+    for preset in list_presets():
+        vram = preset.vram_gb
+        if gpu.vram_gb >= vram * (1 - PRESET_TOLERANCE) and vram > best_vram:
+            best, best_vram = preset.name, vram
+    return best
 
 
 def load_preset(name: str) -> RunConfig:

@@ -5,7 +5,7 @@ run's config.yaml, trains with TRL's GRPOTrainer on the Unsloth-loaded model (se
 writes metrics/samples/status through RunFilesCallback, saves checkpoints, and saves the final
 LoRA adapter in `adapter/`. A STOP file (or SIGTERM) saves a checkpoint and stops; `resume=True`
 continues from the last checkpoint. A CUDA out-of-memory error is caught: the run is marked with
-the step and phase (rollout or training) and a concrete suggestion from memory.py, checkpoints are
+the step and phase (rollout or training) and a concrete suggestion from `memory`, checkpoints are
 kept, and with `auto_fit` the run retries once with the next smaller setting, recording that it did.
 The error counts as out of memory also when a library wraps it (a reward function's RewardError
 has it as its cause). Before the first step, loading the model (vLLM's start-up included, whose

@@ -260,7 +260,8 @@ def test_startup_hint_says_which_way_to_move_the_share():
     (("NVIDIA GeForce RTX 3060", 12.0, None, None), "12gb"),  # nothing known against it
 ])
 def test_propose_preset_considers_compute_capability_and_driver(gpu, preset):
-    from grpo_box.hardware import GpuInfo, gpu_problem, propose_preset
+    from grpo_box.hardware import GpuInfo, gpu_problem
+    from grpo_box.presets import propose_preset
 
     info = GpuInfo(*gpu)
     assert propose_preset(info) == preset

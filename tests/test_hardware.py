@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from grpo_box import hardware
-from grpo_box.hardware import GpuInfo, parse_memory_used, parse_nvidia_smi, propose_preset
+from grpo_box.hardware import GpuInfo, parse_memory_used, parse_nvidia_smi
+from grpo_box.presets import propose_preset
 
 GIB = 1024**3
 

@@ -14,7 +14,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grpo_box.hardware import GpuInfo, detect_gpu, propose_preset
+from grpo_box.hardware import GpuInfo, detect_gpu
+from grpo_box.presets import propose_preset
 
 
 @dataclass
