@@ -403,7 +403,7 @@ def _writing(what: str) -> Iterator[None]:
     try:
         yield
     except FileNotFoundError:
-        raise  # a missing input, reported as such by main()
+        raise  # a missing input, not a failed write: main() prints it when it is a UserError (NotARunError)
     except OSError as exc:
         raise _WriteFailed(f"{what} failed while writing: {exc}. Free disk space (or fix the permissions) and run it "
                            f"again; earlier {what} outputs were left as they were") from None

@@ -190,7 +190,7 @@ def _read_task(source: str, cfg: DataConfig) -> list[Row]:
     params = {key: _param_value(value) for key, value in parse_qsl(query, keep_blank_values=True)}
     try:
         rows = tasks.generate(name, cfg.size, cfg.seed, **params)
-    except ValueError as exc:
+    except tasks.TaskError as exc:
         raise DataError(f"data.source={source!r}: {exc}") from exc
     return [{**row, "task": name, ORIGIN: f"{source}, row {i}"} for i, row in enumerate(rows, 1)]
 

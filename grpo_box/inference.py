@@ -40,7 +40,7 @@ from typing import Any
 
 from .config import ModelConfig
 from .modeling import has_cuda, tolerate_inductor_pool_aliasing, unsloth_load_kwargs
-from .models import resolve_model
+from .models import ModelError, resolve_model
 from .runs import ADAPTER_CONFIG, RunDir, is_adapter_dir, read_adapter_config
 
 Messages = list[dict[str, str]]
@@ -106,12 +106,13 @@ def load_for_generation(
     """
     if is_gguf(model_name_or_dir):
         if adapter_dir is not None:
-            raise ValueError(f"{model_name_or_dir}: a GGUF model cannot take a LoRA adapter; merge it before export")
+            raise ModelError(f"{model_name_or_dir}: a GGUF model cannot take a LoRA adapter; merge it before export")
         return from_gguf(model_name_or_dir)
     path = resolve_model(str(model_name_or_dir))
     adapter = str(adapter_dir) if adapter_dir is not None else None
     if adapter is not None and not is_adapter_dir(adapter):
-        raise FileNotFoundError(f"{adapter} is not a LoRA adapter folder (no {ADAPTER_CONFIG})")
+        raise ModelError(f"{adapter} is not a LoRA adapter folder (no {ADAPTER_CONFIG}): give a run's adapter/ "
+                         "or checkpoint-N folder")
     if has_cuda():
         return _load_unsloth(path, adapter, model_config or ModelConfig(), fast_inference)
     return _load_cpu(path, adapter)
@@ -123,7 +124,7 @@ def from_gguf(path: str | Path, n_ctx: int = 4096, seed: int = 0) -> "GGUFGenera
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: GGUF file not found")
+        raise ModelError(f"{path}: GGUF file not found; export one first or check the path")
     from .llama_tools import gpu_layers
 
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, n_gpu_layers=gpu_layers(), verbose=False)

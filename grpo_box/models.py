@@ -88,7 +88,7 @@ def is_bundled(name: str) -> bool:
 
 
 class ModelError(UserError, ValueError):
-    """A model name that cannot be loaded; the message says what to give instead."""
+    """A model name, GGUF file or adapter that cannot be loaded; the message says what to give instead."""
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

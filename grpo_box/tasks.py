@@ -21,8 +21,14 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Mapping
 
+from .errors import UserError
+
 Row = dict[str, Any]
 _MAX_TRIES = 2000  # redraws for one row before the pool counts as spent and repeats are accepted
+
+
+class TaskError(UserError, ValueError):
+    """An unknown task or parameter, or a task row without what its checker needs; the message says what."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ class Task:
     def generate(self, n: int, seed: int = 0, difficulty: int = 1) -> list[Row]:
         """`n` rows, the same for the same (seed, difficulty)."""
         if not isinstance(difficulty, int) or not 1 <= difficulty <= self.max_difficulty:
-            raise ValueError(
+            raise TaskError(
                 f"task {self.name}: difficulty={difficulty!r} is out of range; use 1 to {self.max_difficulty}"
             )
         rng = random.Random(f"{self.name}:{seed}:{difficulty}")  # str seeds are stable across runs
@@ -179,7 +185,7 @@ def _evaluate(node: ast.AST, used: list[int]) -> Fraction:
 
 def _check_countdown(predicted: str, row: Mapping[str, Any]) -> bool:
     if not isinstance(row.get("numbers"), (list, tuple)):
-        raise ValueError("countdown rows need a 'numbers' column listing the numbers to use, e.g. [3, 5, 7]")
+        raise TaskError("countdown rows need a 'numbers' column listing the numbers to use, e.g. [3, 5, 7]")
     return verify_countdown(predicted, list(row["numbers"]), row["answer"])
 
 
@@ -274,18 +280,18 @@ def list_tasks() -> list[str]:
 
 
 def get_task(name: str) -> Task:
-    """Look up a task; an unknown name raises ValueError listing the valid ones."""
+    """Look up a task; an unknown name raises TaskError listing the valid ones."""
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
+        raise TaskError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
     return TASKS[name]
 
 
 def generate(name: str, n: int, seed: int = 0, **params: Any) -> list[Row]:
-    """Rows of task `name`; `params` may hold `difficulty`. Unknown names and params raise ValueError."""
+    """Rows of task `name`; `params` may hold `difficulty`. Unknown names and params raise TaskError."""
     task = get_task(name)
     unknown = sorted(set(params) - {"difficulty"})
     if unknown:
-        raise ValueError(f"task {name}: unknown parameter {unknown[0]!r}; valid parameters: difficulty")
+        raise TaskError(f"task {name}: unknown parameter {unknown[0]!r}; valid parameters: difficulty")
     return task.generate(n, seed, **params)
 
 

@@ -7,6 +7,7 @@ import os
 from functools import partial
 from pathlib import Path
 
+import pytest
 from helpers import run_cli
 
 _cli = partial(run_cli, timeout=300)
@@ -68,6 +69,47 @@ def test_user_errors_are_one_line_not_a_traceback(tmp_path):
         out = _cli(*args)
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.startswith("error: ") and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_bug_keeps_its_traceback_and_a_user_error_is_one_line(tmp_path, monkeypatch, capsys):
+    """Only UserError is reduced to `error: …`: a plain ValueError or FileNotFoundError from inside
+    the engine is a bug, and leaves main() with its traceback."""
+    from grpo_box import runs
+    from grpo_box.__main__ import main
+    from grpo_box.errors import ConfigError
+
+    for bug in (ValueError("an internal bug"), FileNotFoundError("an internal bug")):
+        def broken(root=None, bug=bug):
+            raise bug
+
+        monkeypatch.setattr(runs, "list_runs", broken)
+        with pytest.raises(type(bug), match="an internal bug"):
+            main(["runs", "--root", str(tmp_path)])
+
+    def fixable(root=None):
+        raise ConfigError("grpo.max_steps=0: set it to 1 or more")
+
+    monkeypatch.setattr(runs, "list_runs", fixable)
+    assert main(["runs", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: grpo.max_steps=0: set it to 1 or more\n"
+
+
+def test_user_fixable_engine_problems_are_user_errors(tmp_path):
+    """The engine's own bad-input errors derive from UserError, so the CLI prints them as one line."""
+    from grpo_box.errors import UserError
+    from grpo_box.inference import load_for_generation
+    from grpo_box.tasks import generate
+
+    with pytest.raises(UserError, match="not a LoRA adapter folder"):
+        load_for_generation("someone/some-model", tmp_path)
+    with pytest.raises(UserError, match="cannot take a LoRA adapter"):
+        load_for_generation(tmp_path / "model.gguf", tmp_path)
+    with pytest.raises(UserError, match="GGUF file not found"):
+        load_for_generation(tmp_path / "model.gguf")
+    for name, params in (("nope", {}), ("countdown", {"difficulty": 99}), ("sort", {"level": 2})):
+        with pytest.raises(UserError):
+            generate(name, 2, **params)
 
 
 def test_push_uploads_the_chosen_file_with_the_token_from_the_environment(tmp_path, monkeypatch, capsys):

@@ -11,7 +11,7 @@ import pytest
 from helpers import make_random_lora
 
 from grpo_box.inference import Completion, Generator, GGUFGenerator, load_for_generation, run_adapter_dir
-from grpo_box.models import bundled_gguf_path
+from grpo_box.models import ModelError, bundled_gguf_path
 from grpo_box.runs import RunDir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -110,7 +110,7 @@ def test_truncated_flag_at_max_new_tokens(tuned: Generator) -> None:
 
 
 def test_missing_adapter_is_explained(bundled_model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+    with pytest.raises(ModelError, match="adapter_config.json"):
         load_for_generation(str(bundled_model_dir), tmp_path)
 
 
@@ -156,8 +156,10 @@ def test_gguf_greedy_stream_matches_complete(gguf: GGUFGenerator) -> None:
 
 
 def test_gguf_rejects_an_adapter(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="merge"):
+    with pytest.raises(ModelError, match="merge"):
         load_for_generation(bundled_gguf_path(), tmp_path)
+    with pytest.raises(ModelError, match="GGUF file not found"):
+        load_for_generation(tmp_path / "missing.gguf")
 
 
 # -- the vLLM boundary (vLLM cannot run here: a stand-in for Unsloth's engine-carrying model) --
