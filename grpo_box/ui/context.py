@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grpo_box.hardware import GpuInfo, detect_gpu
+from grpo_box.hardware import GIB, GpuInfo, detect_gpu
 from grpo_box.presets import propose_preset
 
 
@@ -51,7 +51,7 @@ def _smi_versions() -> tuple[str | None, str | None]:
 
 def _ram_gb() -> float | None:
     try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3, 1)
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1)
     except (ValueError, OSError, AttributeError):
         return None
 
