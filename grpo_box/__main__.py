@@ -39,7 +39,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return text_table([columns] + [["-" if r.get(c) is None else r[c] for c in columns] for r in rows])
 
 
-# -- setup ------------------------------------------------------------------------------------
+# -- setup ----------------------------------------------------------------------------------------
 @command("presets")
 def cmd_presets(args: argparse.Namespace) -> int:
     from .hardware import detect_gpu
@@ -90,7 +90,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- training ---------------------------------------------------------------------------------
+# -- training -------------------------------------------------------------------------------------
 def _check_fits(config: Any, force: bool) -> bool:
     """memory.preflight on this machine's GPU: print the estimate; False when it refuses the run."""
     from .memory import format_estimate, preflight
@@ -186,7 +186,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- data and rewards -------------------------------------------------------------------------
+# -- data and rewards -----------------------------------------------------------------------------
 @command("rewards")
 def cmd_rewards(args: argparse.Namespace) -> int:
     from .rewards import format_report, list_rewards, score_file
@@ -272,7 +272,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- evaluation, chat, export -----------------------------------------------------------------
+# -- evaluation, chat, export ---------------------------------------------------------------------
 @command("eval")
 def cmd_eval(args: argparse.Namespace) -> int:
     """`eval RUN_DIR` uses the run's own config and eval.json; `eval --model ID [--adapter DIR]`
@@ -518,7 +518,7 @@ def _progress(message: str, fraction: float | None = None) -> None:
     print(f"  {pct}{message}", flush=True)
 
 
-# -- parser -----------------------------------------------------------------------------------
+# -- parser ---------------------------------------------------------------------------------------
 def _config_args(p: argparse.ArgumentParser, preset_default: str | None = "auto") -> None:
     p.add_argument("--preset", default=preset_default,
                    help="cpu, 8gb, 12gb, 16gb, 24gb (see `presets`); default: the one proposed for this machine")

@@ -50,7 +50,7 @@ VENDOR_ROOTS = ("rewards/rubric.py", "rewards/builtin.py", "cpu_backend.py")
 BUNDLE_MARKER = "bundle.json"
 
 
-# -- the source -------------------------------------------------------------------------------
+# -- the source -----------------------------------------------------------------------------------
 def load_source(source: str | Path) -> tuple[RunConfig, str, Path | None]:
     """(config, name, run dir or None) for a run directory or a config YAML (applied over its preset)."""
     from .runs import open_run
@@ -125,7 +125,7 @@ def reward_names(config: RunConfig) -> list[str]:
     return names
 
 
-# -- the files --------------------------------------------------------------------------------
+# -- the files ------------------------------------------------------------------------------------
 def grpo_settings(config: RunConfig, split: GpuSplit, batch: BatchPlan) -> dict[str, Any]:
     """trl.GRPOConfig's keyword arguments for the cluster (same objective as train.grpo_args)."""
     from .train import loss_settings
@@ -214,7 +214,7 @@ def script_values(name: str, model: str, split: GpuSplit, config: RunConfig) -> 
             "GPUS_PER_NODE": split.per_node}
 
 
-# -- the vendored reward code -----------------------------------------------------------------
+# -- the vendored reward code ---------------------------------------------------------------------
 def vendor_closure(roots: tuple[str, ...] = VENDOR_ROOTS) -> list[str]:
     """The grpo_box modules (paths relative to the package) that `roots` import, directly or not,
     with every package __init__ on the way; imports inside functions count too."""
@@ -278,7 +278,7 @@ def vendor(target: Path) -> dict[str, str]:
     return manifest
 
 
-# -- the bundle -------------------------------------------------------------------------------
+# -- the bundle -----------------------------------------------------------------------------------
 def default_out(name: str, run_dir: Path | None, split: GpuSplit, backend: str) -> Path:
     folder = f"{split.gpus}gpu" + (f"-{split.nodes}nodes" if split.nodes > 1 else "") + f"-{backend}"
     return run_dir / "cluster" / folder if run_dir else Path.cwd() / f"{name}-cluster-{folder}"

@@ -120,7 +120,7 @@ class Bundle:
         return "\n".join(lines + [f"Next: see {self.path / 'README.md'}"])
 
 
-# -- the plan ---------------------------------------------------------------------------------
+# -- the plan -------------------------------------------------------------------------------------
 def plan_split(gpus: int, nodes: int = 1, vllm_gpus: int | None = None,
                heads: tuple[int, int] | None = None) -> GpuSplit:
     """Split `gpus` over `nodes` between a vLLM server and training, or refuse (ClusterError).

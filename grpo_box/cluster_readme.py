@@ -82,7 +82,7 @@ def warnings_for(config: RunConfig, split: GpuSplit, batch: BatchPlan, heads: tu
     return out
 
 
-# -- the README -------------------------------------------------------------------------------
+# -- the README -----------------------------------------------------------------------------------
 def readme_text(bundle: Bundle, config: RunConfig, name: str, model: str, source: Any) -> str:
     parts = [_intro(bundle, name, model, source), _split_section(bundle), _batch_section(bundle),
              _install_section(bundle), _run_section(bundle), _watch_section(bundle, config),

@@ -317,7 +317,7 @@ def _parse_value(text: str) -> Any:
     return value
 
 
-# -- field metadata ---------------------------------------------------------------------------
+# -- field metadata -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FieldSpec:
     """What a widget and a generic check need to know about one setting."""

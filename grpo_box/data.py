@@ -59,9 +59,7 @@ class DataError(UserError, ValueError):
     """A data problem; the message names the file or source, the line or row, and what to change."""
 
 
-# ---------------------------------------------------------------- public API
-
-
+# -- public API -----------------------------------------------------------------------------------
 def load_rows(cfg: DataConfig | RunConfig) -> tuple[datasets.Dataset, datasets.Dataset]:
     """(train, held_out) for a data config; held_out has `eval_size` rows, train at least 1."""
     cfg = _data_cfg(cfg)
@@ -168,9 +166,7 @@ def preview(cfg: DataConfig | RunConfig, tokenizer: Any, n: int = 3) -> list[dic
     return shown
 
 
-# ---------------------------------------------------------------- sources
-
-
+# -- sources --------------------------------------------------------------------------------------
 def _data_cfg(cfg: DataConfig | RunConfig) -> DataConfig:
     return cfg.data if isinstance(cfg, RunConfig) else cfg
 
@@ -302,9 +298,7 @@ def _read_hub(cfg: DataConfig) -> list[Located]:
     return [(f"Hub dataset {source}, split {cfg.split}, row {i}", row) for i, row in enumerate(rows, 1)]
 
 
-# ---------------------------------------------------------------- rows
-
-
+# -- rows -----------------------------------------------------------------------------------------
 def _map_columns(raw: list[Located], cfg: DataConfig, origin: str) -> list[Row]:
     """Rename `prompt_column`/`answer_column` to question/answer, checking every row has both."""
     columns = list(dict.fromkeys(key for _, row in raw for key in row))

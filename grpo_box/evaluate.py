@@ -67,9 +67,7 @@ SAMPLE_TEMPERATURE = 1.0
 _COMPARED = ("accuracy", "reward", "completion_length", "clipped_ratio", "pass_at_1", "pass_at_k")
 
 
-# ---------------------------------------------------------------- estimator
-
-
+# -- estimator ------------------------------------------------------------------------------------
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k).
 
@@ -83,9 +81,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-# ---------------------------------------------------------------- evaluate
-
-
+# -- evaluate -------------------------------------------------------------------------------------
 def evaluate(
     config: RunConfig,
     adapter_dir: str | Path | None = None,
@@ -212,9 +208,7 @@ def _generate(
     return done
 
 
-# ---------------------------------------------------------------- scoring
-
-
+# -- scoring --------------------------------------------------------------------------------------
 def score_completions(
     funcs: list[RewardFunction], rows: dict[str, list[Any]], completions: list[Completion], repeat: int = 1
 ) -> dict[str, list[float | None]]:
@@ -302,9 +296,7 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-# ---------------------------------------------------------------- runs
-
-
+# -- runs -----------------------------------------------------------------------------------------
 def evaluate_run(
     run_dir: str | Path,
     base: bool = True,
@@ -427,9 +419,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
                              data) from exc
 
 
-# ---------------------------------------------------------------- text
-
-
+# -- text -----------------------------------------------------------------------------------------
 def format_eval(result: dict[str, Any]) -> str:
     """A plain-text table of one `evaluate` result or an `evaluate_run` result (base/trained/delta)."""
     if "base" in result or "trained" in result:

@@ -76,7 +76,7 @@ BITS_PER_WEIGHT: dict[str, float] = {
 _MARGIN_BYTES = 256 * 2**20
 
 
-# -- public API --------------------------------------------------------------------------------
+# -- public API -----------------------------------------------------------------------------------
 def export_run(run_dir: str | Path, quants: list[str] | tuple[str, ...] = ("f16", "q4_k_m"), lora: bool = False,
                progress: Progress | None = None, *, allow_4bit_merge: bool = False, download_base: bool = False,
                verify: bool = True) -> ExportReport:
@@ -154,7 +154,7 @@ def find_gguf(run_dir: str | Path, quant: str | None = None) -> Path:
     return found[best]
 
 
-# -- checks before any work --------------------------------------------------------------------
+# -- checks before any work -----------------------------------------------------------------------
 def check_convertible(base: BaseSource) -> None:
     """The converter is installed and knows the base's architecture (checked before merging).
 
@@ -252,7 +252,7 @@ def _converter_info() -> dict[str, Any]:
             "gguf": llama_tools.gguf_versions()}
 
 
-# -- full-model export -------------------------------------------------------------------------
+# -- full-model export ----------------------------------------------------------------------------
 def _export_full(run: RunDir, base: BaseSource, quants: list[str], need_merge: bool, report: ExportReport,
                  say: Progress, verify: bool, allow_4bit_merge: bool, download_base: bool) -> None:
     merged = default_merged_dir(run)
@@ -362,7 +362,7 @@ def _fallbacks(log: Path) -> str:
     return f"{match.group(1)}/{match.group(2)}" if match else ""
 
 
-# -- Ollama Modelfile --------------------------------------------------------------------------
+# -- Ollama Modelfile -----------------------------------------------------------------------------
 def _attach_modelfile(run: RunDir, merged: Path, gguf: Path, merge_info: dict[str, Any], result: GGUFResult) -> None:
     """Write the GGUF's Modelfile, then read its stop list back and check it against the model's stops."""
     from transformers import AutoTokenizer
@@ -410,7 +410,7 @@ def _run_system_prompt(run: RunDir) -> str | None:
         return None
 
 
-# -- LoRA adapter as GGUF ----------------------------------------------------------------------
+# -- LoRA adapter as GGUF -------------------------------------------------------------------------
 def _export_lora(run: RunDir, base: BaseSource, export_dir: Path, say: Progress, verify: bool) -> LoraResult:
     """convert_lora_to_gguf.py on the adapter; checked by loading base f16 GGUF + LoRA in llama.cpp."""
     stem = _slug(run.path.name)
@@ -478,7 +478,7 @@ def _verify_lora(lora: Path, base_dir: Path, info: dict[str, Any], export_dir: P
         temp_base.unlink(missing_ok=True)
 
 
-# -- small helpers -----------------------------------------------------------------------------
+# -- small helpers --------------------------------------------------------------------------------
 def _scaled(progress: Progress, lo: float, hi: float) -> Progress:
     return lambda msg, frac: progress(msg, lo + (hi - lo) * max(0.0, min(1.0, frac)))
 

@@ -96,7 +96,7 @@ class ConversionError(UserError, RuntimeError):
     """A converter or quantizer run failed; the message carries the tail of its log."""
 
 
-# -- where things are --------------------------------------------------------------------------
+# -- where things are -----------------------------------------------------------------------------
 def llama_cpp_version() -> str:
     try:
         return importlib.metadata.version(PACKAGE)
@@ -175,7 +175,7 @@ def _pip_cache_dir() -> Path | None:
     return Path(text) if out.returncode == 0 and text else None
 
 
-# -- install time ------------------------------------------------------------------------------
+# -- install time ---------------------------------------------------------------------------------
 def download_sdist(dest: Path, version: str | None = None) -> Path:
     """`pip download` the sdist (install time only: this is the one step that uses the network)."""
     version = version or llama_cpp_version()
@@ -262,7 +262,7 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-# -- gguf-py and supported architectures -------------------------------------------------------
+# -- gguf-py and supported architectures ----------------------------------------------------------
 def vendored_gguf_version(tree: Path | None = None) -> str | None:
     tree = tree or ensure_converter().parent
     text = (tree / "gguf-py" / "pyproject.toml").read_text()
@@ -309,7 +309,7 @@ def converter_env() -> dict[str, str]:
     return env
 
 
-# -- running -----------------------------------------------------------------------------------
+# -- running --------------------------------------------------------------------------------------
 _PERCENT = re.compile(rb"(\d{1,3})%\|")
 
 
@@ -376,7 +376,7 @@ def quantize_gguf(src: Path, dst: Path, quant: str, nthread: int = 0) -> None:
         raise ConversionError(f"llama_model_quantize({src.name} -> {quant}) returned {code}")
 
 
-# -- CLI hook for install.sh -------------------------------------------------------------------
+# -- CLI hook for install.sh ----------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grpo_box.llama_tools", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)

@@ -86,7 +86,7 @@ class MergeReport:
         return {**asdict(self), "ok": self.ok}
 
 
-# -- public API --------------------------------------------------------------------------------
+# -- public API -----------------------------------------------------------------------------------
 def merge_run(run_dir: str | Path, out_dir: str | Path | None = None, progress: Progress | None = None, *,
               allow_4bit_merge: bool = False, download_base: bool = False) -> Path:
     """Merge the run's adapter into its base and save it (default `<run>/export/merged/`)."""
@@ -166,7 +166,7 @@ def adapter_fingerprint(adapter_dir: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-# -- the base model ----------------------------------------------------------------------------
+# -- the base model -------------------------------------------------------------------------------
 def locate_run_base(run: RunDir, *, allow_4bit_merge: bool = False, download_base: bool = False) -> BaseSource:
     """The 16-bit base of the run's model (`models.locate_base`), the adapter's own base as a 4-bit fallback."""
     adapter_base = read_adapter_config(run.adapter_dir).get("base_model_name_or_path") if run.has_adapter() else None
@@ -286,7 +286,7 @@ def _apply_adapter(model: Any, adapter_dir: Path) -> Any:
     return peft_model
 
 
-# -- greedy parity -----------------------------------------------------------------------------
+# -- greedy parity --------------------------------------------------------------------------------
 def _system_prompt(config: Any) -> str | None:
     from .prompts import system_prompt
 
@@ -359,7 +359,7 @@ def _report(out: Path, base: BaseSource, dtype: str, run: RunDir, cases: list[di
                        warnings=notes)
 
 
-# -- saving ------------------------------------------------------------------------------------
+# -- saving ---------------------------------------------------------------------------------------
 def _save_atomic(model: Any, tokenizer: Any, base: BaseSource, report: MergeReport, out: Path) -> None:
     """Write into a temp dir beside `out`, then swap it in: a failed save leaves the old merge."""
     out.parent.mkdir(parents=True, exist_ok=True)

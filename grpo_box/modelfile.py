@@ -139,7 +139,7 @@ def parse_stops(modelfile: str) -> list[str]:
     return [json.loads(m) for m in re.findall(r'^PARAMETER stop (".*")$', modelfile, re.M)]
 
 
-# -- a renderer for the Go-template subset we emit ---------------------------------------------
+# -- a renderer for the Go-template subset we emit ------------------------------------------------
 _ACTION = re.compile(r"\{\{(-\s)?\s*(.*?)\s*(\s-)?\}\}", re.S)
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\(|\)|\$?\.?[A-Za-z_][\w.]*|\$|\.|-?\d+')
 _FUNCS = {"not", "eq", "ne", "and", "or", "len", "index"}

@@ -77,11 +77,11 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    # -- config -------------------------------------------------------------------------------
+    # -- config -----------------------------------------------------------------------------------
     def config(self) -> RunConfig:
         return RunConfig.load(self.file(CONFIG))
 
-    # -- status -------------------------------------------------------------------------------
+    # -- status -----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         path = self.file(STATUS)
         if not path.is_file():
@@ -99,7 +99,7 @@ class RunDir:
         data.update(fields, state=state, updated=time.time())
         write_text_atomic(self.file(STATUS), json.dumps(data, indent=2), fallback_in_place=True)
 
-    # -- metrics / samples --------------------------------------------------------------------
+    # -- metrics / samples ------------------------------------------------------------------------
     def append(self, name: str, record: dict[str, Any]) -> None:
         with self.file(name).open("a") as fh:
             fh.write(json.dumps(record, default=_jsonable) + "\n")
@@ -134,7 +134,7 @@ class RunDir:
     def samples(self) -> list[dict[str, Any]]:
         return self.read_jsonl(SAMPLES)
 
-    # -- stop / checkpoints / adapter ---------------------------------------------------------
+    # -- stop / checkpoints / adapter -------------------------------------------------------------
     def request_stop(self) -> None:
         """Ask the worker to save a checkpoint and stop (a STOP file it checks after every step)."""
         try:

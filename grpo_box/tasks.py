@@ -70,8 +70,7 @@ def _distinct_rows(n: int, draw: Callable[[], Row]) -> list[Row]:
     return rows
 
 
-# ---------------------------------------------------------------- arithmetic
-
+# -- arithmetic -----------------------------------------------------------------------------------
 # (operand range, operators) per difficulty; level 5 chains three operands with precedence.
 _ARITH_LEVELS: dict[int, tuple[tuple[int, int], str]] = {
     1: ((0, 9), "+"),
@@ -105,8 +104,7 @@ def _interleave(items: list[str], ops: list[str]) -> list[str]:
     return out
 
 
-# ---------------------------------------------------------------- countdown
-
+# -- countdown ------------------------------------------------------------------------------------
 # (how many numbers, their range, allowed operators, largest target) per difficulty
 _COUNTDOWN_LEVELS: dict[int, tuple[int, tuple[int, int], str, int]] = {
     1: (3, (1, 10), "+-*", 100),
@@ -189,8 +187,7 @@ def _check_countdown(predicted: str, row: Mapping[str, Any]) -> bool:
     return verify_countdown(predicted, list(row["numbers"]), row["answer"])
 
 
-# ---------------------------------------------------------------- letter_count
-
+# -- letter_count ---------------------------------------------------------------------------------
 _SHORT_WORDS = (
     "apple banana cherry lemon melon grape berry paper pepper letter bottle kitten puppy "
     "mirror rabbit coffee butter cookie summer yellow hello balloon carrot tomato"
@@ -219,8 +216,7 @@ def _letter_count(rng: random.Random, difficulty: int) -> Row:
     return {"question": question, "answer": str(text.count(letter))}
 
 
-# ---------------------------------------------------------------- sort
-
+# -- sort -----------------------------------------------------------------------------------------
 # (how many numbers, their range) per difficulty
 _SORT_LEVELS: dict[int, tuple[int, tuple[int, int]]] = {1: (4, (0, 9)), 2: (6, (0, 99)), 3: (8, (-99, 99))}
 
@@ -252,8 +248,7 @@ def _check_sort(predicted: str, row: Mapping[str, Any]) -> bool:
     return got is not None and got == _parse_int_list(row["answer"])
 
 
-# ---------------------------------------------------------------- registry
-
+# -- registry -------------------------------------------------------------------------------------
 TASKS: dict[str, Task] = {
     "arithmetic": Task(
         "arithmetic", "small +, -, × problems; difficulty 1 is single-digit addition (1–5)",

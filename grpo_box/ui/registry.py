@@ -27,7 +27,7 @@ class Registry:
         self._syncers: list[tuple[tuple[str, ...], Syncer]] = []
         self.ctx: Any = None  # the app's AppContext (hardware, folders), set before the tabs are built
 
-    # -- components -----------------------------------------------------------------------------
+    # -- components -------------------------------------------------------------------------------
     def add(self, key: str, component: Any) -> Any:
         """Register `component` under `key` ("tab.name"); returns the component for inline use."""
         if "." not in key:
@@ -81,7 +81,7 @@ class Registry:
                 found.add(self.get(item))
         return found
 
-    # -- handler values -------------------------------------------------------------------------
+    # -- handler values ---------------------------------------------------------------------------
     def values(self, data: dict[Any, Any]) -> dict[str, Any]:
         """Gradio's {component: value} dict as {"tab.name": value} (unregistered components dropped)."""
         return {self._key_of[id(c)]: v for c, v in data.items() if id(c) in self._key_of}
@@ -100,7 +100,7 @@ class Registry:
         handler.__doc__ = fn.__doc__
         return handler
 
-    # -- state sync -----------------------------------------------------------------------------
+    # -- state sync -------------------------------------------------------------------------------
     def add_syncer(self, keys: Iterable[str], fn: Syncer) -> None:
         """Register `fn(state) -> {key: update}` to re-render `keys` after the whole state changed."""
         self._syncers.append((tuple(keys), fn))

@@ -92,7 +92,7 @@ def model_note(name: str) -> str:
             if "/" in name else "Type a Hub id (owner/name) or the path of a local model folder.")
 
 
-# -- state -> page ----------------------------------------------------------------------------------
+# -- state -> page --------------------------------------------------------------------------------
 def panel(state: UIState, hw: Hardware) -> dict[str, Any]:
     """Error box, gauge, verdict and command for a state."""
     out: dict[str, Any] = {"setup.command": state.command()}

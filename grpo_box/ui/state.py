@@ -124,7 +124,7 @@ class UIState:
     preset: str = DEFAULT_PRESET
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    # -- reading --------------------------------------------------------------------------------
+    # -- reading ----------------------------------------------------------------------------------
     def raw(self) -> dict[str, Any]:
         """The preset's config dict with the overrides merged in (not validated)."""
         raw = preset_dict(self.preset)
@@ -155,7 +155,7 @@ class UIState:
     def reward_file(self) -> str | None:
         return self.value("reward_file")
 
-    # -- changing -------------------------------------------------------------------------------
+    # -- changing ---------------------------------------------------------------------------------
     def set(self, key: str, value: Any) -> "UIState":
         """Set one setting (typed; widget values are coerced); equal to the preset's = no override."""
         value = coerce(key, value)
@@ -189,7 +189,7 @@ class UIState:
     def copy(self) -> "UIState":
         return UIState(self.preset, copy.deepcopy(self.overrides))
 
-    # -- the CLI line ---------------------------------------------------------------------------
+    # -- the CLI line -----------------------------------------------------------------------------
     def set_args(self) -> list[str]:
         """["--set", "grpo.max_steps=3", …] for the overrides, in a stable order."""
         args: list[str] = []
@@ -205,7 +205,7 @@ class UIState:
             line += f"  # {', '.join(sorted(lost))} cannot be given with --set: save the config and pass --config FILE"
         return line
 
-    # -- save and load --------------------------------------------------------------------------
+    # -- save and load ----------------------------------------------------------------------------
     def to_yaml(self) -> str:
         """The whole config as YAML (usable with `--config`); Load turns it back into this state."""
         return yaml.safe_dump(self.raw(), sort_keys=False, allow_unicode=True)
