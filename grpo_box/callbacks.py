@@ -36,8 +36,9 @@ def ram_peak_gb() -> float:
 
 
 class RunFilesCallback(TrainerCallback):
-    def __init__(self, run: RunDir, sample_every: int, max_steps: int):
+    def __init__(self, run: RunDir, sample_every: int, max_steps: int, reply_prefill: str = ""):
         self.run = run
+        self.reply_prefill = reply_prefill  # the prompt's end, which TRL's logged completions leave out
         self.sample_every = sample_every
         self.max_steps = max_steps
         self.trainer: Any = None  # set after the trainer exists: samples come from trainer._logs
@@ -97,11 +98,11 @@ class RunFilesCallback(TrainerCallback):
         groups: dict[str, dict[str, Any]] = defaultdict(lambda: {"completions": [], "rewards": defaultdict(list)})
         order: list[str] = []
         for i, (prompt, completion) in enumerate(zip(logs["prompt"], logs["completion"])):
-            key = _text(prompt)
+            key = _text(prompt, roles=True)
             if key not in groups:
                 order.append(key)
             group = groups[key]
-            group["completions"].append(_text(completion))
+            group["completions"].append(self.reply_prefill + _text(completion))
             for name, values in logs["rewards"].items():
                 group["rewards"][name].append(_num(list(values)[i]))
             group.setdefault("advantages", []).append(_num(list(logs["advantages"])[i]))
@@ -158,10 +159,11 @@ def step_summary(step: int, max_steps: int, logs: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def _text(value: Any) -> str:
+def _text(value: Any, roles: bool = False) -> str:
+    """A prompt or completion as text; `roles` names every message's role (a prompt's one-shot reply too)."""
     if isinstance(value, list):
-        return "\n".join(f"{m.get('role')}: {m.get('content')}" if m.get("role") != "assistant" else str(m.get("content"))
-                         for m in value if isinstance(m, dict))
+        return "\n".join(f"{m.get('role')}: {m.get('content')}" if roles or m.get("role") != "assistant"
+                         else str(m.get("content")) for m in value if isinstance(m, dict))
     return str(value)
 
 

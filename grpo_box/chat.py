@@ -147,6 +147,8 @@ def get_generator(src: ChatSource, whole_replies: bool = False) -> BaseGenerator
             if Path(src.model).exists() or is_bundled(src.model):
                 raise
             raise load_error(src.model, exc) from exc
+        if src.config is not None:
+            _cache[key].use_run_format(src.config.data)
     return _cache[key]
 
 
@@ -167,7 +169,9 @@ def clear_cache() -> None:
 
 
 def with_system(messages: Messages, system: str | None) -> Messages:
-    """`messages` with `system` first, unless they already start with a system message or it is empty."""
+    """`messages` with `system` first, unless they already start with a system message or it is empty.
+
+    A run's one-shot turn and reply prefill come from the model's chat template (`chat_format`)."""
     if not system or (messages and messages[0].get("role") == "system"):
         return list(messages)
     return [{"role": "system", "content": system}, *messages]
@@ -196,6 +200,8 @@ def stream_with(generator: BaseGenerator, src: ChatSource, messages: Messages, s
                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Iterator[ChatChunk]:
     """`chat_stream` on a generator the caller holds (the app keeps its own, behind a lock)."""
     system = src.system_prompt if system_prompt is None else system_prompt
+    if src.config is not None:  # the app loads its own generators: prompt as the run trained, here too
+        generator.use_run_format(src.config.data)
     text = ""
     for piece in generator.stream(with_system(messages, system), max_new_tokens, temperature, top_p):
         text += piece
@@ -266,9 +272,10 @@ class SectionStream:
 
 
 def format_sections(think: str, answer: str) -> str:
-    """A whole reply with its sections labelled (the reasoning only when there is some)."""
+    """A whole reply with its sections labelled: the reasoning only when there is some, the answer
+    unless the reply is all reasoning (as the streamed sections show it)."""
     parts = [f"{THINK_LABEL}\n{think}"] if think else []
-    return "\n".join([*parts, f"{ANSWER_LABEL}\n{answer}"])
+    return "\n".join([*parts, *([f"{ANSWER_LABEL}\n{answer}"] if answer or not think else [])])
 
 
 def split_think_answer(text: str, template: str | None = None) -> tuple[str, str]:

@@ -43,10 +43,11 @@ from .cluster_plan import (BACKENDS, DEEPSPEED, REQUIREMENTS, SERVER_MEMORY_SHAR
                            GpuSplit, plan_batch, plan_split)
 from .cluster_readme import readme_text, translations, warnings_for
 from .config import RunConfig
+from .prompts import reply_prefill
 
 FILES = Path(__file__).resolve().parent / "cluster_files"
 PACKAGE = Path(__file__).resolve().parent
-VENDOR_ROOTS = ("rewards/rubric.py", "rewards/builtin.py", "cpu_backend.py")
+VENDOR_ROOTS = ("rewards/rubric.py", "rewards/builtin.py", "cpu_backend.py", "chat_format.py")
 BUNDLE_MARKER = "bundle.json"
 
 
@@ -162,6 +163,7 @@ def job_settings(config: RunConfig, name: str, model: str, split: GpuSplit, batc
     lora = config.lora
     return {
         "run_name": name, "model": model, "template": config.data.template,
+        "reply_prefill": reply_prefill(config.data),  # train.py writes it into the chat template, as the app does
         "lora": {"r": lora.r, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
                  "target_modules": list(lora.target_modules), "task_type": "CAUSAL_LM"},
         "rubric": [{"name": r.name, "weight": float(r.weight), "params": dict(r.params)} for r in config.rewards],

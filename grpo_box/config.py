@@ -130,6 +130,10 @@ class DataConfig:
     template: str = setting("think", help="Output format asked for in the system prompt (and checked by the "
                             "format rewards)", choices_from="templates")
     system_prompt: str | None = setting(None, help="Replaces the template's system prompt (the tags stay)")
+    one_shot: bool = setting(False, help="Show one worked example of the format as an earlier chat turn before "
+                             "every question (small models copy a shown turn more readily than a described format)")
+    prefill: bool = setting(False, help="Start every reply with the template's opening reasoning tag (e.g. <think>), "
+                            "as DeepSeek-R1's chat template does; kept in the exported chat template and Modelfile")
     size: int = setting(256, help="Rows generated for a task; most rows used from other sources", minimum=1,
                         maximum=10_000_000, step=1)
     eval_size: int = setting(32, help="Rows held out for evaluation", minimum=0, maximum=1_000_000, step=1)

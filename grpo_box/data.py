@@ -38,7 +38,8 @@ import datasets
 from . import tasks
 from .config import DataConfig, RunConfig
 from .errors import UserError
-from .prompts import build_messages, system_prompt
+from .chat_format import apply_run_format, prompt_text
+from .prompts import build_messages, preamble
 from .rewards.answers import reference_answer
 from .rewards.registry import RESERVED_COLUMNS
 
@@ -65,8 +66,7 @@ def load_rows(cfg: DataConfig | RunConfig) -> tuple[datasets.Dataset, datasets.D
     cfg = _data_cfg(cfg)
     if cfg.size < 1:
         raise DataError(f"data.size={cfg.size}: use at least 1 row")
-    system = system_prompt(cfg)
-    records = [_record(row, system) for row in read_source(cfg)]
+    records = [_record(row, preamble(cfg)) for row in read_source(cfg)]
     try:
         dataset = datasets.Dataset.from_list(records)
     except Exception as exc:  # pyarrow raises several types for mixed column types
@@ -143,19 +143,19 @@ def check_prompt_lengths(dataset: datasets.Dataset, tokenizer: Any, max_prompt_l
 
 def count_prompt_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> int:
     """Tokens of a prompt as the trainer builds it: chat template plus the assistant header."""
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    ids = out["input_ids"] if isinstance(out, Mapping) else out  # transformers 5 returns a BatchEncoding
-    if len(ids) and isinstance(ids[0], list):
-        ids = ids[0]
-    return len(ids)
+    return len(tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
 def preview(cfg: DataConfig | RunConfig, tokenizer: Any, n: int = 3) -> list[dict[str, Any]]:
-    """The first `n` training prompts exactly as the model sees them, with token counts and answers."""
+    """The first `n` training prompts exactly as the model sees them, with token counts and answers.
+
+    The tokenizer's chat template gets the run's one-shot turn and prefill, as training's does.
+    """
     train, _ = load_rows(cfg)
+    apply_run_format(tokenizer, _data_cfg(cfg))
     shown = []
     for row in train.select(range(min(n, len(train)))):
-        text = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        text = prompt_text(tokenizer, row["prompt"])
         shown.append({
             "question": row["question"],
             "text": text,
@@ -385,16 +385,22 @@ def _text_messages(where: str, column: str, messages: list[Mapping[str, Any]]) -
     return out
 
 
-def _record(row: Row, system: str) -> Row:
-    """A dataset row: chat `prompt`, raw `question`, reference `answer`, then origin and extras."""
+def _record(row: Row, before: list[dict[str, str]]) -> Row:
+    """A dataset row: chat `prompt`, raw `question`, reference `answer`, then origin and extras.
+
+    `before` is the run's preamble (system prompt, one-shot turn). A source row that holds a whole
+    conversation keeps its own system message, and the one-shot turn goes after it.
+    """
     question = row["question"]
     if _is_messages(question):  # the source already holds a conversation
         messages = [dict(m) for m in question]
-        if system and messages[0].get("role") != "system":
-            messages.insert(0, {"role": "system", "content": system})
+        own_system = messages[:1] if messages[0].get("role") == "system" else []
+        system = own_system or [m for m in before if m["role"] == "system"]
+        shots = [m for m in before if m["role"] != "system"]
+        messages = system + shots + messages[len(own_system):]
         question = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
     else:
-        messages = build_messages(question, system)
+        messages = build_messages(question, before)
     return {"prompt": messages, "answer": row["answer"], "question": question,
             **{k: v for k, v in row.items() if k not in ("question", "answer")}}
 

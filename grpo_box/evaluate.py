@@ -170,6 +170,7 @@ def _generator(config: RunConfig, adapter_dir: str | Path | None,
         if Path(resolve_model(config.model.name)).exists():
             raise
         raise load_error(config.model.name, exc) from exc
+    gen.use_run_format(config.data)
     try:
         yield gen
     finally:

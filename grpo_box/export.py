@@ -48,6 +48,7 @@ from .merge import (
     merged_is_current,
     read_merge_info,
     require_adapter,
+    run_preamble,
 )
 from .modelfile import (
     modelfile_text,
@@ -375,7 +376,7 @@ def _attach_modelfile(run: RunDir, merged: Path, gguf: Path, merge_info: dict[st
     eos_ids = merge_info.get("eos_ids", [])
     path = gguf.with_suffix(".Modelfile")
     text = modelfile_text(gguf.name, translation.template, stop_tokens(tokenizer, translation.chat_format, eos_ids),
-                          _run_system_prompt(run))
+                          run_preamble(run))
     write_text_atomic(path, text)
     result.modelfile = str(path)
     result.ollama_command = f"ollama create {_slug(run.path.name)}:{result.quant} -f {path}"
@@ -399,15 +400,6 @@ def _default_modelfile(export_dir: Path, best: GGUFResult) -> tuple[str, str]:
     path = export_dir / "Modelfile"
     write_text_atomic(path, Path(best.modelfile).read_text())
     return str(path), best.ollama_command.replace(best.modelfile, str(path))
-
-
-def _run_system_prompt(run: RunDir) -> str | None:
-    from .prompts import system_prompt
-
-    try:
-        return system_prompt(run.config().data) or None
-    except Exception:
-        return None
 
 
 # -- LoRA adapter as GGUF -------------------------------------------------------------------------

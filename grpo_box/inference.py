@@ -42,6 +42,7 @@ from .config import ModelConfig
 from .modeling import has_cuda, tolerate_inductor_pool_aliasing, unsloth_load_kwargs
 from .models import ModelError, resolve_model
 from .runs import ADAPTER_CONFIG, RunDir, is_adapter_dir, read_adapter_config
+from .chat_format import apply_run_format, prefill_of, prompt_text
 
 Messages = list[dict[str, str]]
 
@@ -71,11 +72,6 @@ class Completion:
     num_tokens: int
     truncated: bool
     token_ids: list[int] | None = None
-
-
-def prompt_text(tokenizer: Any, messages: Messages) -> str:
-    """The prompt exactly as the model sees it: chat template plus the assistant header."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 def is_gguf(path: str | Path) -> bool:
@@ -135,7 +131,13 @@ def from_gguf(path: str | Path, n_ctx: int = 4096, seed: int = 0) -> "GGUFGenera
 
 
 class BaseGenerator:
-    """What chat and evaluation use; subclasses implement `complete` and `stream`."""
+    """What chat and evaluation use; subclasses implement `complete` and `stream`.
+
+    `prefill` is the reply prefill the model's chat template carries (`prompts.with_prefill`):
+    the model never generates it, so every reply text, streamed or whole, starts with it.
+    """
+
+    prefill: str = ""
 
     def generate(
         self,
@@ -172,6 +174,15 @@ class BaseGenerator:
         """Generate with the base model inside this block (no-op when there is no adapter)."""
         yield
 
+    def use_run_format(self, data_cfg: Any) -> None:
+        """Prompt as a run does: its one-shot turn and reply prefill (`chat_format`); a base model's
+        tokenizer does not carry them. A GGUF's chat template is fixed in the file: it keeps what
+        it was exported with."""
+        tokenizer = getattr(self, "tokenizer", None)
+        if tokenizer is not None and tokenizer.chat_template:
+            apply_run_format(tokenizer, data_cfg)
+            self.prefill = prefill_of(tokenizer.chat_template)
+
     @property
     def has_adapter(self) -> bool:
         return False
@@ -192,6 +203,7 @@ class Generator(BaseGenerator):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.eos_ids = eos_token_ids(model, tokenizer)
+        self.prefill = prefill_of(tokenizer.chat_template)
 
     @property
     def has_adapter(self) -> bool:
@@ -268,7 +280,7 @@ class Generator(BaseGenerator):
     def _completion(self, ids: list[int], max_new_tokens: int) -> Completion:
         end = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
         kept = ids if end is None else ids[:end]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        text = self.prefill + self.tokenizer.decode(kept, skip_special_tokens=True)
         ids = ids if end is None else ids[: end + 1]
         return Completion(text, len(ids), end is None and len(ids) >= max_new_tokens, ids)
 
@@ -289,6 +301,8 @@ class Generator(BaseGenerator):
         worker = threading.Thread(target=self._generate_into, args=(kwargs, streamer, errors), daemon=True)
         worker.start()
         try:
+            if self.prefill:
+                yield self.prefill
             for piece in streamer:
                 if piece:
                     yield piece
@@ -320,6 +334,7 @@ class GGUFGenerator(BaseGenerator):
     def __init__(self, llm: Any, path: Path):
         self.llm = llm
         self.path = path
+        self.prefill = prefill_of((getattr(llm, "metadata", None) or {}).get("tokenizer.chat_template"))
 
     def _request(self, messages: Messages, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
         greedy = temperature <= 0
@@ -354,13 +369,16 @@ class GGUFGenerator(BaseGenerator):
         out = self.llm.create_chat_completion(**self._request(messages, max_new_tokens, temperature, top_p))
         choice = out["choices"][0]
         tokens = out.get("usage", {}).get("completion_tokens", 0)
-        return Completion(choice["message"].get("content") or "", tokens, choice.get("finish_reason") == "length")
+        text = self.prefill + (choice["message"].get("content") or "")
+        return Completion(text, tokens, choice.get("finish_reason") == "length")
 
     def stream(
         self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
     ) -> Iterator[str]:
         request = self._request(messages, max_new_tokens, temperature, top_p)
         self.llm.reset()
+        if self.prefill:
+            yield self.prefill
         for chunk in self.llm.create_chat_completion(**request, stream=True):
             piece = chunk["choices"][0]["delta"].get("content")
             if piece:
@@ -381,6 +399,7 @@ class VLLMGenerator(BaseGenerator):
         self.owns_engine = owns_engine  # loaded for this generator (not the trainer's): close() tears it down
         self._lora = _lora_request(model, adapter_dir) if adapter_dir else None
         self._use_lora = True
+        self.prefill = prefill_of(tokenizer.chat_template)
 
     @property
     def has_adapter(self) -> bool:
@@ -411,7 +430,7 @@ class VLLMGenerator(BaseGenerator):
         prompts = [{"prompt_token_ids": self._prompt_ids(m)} for m in messages_batch]
         lora = self._lora if self._use_lora else None
         outputs = self.model.fast_generate(prompts, sampling_params=params, lora_request=lora, use_tqdm=False)
-        done = [[_vllm_completion(o) for o in request.outputs] for request in outputs]
+        done = [[_vllm_completion(o, self.prefill) for o in request.outputs] for request in outputs]
         return [replies * num_return_sequences if greedy else replies for replies in done]
 
     def _prompt_ids(self, messages: Messages) -> list[int]:
@@ -561,6 +580,6 @@ def _lora_request(model: Any, adapter_dir: str) -> Any:
     return load_lora(model, adapter_dir)
 
 
-def _vllm_completion(output: Any) -> Completion:
+def _vllm_completion(output: Any, prefill: str = "") -> Completion:
     ids = list(output.token_ids)
-    return Completion(output.text, len(ids), output.finish_reason == "length", ids)
+    return Completion(prefill + output.text, len(ids), output.finish_reason == "length", ids)

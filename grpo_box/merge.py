@@ -36,6 +36,8 @@ from .errors import UserError
 from .inference import eos_token_ids
 from .models import BaseSource, locate_base
 from .progress import Progress
+from .chat_format import apply_run_format, prompt_text
+from .prompts import Messages, build_messages, preamble
 from .runs import ADAPTER_CONFIG, EXPORT, RunDir, open_run, read_adapter_config
 
 MERGED = "merged"
@@ -114,7 +116,8 @@ def merge_with_report(run_dir: str | Path, out_dir: str | Path | None = None, pr
     say("applying the LoRA adapter", 0.25)
     peft_model = _apply_adapter(model, run.adapter_dir)
     say("greedy reference with base + adapter", 0.3)
-    cases = build_cases(tokenizer, _system_prompt(config), prompts)
+    apply_run_format(tokenizer, config.data)  # as the run trained; the merged tokenizer (and GGUF) keep it
+    cases = build_cases(tokenizer, run_preamble(run), prompts)
     _generate_all(peft_model, tokenizer, cases, "adapter_ids", max_new_tokens)
     with peft_model.disable_adapter():
         _generate_all(peft_model, tokenizer, cases, "base_ids", max_new_tokens)
@@ -287,23 +290,21 @@ def _apply_adapter(model: Any, adapter_dir: Path) -> Any:
 
 
 # -- greedy parity --------------------------------------------------------------------------------
-def _system_prompt(config: Any) -> str | None:
-    from .prompts import system_prompt
-
+def run_preamble(run: RunDir) -> Messages:
+    """What the run put before every question (system prompt, one-shot turn); [] when its config
+    cannot be read, so a merge or export of a run with a damaged config still checks its model."""
     try:
-        return system_prompt(config.data) or None
+        return preamble(run.config().data)
     except Exception:
-        return None
+        return []
 
 
-def build_cases(tokenizer: Any, system: str | None, prompts: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Chat prompts as the trained model sees them: [system?, user] with the generation prompt."""
-    from .prompts import build_messages
-
+def build_cases(tokenizer: Any, system: str | Messages | None, prompts: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Chat prompts as the trained model sees them: [preamble, user] with the generation prompt."""
     cases = []
     for question in prompts:
         messages = build_messages(question, system)
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = prompt_text(tokenizer, messages)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         cases.append({"messages": messages, "prompt_text": text, "prompt_ids": list(ids)})
     return cases

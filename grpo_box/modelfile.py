@@ -15,11 +15,14 @@ PARAMETER stop lines back, so export can check them against the model's stop str
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from .chat_format import prefill_of, without_one_shot
 
 _CONTENT = "GRPOBOXCONTENT"  # stands for a message's text while a turn becomes a regex
 _PROBES: tuple[list[dict[str, str]], ...] = (
@@ -62,16 +65,23 @@ class Translation:
 
 
 def translate_template(tokenizer: Any) -> Translation:
-    """The Go TEMPLATE equivalent to the tokenizer's chat template, checked on probe conversations."""
-    hf = tokenizer.chat_template or ""
+    """The Go TEMPLATE equivalent to the tokenizer's chat template, checked on probe conversations.
+
+    A reply prefill in the chat template (`chat_format`) ends the Go template's generation prompt
+    too. A one-shot block is left out of the translation: the Modelfile gives Ollama that turn as
+    MESSAGE lines (`modelfile_text`), so Ollama prompts the trained model exactly as training did.
+    """
+    hf = without_one_shot(tokenizer.chat_template or "")
     fmt = next((f for f in FORMATS if all(m in hf for m in f.stops)), None)
+    if fmt is not None and prefill_of(hf):
+        fmt = dataclasses.replace(fmt, generation_prompt=fmt.generation_prompt + prefill_of(hf))
     if fmt is None:
         return Translation(None, None, "the chat template is neither ChatML nor Llama-3, the formats GRPO Box can "
                                        "write as an Ollama TEMPLATE")
     try:
-        go = _go_template(fmt, _default_system(fmt, _render_hf(tokenizer, fmt, _PROBES[0])))
+        go = _go_template(fmt, _default_system(fmt, _render_hf(tokenizer, hf, fmt, _PROBES[0])))
         same = go is not None and all(
-            render_modelfile_template(go, probe) == _render_hf(tokenizer, fmt, probe) for probe in _PROBES)
+            render_modelfile_template(go, probe) == _render_hf(tokenizer, hf, fmt, probe) for probe in _PROBES)
     except Exception:  # a template that refuses a probe (e.g. a system message) is not the plain format
         same = False
     if not same:
@@ -81,10 +91,10 @@ def translate_template(tokenizer: Any) -> Translation:
     return Translation(fmt, go)
 
 
-def _render_hf(tokenizer: Any, fmt: ChatFormat, messages: list[dict[str, str]]) -> str:
+def _render_hf(tokenizer: Any, template: str, fmt: ChatFormat, messages: list[dict[str, str]]) -> str:
     """The HF prompt text without a leading BOS (llama.cpp's tokenizer adds that one in Ollama);
     a BOS that is also the format's turn opener (SmolLM's `<|im_start|>`) is part of the text."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token
     return text[len(bos):] if bos and text.startswith(bos) and not fmt.turn.startswith(bos) else text
 
@@ -116,14 +126,25 @@ def _go_text(text: str) -> str:
     return text.replace("{{", '{{ "{{" }}')
 
 
-def modelfile_text(gguf_name: str, template: str | None, stops: list[str], system: str | None) -> str:
+def modelfile_text(gguf_name: str, template: str | None, stops: list[str],
+                   preamble: list[dict[str, str]] | str | None) -> str:
+    """The Modelfile: the GGUF, its TEMPLATE and stops, then the run's preamble as SYSTEM plus a
+    MESSAGE line for each turn of a one-shot example (Ollama puts those before every chat)."""
     lines = [f"FROM ./{gguf_name}"]
     if template is not None:
         lines.append(f'TEMPLATE """{template}"""')
     lines += [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in stops]
-    if system:
-        lines.append(f'SYSTEM """{system.replace(chr(34) * 3, chr(39) * 3)}"""')
+    turns = [{"role": "system", "content": preamble}] if isinstance(preamble, str) else list(preamble or [])
+    for turn in turns:
+        if turn["content"]:
+            keyword = "SYSTEM" if turn["role"] == "system" else f"MESSAGE {turn['role']}"
+            lines.append(f'{keyword} """{_quoted(turn["content"])}"""')
     return "\n".join(lines) + "\n"
+
+
+def _quoted(text: str) -> str:
+    """Text safe inside a Modelfile's triple quotes."""
+    return text.replace(chr(34) * 3, chr(39) * 3)
 
 
 def stop_tokens(tokenizer: Any, chat_format: ChatFormat | None, eos_ids: Iterable[int] = ()) -> list[str]:

@@ -355,6 +355,8 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
     from .callbacks import RunFilesCallback, StepSummaryProgress
     from .data import check_prompt_lengths, load_rows
     from .modeling import load_policy
+    from .chat_format import apply_run_format
+    from .prompts import reply_prefill
     from .rewards import build_rubric
 
     run.set_status("running", step=0, max_steps=config.grpo.max_steps, phase="loading", error=None)
@@ -364,11 +366,15 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
                                          timeout=config.reward_timeout)
     with _startup_oom(config, "loading model / vLLM cache"):
         model, tokenizer = load_policy(config)
+    apply_run_format(tokenizer, config.data)  # saved with every checkpoint and the adapter, so it travels on
+    prefill = reply_prefill(config.data)
+    for func in reward_funcs:
+        func.reply_prefill = prefill
     check_prompt_lengths(train_rows, tokenizer, config.grpo.max_prompt_length)
     if config.evaluate and not resume:
         with _startup_oom(config, "base-model evaluation"):
             _evaluate(run, config, model, tokenizer, base=True)
-    files = RunFilesCallback(run, config.output.sample_every, config.grpo.max_steps)
+    files = RunFilesCallback(run, config.output.sample_every, config.grpo.max_steps, prefill)
     trainer = GRPOTrainer(
         model=model,
         processing_class=tokenizer,

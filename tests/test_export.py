@@ -47,10 +47,12 @@ CHAT_CASES = [
 
 
 # -- fixtures ----------------------------------------------------------------------------------
-def make_run(root: Path, name: str, model: str | None = None) -> RunDir:
+def make_run(root: Path, name: str, model: str | None = None, shown_format: bool = False) -> RunDir:
+    """A run folder; `shown_format` turns on the one-shot turn and the <think> prefill (the cpu preset's)."""
     config = RunConfig()
     config.output.runs_dir = str(root)
     config.output.run_name = name
+    config.data.one_shot = config.data.prefill = shown_format
     if model:
         config.model.name = model
     return create_run(config)
@@ -82,8 +84,9 @@ def fake_base(tmp: Path, bundled: Path, **overrides: Any) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path) -> dict[str, Any]:
-    """One run merged and exported to f16 + q4_k_m; the tests below inspect the result."""
-    run = make_run(tmp_path_factory.mktemp("runs"), "demo")
+    """One run merged and exported to f16 + q4_k_m; the tests below inspect the result. The run
+    prompts like the cpu preset (one-shot turn, <think> prefill), so every check covers that too."""
+    run = make_run(tmp_path_factory.mktemp("runs"), "demo", shown_format=True)
     add_random_lora(run, bundled_model_dir)
     events: dict[str, list[tuple[str, float]]] = {"merge": [], "export": []}
     merge = merge_with_report(run.path, progress=lambda m, f: events["merge"].append((m, f)))
@@ -270,7 +273,8 @@ def _modelfile_parts(text: str) -> dict[str, Any]:
 def test_modelfile_template_renders_like_the_hf_chat_template(exported: dict[str, Any]) -> None:
     from transformers import AutoTokenizer
 
-    from grpo_box.prompts import system_prompt
+    from grpo_box.chat_format import without_one_shot
+    from grpo_box.prompts import get_template, system_prompt
 
     report, run = exported["report"], exported["run"]
     q4 = _file(report, "q4_k_m")
@@ -279,12 +283,51 @@ def test_modelfile_template_renders_like_the_hf_chat_template(exported: dict[str
     assert parts["from"] == "./demo-q4_k_m.gguf" and (path.parent / parts["from"]).is_file()
     assert {"<|im_end|>", "<|im_start|>"} <= set(parts["stops"])
     assert parts["system"] == system_prompt(run.config().data)
+    question, reply = get_template(run.config().data.template).example  # the one-shot turn, before every chat
+    assert f'MESSAGE user """{question}"""\nMESSAGE assistant """{reply}"""' in path.read_text()
+    assert parts["template"].endswith("<|im_start|>assistant\n<think>\n")  # the prefill, as in training
     assert q4.ollama_command == f"ollama create demo:q4_k_m -f {path}"
     assert Path(report.modelfile).read_text() == path.read_text()
     tokenizer = AutoTokenizer.from_pretrained(exported["merge"].merged_dir)
-    for messages in [*CHAT_CASES, [{"role": "system", "content": parts["system"]}, {"role": "user", "content": "7*6?"}]]:
-        expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        assert render_modelfile_template(parts["template"], messages) == expected, messages
+    shot = [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+    system = [{"role": "system", "content": parts["system"]}]
+    for chat in [c for c in CHAT_CASES if c[0]["role"] != "system"] + [[{"role": "user", "content": "7*6?"}]]:
+        # Ollama's conversation: the Modelfile's SYSTEM, its MESSAGE turn, then the chat; the merged
+        # model's own template adds that turn itself after the system prompt
+        expected = tokenizer.apply_chat_template(system + chat, tokenize=False, add_generation_prompt=True)
+        assert render_modelfile_template(parts["template"], system + shot + chat) == expected, chat
+    for chat in CHAT_CASES:  # without the one-shot block, the template is the plain ChatML one plus the prefill
+        expected = tokenizer.apply_chat_template(chat, chat_template=without_one_shot(tokenizer.chat_template),
+                                                 tokenize=False, add_generation_prompt=True)
+        assert render_modelfile_template(parts["template"], chat) == expected, chat
+
+
+@pytest.mark.slow
+def test_q4_k_m_gguf_answers_in_the_runs_format_in_llama_cpp(exported: dict[str, Any]) -> None:
+    """Held-out questions of the run to the q4_k_m GGUF in llama.cpp: its template carries the
+    run's one-shot turn and prefill, and its replies take the think/answer format as often as the
+    merged HF model's do (a random LoRA, not a trained one: bench/learning_demo.py measures that)."""
+    from grpo_box.data import load_rows
+    from grpo_box.inference import from_gguf, load_for_generation
+    from grpo_box.rewards.format import think_format
+
+    run = exported["run"]
+    _, held_out = load_rows(run.config())
+    # system prompt and question only, as a client such as Open WebUI sends them: the GGUF's own
+    # template adds the one-shot turn and the prefill
+    prompts = [[p[0], p[-1]] for p in list(held_out["prompt"])[:8]]
+    gguf = from_gguf(_file(exported["report"], "q4_k_m").path)
+    hf = load_for_generation(exported["merge"].merged_dir)
+    try:
+        assert gguf.prefill == hf.prefill == "<think>\n"
+        shapes = {name: think_format(None, [r[0] for r in gen.generate(prompts, max_new_tokens=48)])
+                  for name, gen in (("gguf", gguf), ("hf", hf))}
+    finally:
+        gguf.close()
+        hf.close()
+    full = {name: sum(s == 1.0 for s in scores) for name, scores in shapes.items()}
+    assert full["gguf"] >= 4, shapes  # at least half the held-out replies in the full format
+    assert abs(full["gguf"] - full["hf"]) <= 2, shapes  # 4-bit keeps the behaviour the merged model has
 
 
 # Llama-3's chat format, written like Meta's template (BOS first, contents trimmed); the optional
@@ -628,7 +671,9 @@ def test_cli_chat_labels_the_answer_and_base_keeps_the_run_system_prompt(exporte
     from grpo_box.__main__ import main
 
     merge, run = exported["merge"], exported["run"]
-    case = merge.prompts[0]
+    tokenizer = AutoTokenizer.from_pretrained(merge.merged_dir)
+    case = next(c for c in merge.prompts  # a question the random LoRA answers differently
+                if tokenizer.decode(c["base_ids"], skip_special_tokens=True).strip() != c["merged_text"].strip())
     args = ["chat", str(run.path), "--prompt", case["messages"][-1]["content"], "--temperature", "0",
             "--max-tokens", str(merge.max_new_tokens)]
     try:
@@ -638,13 +683,14 @@ def test_cli_chat_labels_the_answer_and_base_keeps_the_run_system_prompt(exporte
             outputs.append(capsys.readouterr().out)
     finally:
         chat.clear_cache()
-    tokenizer = AutoTokenizer.from_pretrained(merge.merged_dir)
-    base = tokenizer.decode(case["base_ids"], skip_special_tokens=True).strip()
-    trained = case["merged_text"].strip()
-    assert base != trained
-    assert outputs[0] == f"[answer]\n{base}\n"
-    assert outputs[1] == f"[answer]\n{trained}\n"
-    assert outputs[2] == f"=== base model ===\n[answer]\n{base}\n\n=== trained model ===\n[answer]\n{trained}\n\n"
+    prefill = "<think>\n"  # the run's: chat shows whole replies, the prompt's tag included
+    base = chat.format_sections(*chat.split_think_answer(
+        prefill + tokenizer.decode(case["base_ids"], skip_special_tokens=True), "think"))
+    trained = chat.format_sections(*chat.split_think_answer(prefill + case["merged_text"], "think"))
+    assert base != trained and base.startswith("[thinking]\n")
+    assert outputs[0] == f"{base}\n"
+    assert outputs[1] == f"{trained}\n"
+    assert outputs[2] == f"=== base model ===\n{base}\n\n=== trained model ===\n{trained}\n\n"
 
 
 @pytest.mark.slow

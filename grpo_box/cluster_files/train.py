@@ -91,7 +91,21 @@ def build_rewards(job: dict[str, Any], weights: list[float]) -> list[Callable]:
     if names != job["reward_names"] or built_weights != weights:
         raise SystemExit(f"the rubric built {names} {built_weights}, but job.yaml/grpo_config.yaml say "
                          f"{job['reward_names']} {weights}: the bundle was edited inconsistently")
+    for func in funcs:  # TRL's completions start after a prefilled tag; the rewards see the whole reply
+        func.reply_prefill = job.get("reply_prefill") or ""
     return [counted(f) for f in funcs]
+
+
+def load_tokenizer(job: dict[str, Any], model: str) -> Any:
+    """The model's tokenizer, its chat template ending with the run's reply prefill (if any)."""
+    from transformers import AutoTokenizer
+
+    from grpo_box.chat_format import with_prefill
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if job.get("reply_prefill") and tokenizer.chat_template:
+        tokenizer.chat_template = with_prefill(tokenizer.chat_template, job["reply_prefill"])
+    return tokenizer
 
 
 def grpo_settings(args: argparse.Namespace, out: Path, cuda: bool) -> dict[str, Any]:
@@ -174,8 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     train_rows = load_rows(HERE / job["data"]["train"])
     settings = grpo_settings(args, out, cuda)
     check_world(job, settings)
+    model = os.environ.get("MODEL") or job["model"]
     trainer = GRPOTrainer(
-        model=os.environ.get("MODEL") or job["model"],
+        model=model,
+        processing_class=load_tokenizer(job, model),
         reward_funcs=build_rewards(job, settings["reward_weights"]),
         args=GRPOConfig(**settings),
         train_dataset=train_rows,

@@ -28,6 +28,27 @@ from grpo_box.rewards.user import load_user_rewards
 USER_PREFIX = "user:"
 
 
+def with_reply_prefill(completions: list[Any], prefill: str) -> list[Any]:
+    """Completions with the prompt's reply prefill put back in front (text or chat form).
+
+    TRL's completions hold only what the model generated; a prefilled `<think>` is part of the
+    prompt, and the format rewards must see the whole reply.
+
+    >>> with_reply_prefill(["a", [{"role": "assistant", "content": "b"}]], "<think>\\n")
+    ['<think>\\na', [{'role': 'assistant', 'content': '<think>\\nb'}]]
+    """
+    if not prefill:
+        return completions
+    out: list[Any] = []
+    for c in completions:
+        if isinstance(c, str):
+            out.append(prefill + c)
+        else:
+            first, *rest = c
+            out.append([{**first, "content": prefill + str(first.get("content") or "")}, *rest])
+    return out
+
+
 class RewardFunction:
     """A reward with bound params whose output is validated; called exactly like a TRL reward.
 
@@ -44,12 +65,15 @@ class RewardFunction:
         self.params = dict(params)
         self.checks_answer = checks_answer  # correctness-like: pays only for right answers
         self.timeout = timeout  # seconds per call (RunConfig.reward_timeout); None: no limit
+        self.reply_prefill = ""  # training sets the run's prefill: TRL's completions start after it
         self.__doc__ = func.__doc__
 
     def __call__(
         self, prompts: list[Any], completions: list[Any], completion_ids: Any = None, **columns: Any
     ) -> list[float | None]:
         kwargs = {**columns, **self.params}  # the rubric's params win over a same-named dataset column
+        if self.reply_prefill:
+            completions = with_reply_prefill(completions, self.reply_prefill)
 
         def call() -> Any:
             return self.func(prompts=prompts, completions=completions, completion_ids=completion_ids, **kwargs)

@@ -32,7 +32,7 @@ from .state import UIState
 TAB = "data"
 KINDS = [("Built-in task (offline, no download)", "task"), ("File: JSONL, CSV or Parquet", "file"),
          ("Hugging Face Hub dataset", "hub")]
-FIELD_KEYS = ["data.subset", "data.split", "data.size", "data.eval_size", "data.seed"]
+FIELD_KEYS = ["data.subset", "data.split", "data.size", "data.eval_size", "data.seed", "data.one_shot", "data.prefill"]
 GROUPS = ["data.task_group", "data.file_group", "data.hub_group", "data.mapping_group"]
 FORM = ["data.kind", "data.task", "data.difficulty", "data.path", "data.hub_id", "data.prompt_column",
         "data.answer_column", "data.system_prompt", *(f"data.{k}" for k in FIELD_KEYS)]
@@ -180,6 +180,10 @@ def build(reg: Registry) -> None:
                                                 elem_id="data-template"))
     reg.add("data.system_prompt", gr.Textbox(v["system"], label="System prompt", lines=4, elem_id="data-system-prompt",
                                              info=fields.spec("data.system_prompt").help))
+    with gr.Row():  # the two ways to help a small model take up the format (prompts module docstring)
+        for key, label in (("data.one_shot", "One-shot example"), ("data.prefill", "Prefill the reasoning tag")):
+            reg.add(f"data.{key}", fields.widget(fields.spec(key), state.value(key), label=label,
+                                                 elem_id=f"data-{key.split('.')[1].replace('_', '-')}"))
     reg.add("data.error", gr.HTML(messages.error(v["problem"]) if v["problem"] else "", elem_id="data-error"))
     reg.add("data.preview_button", gr.Button("Preview the first prompts", elem_id="data-preview-button"))
     reg.add("data.preview", gr.HTML(elem_id="data-preview"))
