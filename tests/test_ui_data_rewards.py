@@ -28,6 +28,12 @@ def test_offline_task_preview_runs_the_engine_in_a_child_process(app):
     assert "Sort these numbers" in html and "prompt tokens" in html
     assert "&lt;|im_start|&gt;system" in html  # the chat template applied, as the model sees it
     assert "task:sort?difficulty=2, row " in html  # where each row came from
+    # the cpu preset's one-shot turn and <think> prefill are in every prompt, once; the checkboxes follow
+    assert value(chosen["data.data.one_shot"]) is True and value(chosen["data.data.prefill"]) is True
+    assert html.count("What is 3 + 5?") == 3 and html.count("assistant\n&lt;think&gt;\n</pre>") == 3
+    session.call("/set_options", json.dumps({"data.one_shot": False, "data.prefill": False}))
+    plain = session.call("/preview_data")["data.preview"]
+    assert "What is 3 + 5?" not in plain and "&lt;think&gt;\n</pre>" not in plain
 
 
 def test_uploaded_file_columns_and_bad_files_get_the_engines_message(app, tmp_path):
