@@ -72,6 +72,9 @@ def apply_run_format(tokenizer: Any, data_cfg: Any) -> None:
         tokenizer.chat_template = with_prefill(template, reply_prefill(data_cfg))
 
 
-def prompt_text(tokenizer: Any, messages: Messages) -> str:
-    """The prompt exactly as the model sees it: chat template plus the assistant header (and prefill)."""
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+def prompt_text(tokenizer: Any, messages: Messages, chat_template: str | None = None) -> str:
+    """The prompt exactly as the model sees it: chat template plus the assistant header (and prefill).
+
+    The one place a chat template is applied; `chat_template` replaces the tokenizer's own."""
+    return tokenizer.apply_chat_template(messages, chat_template=chat_template, add_generation_prompt=True,
+                                         tokenize=False)

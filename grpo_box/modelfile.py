@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .chat_format import prefill_of, without_one_shot
+from .chat_format import prefill_of, prompt_text, without_one_shot
 
 _CONTENT = "GRPOBOXCONTENT"  # stands for a message's text while a turn becomes a regex
 _PROBES: tuple[list[dict[str, str]], ...] = (
@@ -94,7 +94,7 @@ def translate_template(tokenizer: Any) -> Translation:
 def _render_hf(tokenizer: Any, template: str, fmt: ChatFormat, messages: list[dict[str, str]]) -> str:
     """The HF prompt text without a leading BOS (llama.cpp's tokenizer adds that one in Ollama);
     a BOS that is also the format's turn opener (SmolLM's `<|im_start|>`) is part of the text."""
-    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
+    text = prompt_text(tokenizer, messages, template)
     bos = tokenizer.bos_token
     return text[len(bos):] if bos and text.startswith(bos) and not fmt.turn.startswith(bos) else text
 
