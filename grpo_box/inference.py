@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig
-from .modeling import has_cuda, tolerate_inductor_pool_aliasing, unsloth_load_kwargs
+from .modeling import has_cuda, load_cpu_model, tolerate_inductor_pool_aliasing, unsloth_load_kwargs
 from .models import ModelError, resolve_model
 from .runs import ADAPTER_CONFIG, RunDir, is_adapter_dir, read_adapter_config
 from .chat_format import apply_run_format, prefill_of, prompt_text
@@ -110,8 +110,16 @@ def load_for_generation(
         raise ModelError(f"{adapter} is not a LoRA adapter folder (no {ADAPTER_CONFIG}): give a run's adapter/ "
                          "or checkpoint-N folder")
     if has_cuda():
-        return _load_unsloth(path, adapter, model_config or ModelConfig(), fast_inference)
+        return _load_unsloth(path, adapter, model_config or standalone_model_config(), fast_inference)
     return _load_cpu(path, adapter)
+
+
+def standalone_model_config() -> ModelConfig:
+    """Unsloth's load settings for a model that comes without a run config (a merged model, a Hub
+    id): 16-bit, a 512-token context (a prompt plus a 256-token chat reply) and 0.6 of the card for
+    vLLM. Not the dataclass defaults: those are the cpu run's, whose 256 tokens fit only its short
+    training replies."""
+    return ModelConfig(max_seq_length=512, gpu_memory_utilization=0.6)
 
 
 def from_gguf(path: str | Path, n_ctx: int = 4096, seed: int = 0) -> "GGUFGenerator":
@@ -498,11 +506,8 @@ def _free_cuda_cache() -> None:
 
 
 def _load_cpu(path: str, adapter: str | None) -> Generator:
-    """transformers + PEFT in float32 (bf16 matmuls are slow on most CPUs)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(adapter if _has_tokenizer(adapter) else path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    """transformers + PEFT on the CPU (`modeling.load_cpu_model`), the adapter's tokenizer if it saved one."""
+    model, tokenizer = load_cpu_model(path, adapter if _has_tokenizer(adapter) else None)
     if adapter is not None:
         from peft import PeftModel
 

@@ -209,12 +209,19 @@ def _load_unsloth(config: RunConfig, path: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _load_cpu(config: RunConfig, path: str) -> tuple[Any, Any]:
-    from peft import LoraConfig, get_peft_model
+def load_cpu_model(path: str, tokenizer_path: str | None = None) -> tuple[Any, Any]:
+    """transformers on the CPU: the model in float32 (bf16 matmuls are slow on most CPUs) and its
+    tokenizer (from `tokenizer_path` when given, e.g. an adapter folder that saved one)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype="float32"), tokenizer
+
+
+def _load_cpu(config: RunConfig, path: str) -> tuple[Any, Any]:
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = load_cpu_model(path)
     if config.lora.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
