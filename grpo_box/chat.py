@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ModelConfig, RunConfig
+from .config import RunConfig
 from .errors import UserError
 from .inference import BaseGenerator, Messages, is_gguf, load_for_generation, run_adapter_dir
 from .modeling import has_cuda
@@ -140,7 +140,7 @@ def get_generator(src: ChatSource, whole_replies: bool = False) -> BaseGenerator
     key = (src.model, src.adapter, fast)
     if key not in _cache:
         clear_cache()
-        model_config = src.config.model if src.config else ModelConfig()
+        model_config = src.config.model if src.config else None  # None: inference.standalone_model_config()
         try:
             _cache[key] = load_for_generation(src.model, src.adapter, model_config=model_config, fast_inference=fast)
         except OSError as exc:  # a Hub id that is not found, or no network

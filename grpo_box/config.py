@@ -8,6 +8,11 @@ choices generically from the same metadata, so no range is written twice. Checks
 registries (templates, tasks, rewards) or span several fields live in `validation.py`, the one
 `validate()`; this module imports nothing from the engine but `errors` and the bundled model's
 name from `models`, so it loads without torch or datasets.
+
+The defaults are the cpu preset: `RunConfig()` is the runnable offline run (the bundled 135M model
+on the built-in arithmetic task, on the CPU), and `presets/cpu.yaml` adds only its name and card.
+The comments beside the defaults say why each value suits that run. Every other preset states
+what differs from these defaults (the GPU presets through their shared base, `presets/_gpu.yaml`).
 """
 
 from __future__ import annotations
@@ -54,15 +59,17 @@ class ModelConfig:
     name: str = setting(BUNDLED_MODEL, help="The model to train: the bundled offline model, a Hugging Face Hub id "
                         "or a local folder with a Hugging Face model", choices_from="models")
     load_in_4bit: bool = setting(False, help="Load the base weights in 4-bit (QLoRA, bitsandbytes; GPU only): "
-                                 "about a quarter of the memory")
-    fast_inference: bool = setting(False, help="Generate rollouts with vLLM (GPU only): several times faster sampling")
+                                 "about a quarter of the memory")  # bitsandbytes 4-bit needs CUDA
+    fast_inference: bool = setting(False, help="Generate rollouts with vLLM (GPU only): several times faster "
+                                   "sampling")  # vLLM needs CUDA; on the CPU rollouts use model.generate
     vllm_standby: bool = setting(False, help="Unsloth's standby: vLLM's KV cache sleeps while the trainer steps, "
                                  "so both fit on one card (needs fast_inference)")
     vllm_standby_util_override: bool = setting(False, help="Under standby, keep gpu_memory_utilization instead of "
                                                "Unsloth's own target share")
-    gpu_memory_utilization: float = setting(0.6, help="vLLM's share of the free GPU memory", minimum=0.05,
-                                            maximum=0.95, step=0.05)
-    max_seq_length: int = setting(512, help="Longest prompt + completion in tokens", minimum=64, maximum=131072,
+    gpu_memory_utilization: float = setting(0.5, help="vLLM's share of the free GPU memory", minimum=0.05,
+                                            maximum=0.95, step=0.05)  # unused on the CPU (no vLLM)
+    # Short prompts and answers keep each CPU step cheap.
+    max_seq_length: int = setting(256, help="Longest prompt + completion in tokens", minimum=64, maximum=131072,
                                   step=64)
     max_lora_rank: int = setting(16, help="vLLM's LoRA slot size; must be at least lora.r", minimum=1, maximum=512,
                                  step=1)
@@ -73,6 +80,7 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
+    # A small model: rank 16 already adapts every projection.
     r: int = setting(16, help="LoRA rank: capacity of the adapter (8–64 is typical)", minimum=1, maximum=512, step=1)
     alpha: int = setting(32, help="LoRA scale, usually r or 2 × r", minimum=1, maximum=1024, step=1,
                          hint="usually lora.r or 2 × lora.r")
@@ -81,32 +89,39 @@ class LoraConfig:
     target_modules: list[str] = setting(
         help="The projections that get a LoRA adapter",
         factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    gradient_checkpointing: str | bool = setting("unsloth", help="Recompute activations to save memory: "
+    # Off: the cpu run's sequences are tiny, so recomputing activations would only cost time.
+    gradient_checkpointing: str | bool = setting(False, help="Recompute activations to save memory: "
                                                  "'unsloth' (offloaded), true, or false",
                                                  choices=("unsloth", True, False))
 
 
 @dataclass
 class GRPOSettings:
-    learning_rate: float = setting(5e-6, help="Learning rate of the LoRA weights", minimum=0.0, maximum=1e-2,
+    # A tiny model and few steps: a high LoRA rate is needed to see movement.
+    learning_rate: float = setting(5e-5, help="Learning rate of the LoRA weights", minimum=0.0, maximum=1e-2,
                                    min_exclusive=True, max_exclusive=True, step=1e-6,
                                    hint="use a small positive rate (1e-6 … 5e-5 is typical for GRPO)")
-    max_steps: int = setting(100, help="Optimizer steps to train", minimum=1, maximum=1_000_000, step=1)
-    num_generations: int = setting(8, help="Completions sampled per prompt; GRPO compares them within the group",
+    max_steps: int = setting(60, help="Optimizer steps to train", minimum=1, maximum=1_000_000, step=1)
+    # 4 completions per prompt, the group that gives the advantage baseline; the batch of 8 is 2 prompts × 4.
+    num_generations: int = setting(4, help="Completions sampled per prompt; GRPO compares them within the group",
                                    minimum=2, maximum=256, step=1,
                                    hint="GRPO compares completions within a group; use at least 2")
     per_device_train_batch_size: int = setting(8, help="Completions per step (a multiple of num_generations)",
                                                minimum=1, maximum=4096, step=1)
     gradient_accumulation_steps: int = setting(1, help="Steps whose gradients add up before one update",
                                                minimum=1, maximum=1024, step=1)
-    max_prompt_length: int = setting(256, help="Longest prompt in tokens", minimum=1, maximum=131072, step=16)
-    max_completion_length: int = setting(256, help="Longest completion in tokens", minimum=1, maximum=131072,
+    # The system prompt and the one-shot turn take about 140 tokens.
+    max_prompt_length: int = setting(192, help="Longest prompt in tokens", minimum=1, maximum=131072, step=16)
+    # Enough for a short <think> and an <answer>.
+    max_completion_length: int = setting(64, help="Longest completion in tokens", minimum=1, maximum=131072,
                                          step=16)
     temperature: float = setting(1.0, help="Sampling temperature of the rollouts", minimum=0.0, maximum=2.0,
                                  min_exclusive=True, step=0.05,
                                  hint="GRPO needs sampled, different completions; use 0.6–1.2")
+    # No KL penalty: no reference model in memory (the DAPO/Dr. GRPO default).
     beta: float = setting(0.0, help="KL penalty to the base model (0 = none, and no reference model in memory)",
                           minimum=0.0, maximum=10.0, step=0.001)
+    # Token-level loss normalisation, no length bias.
     loss_type: str = setting("dapo", help="GRPO loss normalisation", choices=LOSS_TYPES)
     epsilon: float = setting(0.2, help="PPO clipping range", minimum=0.0, maximum=1.0, min_exclusive=True, step=0.01)
     optim: str = setting("adamw_torch", help="Optimizer (8-bit ones need a GPU)", choices=OPTIMIZERS)
@@ -130,9 +145,12 @@ class DataConfig:
     template: str = setting("think", help="Output format asked for in the system prompt (and checked by the "
                             "format rewards)", choices_from="templates")
     system_prompt: str | None = setting(None, help="Replaces the template's system prompt (the tags stay)")
-    one_shot: bool = setting(False, help="Show one worked example of the format as an earlier chat turn before "
+    # A 135M model never writes <think>/<answer> from the system prompt alone (0% of replies). One worked
+    # example as an earlier turn plus a prefilled "<think>" gets about half of its greedy replies into the
+    # format, and GRPO takes that to nearly all of them (bench/learning_demo.py).
+    one_shot: bool = setting(True, help="Show one worked example of the format as an earlier chat turn before "
                              "every question (small models copy a shown turn more readily than a described format)")
-    prefill: bool = setting(False, help="Start every reply with the template's opening reasoning tag (e.g. <think>), "
+    prefill: bool = setting(True, help="Start every reply with the template's opening reasoning tag (e.g. <think>), "
                             "as DeepSeek-R1's chat template does; kept in the exported chat template and Modelfile")
     size: int = setting(256, help="Rows generated for a task; most rows used from other sources", minimum=1,
                         maximum=10_000_000, step=1)
@@ -153,7 +171,8 @@ class OutputConfig:
     runs_dir: str = setting("", help="Folder of the runs; empty = <data home>/runs")
     run_name: str | None = setting(None, help="Name of the run folder (letters, digits, - _ . only); empty = "
                                    "<timestamp>-<preset>")
-    save_steps: int = setting(25, help="Save a checkpoint every N steps (a stop always saves one)", minimum=1,
+    # A cpu checkpoint (~60 MB) takes well under a second: every step, so a crash or kill costs at most one.
+    save_steps: int = setting(1, help="Save a checkpoint every N steps (a stop always saves one)", minimum=1,
                               maximum=1_000_000, step=1)
     sample_every: int = setting(5, help="Write sample completions every N steps", minimum=1, maximum=1_000_000,
                                 step=1)
@@ -161,7 +180,11 @@ class OutputConfig:
 
 
 def _default_rewards() -> list[RewardSpec]:
-    return [RewardSpec("think_format", 0.5), RewardSpec("correctness", 2.0)]
+    """The cpu rubric. xml_count pays per tag, so half-formatted replies still get a gradient toward
+    the format; correctness counts only an answer inside <answer> (no fallback to the last number),
+    so the format pays."""
+    return [RewardSpec("xml_count", 0.5), RewardSpec("think_format", 0.5),
+            RewardSpec("correctness", 2.0, {"fallback": False})]
 
 
 @dataclass

@@ -4,6 +4,11 @@ A preset is a RunConfig in YAML plus two metadata keys, `description` and `vram_
 which card it is for. Presets are data (like torchtune's recipe configs) so that trade-offs are
 documented next to the numbers, and every preset is validated by a test. `propose_preset` picks
 the preset for a detected card (`hardware.detect_gpu`): the largest one the card holds.
+
+A preset file states only what differs from its base: the dataclass defaults (which are the cpu
+run, so `cpu.yaml` holds just its metadata), or, with `extends: NAME`, the file `NAME.yaml` laid
+over them. A file whose name starts with `_` is such a base, not a preset (`_gpu.yaml`, the recipe
+the four GPU presets share). A test fails when a file restates a base value without a comment.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from .hardware import GpuInfo, gpu_problem
 from .validation import validate
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
-_META_KEYS = ("description", "vram_gb")
+_META_KEYS = ("description", "vram_gb", "extends")
+BASE_PREFIX = "_"  # presets/_gpu.yaml: a base other files extend, not offered as a preset
 PRESET_TOLERANCE = 0.05  # cards report a little less than their label (an 8 GB card shows ~7.8)
 
 
@@ -36,6 +42,8 @@ def preset_names() -> list[str]:
 def list_presets() -> list[PresetInfo]:
     infos = []
     for path in PRESETS_DIR.glob("*.yaml"):
+        if path.name.startswith(BASE_PREFIX):
+            continue
         raw = load_yaml(path)
         infos.append(PresetInfo(path.stem, str(raw.get("description", "")), float(raw.get("vram_gb", 0)), path))
     return sorted(infos, key=lambda info: info.vram_gb)
@@ -60,15 +68,28 @@ def propose_preset(gpu: GpuInfo | None) -> str:
 
 def load_preset(name: str) -> RunConfig:
     """Load and validate one preset by name (e.g. "cpu", "8gb")."""
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
+    if name.startswith(BASE_PREFIX) or not (PRESETS_DIR / f"{name}.yaml").is_file():
         raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
-    raw = load_yaml(path)
-    for key in _META_KEYS:
-        raw.pop(key, None)
-    config = RunConfig.from_dict(raw)
+    config = RunConfig.from_dict(deep_merge(preset_base(name), preset_settings(name)))
     config.preset = name
     return validate(config)
+
+
+def preset_settings(name: str) -> dict:
+    """The settings preset (or base) file `name` states itself: its YAML without the metadata keys."""
+    raw = load_yaml(PRESETS_DIR / f"{name}.yaml")
+    return {key: value for key, value in raw.items() if key not in _META_KEYS}
+
+
+def preset_base(name: str, _seen: tuple[str, ...] = ()) -> dict:
+    """The whole config (as a dict) that file `name`'s own settings are laid over: the dataclass
+    defaults, with the file it `extends` (and what that extends) merged on top."""
+    if name in _seen:
+        raise ConfigError(f"presets: {' -> '.join((*_seen, name))} extends itself")
+    parent = load_yaml(PRESETS_DIR / f"{name}.yaml").get("extends")
+    if parent is None:
+        return RunConfig().to_dict()
+    return deep_merge(preset_base(parent, (*_seen, name)), preset_settings(parent))
 
 
 def resolve_config(preset: str, config_path: str | None = None, overrides: list[str] | None = None) -> RunConfig:

@@ -31,6 +31,7 @@ def small_config(runs_dir: Path, template: str = "think") -> RunConfig:
     config = RunConfig()
     config.output.runs_dir = str(runs_dir)
     config.data.size, config.data.eval_size, config.data.template = 12, 4, template
+    config.data.one_shot = config.data.prefill = False  # the model's own chat template: a reply is what it writes
     config.grpo.max_completion_length = 16
     config.lora.r, config.lora.alpha, config.lora.target_modules = 4, 8, ["q_proj", "v_proj"]
     return config

@@ -40,7 +40,7 @@ def test_yaml_round_trip(tmp_path):
     "overrides, field, fix",
     [
         (["grpo.num_generations=3"], "num_generations=3", "multiple of 3"),
-        (["grpo.max_completion_length=400"], "model.max_seq_length=256", "raise model.max_seq_length to at least 560"),
+        (["grpo.max_completion_length=400"], "model.max_seq_length=256", "raise model.max_seq_length to at least 592"),
         (["model.fast_inference=true", "lora.r=64"], "lora.r=64 is over model.max_lora_rank=16", "set model.max_lora_rank to at least 64"),
         (["grpo.learning_rate=0.5"], "grpo.learning_rate=0.5", "1e-6"),
         (["grpo.loss_type=foo"], "grpo.loss_type='foo'", "choose one of"),
@@ -186,3 +186,106 @@ def test_rubric_entries_have_one_parser_for_configs_and_rubrics(entry, message) 
 def test_rubric_entry_without_params_gets_an_empty_mapping() -> None:
     config = RunConfig.from_dict({"rewards": ["correctness", {"name": "think_format", "weight": 0.5, "params": None}]})
     assert [(s.name, s.weight, s.params) for s in config.rewards] == [("correctness", 1.0, {}), ("think_format", 0.5, {})]
+
+
+# -- defaults with a single source ----------------------------------------------------------------
+def test_run_config_defaults_are_the_cpu_preset():
+    """The dataclass defaults are the runnable offline run: `RunConfig()` validates and is the cpu preset."""
+    config = RunConfig()
+    assert validate(config) is config
+    assert config == load_preset("cpu") and config.to_dict() == load_preset("cpu").to_dict()
+
+
+def test_the_gpu_base_is_extended_not_offered():
+    from grpo_box.config import load_yaml
+    from grpo_box.presets import PRESETS_DIR
+
+    assert "_gpu" not in preset_names() and (PRESETS_DIR / "_gpu.yaml").is_file()
+    with pytest.raises(ConfigError, match="unknown preset '_gpu'"):
+        load_preset("_gpu")
+    for name in preset_names():
+        assert load_yaml(PRESETS_DIR / f"{name}.yaml").get("extends") == (None if name == "cpu" else "_gpu"), name
+
+
+def _restated_without_comment(text: str, base: dict) -> list[str]:
+    """The keys of preset YAML `text` whose value equals `base`'s (a whole config as a dict) with no
+    comment on their line or directly above it; the rubric counts as one value."""
+    import dataclasses
+    import re
+
+    import yaml
+
+    from grpo_box.config import reward_spec
+
+    lines = text.splitlines()
+
+    def commented(line: int) -> bool:
+        return bool(re.search(r"\s#", lines[line])) or (line > 0 and lines[line - 1].lstrip().startswith("#"))
+
+    def walk(node: yaml.MappingNode, raw: dict, base: dict, prefix: str) -> list[str]:
+        found = []
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key not in base:  # description, vram_gb, extends
+                continue
+            if isinstance(raw[key], dict) and isinstance(base[key], dict):
+                found += walk(value_node, raw[key], base[key], f"{prefix}{key}.")
+                continue
+            value, based = raw[key], base[key]
+            if key == "rewards" and not prefix:
+                value, based = ([dataclasses.asdict(reward_spec(entry)) for entry in v] for v in (value, based))
+            if value == based and not commented(key_node.start_mark.line):
+                found.append(f"{prefix}{key} (line {key_node.start_mark.line + 1})")
+        return found
+
+    return walk(yaml.compose(text), yaml.safe_load(text), base, "")
+
+
+def test_a_restated_base_value_needs_a_comment_saying_why():
+    text = """\
+grpo:
+  max_steps: 60
+  beta: 0.0          # restated on purpose
+  # the cpu run's own group, restated on purpose
+  num_generations: 4
+  learning_rate: 1.0e-5
+rewards:
+  - {name: xml_count, weight: 0.5}
+  - {name: think_format, weight: 0.5}
+  - {name: correctness, weight: 2, params: {fallback: false}}
+"""
+    assert _restated_without_comment(text, RunConfig().to_dict()) == ["grpo.max_steps (line 2)", "rewards (line 7)"]
+
+
+@pytest.mark.parametrize("name", ["_gpu", *preset_names()])
+def test_preset_files_state_only_what_differs_from_their_base(name):
+    """Each preset file (and the GPU base) says only what differs from what it extends (the dataclass
+    defaults, or the base file over them), unless a comment on the line says why it restates it."""
+    from grpo_box.presets import PRESETS_DIR, preset_base
+
+    restated = _restated_without_comment((PRESETS_DIR / f"{name}.yaml").read_text(), preset_base(name))
+    assert restated == [], f"presets/{name}.yaml restates its base without saying why: {restated}"
+
+
+def test_readme_presets_table_matches_the_presets():
+    """README's table under "## Presets" against the preset files, row by row."""
+    from helpers import ROOT
+
+    section = (ROOT / "README.md").read_text().split("\n## Presets\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("|")]
+    assert rows[0] == ["preset", "card", "default model", "4-bit", "vLLM + standby", "LoRA r",
+                       "generations × completion"]
+    table = {row[0]: row for row in rows[2:]}
+    assert list(table) == preset_names()
+    cards = {info.name: info.vram_gb for info in list_presets()}
+    for name, row in table.items():
+        config = load_preset(name)
+        m, g = config.model, config.grpo
+        model = row[2].lower().replace(" ", ":") if row[2].startswith("bundled ") else row[2]
+        if m.fast_inference:
+            assert m.vllm_standby, f"{name}: the README's column reads vLLM + standby"
+        vllm = f"yes ({m.gpu_memory_utilization:g})" if m.fast_inference else "no"
+        expected = [name, f"{cards[name]:g} GB" if cards[name] else "none", m.name, "yes" if m.load_in_4bit else "no",
+                    vllm, str(config.lora.r), f"{g.num_generations} × {g.max_completion_length}"]
+        assert [name, row[1], model, *row[3:]] == expected, f"README presets table, row {name}"

@@ -68,7 +68,7 @@ def cfg_for(source, **kw) -> DataConfig:
 
 def test_jsonl_gsm8k_format(tmp_path):
     path = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS)
-    train, held = load_rows(cfg_for(path, eval_size=0))
+    train, held = load_rows(cfg_for(path, eval_size=0, one_shot=False))
     assert len(train) == 3 and len(held) == 0
     assert train["answer"] == ["72", "2468", "10"]
     assert train["question"] == [r["question"] for r in GSM8K_ROWS]
@@ -114,7 +114,7 @@ def test_parquet_source_with_numeric_answers(tmp_path):
 def test_conversational_prompt_column(tmp_path):
     rows = [{"messages": [{"role": "user", "content": "What is 1 + 1?"}], "answer": "2"}]
     path = write_jsonl(tmp_path / "chat.jsonl", rows)
-    train, _ = load_rows(cfg_for(path, prompt_column="messages", eval_size=0))
+    train, _ = load_rows(cfg_for(path, prompt_column="messages", eval_size=0, one_shot=False))
     assert [m["role"] for m in train[0]["prompt"]] == ["system", "user"]
     assert train[0]["question"] == "What is 1 + 1?"
 
@@ -399,7 +399,7 @@ def test_unknown_template_lists_valid_ones():
 
 def test_system_prompt_override_wins():
     assert system_prompt(DataConfig(system_prompt="Be brief.")) == "Be brief."
-    train, _ = load_rows(DataConfig(system_prompt="", size=3, eval_size=0))
+    train, _ = load_rows(DataConfig(system_prompt="", one_shot=False, size=3, eval_size=0))
     assert [m["role"] for m in train[0]["prompt"]] == ["user"]  # an empty override drops the system turn
     assert build_messages("Hi", "Sys") == [{"role": "system", "content": "Sys"}, {"role": "user", "content": "Hi"}]
 
@@ -419,7 +419,7 @@ def test_prompt_too_long_names_file_line_and_setting(tmp_path, bundled_tokenizer
     long = json.dumps({"question": "Explain. " + "very long words " * 200, "answer": "3"})
     path = tmp_path / "long.jsonl"
     path.write_text("\n".join(short[:3] + ["", long] + short[3:]) + "\n")  # the long row is on line 5
-    train, held = load_rows(cfg_for(path, eval_size=3, seed=1))
+    train, held = load_rows(cfg_for(path, eval_size=3, seed=1, one_shot=False))  # short rows stay under 128
     split = train if "Explain" in " ".join(train["question"]) else held
     with pytest.raises(DataError) as err:
         check_prompt_lengths(split, bundled_tokenizer, 128)
@@ -431,7 +431,7 @@ def test_prompt_too_long_names_file_line_and_setting(tmp_path, bundled_tokenizer
 
 
 def test_preview_shows_the_model_input(bundled_tokenizer):
-    shown = preview(DataConfig(size=10, eval_size=2), bundled_tokenizer, n=3)
+    shown = preview(DataConfig(one_shot=False, prefill=False, size=10, eval_size=2), bundled_tokenizer, n=3)
     assert len(shown) == 3
     for item in shown:
         assert item["question"] in item["text"] and "A conversation between User" in item["text"]

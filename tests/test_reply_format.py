@@ -33,7 +33,7 @@ def test_run_format_is_written_into_the_chat_template_and_read_back(tokenizer):
     question = prompts.build_messages("What is 2 + 2?", "Be brief.")
     shown = prompts.build_messages("What is 2 + 2?", [question[0], *prompts.one_shot_turn(SHOWN)])
     before = chat_format.prompt_text(tokenizer, shown)
-    chat_format.apply_run_format(tokenizer, DataConfig(prefill=True))
+    chat_format.apply_run_format(tokenizer, DataConfig(one_shot=False, prefill=True))
     assert chat_format.prefill_of(tokenizer.chat_template) == "<think>\n"
     assert chat_format.prompt_text(tokenizer, shown) == before + "<think>\n"
     chat_format.apply_run_format(tokenizer, SHOWN)
@@ -50,14 +50,14 @@ def test_run_format_is_written_into_the_chat_template_and_read_back(tokenizer):
     assert chat_format.prompt_text(tokenizer, question).count("What is 3 + 5?") == 1
     assert not chat_format.prompt_text(tokenizer, question).endswith("<think>\n<think>\n")
     assert chat_format.without_one_shot(tokenizer.chat_template) == chat_format.with_prefill(plain, "<think>\n")
-    chat_format.apply_run_format(tokenizer, DataConfig())  # off again: the template is the model's own
+    chat_format.apply_run_format(tokenizer, DataConfig(one_shot=False, prefill=False))  # off again: the model's own
     assert tokenizer.chat_template == plain and chat_format.prefill_of(plain) == ""
 
 
 def test_templates_prefill_their_own_tag():
     assert prompts.reply_prefill(DataConfig(template="reasoning", prefill=True)) == "<reasoning>\n"
     assert prompts.reply_prefill(DataConfig(template="boxed", prefill=True)) == ""  # no reasoning tag to open
-    assert prompts.reply_prefill(DataConfig(template="think")) == ""
+    assert prompts.reply_prefill(DataConfig(template="think", prefill=False)) == ""
 
 
 def test_one_shot_turn_comes_between_the_system_prompt_and_every_question():
@@ -68,7 +68,7 @@ def test_one_shot_turn_comes_between_the_system_prompt_and_every_question():
         assert roles == ["system", "user", "assistant", "user"]
         assert row["prompt"][1]["content"] == question and row["prompt"][2]["content"] == reply
         assert row["prompt"][3]["content"] == row["question"]
-    plain, _ = load_rows(DataConfig(size=8, eval_size=2))
+    plain, _ = load_rows(DataConfig(one_shot=False, size=8, eval_size=2))
     assert [m["role"] for m in plain[0]["prompt"]] == ["system", "user"]
 
 

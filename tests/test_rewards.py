@@ -296,8 +296,8 @@ def test_build_rubric_binds_params_names_and_weights():
 def test_default_config_rubric_builds():
     from grpo_box.config import RunConfig
 
-    funcs, weights = build_rubric(RunConfig().rewards)
-    assert [f.__name__ for f in funcs] == ["think_format", "correctness"] and weights == [0.5, 2.0]
+    funcs, weights = build_rubric(RunConfig().rewards)  # the cpu preset's rubric
+    assert [f.__name__ for f in funcs] == ["xml_count", "think_format", "correctness"] and weights == [0.5, 0.5, 2.0]
 
 
 @pytest.mark.parametrize(
@@ -540,10 +540,8 @@ def test_perfect_boxed_completion_gets_full_format_reward():
                                PERFECT_IN["boxed"]) == {"integer_answer": 1.0}
 
 
-def test_template_tags_reach_the_default_rubric_and_matter():
-    from grpo_box.config import RunConfig
-
-    specs = RunConfig().rewards  # think_format + correctness, tags unset
+def test_template_tags_reach_the_rubric_and_matter():
+    specs = [RewardSpec("think_format", 0.5), RewardSpec("correctness", 2.0)]  # tags unset
     assert score_with_template("reasoning", specs, REASONING) == {"think_format": 1.0, "correctness": 1.0}
     assert score_with_template("think", specs, REASONING)["think_format"] == 0.25  # the wrong tags cost
 

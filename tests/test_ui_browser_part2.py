@@ -40,6 +40,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path) -> An
         config.output.runs_dir, config.output.run_name = str(tmp / "runs"), name
         config.data.size, config.data.eval_size = 12, 4
         config.grpo.max_completion_length = 24
+        config.data.one_shot = config.data.prefill = False  # the model's own chat template, which the adapter suits
         run = create_run(config)
         if name == "thinker":  # this adapter (seeded: the same every time) answers THINKS with a <think> block
             make_random_lora(bundled_model_dir, run.adapter_dir, r=8, alpha=16, targets=config.lora.target_modules)

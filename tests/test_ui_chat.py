@@ -46,6 +46,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path) -> An
     config = RunConfig()
     config.output.runs_dir, config.output.run_name = str(tmp / "runs"), "chatty"
     config.data.size, config.data.eval_size = 12, 4
+    config.data.one_shot = config.data.prefill = False  # the model's own chat template, which the adapter below suits
     run = create_run(config)
     # this adapter (seeded, so the same every run) answers THINKS greedily with a <think> block
     make_random_lora(bundled_model_dir, run.adapter_dir, r=8, alpha=16, targets=config.lora.target_modules)

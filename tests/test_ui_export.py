@@ -36,6 +36,7 @@ def make_run(root: Path, name: str, model_dir: Path | None) -> RunDir:
     config.output.runs_dir, config.output.run_name = str(root), name
     config.data.size, config.data.eval_size = 12, 4
     config.grpo.max_completion_length = 24
+    config.data.one_shot = config.data.prefill = False  # the model's own chat template (test_export covers the format's)
     run = create_run(config)
     if model_dir is not None:
         make_random_lora(model_dir, run.adapter_dir)
