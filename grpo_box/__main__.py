@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -502,10 +503,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .evaluate import format_eval
 
     print(format_eval(json.loads(run.file("eval.json").read_text())))
-    print("[2/2] Exporting to GGUF (f16, q4_k_m) with an Ollama Modelfile")
-    from .export import export_run
+    from .export import DEFAULT_QUANTS, export_run
 
-    report = export_run(run.path, quants=["f16", "q4_k_m"], progress=_progress)
+    print(f"[2/2] Exporting to GGUF ({', '.join(DEFAULT_QUANTS)}) with an Ollama Modelfile")
+    report = export_run(run.path, quants=DEFAULT_QUANTS, progress=_progress)
     print(report.format_table())
     gguf = next((f.path for f in report.files if f.quant == "q4_k_m"), report.files[0].path)
     print(f"\nNext:\n  python -m grpo_box chat {run.path}            talk to the trained model\n"
@@ -521,10 +522,17 @@ def _progress(message: str, fraction: float | None = None) -> None:
 # -- parser ---------------------------------------------------------------------------------------
 def _config_args(p: argparse.ArgumentParser, preset_default: str | None = "auto") -> None:
     p.add_argument("--preset", default=preset_default,
-                   help="cpu, 8gb, 12gb, 16gb, 24gb (see `presets`); default: the one proposed for this machine")
+                   help=f"{_preset_list()} (see `presets`); default: the one proposed for this machine")
     p.add_argument("--config", help="a YAML file applied on top of the preset")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. grpo.max_steps=10")
     p.add_argument("--model", help="model: bundled:…, a Hub id or a local HF directory")
+
+
+@functools.cache
+def _preset_list() -> str:
+    from .presets import preset_names
+
+    return ", ".join(preset_names())
 
 
 def _base_args(p: argparse.ArgumentParser) -> None:
@@ -551,7 +559,8 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .prompts import TEMPLATES
+    from .export import DEFAULT_QUANTS
+    from .prompts import PREVIEW_ROWS, TEMPLATES
 
     parser = argparse.ArgumentParser(prog="python -m grpo_box", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -589,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("preview", help="the first prompts exactly as the model sees them")
     _config_args(p)
-    p.add_argument("-n", type=_positive(int), default=3, help="how many prompts (at least 1)")
+    p.add_argument("-n", type=_positive(int), default=PREVIEW_ROWS, help=f"how many prompts (default {PREVIEW_ROWS})")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("eval", help="score the held-out split (base and trained); writes eval.json")
     p.add_argument("run_dir", nargs="?", help="a run directory (its config, adapter and eval.json)")
@@ -617,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     _base_args(p)
     p = sub.add_parser("export", help="export GGUF files (+ Ollama Modelfile)")
     p.add_argument("run_dir")
-    p.add_argument("--quant", default="f16,q4_k_m")
+    p.add_argument("--quant", default=",".join(DEFAULT_QUANTS), help="comma-separated GGUF types (default %(default)s)")
     p.add_argument("--lora", action="store_true", help="also export the adapter alone as a GGUF LoRA")
     p.add_argument("--json", action="store_true")
     _base_args(p)

@@ -39,7 +39,7 @@ from . import tasks
 from .config import DataConfig, RunConfig
 from .errors import UserError
 from .chat_format import apply_run_format, prompt_text
-from .prompts import build_messages, preamble
+from .prompts import PREVIEW_ROWS, build_messages, preamble
 from .rewards.answers import reference_answer
 from .rewards.registry import RESERVED_COLUMNS
 
@@ -146,7 +146,7 @@ def count_prompt_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> int:
     return len(tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
-def preview(cfg: DataConfig | RunConfig, tokenizer: Any, n: int = 3) -> list[dict[str, Any]]:
+def preview(cfg: DataConfig | RunConfig, tokenizer: Any, n: int = PREVIEW_ROWS) -> list[dict[str, Any]]:
     """The first `n` training prompts exactly as the model sees them, with token counts and answers.
 
     The tokenizer's chat template gets the run's one-shot turn and prefill, as training's does.

@@ -75,10 +75,11 @@ BITS_PER_WEIGHT: dict[str, float] = {
     "q3_k_s": 3.5, "q2_k": 3.4,
 }
 _MARGIN_BYTES = 256 * 2**20
+DEFAULT_QUANTS = ("f16", "q4_k_m")  # lossless 16-bit, and the common 4-bit K-quant
 
 
 # -- public API -----------------------------------------------------------------------------------
-def export_run(run_dir: str | Path, quants: list[str] | tuple[str, ...] = ("f16", "q4_k_m"), lora: bool = False,
+def export_run(run_dir: str | Path, quants: list[str] | tuple[str, ...] = DEFAULT_QUANTS, lora: bool = False,
                progress: Progress | None = None, *, allow_4bit_merge: bool = False, download_base: bool = False,
                verify: bool = True) -> ExportReport:
     """Merge (if needed), convert, quantize and verify; returns the report (also in export/export.json)."""

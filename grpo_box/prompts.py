@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 from .errors import ConfigError
 
+PREVIEW_ROWS = 3  # prompts `data.preview` shows unless told (the CLI's `preview -n`, the app's Data tab)
+
 if TYPE_CHECKING:
     from .config import DataConfig
 

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 import gradio as gr
 
 from grpo_box.errors import UserError
-from grpo_box.prompts import get_template
+from grpo_box.prompts import PREVIEW_ROWS, get_template
 from grpo_box.tasks import TASKS, get_task
 
 from . import child, fields, messages
@@ -36,7 +36,6 @@ FIELD_KEYS = ["data.subset", "data.split", "data.size", "data.eval_size", "data.
 GROUPS = ["data.task_group", "data.file_group", "data.hub_group", "data.mapping_group"]
 FORM = ["data.kind", "data.task", "data.difficulty", "data.path", "data.hub_id", "data.prompt_column",
         "data.answer_column", "data.system_prompt", *(f"data.{k}" for k in FIELD_KEYS)]
-PREVIEW_ROWS = 3
 PREVIEW_TIMEOUT = 600
 
 
