@@ -17,6 +17,7 @@ completion length and clipping, the share of groups with no signal, and seconds 
 from __future__ import annotations
 
 import resource
+import sys
 import time
 from collections import defaultdict
 from typing import Any
@@ -36,8 +37,10 @@ def ram_peak_gb() -> float:
 
 
 class RunFilesCallback(TrainerCallback):
-    def __init__(self, run: RunDir, sample_every: int, max_steps: int, reply_prefill: str = ""):
+    def __init__(self, run: RunDir, sample_every: int, max_steps: int, reply_prefill: str = "",
+                 masks_truncated: bool = False):
         self.run = run
+        self.masks_truncated = masks_truncated  # grpo.mask_truncated_completions: an all-cut step updates nothing
         self.reply_prefill = reply_prefill  # the prompt's end, which TRL's logged completions leave out
         self.sample_every = sample_every
         self.max_steps = max_steps
@@ -85,6 +88,9 @@ class RunFilesCallback(TrainerCallback):
         record = {"step": state.global_step, **logs, "wall_time": round(now - self._t0, 3),
                   "step_seconds": round(now - self._last_step_at, 3), "ram_peak_gb": round(ram_peak_gb(), 3)}
         record.update(vram_snapshot() or {})
+        if self.masks_truncated and float(logs.get("completions/clipped_ratio", 0.0)) >= 1.0:
+            record["warning"] = ALL_MASKED
+            print(f"step {state.global_step}: {ALL_MASKED}", file=sys.stderr, flush=True)
         reset_peak_vram()
         self._last_step_at = now
         self.run.append(METRICS, record)
@@ -113,6 +119,8 @@ class RunFilesCallback(TrainerCallback):
 
 
 MIN_CHECKPOINT_BYTES = 64 * 2**20
+ALL_MASKED = ("every completion hit grpo.max_completion_length and grpo.mask_truncated_completions left them all "
+              "out of the loss: this step updated nothing; raise max_completion_length or turn the mask off")
 
 
 def checkpoint_bytes(run: RunDir) -> int:

@@ -25,9 +25,13 @@ def translations(config: RunConfig, split: GpuSplit, batch: BatchPlan) -> list[s
     if "8bit" in g.optim:
         notes.append(f"grpo.optim {g.optim} -> adamw_torch (8-bit optimizers need bitsandbytes, which the bundle "
                      "does not install; ZeRO-3/FSDP shard the optimizer state instead)")
-    notes.append("vllm_importance_sampling_correction: false, epsilon_high = epsilon, no truncation mask: the "
-                 "appliance's objective, passed explicitly (TRL's default corrects for vLLM's sampling; set it "
-                 "to true in grpo_config.yaml if you want that)")
+    from .train import loss_settings
+
+    loss = loss_settings(config)
+    notes.append(f"vllm_importance_sampling_correction: false, epsilon_high {loss['epsilon_high']:g}, "
+                 f"scale_rewards {loss['scale_rewards']}, mask_truncated_completions "
+                 f"{str(loss['mask_truncated_completions']).lower()}: the appliance's objective, passed explicitly "
+                 "(TRL's default corrects for vLLM's sampling; set it to true in grpo_config.yaml if you want that)")
     return notes
 
 

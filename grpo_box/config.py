@@ -34,6 +34,7 @@ __all__ = ["ConfigError", "RunConfig", "FieldSpec", "field_specs", "check_fields
 BUNDLED_MODEL = BUNDLED_PREFIX + BUNDLED_NAME
 MODEL_DTYPES = (None, "float16", "bfloat16")  # what Unsloth's from_pretrained accepts as a string
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo")
+SCALE_REWARDS = ("group", "batch", "none")  # TRL 1.15 GRPOConfig.scale_rewards
 # Optimizers and schedulers offered; a curated subset of transformers' OptimizerNames/SchedulerType
 # (importing those enums pulls in torch, and this module must stay light).
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd")
@@ -124,6 +125,16 @@ class GRPOSettings:
     # Token-level loss normalisation, no length bias.
     loss_type: str = setting("dapo", help="GRPO loss normalisation", choices=LOSS_TYPES)
     epsilon: float = setting(0.2, help="PPO clipping range", minimum=0.0, maximum=1.0, min_exclusive=True, step=0.01)
+    # The three below are what Unsloth would otherwise set behind loss_type's back on the GPU only
+    # (train.loss_settings); a run's config.yaml records the values the trainer used.
+    epsilon_high: float | None = setting(None, help="Upper clipping bound (DAPO's clip-higher, e.g. 0.28); empty = "
+                                         "epsilon", minimum=0.0, maximum=1.0, min_exclusive=True, step=0.01)
+    scale_rewards: str | None = setting(None, help="Divide advantages by the reward std of the group, of the batch, "
+                                        "or not at all; empty = none for dr_grpo (its point), group otherwise",
+                                        choices=SCALE_REWARDS)
+    mask_truncated_completions: bool = setting(False, help="Leave completions cut off at max_completion_length out "
+                                               "of the loss (DAPO); a step whose completions are all cut then "
+                                               "updates nothing, and the log says so")
     optim: str = setting("adamw_torch", help="Optimizer (8-bit ones need a GPU)", choices=OPTIMIZERS)
     weight_decay: float = setting(0.0, help="Weight decay", minimum=0.0, maximum=1.0, step=0.01)
     warmup_ratio: float = setting(0.0, help="Share of the run spent warming the learning rate up", minimum=0.0,

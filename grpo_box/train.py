@@ -16,6 +16,7 @@ same way: the run is marked "out of memory at start-up (…)" with what to lower
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
 import sys
@@ -108,7 +109,7 @@ def start_run(config: RunConfig) -> RunDir:
     if source is not None and not source.exists():
         raise DataError(f"data.source={config.data.source!r}: no such file (relative paths start from the folder "
                         "you run from); give the path of a .jsonl, .csv or .parquet file")
-    return create_run(config)
+    return create_run(resolve_loss(config))
 
 
 def grpo_args(config: RunConfig, run: RunDir, weights: list[float], cuda: bool,
@@ -169,17 +170,30 @@ def loss_settings(config: RunConfig) -> dict[str, Any]:
     (a step whose completions are all cut off then updates nothing, common early with long <think>
     traces) and epsilon_high=0.28, where TRL keeps False and epsilon; "dr_grpo" forces
     scale_rewards=False; vllm_importance_sampling_correction defaults to False (TRL: True). Here
-    loss_type only chooses the normalisation: no masking, symmetric clipping at grpo.epsilon, rewards
-    scaled by the group's std except for dr_grpo (whose point is not to), and no vLLM
-    importance-sampling correction (Unsloth's tested default; no effect without vLLM).
+    each is a config field (grpo.epsilon_high, grpo.scale_rewards, grpo.mask_truncated_completions)
+    whose empty value resolves as `resolve_loss` says; vLLM's importance-sampling correction stays
+    off (Unsloth's tested default; no effect without vLLM).
     """
-    g = config.grpo
+    g = resolve_loss(config).grpo
     return {
-        "mask_truncated_completions": False,
-        "epsilon_high": g.epsilon,
-        "scale_rewards": "none" if g.loss_type == "dr_grpo" else "group",
+        "mask_truncated_completions": g.mask_truncated_completions,
+        "epsilon_high": g.epsilon_high,
+        "scale_rewards": g.scale_rewards,
         "vllm_importance_sampling_correction": False,
     }
+
+
+def resolve_loss(config: RunConfig) -> RunConfig:
+    """`config` with the empty loss settings filled in: symmetric clipping (epsilon_high = epsilon),
+    and rewards scaled by the group's std except for dr_grpo (whose point is not to). A run writes
+    these into its config.yaml, so it records what the trainer used."""
+    g = config.grpo
+    if g.epsilon_high is not None and g.scale_rewards is not None:
+        return config
+    resolved = copy.deepcopy(config)
+    resolved.grpo.epsilon_high = g.epsilon if g.epsilon_high is None else g.epsilon_high
+    resolved.grpo.scale_rewards = g.scale_rewards or ("none" if g.loss_type == "dr_grpo" else "group")
+    return resolved
 
 
 def precision_flags(model_dtype: Any) -> dict[str, bool]:
@@ -374,7 +388,8 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
     if config.evaluate and not resume:
         with _startup_oom(config, "base-model evaluation"):
             _evaluate(run, config, model, tokenizer, base=True)
-    files = RunFilesCallback(run, config.output.sample_every, config.grpo.max_steps, prefill)
+    files = RunFilesCallback(run, config.output.sample_every, config.grpo.max_steps, prefill,
+                             masks_truncated=config.grpo.mask_truncated_completions)
     trainer = GRPOTrainer(
         model=model,
         processing_class=tokenizer,

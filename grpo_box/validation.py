@@ -71,6 +71,9 @@ def _check_grpo(c: RunConfig) -> list[str]:
             f"is over model.max_seq_length={m.max_seq_length}: raise model.max_seq_length to at least "
             f"{g.max_prompt_length + g.max_completion_length} or shorten the completion"
         )
+    if g.epsilon_high is not None and g.epsilon_high < g.epsilon:
+        p.append(f"grpo.epsilon_high={g.epsilon_high:g} is below grpo.epsilon={g.epsilon:g}: the upper clipping "
+                 f"bound must be at least the lower one; raise it, or leave it empty for {g.epsilon:g}")
     return p
 
 

@@ -10,6 +10,7 @@ boundary (the tools' answers), never our own code. `bench/gpu_smoke.sh` is what 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -143,6 +144,52 @@ def test_the_gpu_and_the_cpu_train_the_same_objective(tmp_path, loss_type, capsy
     trl = GRPOConfig(**{**cpu_args, "output_dir": str(tmp_path / "out")})
     assert (trl.mask_truncated_completions, trl.epsilon_high, trl.scale_rewards) == (
         gpu["mask_truncated_completions"], gpu["epsilon_high"], gpu["scale_rewards"])
+
+
+def test_chosen_loss_settings_reach_both_paths_and_the_runs_config(tmp_path, capsys):
+    """The three settings are config fields: what a user chooses reaches Unsloth and stock TRL
+    unchanged, and a run's config.yaml records what the trainer used (empty ones resolved)."""
+    from trl import GRPOConfig
+
+    from grpo_box.train import grpo_args, start_run
+
+    config = load_preset("8gb")
+    config.grpo.mask_truncated_completions, config.grpo.epsilon_high, config.grpo.scale_rewards = True, 0.28, "batch"
+    gpu = run_unsloth_loss_check(grpo_args(config, RunDir(tmp_path), [1.0], cuda=True))
+    cpu = GRPOConfig(**{**grpo_args(config, RunDir(tmp_path), [1.0], cuda=False), "output_dir": str(tmp_path / "o")})
+    assert (gpu["mask_truncated_completions"], gpu["epsilon_high"], gpu["scale_rewards"]) == (True, 0.28, "batch")
+    assert (cpu.mask_truncated_completions, cpu.epsilon_high, cpu.scale_rewards) == (True, 0.28, "batch")
+    cpu_run = load_preset("cpu")
+    cpu_run.grpo.loss_type = "dr_grpo"
+    cpu_run.output.runs_dir = str(tmp_path / "runs")
+    recorded = start_run(cpu_run).config().grpo
+    assert (recorded.epsilon_high, recorded.scale_rewards, recorded.mask_truncated_completions) == (
+        cpu_run.grpo.epsilon, "none", False)
+
+
+def test_epsilon_high_below_epsilon_is_refused():
+    from grpo_box.config import ConfigError
+    from grpo_box.validation import validate
+
+    config = load_preset("cpu")
+    config.grpo.epsilon_high = 0.1
+    with pytest.raises(ConfigError, match="grpo.epsilon_high=0.1 is below grpo.epsilon=0.2"):
+        validate(config)
+
+
+def test_a_step_whose_completions_were_all_cut_and_masked_says_it_updated_nothing(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from grpo_box.callbacks import ALL_MASKED, RunFilesCallback
+    from grpo_box.runs import METRICS
+
+    logs = {"loss": 0.0, "completions/clipped_ratio": 1.0, "reward": 0.0}
+    for masks, cut in ((True, 1.0), (True, 0.5), (False, 1.0)):
+        files = RunFilesCallback(RunDir(tmp_path), 100, 10, masks_truncated=masks)
+        files.on_log(None, SimpleNamespace(global_step=3), None, {**logs, "completions/clipped_ratio": cut})
+    records = [json.loads(line) for line in (tmp_path / METRICS).read_text().splitlines()]
+    assert [r.get("warning") for r in records] == [ALL_MASKED, None, None]
+    assert capsys.readouterr().err.count("updated nothing") == 1
 
 
 def test_unsloth_would_change_an_implicit_dapo_objective():
@@ -491,21 +538,21 @@ def test_hf_generate_ignores_the_models_sampling_defaults(bundled_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grpo_box.inference import Generator
+    from grpo_box.inference import Generator, Sampling
 
     model = AutoModelForCausalLM.from_pretrained(str(bundled_model_dir), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_dir))
     gen = Generator(model, tokenizer)
-    plain = gen.complete([MESSAGES], max_new_tokens=24)[0][0].text
+    plain = gen.complete([MESSAGES], Sampling(24))[0][0].text
     model.generation_config.update(repetition_penalty=1.8, top_k=20, min_p=0.2, no_repeat_ngram_size=2,
                                    min_new_tokens=20)
     for temperature in (0.0, 0.7):
-        kwargs = gen._generation_kwargs(24, temperature, 0.9)
+        kwargs = gen._generation_kwargs(Sampling(24, temperature, 0.9))
         resolved, _ = model._prepare_generation_config(None, **kwargs)
         assert resolved.repetition_penalty == 1.0 and resolved.no_repeat_ngram_size == 0
         assert resolved.min_p is None and resolved.min_new_tokens is None
         assert resolved.top_k in (None, 0)
-    assert gen.complete([MESSAGES], max_new_tokens=24)[0][0].text == plain
+    assert gen.complete([MESSAGES], Sampling(24))[0][0].text == plain
     # without the neutral values the model's defaults would change the greedy reply
     inputs = gen._encode([MESSAGES])
     leaked = model.generate(**inputs, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
@@ -534,12 +581,12 @@ def fake_vllm(monkeypatch):
 
 
 def test_vllm_requests_carry_neutral_sampling(bundled_tokenizer, fake_vllm):
-    from grpo_box.inference import VLLMGenerator
+    from grpo_box.inference import Sampling, VLLMGenerator
 
     model = FakeEngineModel()
     gen = VLLMGenerator(model, bundled_tokenizer)
-    gen.complete([MESSAGES], 16, temperature=0.0)
-    gen.complete([MESSAGES], 16, temperature=0.8, top_p=0.95, num_return_sequences=4, seed=3)
+    gen.complete([MESSAGES], Sampling(16, temperature=0.0))
+    gen.complete([MESSAGES], Sampling(16, temperature=0.8, top_p=0.95, n=4, seed=3))
     greedy, sampled = model.params
     for params in (greedy, sampled):
         assert (params.repetition_penalty, params.presence_penalty, params.frequency_penalty) == (1.0, 0.0, 0.0)
