@@ -60,7 +60,9 @@ def preflight(config: RunConfig, vram_gb: float | None = None, force: bool = Fal
 
 # Calibration of cpu_step_seconds: the cpu preset (SmolLM2-135M, 8 completions, prompts up to 160 and
 # completions up to 64 tokens) takes about 20-25 s a step on 2 cores (transformers generate + PEFT LoRA
-# in float32): 22.5 s x 2 cores / (135e6 params x 8 x 224 tokens).
+# in float32): 22.5 s x 2 cores / (135e6 params x 8 x 224 tokens). That is a step whose completions run to
+# the limit: once the demo model answers in the format (~25 tokens) its steps take 11-13 s, so the
+# estimate is an upper bound, and the message says "up to".
 CPU_CORE_SECONDS_PER_PARAM_TOKEN = 22.5 * 2 / (134.5e6 * 8 * 224)
 
 
@@ -100,7 +102,7 @@ def _cpu_preflight(config: RunConfig, card: Card, arch: Arch | None) -> Prefligh
     except (ConfigError, OSError):  # a shape unknown offline: no time estimate
         seconds = None
     cores = cpu_cores()
-    pace = (f"roughly {_duration(seconds)} per step on {cores} CPU core{'s' if cores != 1 else ''} "
+    pace = (f"up to about {_duration(seconds)} per step on {cores} CPU core{'s' if cores != 1 else ''} "
             f"({config.grpo.max_steps} steps: about {_duration(seconds * config.grpo.max_steps)})"
             if seconds is not None else "the time per step could not be estimated (unknown model shape)")
     m = config.model
