@@ -50,6 +50,11 @@ def app(tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path) -> An
     run = create_run(config)
     # this adapter (seeded, so the same every run) answers THINKS greedily with a <think> block
     make_random_lora(bundled_model_dir, run.adapter_dir, r=8, alpha=16, targets=config.lora.target_modules)
+    shown = RunConfig()  # the cpu preset's prompt: a one-shot turn and a <think> prefill
+    shown.output.runs_dir, shown.output.run_name = str(tmp / "runs"), "shown"
+    shown.data.size, shown.data.eval_size = 12, 4
+    make_random_lora(bundled_model_dir, create_run(shown).adapter_dir, r=8, alpha=16, targets=shown.lora.target_modules,
+                     std=0.0)  # a LoRA that changes nothing: the base model, prompted as the run trains
     yield from launch_app(tmp)
     chat_cache.release()
 
@@ -79,6 +84,18 @@ def test_reply_streams_with_a_collapsible_reasoning_message(app: LiveApp) -> Non
     assert len(thought) == 1 and thought[0]["metadata"]["title"] == "Reasoning"
     assert words(thought[0]) == "2 plus 2 is 4" and thought[0]["metadata"]["status"] == "done"
     assert words(bot[-1]) == "4" and not bot[-1].get("metadata")
+
+
+@pytest.mark.slow
+def test_a_run_with_the_one_shot_turn_and_prefill_replies_in_its_format(app: LiveApp) -> None:
+    """The chat prompts as the run trains (one-shot turn, <think> prefill, from the chat template),
+    so even the untrained model answers in the format, its reasoning shown as a collapsible message."""
+    page = app.client()
+    system = page.call("/chat_open", "shown")["chat.system"]
+    bot = page.call("/chat_send", "shown", "trained", system, 0.0, 1.0, 32, "wait", "What is 6 + 3?", [], [])["chat.bot"]
+    thought = [m for m in bot if m["role"] == "assistant" and (m.get("metadata") or {}).get("title")]
+    assert len(thought) == 1 and words(thought[0]).strip() == "6 + 3 = 9", bot
+    assert words(bot[-1]).strip() == "9" and not bot[-1].get("metadata"), bot
 
 
 @pytest.mark.slow
