@@ -328,13 +328,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _chat_turn(args: argparse.Namespace, history: list[dict[str, str]]) -> str:
-    from .chat import DEFAULT_TEMPERATURE, SectionStream, chat_stream
+    from .chat import CHAT_SAMPLING, SectionStream, chat_stream, sampling_with
 
     sections = SectionStream()
     reply = ""
-    for chunk in chat_stream(args.source, history, system_prompt=args.system,
-                             temperature=_temperature(args, DEFAULT_TEMPERATURE),
-                             top_p=args.top_p, max_new_tokens=args.max_tokens, base=args.base):
+    sampling = sampling_with(CHAT_SAMPLING, args.temperature, args.top_p, args.max_tokens)
+    for chunk in chat_stream(args.source, history, system_prompt=args.system, sampling=sampling, base=args.base):
         print(sections.feed(chunk), end="", flush=True)
         reply = chunk.text
     print()
@@ -342,18 +341,13 @@ def _chat_turn(args: argparse.Namespace, history: list[dict[str, str]]) -> str:
 
 
 def _chat_compare(args: argparse.Namespace, prompt: str) -> None:
-    from .chat import COMPARE_TEMPERATURE, format_sections, resolve_source, side_by_side, split_think_answer
+    from .chat import COMPARE_SAMPLING, format_sections, resolve_source, sampling_with, side_by_side, split_think_answer
 
     template = resolve_source(args.source).template
-    replies = side_by_side(args.source, prompt, system_prompt=args.system,
-                           temperature=_temperature(args, COMPARE_TEMPERATURE),
-                           top_p=args.top_p, max_new_tokens=args.max_tokens)
+    sampling = sampling_with(COMPARE_SAMPLING, args.temperature, args.top_p, args.max_tokens)
+    replies = side_by_side(args.source, prompt, system_prompt=args.system, sampling=sampling)
     for name, reply in zip(("base model", "trained model"), replies):
         print(f"=== {name} ===\n{format_sections(*split_think_answer(reply, template))}\n", flush=True)
-
-
-def _temperature(args: argparse.Namespace, default: float) -> float:
-    return default if args.temperature is None else args.temperature
 
 
 def _ask() -> str | None:
@@ -615,12 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", action="store_true", help="talk to the run's base model (with the run's system prompt)")
     p.add_argument("--compare", action="store_true", help="the same prompt to the base and the trained model")
     p.add_argument("--system", help="system prompt instead of the run's ('' sends none)")
-    from .chat import COMPARE_TEMPERATURE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+    from .chat import CHAT_SAMPLING, COMPARE_SAMPLING
 
-    p.add_argument("--temperature", type=float,
-                   help=f"default {DEFAULT_TEMPERATURE:g}; {COMPARE_TEMPERATURE:g} (greedy) with --compare")
-    p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
+    p.add_argument("--temperature", type=float, help=f"default {CHAT_SAMPLING.temperature:g}; "
+                                                     f"{COMPARE_SAMPLING.temperature:g} (greedy) with --compare")
+    p.add_argument("--top-p", type=float, default=CHAT_SAMPLING.top_p)
+    p.add_argument("--max-tokens", type=int, default=CHAT_SAMPLING.max_new_tokens)
     p = sub.add_parser("merge", help="merge the LoRA into a 16-bit model")
     p.add_argument("run_dir")
     _base_args(p)

@@ -14,19 +14,21 @@ only returns finished replies and a chat should show tokens as they come. Only o
 (the last one loaded), so on such a run switching between streaming and whole replies reloads.
 
 These are plain functions for the CLI and the Gradio tab. The cached model means a conversation
-does not reload it on every turn.
+does not reload it on every turn. How replies are decoded is an `inference.Sampling`; the chat's
+defaults are two of them, `CHAT_SAMPLING` and `COMPARE_SAMPLING`, which the CLI's flags and the
+app's sliders start from.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import RunConfig
 from .errors import UserError
-from .inference import BaseGenerator, Messages, is_gguf, load_for_generation, run_adapter_dir
+from .inference import BaseGenerator, Messages, Sampling, is_gguf, load_for_generation, run_adapter_dir
 from .modeling import has_cuda
 from .models import check_model_source, is_bundled, load_error
 from .prompts import get_template, system_prompt as template_system_prompt
@@ -35,11 +37,18 @@ from .runs import CONFIG, RunDir, open_run
 _RUN_SEARCH_DEPTH = 3  # export/merged/ and export/gguf/x.gguf sit this deep under their run
 _PARTIAL_TAG = re.compile(r"<[/A-Za-z]*$")  # "<ans" at the end of a streamed reply: maybe a tag
 THINK_LABEL, ANSWER_LABEL = "[thinking]", "[answer]"
-# Sampling defaults for chat: the CLI and the app's sliders both start from these (one place).
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 0.95
-DEFAULT_MAX_NEW_TOKENS = 256
-COMPARE_TEMPERATURE = 0.0  # side by side is greedy: a difference between the panes then comes from the adapter
+# A chat reply: sampled, at Sampling's default length.
+CHAT_SAMPLING = Sampling(temperature=0.7, top_p=0.95)
+# Side by side: greedy, and one seed for both panes should a temperature be set, so that a
+# difference between the panes comes from the adapter, not from sampling.
+COMPARE_SAMPLING = replace(CHAT_SAMPLING, temperature=0.0, seed=0)
+
+
+def sampling_with(default: Sampling, temperature: float | None, top_p: float, max_new_tokens: float) -> Sampling:
+    """`default` (`CHAT_SAMPLING` or `COMPARE_SAMPLING`) with what a user set, as CLI flags or the
+    app's sliders; temperature None keeps the default's."""
+    return replace(default, temperature=default.temperature if temperature is None else float(temperature),
+                   top_p=float(top_p), max_new_tokens=int(max_new_tokens))
 
 
 @dataclass
@@ -181,9 +190,7 @@ def chat_stream(
     source: str | Path,
     messages: Messages,
     system_prompt: str | None = None,
-    temperature: float = DEFAULT_TEMPERATURE,
-    top_p: float = DEFAULT_TOP_P,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    sampling: Sampling = CHAT_SAMPLING,
     base: bool = False,
 ) -> Iterator[ChatChunk]:
     """Stream a reply to `messages` (the conversation so far, ending with the user's turn).
@@ -192,39 +199,36 @@ def chat_stream(
     `done=True` and the whole reply.
     """
     src = resolve_source(source, base)
-    yield from stream_with(get_generator(src), src, messages, system_prompt, temperature, top_p, max_new_tokens)
+    yield from stream_with(get_generator(src), src, messages, system_prompt, sampling)
 
 
 def stream_with(generator: BaseGenerator, src: ChatSource, messages: Messages, system_prompt: str | None = None,
-                temperature: float = DEFAULT_TEMPERATURE, top_p: float = DEFAULT_TOP_P,
-                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Iterator[ChatChunk]:
+                sampling: Sampling = CHAT_SAMPLING) -> Iterator[ChatChunk]:
     """`chat_stream` on a generator the caller holds (the app keeps its own, behind a lock)."""
     system = src.system_prompt if system_prompt is None else system_prompt
     if src.config is not None:  # the app loads its own generators: prompt as the run trained, here too
         generator.use_run_format(src.config.data)
     text = ""
-    for piece in generator.stream(with_system(messages, system), max_new_tokens, temperature, top_p):
+    for piece in generator.stream(with_system(messages, system), sampling):
         text += piece
         yield ChatChunk.of(piece, text, src.template)
     yield ChatChunk.of("", text, src.template, done=True)
 
 
 def reply(source: str | Path, prompt: str, system_prompt: str | None = None, base: bool = False,
-          temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 256) -> str:
-    """One whole reply to a single user prompt (greedy by default), e.g. for `chat --prompt`."""
+          sampling: Sampling = Sampling()) -> str:
+    """One whole reply to a single user prompt (greedy by default)."""
     src = resolve_source(source, base)
     system = src.system_prompt if system_prompt is None else system_prompt
     messages = with_system([{"role": "user", "content": prompt}], system)
-    return get_generator(src, whole_replies=True).generate([messages], max_new_tokens, temperature, top_p)[0][0]
+    return get_generator(src, whole_replies=True).complete([messages], sampling)[0][0].text
 
 
 def side_by_side(
     run_dir: str | Path,
     prompt: str,
     system_prompt: str | None = None,
-    temperature: float = COMPARE_TEMPERATURE,
-    top_p: float = 1.0,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    sampling: Sampling = COMPARE_SAMPLING,
 ) -> tuple[str, str]:
     """(base reply, trained reply) to the same prompt; one model load, the adapter switched off for base.
 
@@ -235,8 +239,8 @@ def side_by_side(
     messages = [with_system([{"role": "user", "content": prompt}], system)]
     generator = get_generator(src, whole_replies=True)
     with generator.adapter_disabled():
-        base_reply = generator.generate(messages, max_new_tokens, temperature, top_p, seed=0)[0][0]
-    trained_reply = generator.generate(messages, max_new_tokens, temperature, top_p, seed=0)[0][0]
+        base_reply = generator.complete(messages, sampling)[0][0].text
+    trained_reply = generator.complete(messages, sampling)[0][0].text
     return base_reply, trained_reply
 
 

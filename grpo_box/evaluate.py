@@ -30,6 +30,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ import datasets
 from .config import RunConfig
 from .errors import UserError
 from .data import check_prompt_lengths, load_rows
-from .inference import BaseGenerator, Completion, load_for_generation, run_adapter_dir
+from .inference import BaseGenerator, Completion, Sampling, load_for_generation, run_adapter_dir
 from .models import check_model_source, load_error, resolve_model
 from .progress import RowsProgress
 from .prompts import answer_tag_for
@@ -112,8 +113,8 @@ def evaluate(
     with _generator(config, adapter_dir, generator) as gen:
         if getattr(gen, "tokenizer", None) is not None:  # a GGUF generator has none to count with
             check_prompt_lengths(data, gen.tokenizer, config.grpo.max_prompt_length)
-        greedy = _generate(gen, rows["prompt"], max_new, 0.0, 1, config.grpo.seed, progress, "greedy")
-        sampled = _generate(gen, rows["prompt"], max_new, SAMPLE_TEMPERATURE, k, config.grpo.seed,
+        greedy = _generate(gen, rows["prompt"], Sampling(max_new, seed=config.grpo.seed), progress, "greedy")
+        sampled = _generate(gen, rows["prompt"], Sampling(max_new, SAMPLE_TEMPERATURE, n=k, seed=config.grpo.seed),
                             progress, f"{k} samples") if k > 1 else None
     result = _summary(config, rows, funcs, weights, [g[0] for g in greedy], n_examples)
     if sampled is not None:
@@ -138,8 +139,8 @@ def sample_dry_run(
     g = config.grpo
     n = g.num_generations
     with _generator(config, None, generator) as gen:
-        sampled = _generate(gen, rows["prompt"], g.max_completion_length, g.temperature, n, g.seed, progress,
-                            f"{n} samples per prompt")
+        sampled = _generate(gen, rows["prompt"], Sampling(g.max_completion_length, g.temperature, n=n, seed=g.seed),
+                            progress, f"{n} samples per prompt")
     columns = [name for name in rows if name != "prompt"]
     groups = [
         {
@@ -193,17 +194,18 @@ def _rows(config: RunConfig, split: str, limit: int | None) -> datasets.Dataset:
 
 
 def _generate(
-    gen: BaseGenerator, prompts: list[Any], max_new: int, temperature: float, n: int,
-    seed: int, progress: RowsProgress | None, what: str,
+    gen: BaseGenerator, prompts: list[Any], sampling: Sampling, progress: RowsProgress | None, what: str,
 ) -> list[list[Completion]]:
-    """Replies for every prompt, in batches so that `progress` moves."""
+    """Replies for every prompt, in batches so that `progress` moves; each batch is seeded with
+    `sampling.seed` plus its first row's index."""
     step = getattr(gen, "batch_size", len(prompts)) or len(prompts)
     done: list[list[Completion]] = []
     for start in range(0, len(prompts), step):
         if progress:
             progress(start, len(prompts), what)
         chunk = prompts[start : start + step]
-        done += gen.complete(chunk, max_new, temperature, 1.0, n, seed=seed + start)
+        seed = None if sampling.seed is None else sampling.seed + start
+        done += gen.complete(chunk, replace(sampling, seed=seed))
     if progress:
         progress(len(prompts), len(prompts), what)
     return done

@@ -23,6 +23,12 @@ and top-k), while vLLM, TRL's rollouts and llama.cpp do not, and base/trained ac
 merge / GGUF parity checks would depend on the back end; so each back end is passed the neutral
 values explicitly (`NEUTRAL_HF`, the SamplingParams and llama.cpp requests below).
 
+What varies is one value, `Sampling`: the reply length, temperature (0 = greedy), top-p, replies per
+conversation and seed. Every back end's `complete` and `stream` take it, and each turns it into its
+own request (HF `generate` kwargs, vLLM SamplingParams, a llama.cpp request), so a setting means the
+same thing everywhere. `BaseGenerator.generate` is the keyword shortcut that builds one. Chat's
+defaults are Sampling values too (`chat.CHAT_SAMPLING`, `chat.COMPARE_SAMPLING`).
+
 A generator that loaded its model owns it: `close()` frees its GPU memory, tearing a vLLM engine
 down with unsloth_zoo's `delete_vllm` (dropping the reference alone frees nothing, and the app's
 Chat tab would start a second engine beside the first). One that wraps the trainer's model leaves
@@ -34,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +66,25 @@ NEUTRAL_HF: dict[str, Any] = {
     "eta_cutoff": None,
     "top_h": None,
 }
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How replies are decoded, on every back end: up to `max_new_tokens` new tokens; greedy when
+    `temperature` <= 0, else plain temperature / nucleus (`top_p`) sampling; `n` replies per
+    conversation (greedy: the one greedy reply, repeated); `seed` makes samples reproducible
+    (None: unseeded). `stream` yields one reply and ignores `n`. Frozen: a variant is
+    `dataclasses.replace(sampling, ...)`."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
 
 
 @dataclass
@@ -116,9 +141,9 @@ def load_for_generation(
 
 def standalone_model_config() -> ModelConfig:
     """Unsloth's load settings for a model that comes without a run config (a merged model, a Hub
-    id): 16-bit, a 512-token context (a prompt plus a 256-token chat reply) and 0.6 of the card for
-    vLLM. Not the dataclass defaults: those are the cpu run's, whose 256 tokens fit only its short
-    training replies."""
+    id): 16-bit, a 512-token context (a prompt plus a chat reply of `Sampling`'s default length) and
+    0.6 of the card for vLLM. Not the dataclass defaults: those are the cpu run's, whose 256 tokens
+    fit only its short training replies."""
     return ModelConfig(max_seq_length=512, gpu_memory_utilization=0.6)
 
 
@@ -150,30 +175,22 @@ class BaseGenerator:
     def generate(
         self,
         messages_batch: list[Messages],
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        num_return_sequences: int = 1,
-        seed: int | None = None,
+        max_new_tokens: int = Sampling.max_new_tokens,
+        temperature: float = Sampling.temperature,
+        top_p: float = Sampling.top_p,
+        num_return_sequences: int = Sampling.n,
+        seed: int | None = Sampling.seed,
     ) -> list[list[str]]:
-        """For each conversation, `num_return_sequences` reply texts; greedy when temperature == 0."""
-        done = self.complete(messages_batch, max_new_tokens, temperature, top_p, num_return_sequences, seed)
+        """`complete` with the `Sampling` given as keywords, texts only: for each conversation,
+        `num_return_sequences` reply texts; greedy when temperature <= 0."""
+        done = self.complete(messages_batch, Sampling(max_new_tokens, temperature, top_p, num_return_sequences, seed))
         return [[c.text for c in replies] for replies in done]
 
-    def complete(
-        self,
-        messages_batch: list[Messages],
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        num_return_sequences: int = 1,
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
+    def complete(self, messages_batch: list[Messages], sampling: Sampling = Sampling()) -> list[list[Completion]]:
+        """For each conversation, `sampling.n` replies."""
         raise NotImplementedError
 
-    def stream(
-        self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
-    ) -> Iterator[str]:
+    def stream(self, messages: Messages, sampling: Sampling = Sampling()) -> Iterator[str]:
         """Pieces of one reply as they are generated; their concatenation is the reply."""
         raise NotImplementedError
 
@@ -228,40 +245,26 @@ class Generator(BaseGenerator):
     def prompt_text(self, messages: Messages) -> str:
         return prompt_text(self.tokenizer, messages)
 
-    def complete(
-        self,
-        messages_batch: list[Messages],
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        num_return_sequences: int = 1,
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
-        import torch
-
-        if seed is not None:
-            torch.manual_seed(seed)
+    def complete(self, messages_batch: list[Messages], sampling: Sampling = Sampling()) -> list[list[Completion]]:
+        _seed_torch(sampling)
         results: list[list[Completion]] = []
         for start in range(0, len(messages_batch), self.batch_size):
-            chunk = messages_batch[start : start + self.batch_size]
-            results += self._complete_chunk(chunk, max_new_tokens, temperature, top_p, num_return_sequences)
+            results += self._complete_chunk(messages_batch[start : start + self.batch_size], sampling)
         return results
 
-    def _complete_chunk(
-        self, chunk: list[Messages], max_new_tokens: int, temperature: float, top_p: float, n: int
-    ) -> list[list[Completion]]:
+    def _complete_chunk(self, chunk: list[Messages], sampling: Sampling) -> list[list[Completion]]:
         import torch
 
         inputs = self._encode(chunk)
-        greedy = temperature <= 0
-        kwargs = self._generation_kwargs(max_new_tokens, temperature, top_p)
-        if not greedy:
+        kwargs = self._generation_kwargs(sampling)
+        n = sampling.n
+        if not sampling.greedy:
             kwargs["num_return_sequences"] = n
         with torch.inference_mode():
             out = self.model.generate(**inputs, **kwargs)
         new = out[:, inputs["input_ids"].shape[1] :].tolist()
-        done = [self._completion(ids, max_new_tokens) for ids in new]
-        if greedy:  # greedy replies are identical: generate once, repeat
+        done = [self._completion(ids, sampling.max_new_tokens) for ids in new]
+        if sampling.greedy:  # greedy replies are identical: generate once, repeat
             return [[done[i]] * n for i in range(len(chunk))]
         return [done[i * n : (i + 1) * n] for i in range(len(chunk))]
 
@@ -272,17 +275,18 @@ class Generator(BaseGenerator):
         device = getattr(self.model, "device", None)
         return {k: v.to(device) for k, v in enc.items()} if device is not None else dict(enc)
 
-    def _generation_kwargs(self, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
+    def _generation_kwargs(self, sampling: Sampling) -> dict[str, Any]:
+        """HF `generate` kwargs for one sequence per prompt (`_complete_chunk` adds the count)."""
         kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
+            "max_new_tokens": sampling.max_new_tokens,
             "eos_token_id": self.eos_ids,
             "pad_token_id": self.tokenizer.pad_token_id,
             **NEUTRAL_HF,
         }
-        if temperature <= 0:
+        if sampling.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:  # plain temperature / nucleus sampling, as vLLM and TRL's rollouts do (no top-k)
-            kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         return kwargs
 
     def _completion(self, ids: list[int], max_new_tokens: int) -> Completion:
@@ -292,18 +296,17 @@ class Generator(BaseGenerator):
         ids = ids if end is None else ids[: end + 1]
         return Completion(text, len(ids), end is None and len(ids) >= max_new_tokens, ids)
 
-    def stream(
-        self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
-    ) -> Iterator[str]:
+    def stream(self, messages: Messages, sampling: Sampling = Sampling()) -> Iterator[str]:
         """Token-by-token text via TextIteratorStreamer; generation runs in a worker thread.
 
         Leaving the loop early (a closed generator, a UI stop button) stops generation too.
         """
         from transformers import TextIteratorStreamer
 
+        _seed_torch(sampling)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         stop = threading.Event()
-        kwargs = {**self._encode([messages]), **self._generation_kwargs(max_new_tokens, temperature, top_p)}
+        kwargs = {**self._encode([messages]), **self._generation_kwargs(sampling)}
         kwargs.update(streamer=streamer, stopping_criteria=_stopping_criteria(stop))
         errors: list[BaseException] = []
         worker = threading.Thread(target=self._generate_into, args=(kwargs, streamer, errors), daemon=True)
@@ -344,46 +347,37 @@ class GGUFGenerator(BaseGenerator):
         self.path = path
         self.prefill = prefill_of((getattr(llm, "metadata", None) or {}).get("tokenizer.chat_template"))
 
-    def _request(self, messages: Messages, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
-        greedy = temperature <= 0
+    def _request(self, messages: Messages, sampling: Sampling) -> dict[str, Any]:
+        """A llama.cpp chat request for one reply (seeded beforehand: `_seed`)."""
         return {
             "messages": messages,
-            "max_tokens": max_new_tokens,
-            "temperature": 0.0 if greedy else temperature,
-            "top_p": 1.0 if greedy else top_p,
+            "max_tokens": sampling.max_new_tokens,
+            "temperature": 0.0 if sampling.greedy else sampling.temperature,
+            "top_p": 1.0 if sampling.greedy else sampling.top_p,
             "top_k": 0,  # off, like min_p: plain temperature / nucleus sampling as elsewhere
             "min_p": 0.0,
             "repeat_penalty": 1.0,
         }
 
-    def complete(
-        self,
-        messages_batch: list[Messages],
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        num_return_sequences: int = 1,
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
-        if seed is not None:
-            self.llm.set_seed(seed)
-        return [
-            [self._one(m, max_new_tokens, temperature, top_p) for _ in range(num_return_sequences)]
-            for m in messages_batch
-        ]
+    def _seed(self, sampling: Sampling) -> None:
+        if sampling.seed is not None:
+            self.llm.set_seed(sampling.seed)
 
-    def _one(self, messages: Messages, max_new_tokens: int, temperature: float, top_p: float) -> Completion:
+    def complete(self, messages_batch: list[Messages], sampling: Sampling = Sampling()) -> list[list[Completion]]:
+        self._seed(sampling)
+        return [[self._one(m, sampling) for _ in range(sampling.n)] for m in messages_batch]
+
+    def _one(self, messages: Messages, sampling: Sampling) -> Completion:
         self.llm.reset()  # no KV prefix reuse across requests: see gguf_check.llama_greedy
-        out = self.llm.create_chat_completion(**self._request(messages, max_new_tokens, temperature, top_p))
+        out = self.llm.create_chat_completion(**self._request(messages, sampling))
         choice = out["choices"][0]
         tokens = out.get("usage", {}).get("completion_tokens", 0)
         text = self.prefill + (choice["message"].get("content") or "")
         return Completion(text, tokens, choice.get("finish_reason") == "length")
 
-    def stream(
-        self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
-    ) -> Iterator[str]:
-        request = self._request(messages, max_new_tokens, temperature, top_p)
+    def stream(self, messages: Messages, sampling: Sampling = Sampling()) -> Iterator[str]:
+        request = self._request(messages, sampling)
+        self._seed(sampling)
         self.llm.reset()
         if self.prefill:
             yield self.prefill
@@ -421,34 +415,23 @@ class VLLMGenerator(BaseGenerator):
         finally:
             self._use_lora = True
 
-    def complete(
-        self,
-        messages_batch: list[Messages],
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        num_return_sequences: int = 1,
-        seed: int | None = None,
-    ) -> list[list[Completion]]:
+    def complete(self, messages_batch: list[Messages], sampling: Sampling = Sampling()) -> list[list[Completion]]:
         from vllm import SamplingParams
 
-        greedy = temperature <= 0
-        params = SamplingParams(**vllm_sampling_kwargs(max_new_tokens, temperature, top_p, num_return_sequences, seed))
+        params = SamplingParams(**vllm_sampling_kwargs(sampling))
         # Token ids, not text: vLLM would add the BOS again to a chat template that already has it.
         prompts = [{"prompt_token_ids": self._prompt_ids(m)} for m in messages_batch]
         lora = self._lora if self._use_lora else None
         outputs = self.model.fast_generate(prompts, sampling_params=params, lora_request=lora, use_tqdm=False)
         done = [[_vllm_completion(o, self.prefill) for o in request.outputs] for request in outputs]
-        return [replies * num_return_sequences if greedy else replies for replies in done]
+        return [replies * sampling.n if sampling.greedy else replies for replies in done]
 
     def _prompt_ids(self, messages: Messages) -> list[int]:
         return self.tokenizer(prompt_text(self.tokenizer, messages), add_special_tokens=False)["input_ids"]
 
-    def stream(
-        self, messages: Messages, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0
-    ) -> Iterator[str]:
+    def stream(self, messages: Messages, sampling: Sampling = Sampling()) -> Iterator[str]:
         """vLLM's offline engine returns whole replies: the stream is one piece."""
-        yield self.generate([messages], max_new_tokens, temperature, top_p)[0][0]
+        yield self.complete([messages], replace(sampling, n=1))[0][0].text
 
     def close(self) -> None:
         model, self.model = self.model, None
@@ -465,23 +448,30 @@ class VLLMGenerator(BaseGenerator):
         _free_cuda_cache()
 
 
-def vllm_sampling_kwargs(max_new_tokens: int, temperature: float, top_p: float, n: int,
-                         seed: int | None) -> dict[str, Any]:
+def vllm_sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
     """vLLM SamplingParams for greedy (temperature 0) or plain temperature / nucleus sampling, with
     every penalty and filter off explicitly (vLLM merges only the EOS ids from generation_config)."""
-    greedy = temperature <= 0
+    greedy = sampling.greedy
     return {
-        "n": 1 if greedy else n,
-        "temperature": 0.0 if greedy else temperature,
-        "top_p": 1.0 if greedy else top_p,
+        "n": 1 if greedy else sampling.n,
+        "temperature": 0.0 if greedy else sampling.temperature,
+        "top_p": 1.0 if greedy else sampling.top_p,
         "top_k": -1,  # all tokens (vLLM: 0 or -1)
         "min_p": 0.0,
         "repetition_penalty": 1.0,
         "presence_penalty": 0.0,
         "frequency_penalty": 0.0,
-        "max_tokens": max_new_tokens,
-        "seed": seed,
+        "max_tokens": sampling.max_new_tokens,
+        "seed": sampling.seed,
     }
+
+
+def _seed_torch(sampling: Sampling) -> None:
+    """Seed torch's generator for HF sampling, when `sampling` has a seed."""
+    if sampling.seed is not None:
+        import torch
+
+        torch.manual_seed(sampling.seed)
 
 
 def _delete_vllm_engine(engine: Any) -> None:

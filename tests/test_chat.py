@@ -12,6 +12,7 @@ from helpers import make_random_lora
 from grpo_box import chat
 from grpo_box.chat import ChatChunk, chat_stream, resolve_source, side_by_side, split_think_answer, with_system
 from grpo_box.config import RunConfig
+from grpo_box.inference import Sampling
 from grpo_box.models import bundled_gguf_path
 from grpo_box.prompts import system_prompt
 from grpo_box.runs import RunDir, create_run
@@ -79,6 +80,17 @@ def test_with_system() -> None:
 # ---------------------------------------------------------------- sources
 
 
+def test_chat_defaults_are_sampling_values_that_the_cli_reads() -> None:
+    from grpo_box.__main__ import build_parser
+
+    args = build_parser().parse_args(["chat", "some-run"])
+    for default in (chat.CHAT_SAMPLING, chat.COMPARE_SAMPLING):
+        assert chat.sampling_with(default, args.temperature, args.top_p, args.max_tokens) == default
+    assert not chat.CHAT_SAMPLING.greedy and chat.COMPARE_SAMPLING.greedy and chat.COMPARE_SAMPLING.seed == 0
+    # what a user sets replaces the default's values (the sliders send floats); the seed stays
+    assert chat.sampling_with(chat.COMPARE_SAMPLING, 0.5, 0.9, 64.0) == Sampling(64, 0.5, 0.9, seed=0)
+
+
 def test_run_source_preselects_the_run_system_prompt(run: RunDir) -> None:
     src = resolve_source(run.path)
     config = run.config()
@@ -109,31 +121,31 @@ def test_run_without_adapter_is_explained(tmp_path: Path) -> None:
 
 def test_chat_stream_on_run_dir(run: RunDir) -> None:
     messages = [{"role": "user", "content": "What is 2 + 3?"}]
-    chunks = list(chat_stream(run.path, messages, temperature=0.0, max_new_tokens=MAX_NEW))
+    chunks = list(chat_stream(run.path, messages, sampling=Sampling(MAX_NEW)))
     assert all(isinstance(c, ChatChunk) for c in chunks) and chunks[-1].done
     assert sum(not c.done for c in chunks) >= 1
     final = chunks[-1]
     assert final.text == "".join(c.delta for c in chunks) and final.text
     assert (final.think, final.answer) == split_think_answer(final.text, "think")
     # the same greedy reply as a whole, with the run's system prompt preselected
-    assert final.text == chat.reply(run.path, "What is 2 + 3?", max_new_tokens=MAX_NEW)
+    assert final.text == chat.reply(run.path, "What is 2 + 3?", sampling=Sampling(MAX_NEW))
 
 
 def test_side_by_side_differs_only_by_adapter(run: RunDir) -> None:
     prompt = "What is 2 + 3?"
-    base_reply, trained_reply = side_by_side(run.path, prompt, system_prompt="", max_new_tokens=MAX_NEW)
-    assert base_reply == chat.reply(run.path, prompt, system_prompt="", base=True, max_new_tokens=MAX_NEW)
-    assert trained_reply == chat.reply(run.path, prompt, system_prompt="", max_new_tokens=MAX_NEW)
+    base_reply, trained_reply = side_by_side(run.path, prompt, system_prompt="", sampling=Sampling(MAX_NEW))
+    assert base_reply == chat.reply(run.path, prompt, system_prompt="", base=True, sampling=Sampling(MAX_NEW))
+    assert trained_reply == chat.reply(run.path, prompt, system_prompt="", sampling=Sampling(MAX_NEW))
     assert base_reply != trained_reply
 
 
 def test_chat_on_bundled_gguf() -> None:
     messages = [{"role": "user", "content": "What is 2 + 3?"}]
-    chunks = list(chat_stream(bundled_gguf_path(), messages, temperature=0.0, max_new_tokens=MAX_NEW))
+    chunks = list(chat_stream(bundled_gguf_path(), messages, sampling=Sampling(MAX_NEW)))
     final = chunks[-1]
     assert final.done and final.text and "<|im_end|>" not in final.text
     assert final.answer == final.text.strip()  # no tags: all answer
-    assert chat.reply(bundled_gguf_path(), "What is 2 + 3?", max_new_tokens=MAX_NEW) == final.text
+    assert chat.reply(bundled_gguf_path(), "What is 2 + 3?", sampling=Sampling(MAX_NEW)) == final.text
 
 
 # ---------------------------------------------------------------- terminal display

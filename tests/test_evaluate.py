@@ -18,7 +18,7 @@ from helpers import make_random_lora, run_cli
 from grpo_box.config import RewardSpec, RunConfig
 from grpo_box.data import DataError, load_rows
 from grpo_box.evaluate import compare, evaluate, evaluate_run, format_eval, pass_at_k, read_eval, sample_dry_run
-from grpo_box.inference import BaseGenerator, Completion
+from grpo_box.inference import BaseGenerator, Completion, Sampling
 from grpo_box.runs import EVAL, RunDir, create_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -75,19 +75,18 @@ class Scripted(BaseGenerator):
         self.reply = reply
         self.calls: list[dict[str, Any]] = []
 
-    def complete(self, messages_batch, max_new_tokens=256, temperature=0.0, top_p=1.0,
-                 num_return_sequences=1, seed=None) -> list[list[Completion]]:
-        self.calls.append({"n": len(messages_batch), "temperature": temperature, "k": num_return_sequences,
-                           "max_new_tokens": max_new_tokens})
+    def complete(self, messages_batch, sampling=Sampling()) -> list[list[Completion]]:
+        self.calls.append({"n": len(messages_batch), "temperature": sampling.temperature, "k": sampling.n,
+                           "max_new_tokens": sampling.max_new_tokens})
         out = []
         for messages in messages_batch:
             question = messages[-1]["content"]
-            texts = [self.reply(question, self.answers[question], i) for i in range(num_return_sequences)]
+            texts = [self.reply(question, self.answers[question], i) for i in range(sampling.n)]
             out.append([Completion(t, 8, False, list(range(8))) for t in texts])
         return out
 
-    def stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0) -> Iterator[str]:
-        yield self.complete([messages])[0][0].text
+    def stream(self, messages, sampling=Sampling()) -> Iterator[str]:
+        yield self.complete([messages], sampling)[0][0].text
 
 
 def formatted(answer: str) -> str:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import make_random_lora
 
-from grpo_box.inference import Completion, Generator, GGUFGenerator, load_for_generation, run_adapter_dir
+from grpo_box.inference import (BaseGenerator, Completion, Generator, GGUFGenerator, Sampling, load_for_generation,
+                                run_adapter_dir, vllm_sampling_kwargs)
 from grpo_box.models import ModelError, bundled_gguf_path
 from grpo_box.runs import RunDir
 
@@ -31,10 +32,32 @@ def tuned(bundled_model_dir: Path, adapter_dir: Path) -> Generator:
     return load_for_generation(str(bundled_model_dir), adapter_dir)
 
 
+def test_generate_is_complete_with_the_sampling_as_keywords() -> None:
+    seen: list[Sampling] = []
+
+    class Recording(BaseGenerator):
+        def complete(self, messages_batch, sampling=Sampling()):
+            seen.append(sampling)
+            return [[Completion("x", 1, False)] * sampling.n for _ in messages_batch]
+
+    assert Recording().generate([QUESTION]) == [["x"]]
+    sampled = Recording().generate([QUESTION], 8, temperature=0.5, top_p=0.9, num_return_sequences=2, seed=4)
+    assert sampled == [["x"] * 2]
+    assert seen == [Sampling(), Sampling(8, 0.5, 0.9, n=2, seed=4)]
+    assert Sampling().greedy and Sampling(temperature=-1.0).greedy and not Sampling(temperature=0.1).greedy
+
+
+def test_greedy_sampling_is_one_neutral_vllm_request() -> None:
+    greedy = vllm_sampling_kwargs(Sampling(16, temperature=0.0, top_p=0.5, n=3, seed=2))
+    assert [greedy[k] for k in ("n", "temperature", "top_p", "max_tokens", "seed")] == [1, 0.0, 1.0, 16, 2]
+    sampled = vllm_sampling_kwargs(Sampling(16, temperature=0.8, top_p=0.5, n=3))
+    assert (sampled["n"], sampled["temperature"], sampled["top_p"], sampled["seed"]) == (3, 0.8, 0.5, None)
+
+
 def test_greedy_is_deterministic_and_stops_at_im_end(tuned: Generator) -> None:
     with tuned.adapter_disabled():
-        first = tuned.complete([QUESTION, COLOR], MAX_NEW)
-        again = tuned.complete([QUESTION, COLOR], MAX_NEW)
+        first = tuned.complete([QUESTION, COLOR], Sampling(MAX_NEW))
+        again = tuned.complete([QUESTION, COLOR], Sampling(MAX_NEW))
     assert [c[0].text for c in first] == [c[0].text for c in again]
     im_end = tuned.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert tuned.eos_ids[0] == im_end
@@ -84,12 +107,12 @@ def test_adapter_changes_outputs_and_switches_off(bundled_model_dir: Path, tuned
 
 def test_stream_concatenation_equals_greedy_reply(tuned: Generator) -> None:
     whole = tuned.generate([QUESTION], MAX_NEW)[0][0]
-    pieces = list(tuned.stream(QUESTION, MAX_NEW, temperature=0.0))
+    pieces = list(tuned.stream(QUESTION, Sampling(MAX_NEW, temperature=0.0)))
     assert len(pieces) >= 1 and "".join(pieces) == whole
 
 
 def test_stream_stops_when_abandoned(tuned: Generator) -> None:
-    stream = tuned.stream(COLOR, 32)
+    stream = tuned.stream(COLOR, Sampling(32))
     next(stream)
     stream.close()  # joins the worker thread; must not hang or raise
 
@@ -105,7 +128,7 @@ def test_sampling_returns_n_per_prompt_and_greedy_repeats(tuned: Generator) -> N
 
 def test_truncated_flag_at_max_new_tokens(tuned: Generator) -> None:
     essay = [{"role": "user", "content": "Write a long story about a dragon."}]
-    (reply,) = tuned.complete([essay], 4)[0]
+    (reply,) = tuned.complete([essay], Sampling(4))[0]
     assert reply.truncated and reply.num_tokens == 4
 
 
@@ -148,10 +171,10 @@ def gguf() -> GGUFGenerator:
 
 
 def test_gguf_greedy_stream_matches_complete(gguf: GGUFGenerator) -> None:
-    (reply,) = gguf.complete([QUESTION], MAX_NEW)[0]
+    (reply,) = gguf.complete([QUESTION], Sampling(MAX_NEW))[0]
     assert isinstance(reply, Completion) and reply.text and "<|im_end|>" not in reply.text
     assert 0 < reply.num_tokens <= MAX_NEW
-    assert "".join(gguf.stream(QUESTION, MAX_NEW)) == reply.text
+    assert "".join(gguf.stream(QUESTION, Sampling(MAX_NEW))) == reply.text
     assert gguf.generate([QUESTION], MAX_NEW)[0][0] == reply.text
 
 
@@ -196,7 +219,7 @@ def test_vllm_generator_sends_token_ids_and_the_lora_per_request(bundled_tokeniz
     gen = VLLMGenerator(model, bundled_tokenizer, adapter_dir="/runs/x/adapter")
     assert has_vllm_engine(model) and not has_vllm_engine(object()) and gen.has_adapter
 
-    greedy = gen.complete([QUESTION, COLOR], 16, temperature=0.0, num_return_sequences=3)
+    greedy = gen.complete([QUESTION, COLOR], Sampling(16, temperature=0.0, n=3))
     call = model.calls[-1]
     text = bundled_tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
     assert call["prompts"][0] == {"prompt_token_ids": bundled_tokenizer(text, add_special_tokens=False)["input_ids"]}
@@ -205,6 +228,6 @@ def test_vllm_generator_sends_token_ids_and_the_lora_per_request(bundled_tokeniz
     assert greedy[0][0] == Completion("4", 2, False, [19, 2])
 
     with gen.adapter_disabled():
-        gen.complete([QUESTION], 16, temperature=0.8, num_return_sequences=4, seed=7)
+        gen.complete([QUESTION], Sampling(16, temperature=0.8, n=4, seed=7))
     call = model.calls[-1]
     assert call["lora"] is None and call["params"].n == 4 and call["params"].seed == 7

@@ -127,7 +127,7 @@ def test_samples_file_shows_whole_replies_and_the_one_shot_turn(tmp_path):
 
 
 def test_generator_replies_start_with_the_prefill(bundled_model_dir):
-    from grpo_box.inference import load_for_generation
+    from grpo_box.inference import Sampling, load_for_generation
 
     gen = load_for_generation(str(bundled_model_dir))
     try:
@@ -136,7 +136,7 @@ def test_generator_replies_start_with_the_prefill(bundled_model_dir):
         gen.use_run_format(SHOWN)
         assert gen.prompt_text(messages).endswith("assistant\n<think>\n")  # the model reads the tag, then goes on
         whole = gen.generate([messages], max_new_tokens=8)[0][0]
-        streamed = list(gen.stream(messages, max_new_tokens=8))
+        streamed = list(gen.stream(messages, Sampling(max_new_tokens=8)))
         assert whole.startswith("<think>\n") and streamed[0] == "<think>\n"
         assert "".join(streamed) == whole
     finally:

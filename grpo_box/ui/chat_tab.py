@@ -6,8 +6,9 @@ behind a lock: one reply generates at a time, and the page says when it waits fo
 reply or for a training job that holds the GPU. Replies stream through the engine's own
 `chat.stream_with`; each is shown as a collapsible "Reasoning" message (the reasoning block of the
 run's template) followed by the answer. The run's system prompt is preselected and the sampling
-sliders start from the engine's defaults (`chat.DEFAULT_*`). "Held-out prompt" fills the box
-with a question the model never trained on and shows its reference answer.
+sliders start from the engine's defaults (`chat.CHAT_SAMPLING`, `chat.COMPARE_SAMPLING`; the
+comparison's seed comes with it). "Held-out prompt" fills the box with a question the model never
+trained on and shows its reference answer.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import gradio as gr
 from grpo_box import chat, job
 from grpo_box.chat import ChatSource, resolve_source
 from grpo_box.errors import UserError
+from grpo_box.inference import Sampling
 
 from . import chat_cache, messages, run_choice
 from .registry import Registry
@@ -57,11 +59,11 @@ def build(reg: Registry) -> None:
         reg.add("chat.system", gr.Textbox(label="System prompt (the run's own is preselected; empty sends none)",
                                           lines=3, elem_id="chat-system"))
         with gr.Row():
-            reg.add("chat.temperature", gr.Slider(0.0, 2.0, value=chat.DEFAULT_TEMPERATURE, step=0.05,
+            reg.add("chat.temperature", gr.Slider(0.0, 2.0, value=chat.CHAT_SAMPLING.temperature, step=0.05,
                                                   label="Temperature (0 = greedy)", elem_id="chat-temperature"))
-            reg.add("chat.top_p", gr.Slider(0.05, 1.0, value=chat.DEFAULT_TOP_P, step=0.05, label="Top-p",
+            reg.add("chat.top_p", gr.Slider(0.05, 1.0, value=chat.CHAT_SAMPLING.top_p, step=0.05, label="Top-p",
                                             elem_id="chat-top-p"))
-            reg.add("chat.max_tokens", gr.Slider(16, 4096, value=chat.DEFAULT_MAX_NEW_TOKENS, step=16,
+            reg.add("chat.max_tokens", gr.Slider(16, 4096, value=chat.CHAT_SAMPLING.max_new_tokens, step=16,
                                                  label="Max new tokens", elem_id="chat-max-tokens"))
         reg.add("chat.when_training", gr.Radio([("wait for it to finish", "wait"), ("run on the CPU", "cpu")],
                                                value="wait", label="While a training job uses the GPU",
@@ -82,7 +84,7 @@ def build(reg: Registry) -> None:
     with gr.Accordion("Compare: the same prompt to the base and the trained model", open=True):
         with gr.Row():
             reg.add("chat.compare_input", gr.Textbox(label="Prompt", lines=2, scale=5, elem_id="chat-compare-input"))
-            reg.add("chat.compare_temperature", gr.Slider(0.0, 2.0, value=chat.COMPARE_TEMPERATURE, step=0.05,
+            reg.add("chat.compare_temperature", gr.Slider(0.0, 2.0, value=chat.COMPARE_SAMPLING.temperature, step=0.05,
                                                           label="Temperature (0 = greedy)",
                                                           elem_id="chat-compare-temperature", scale=2))
             reg.add("chat.compare_go", gr.Button("Compare", variant="primary", elem_id="chat-compare-go", scale=1))
@@ -200,7 +202,8 @@ def _send(reg: Registry):
         bot.append({"role": "user", "content": text})
         turn = [*history, {"role": "user", "content": text}]
         reply = ""
-        for update in _generate(reg, src, base, turn, system, temperature, top_p, max_tokens, when_training):
+        sampling = chat.sampling_with(chat.CHAT_SAMPLING, temperature, top_p, max_tokens)
+        for update in _generate(reg, src, base, turn, system, sampling, when_training):
             if isinstance(update, Note):
                 yield bot, history, "", update.html
                 if update.failed:
@@ -230,8 +233,9 @@ def _compare(reg: Registry):
             return
         user = [{"role": "user", "content": text}]
         panes: dict[bool, Bot] = {True: list(user), False: list(user)}
+        sampling = chat.sampling_with(chat.COMPARE_SAMPLING, temperature, top_p, max_tokens)
         for base in (True, False):
-            for update in _generate(reg, src, base, user, system, temperature, top_p, max_tokens, when_training):
+            for update in _generate(reg, src, base, user, system, sampling, when_training):
                 if isinstance(update, Note):
                     yield panes[True], panes[False], update.html
                     if update.failed:
@@ -244,8 +248,7 @@ def _compare(reg: Registry):
 
 
 def _generate(reg: Registry, src: ChatSource, base: bool, turn: list[dict[str, str]], system: str | None,
-              temperature: float, top_p: float, max_tokens: float,
-              when_training: str) -> Iterator[chat.ChatChunk | Note]:
+              sampling: Sampling, when_training: str) -> Iterator[chat.ChatChunk | Note]:
     """Notes and chunks of one reply: wait for the GPU or for another page's reply, load, stream."""
     has_gpu = reg.ctx.hardware.gpu is not None
     where = _placement(src, has_gpu, when_training)
@@ -266,7 +269,7 @@ def _generate(reg: Registry, src: ChatSource, base: bool, turn: list[dict[str, s
         yield Note(messages.ok(where.note))
         off = generator.adapter_disabled() if base else contextlib.nullcontext()
         try:
-            stream = chat.stream_with(generator, src, turn, system, float(temperature), float(top_p), int(max_tokens))
+            stream = chat.stream_with(generator, src, turn, system, sampling)
             with off, contextlib.closing(stream):  # closed first: a cancelled reply stops generating, then unlocks
                 for chunk in stream:
                     if chat_cache.stop_requested():
