@@ -164,8 +164,16 @@ def test_exit_off_the_main_thread_becomes_a_reward_error(reward_file: Path) -> N
 
 
 def test_a_real_ctrl_c_during_a_reward_stays_an_interrupt(reward_file: Path) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        call(reward(reward_file, "real_ctrl_c", timeout=10))
+    import signal
+
+    # Python's own Ctrl-C handler, as in a terminal: a shell starts background jobs with SIGINT
+    # ignored, and Python keeps it ignored, so a suite run with `&` would test nothing here
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            call(reward(reward_file, "real_ctrl_c", timeout=10))
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_sys_exit_while_importing_names_the_file_and_line(tmp_path: Path) -> None:
