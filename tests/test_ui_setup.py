@@ -21,7 +21,7 @@ def app(tmp_path_factory):
 
 def test_page_starts_on_the_cpu_preset_and_bundled_model_without_a_gpu(app):
     reg = app.reg
-    assert "CPU only" in reg["setup.hardware"].value and "15–25 s a step" in reg["setup.hardware"].value
+    assert "CPU only" in reg["setup.hardware"].value and "11–15 s a step" in reg["setup.hardware"].value
     assert reg["setup.preset"].value == "cpu"
     assert reg["setup.model.name"].value == "bundled:smollm2-135m-instruct"
     assert "in RAM" in reg["setup.verdict"].value

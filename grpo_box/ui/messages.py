@@ -12,6 +12,10 @@ from typing import Any
 
 from grpo_box.errors import UserError
 
+# The cpu preset's measured pace (bench/learning_demo.py, 2 cores): ~15 s a step at first, 11-13 s
+# once the model answers in the format.
+CPU_PRESET_PACE = "about 11–15 s a step on 2 cores"
+
 _STYLES = {
     "error": "border-left:4px solid #c62828;background:#fdecea;color:#5f1010",
     "warning": "border-left:4px solid #ef6c00;background:#fff4e5;color:#663c00",

@@ -58,8 +58,8 @@ def hardware_markdown(hw: Hardware) -> str:
     cores = f"{hw.cpu_count} CPU core{'s' if hw.cpu_count != 1 else ''}"
     ram = f", {hw.ram_gb:g} GB RAM" if hw.ram_gb else ""
     return (f"**CPU only** (no NVIDIA GPU found; {cores}{ram}). Proposed preset: **{preset}**.\n\n"
-            "Training runs on the CPU here: the cpu preset (the bundled 135M model) takes about 15–25 s a step "
-            "on 2 cores, so its 60 steps take 15–25 minutes. A GPU preset's model would take minutes a step; "
+            f"Training runs on the CPU here: the cpu preset (the bundled 135M model) takes {messages.CPU_PRESET_PACE}, "
+            "so its 60 steps take 12–15 minutes. A GPU preset's model would take minutes a step; "
             "its memory estimate below is for the card the preset is meant for.")
 
 

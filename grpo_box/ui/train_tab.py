@@ -129,7 +129,7 @@ def _verdict(reg: Registry):
 
 def _cpu_note(config: Any) -> str:
     if config.preset == "cpu":
-        return "No GPU: training runs on the CPU with the bundled model, about 15–25 s a step on 2 cores."
+        return f"No GPU: training runs on the CPU with the bundled model, {messages.CPU_PRESET_PACE}."
     return (f"No GPU, but the {config.preset} preset is for a {config.preset.upper()} card: on the CPU it runs without "
             "4-bit or vLLM and a step can take many minutes. Choose the cpu preset in Setup.")
 
