@@ -18,8 +18,8 @@ from typing import Any
 
 from ..catalog import Arch
 from ..config import RunConfig
+from ..hardware import GIB
 
-GIB = 1024**3
 CUDA_CONTEXT_GB = 0.5
 VLLM_CONTEXT_GB = 0.5
 NF4_BYTES_PER_PARAM = 4.127 / 8

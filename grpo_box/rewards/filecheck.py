@@ -19,6 +19,7 @@ from typing import Any
 from grpo_box.config import RewardSpec
 from grpo_box.rewards.dryrun import score_groups
 from grpo_box.rewards.registry import RewardError
+from grpo_box.rewards.rubric import USER_PREFIX
 from grpo_box.rewards.user import load_user_rewards
 
 EXAMPLE_GROUP: dict[str, Any] = {
@@ -38,8 +39,8 @@ def check_reward_file(path: str | Path) -> dict[str, Any]:
         row: dict[str, Any] = {"name": name, "signature": f"{name}{inspect.signature(func)}",
                                "doc": (inspect.getdoc(func) or "").split("\n\n")[0], "scores": None, "problem": None}
         try:
-            report = score_groups([EXAMPLE_GROUP], [RewardSpec(f"user:{name}")], user_file=str(path))
-            row["scores"] = [c.scores[f"user:{name}"] for c in report.groups[0].completions]
+            report = score_groups([EXAMPLE_GROUP], [RewardSpec(f"{USER_PREFIX}{name}")], user_file=str(path))
+            row["scores"] = [c.scores[f"{USER_PREFIX}{name}"] for c in report.groups[0].completions]
         except RewardError as exc:
             row["problem"] = str(exc).removeprefix("example: ")
         rows.append(row)
