@@ -8,8 +8,8 @@ reply into its reasoning and its answer so the UI and CLI can show them apart, a
 
 Back ends (`inference.load_for_generation`): on CPU, transformers + PEFT; on a CUDA machine,
 Unsloth. Where the run trains with vLLM (`model.fast_inference`), whole replies (`reply`,
-`side_by_side`) go through Unsloth's `fast_generate` with the adapter as a LoRA request, as the
-issue asks; streaming (`chat_stream`) stays on Unsloth's HF model, because vLLM's offline engine
+`side_by_side`) go through Unsloth's `fast_generate` with the adapter as a LoRA request, as
+the run trains; streaming (`chat_stream`) stays on Unsloth's HF model, because vLLM's offline engine
 only returns finished replies and a chat should show tokens as they come. Only one model is kept
 (the last one loaded), so on such a run switching between streaming and whole replies reloads.
 
@@ -135,7 +135,7 @@ def default_system_prompt(source: str | Path) -> str | None:
     return resolve_source(source, base=True).system_prompt
 
 
-# ---------------------------------------------------------------- model cache
+# -- model cache ----------------------------------------------------------------------------------
 
 _cache: dict[tuple[str, str | None, bool], BaseGenerator] = {}
 
@@ -174,7 +174,7 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-# ---------------------------------------------------------------- chat
+# -- chat -----------------------------------------------------------------------------------------
 
 
 def with_system(messages: Messages, system: str | None) -> Messages:
@@ -244,7 +244,7 @@ def side_by_side(
     return base_reply, trained_reply
 
 
-# ---------------------------------------------------------------- sections
+# -- sections -------------------------------------------------------------------------------------
 
 
 class SectionStream:

@@ -160,7 +160,7 @@ def from_gguf(path: str | Path, n_ctx: int = 4096, seed: int = 0) -> "GGUFGenera
     return GGUFGenerator(llm, path)
 
 
-# ---------------------------------------------------------------- the generator interface
+# -- the generator interface ----------------------------------------------------------------------
 
 
 class BaseGenerator:
@@ -492,7 +492,7 @@ def _free_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-# ---------------------------------------------------------------- loading
+# -- loading --------------------------------------------------------------------------------------
 
 
 def _load_cpu(path: str, adapter: str | None) -> Generator:
