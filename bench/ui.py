@@ -153,8 +153,10 @@ def bench_training(root: Path, steps: int) -> tuple[float, float]:
         page.predict("cpu", api_name="/select_preset")
         page.predict(json.dumps({**TINY, "grpo.max_steps": steps}), api_name="/set_options")
         page.predict(False, False, api_name="/train_start")
+        from grpo_box.ui.train_tab import TICK_SECONDS
+
         while "finished" not in (page.predict(api_name="/train_poll")[0] or ""):
-            time.sleep(2)
+            time.sleep(TICK_SECONDS)  # as often as an open Train tab's timer
     finally:
         proc.kill()
     app = statistics.mean(step_times(next(app_root.iterdir())))

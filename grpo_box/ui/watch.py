@@ -65,7 +65,7 @@ def poll(path: str) -> tuple[job.Update, list[dict[str, Any]], list[dict[str, An
 
 
 def run_config(path: str) -> RunConfig:
-    """The run's config.yaml, parsed once per version of the file (a tick reads it every 2 s)."""
+    """The run's config.yaml, parsed once per version of the file (a tick reads it every few seconds)."""
     return _parsed_config(path, (Path(path) / CONFIG).stat().st_mtime_ns)
 
 
