@@ -44,11 +44,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .chat_format import apply_run_format, prefill_of, prompt_text
 from .config import ModelConfig
 from .modeling import has_cuda, load_cpu_model, tolerate_inductor_pool_aliasing, unsloth_load_kwargs
 from .models import ModelError, resolve_model
 from .runs import ADAPTER_CONFIG, RunDir, is_adapter_dir, read_adapter_config
-from .chat_format import apply_run_format, prefill_of, prompt_text
 
 Messages = list[dict[str, str]]
 
@@ -166,7 +166,7 @@ def from_gguf(path: str | Path, n_ctx: int = 4096, seed: int = 0) -> "GGUFGenera
 class BaseGenerator:
     """What chat and evaluation use; subclasses implement `complete` and `stream`.
 
-    `prefill` is the reply prefill the model's chat template carries (`prompts.with_prefill`):
+    `prefill` is the reply prefill the model's chat template carries (`chat_format.with_prefill`):
     the model never generates it, so every reply text, streamed or whole, starts with it.
     """
 

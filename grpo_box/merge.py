@@ -117,7 +117,7 @@ def merge_with_report(run_dir: str | Path, out_dir: str | Path | None = None, pr
     peft_model = _apply_adapter(model, run.adapter_dir)
     say("greedy reference with base + adapter", 0.3)
     apply_run_format(tokenizer, config.data)  # as the run trained; the merged tokenizer (and GGUF) keep it
-    cases = build_cases(tokenizer, run_preamble(run), prompts)
+    cases = build_cases(tokenizer, preamble(config.data), prompts)
     _generate_all(peft_model, tokenizer, cases, "adapter_ids", max_new_tokens)
     with peft_model.disable_adapter():
         _generate_all(peft_model, tokenizer, cases, "base_ids", max_new_tokens)
@@ -292,7 +292,7 @@ def _apply_adapter(model: Any, adapter_dir: Path) -> Any:
 # -- greedy parity --------------------------------------------------------------------------------
 def run_preamble(run: RunDir) -> Messages:
     """What the run put before every question (system prompt, one-shot turn); [] when its config
-    cannot be read, so a merge or export of a run with a damaged config still checks its model."""
+    cannot be read, so the export's Modelfile of a run with a damaged config is still written."""
     try:
         return preamble(run.config().data)
     except Exception:

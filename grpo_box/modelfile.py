@@ -73,8 +73,9 @@ def translate_template(tokenizer: Any) -> Translation:
     """
     hf = without_one_shot(tokenizer.chat_template or "")
     fmt = next((f for f in FORMATS if all(m in hf for m in f.stops)), None)
-    if fmt is not None and prefill_of(hf):
-        fmt = dataclasses.replace(fmt, generation_prompt=fmt.generation_prompt + prefill_of(hf))
+    prefill = prefill_of(hf)
+    if fmt is not None and prefill:
+        fmt = dataclasses.replace(fmt, generation_prompt=fmt.generation_prompt + prefill)
     if fmt is None:
         return Translation(None, None, "the chat template is neither ChatML nor Llama-3, the formats GRPO Box can "
                                        "write as an Ollama TEMPLATE")
