@@ -16,7 +16,6 @@ same way: the run is marked "out of memory at start-up (…)" with what to lower
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import signal
 import sys
@@ -190,7 +189,7 @@ def resolve_loss(config: RunConfig) -> RunConfig:
     g = config.grpo
     if g.epsilon_high is not None and g.scale_rewards is not None:
         return config
-    resolved = copy.deepcopy(config)
+    resolved = config.copy()
     resolved.grpo.epsilon_high = g.epsilon if g.epsilon_high is None else g.epsilon_high
     resolved.grpo.scale_rewards = g.scale_rewards or ("none" if g.loss_type == "dr_grpo" else "group")
     return resolved

@@ -24,7 +24,6 @@ from .ladders import (
     _RETRY_KNOBS,
     Change,
     _changes,
-    _copy,
     _get,
     describe_changes,
     set_flags,
@@ -76,7 +75,7 @@ def _raise_util_if_needed(config: RunConfig, vram_gb: float, arch: Arch, stack: 
     m = config.model
     if not m.fast_inference or standby_sets_share(config) or need is None or m.gpu_memory_utilization >= need:
         return config
-    out = _copy(config)
+    out = config.copy()
     out.model.gpu_memory_utilization = min(0.95, math.ceil((need + 0.02) * 20) / 20)
     return out
 
@@ -129,7 +128,7 @@ def _smaller_model_that_fits(config: RunConfig, vram_gb: float, arch: Arch, stac
     for model_id, other in sorted(CATALOG.items(), key=lambda item: -item[1].params):
         if other.params >= arch.params:
             continue
-        candidate = _copy(config)
+        candidate = config.copy()
         candidate.model.name = model_id
         if _fits(candidate, vram_gb, other, stack):
             return model_id

@@ -42,10 +42,6 @@ def _get(config: RunConfig, key: str) -> Any:
     return getattr(getattr(config, section), name)
 
 
-def _copy(config: RunConfig) -> RunConfig:
-    return RunConfig.from_dict(config.to_dict())
-
-
 def _next_lower(ladder: tuple[int, ...], value: int) -> int | None:
     lower = [v for v in ladder if v < value]
     return max(lower) if lower else None
@@ -56,7 +52,7 @@ def _lower_generations(config: RunConfig) -> RunConfig | None:
     new = _next_lower(GENERATION_LADDER, g.num_generations)
     if new is None:
         return None
-    out = _copy(config)
+    out = config.copy()
     batch = g.per_device_train_batch_size
     if batch >= g.num_generations and batch % g.num_generations == 0:
         out.grpo.per_device_train_batch_size = new * (batch // g.num_generations)
@@ -70,7 +66,7 @@ def _lower_completion(config: RunConfig) -> RunConfig | None:
     new = _next_lower(COMPLETION_LADDER, config.grpo.max_completion_length)
     if new is None:
         return None
-    out = _copy(config)
+    out = config.copy()
     out.grpo.max_completion_length = new
     return out
 
@@ -80,7 +76,7 @@ def _lower_util(config: RunConfig) -> RunConfig | None:
     new = round(m.gpu_memory_utilization - 0.05, 2)
     if not m.fast_inference or new < _MIN_UTIL or standby_sets_share(config):
         return None
-    out = _copy(config)
+    out = config.copy()
     out.model.gpu_memory_utilization = new
     return out
 
@@ -88,7 +84,7 @@ def _lower_util(config: RunConfig) -> RunConfig | None:
 def _own_share(config: RunConfig) -> RunConfig | None:
     """Under standby, take vLLM's share back from Unsloth's target (the override), then lower it."""
     if standby_sets_share(config):
-        out = _copy(config)
+        out = config.copy()
         out.model.vllm_standby_util_override = True
         return out
     return _lower_util(config) if config.model.vllm_standby_util_override else None
@@ -99,7 +95,7 @@ def _lower_rank(config: RunConfig) -> RunConfig | None:
     new = _next_lower(RANK_LADDER, lora.r)
     if new is None:
         return None
-    out = _copy(config)
+    out = config.copy()
     out.lora.alpha = max(1, round(lora.alpha * new / lora.r))  # keep alpha/r, the LoRA scale
     out.lora.r = new
     return out
@@ -108,7 +104,7 @@ def _lower_rank(config: RunConfig) -> RunConfig | None:
 def _to_4bit(config: RunConfig) -> RunConfig | None:
     if config.model.load_in_4bit or not (config.model.fast_inference or preset_card_gb(config.preset)):
         return None
-    out = _copy(config)
+    out = config.copy()
     out.model.load_in_4bit = True
     return out
 
