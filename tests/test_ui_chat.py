@@ -78,7 +78,9 @@ def test_reply_streams_with_a_collapsible_reasoning_message(app: LiveApp) -> Non
         bot = update[0]
         if bot and bot[-1]["role"] == "assistant":
             seen.append(sum(len(words(m)) for m in bot[1:]))
-    bot = job.outputs()[-1][0]
+    bot, note = job.outputs()[-1][0], job.outputs()[-1][-1]
+    assert "The reply finished in" in note and "Running on the CPU" in note  # only the last update says so
+    assert all("finished" not in str(update[-1]) for update in job.outputs()[:-1])
     assert len(set(seen)) >= 3 and seen[0] < seen[-1], seen  # it grew, token by token
     thought = [m for m in bot if m["role"] == "assistant" and (m.get("metadata") or {}).get("title")]
     assert len(thought) == 1 and thought[0]["metadata"]["title"] == "Reasoning"
@@ -108,6 +110,7 @@ def test_held_out_prompt_and_compare(app: LiveApp) -> None:
     assert "Held-out prompt 2 of 4" in again["chat.reference"]
     out = page.call("/chat_compare", "chatty", None, "What is 2 + 2?", 0.0, 1.0, 32, "wait")
     base, trained = out["chat.compare_base"], out["chat.compare_trained"]
+    assert "The reply finished in" in out["chat.note"]  # the trained pane's, which streams last
     assert words(base[0]) == words(trained[0]) == "What is 2 + 2?"
     assert words(base[-1]).strip() and words(trained[-1]).strip()
     assert words(base[-1]) != words(trained[-1]), "base and trained panes should differ with the adapter"

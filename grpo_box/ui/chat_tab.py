@@ -43,6 +43,7 @@ class Note:
 
     html: str
     failed: bool = False
+    finished: bool = False  # the reply is complete: the page can say how long it took
 
 
 # -- build ----------------------------------------------------------------------------------------
@@ -201,9 +202,12 @@ def _send(reg: Registry):
             return
         bot.append({"role": "user", "content": text})
         turn = [*history, {"role": "user", "content": text}]
-        reply = ""
+        reply, note = "", gr.skip()
         sampling = chat.sampling_with(chat.CHAT_SAMPLING, temperature, top_p, max_tokens)
         for update in _generate(reg, src, base, turn, system, sampling, when_training):
+            if isinstance(update, Note) and update.finished:
+                note = update.html  # shown with the finished reply, so "finished" means the page is final
+                continue
             if isinstance(update, Note):
                 yield bot, history, "", update.html
                 if update.failed:
@@ -212,7 +216,7 @@ def _send(reg: Registry):
             reply = update.text
             yield bot + _assistant(update), history, "", gr.skip()
         history = [*turn, {"role": "assistant", "content": reply}]
-        yield bot + _assistant(chat.ChatChunk.of("", reply, src.template, done=True)), history, "", gr.skip()
+        yield bot + _assistant(chat.ChatChunk.of("", reply, src.template, done=True)), history, "", note
 
     return send
 
@@ -268,6 +272,7 @@ def _generate(reg: Registry, src: ChatSource, base: bool, turn: list[dict[str, s
             return
         yield Note(messages.ok(where.note))
         off = generator.adapter_disabled() if base else contextlib.nullcontext()
+        started = time.monotonic()
         try:
             stream = chat.stream_with(generator, src, turn, system, sampling)
             with off, contextlib.closing(stream):  # closed first: a cancelled reply stops generating, then unlocks
@@ -279,6 +284,9 @@ def _generate(reg: Registry, src: ChatSource, base: bool, turn: list[dict[str, s
                     yield chunk
         except Exception as exc:  # generation failed (out of memory, a broken GGUF): tell the page
             yield Note(messages.error(f"{type(exc).__name__}: {exc}", "The reply failed"), failed=True)
+            return
+    which = "The base model's reply" if base else "The reply"
+    yield Note(messages.ok(f"{where.note} {which} finished in {time.monotonic() - started:.1f} s."), finished=True)
 
 
 def _placement(src: ChatSource, has_gpu: bool, when_training: str) -> chat_cache.Placement:
