@@ -146,13 +146,20 @@ def _row(f: GGUFResult) -> tuple[str, ...]:
     if not f.verified:
         return (Path(f.path).name, size_text(f.size_bytes), "not checked", "-", "-", "-", _yes(f.modelfile_stops_ok),
                 "-")
-    agree = f"{f.identical}/{f.prompts} identical"
-    if f.near_ties:
-        agree += f", {f.near_ties} near-tie"
-    if not replies_agree(f.identical, f.near_ties, f.prompts):
-        agree += f" ({f.prefix_agreement:.0%} prefix)"
+    agree = parity_text(f.identical, f.near_ties, f.prompts, f.prefix_agreement, f.exact_required)
     return (Path(f.path).name, size_text(f.size_bytes), agree, _yes(f.chat_template_ok), f.eos_token or "?",
             "yes" if f.chat_stops else "NO", _yes(f.modelfile_stops_ok), "yes" if f.ok else "NO")
+
+
+def parity_text(identical: int, near_ties: int, prompts: int, prefix: float, exact: bool) -> str:
+    """The greedy comparison with the merged model in words. A quantized file is expected to part
+    from it; its share of tokens reproduced before the first difference is what to read there."""
+    text = f"{identical}/{prompts} identical" + (f", {near_ties} near-tie" if near_ties else "")
+    if replies_agree(identical, near_ties, prompts):
+        return text
+    if exact:
+        return f"{text} ({prefix:.0%} prefix)"
+    return f"{prefix:.0%} of tokens match before the first difference (quantized: differences expected)"
 
 
 def _yes(passed: bool) -> str:

@@ -15,14 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .chat import CHAT_SAMPLING
 from .export_report import GGUFResult
 
 NEAR_TIE = 0.1  # logits: a greedy flip within this of the merged model's choice is rounding
 
 
 def verify_gguf(path: Path, merge_info: dict[str, Any], merged_dir: Path, result: GGUFResult,
-                chat_max_tokens: int = 256) -> GGUFResult:
-    """Load `path` in llama-cpp-python and fill `result` with parity, template, EOS and stop checks."""
+                chat_max_tokens: int = CHAT_SAMPLING.max_new_tokens) -> GGUFResult:
+    """Load `path` in llama-cpp-python and fill `result` with parity, template, EOS and stop checks;
+    the stop check gives a chat reply the Chat tab's token budget to reach EOS."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))

@@ -710,3 +710,17 @@ def test_cli_export_json_and_merge_report_their_checks(exported: dict[str, Any],
     prompts = len(exported["merge"].prompts)
     assert f"Check: {prompts}/{prompts} greedy replies of the merged model match base + adapter (match)" in out
     assert f"Merged model: {run / 'export' / 'merged'}" in out
+
+
+@pytest.mark.parametrize(("counts", "exact", "said"), [
+    ((3, 0, 3, 1.0), True, "3/3 identical"),
+    ((2, 1, 3, 0.9), True, "2/3 identical, 1 near-tie"),
+    ((1, 0, 3, 0.42), True, "1/3 identical (42% prefix)"),
+    ((0, 0, 3, 0.565), False, "56% of tokens match before the first difference (quantized: differences expected)"),
+    ((3, 0, 3, 1.0), False, "3/3 identical"),
+])
+def test_parity_words_do_not_read_as_a_failure_on_a_quantized_file(counts: tuple[int, int, int, float], exact: bool,
+                                                                    said: str) -> None:
+    from grpo_box.export_report import parity_text
+
+    assert parity_text(*counts, exact=exact) == said

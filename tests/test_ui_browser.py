@@ -80,7 +80,7 @@ def test_a_new_user_trains_from_the_browser(browser, app, tmp_path):
     page.wait_for_function(f"() => document.querySelectorAll('{LINES}').length > 0", timeout=600000)
     assert "train-sample-table" in page.locator("#train-sample-view").inner_html()
     page.wait_for_function("() => Number(document.querySelector('#train-step')?.innerText) >= 2", timeout=300000)
-    page.wait_for_timeout(2500)  # the next tick draws step 2: the curves are lines now, not points
+    page.wait_for_timeout(4500)  # the next tick (every 4 s) draws step 2: the curves are lines now, not points
     page.screenshot(path=str(DOCS / "train.png"), full_page=True)
     page.click("#train-stop")
     page.wait_for_function("() => document.querySelector('#train-state')?.innerText === 'stopped'", timeout=300000)

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from grpo_box.export_report import LOSSLESS, size_text
+from grpo_box.export_report import LOSSLESS, parity_text, replies_agree, size_text
 from grpo_box.runs import EXPORT
 
 REPORT = "export.json"
@@ -58,13 +58,10 @@ def file_row(f: dict[str, Any]) -> str:
                  _check(bool(f.get("ok")), "yes" if f.get("ok") else "no")]
         return "<tr>" + "".join(cells) + "</tr>"
     prompts, same, ties = int(f.get("prompts") or 0), int(f.get("identical") or 0), int(f.get("near_ties") or 0)
-    agree = same + ties == prompts
-    parity = f"{same}/{prompts} identical" + (f", {ties} near-tie" if ties else "")
-    if not agree:
-        parity += f" ({float(f.get('prefix_agreement') or 0):.0%} prefix)"
     exact = f.get("quant") in LOSSLESS
+    parity = parity_text(same, ties, prompts, float(f.get("prefix_agreement") or 0), exact)
     cells = [_INFO.format(name), _INFO.format(size),
-             _check(agree, parity) if exact else _INFO.format(parity + " (quantized: reported)"),
+             _check(replies_agree(same, ties, prompts), parity) if exact else _INFO.format(parity),
              _check(bool(f.get("chat_template_ok")), "same" if f.get("chat_template_ok") else "differs"),
              _check(bool(f.get("eos_ok")), f.get("eos_token") or "?"),
              _check(bool(f.get("chat_stops")), "yes" if f.get("chat_stops") else "runs on"),
