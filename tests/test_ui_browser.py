@@ -82,6 +82,9 @@ def test_a_new_user_trains_from_the_browser(browser, app, tmp_path):
     page.wait_for_function("() => Number(document.querySelector('#train-step')?.innerText) >= 2", timeout=300000)
     page.wait_for_timeout(4500)  # the next tick (every 4 s) draws step 2: the curves are lines now, not points
     page.screenshot(path=str(DOCS / "train.png"), full_page=True)
+    ticks = page.evaluate("() => [...document.querySelectorAll('#train-plot-reward g.role-axis-label text')]"
+                          ".map(t => t.textContent)")
+    assert "5" in ticks and not [t for t in ticks if "e" in t], ticks  # the whole run's axis, plain numbers
     page.click("#train-stop")
     page.wait_for_function("() => document.querySelector('#train-state')?.innerText === 'stopped'", timeout=300000)
     stopped_at = int(page.locator("#train-step").inner_text())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from grpo_box.ui.curves import hints, overlay_frame, plot_frame, progress, thin
+from grpo_box.ui.curves import hints, overlay_frame, plot_frame, progress, step_axis, thin
 from grpo_box.ui.train_view import sample_choices, sample_html, status_html
 
 
@@ -20,6 +20,13 @@ def test_reward_frame_is_long_format_with_a_series_per_function_and_numeric_dtyp
     assert str(frame["step"].dtype) == "int64" and str(frame["value"].dtype) == "float64"
     assert plot_frame("reward", []) is None  # None, never an empty frame (LinePlot would stay blank)
     assert plot_frame("kl", _metrics(3)) is None  # no kl logged (beta = 0): nothing to draw
+
+
+def test_the_step_axis_spans_the_whole_run_and_widens_when_a_resume_goes_further():
+    assert step_axis(60, _metrics(2)) == [1.0, 60.0]  # the curves fill the plot as the run goes
+    assert step_axis(60, []) == [1.0, 60.0]
+    assert step_axis(5, _metrics(8)) == [1.0, 8.0]  # a resume past the old max_steps
+    assert step_axis(1, _metrics(1)) is None  # one step: fit to the data
 
 
 def test_long_runs_are_thinned_but_keep_the_last_step():

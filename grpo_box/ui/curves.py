@@ -17,6 +17,17 @@ import pandas as pd
 
 Series = list[tuple[str, str]]  # (metric key, label)
 MAX_POINTS = 600  # steps drawn per series; a longer run is thinned evenly (the last step always kept)
+# Axis labels as plain numbers: Vega formats "~g" with the tick step's precision, so step 100 read
+# "1e+2" and a gradient norm of 1500 "1.5e+3"; "~f" keeps 0.00005 and 1,500 as written.
+AXIS_FORMAT = ",~f"
+
+
+def step_axis(max_steps: int, metrics: list[dict[str, Any]]) -> list[float] | None:
+    """The Train tab's step axis: the whole run from the start, so the curves fill the plot as the
+    run goes (a resumed run that went further widens it); None (fit to the data) for one step."""
+    last = max((int(r.get("step", 0) or 0) for r in metrics), default=0)
+    end = max(max_steps, last)
+    return [1.0, float(end)] if end > 1 else None
 
 PLOTS: dict[str, tuple[str, str, Series]] = {
     # id: (title, y axis, series); "reward" gains one series per reward function at run time

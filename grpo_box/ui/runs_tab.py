@@ -22,7 +22,7 @@ from grpo_box.errors import UserError
 from grpo_box.runs import RunFileError, default_runs_dir, list_runs, open_run
 
 from . import cluster_panel, messages, watch
-from .curves import overlay_frame, plot_frame
+from .curves import AXIS_FORMAT, overlay_frame, plot_frame
 from .registry import Registry
 from .run_made import made_html
 from .train_tab import resume_run
@@ -48,10 +48,10 @@ def build(reg: Registry) -> None:
     reg.add("runs.made", gr.HTML(elem_id="runs-made"))  # its evaluation and exports
     with gr.Row():
         reg.add("runs.plot_reward", gr.LinePlot(None, x="step", y="value", color="series", title="Reward",
-                                                height=260, x_axis_format="~g", y_axis_format="~g",
+                                                height=260, x_axis_format=AXIS_FORMAT, y_axis_format=AXIS_FORMAT,
                                                 elem_id="runs-plot-reward"))
         reg.add("runs.plot_signal", gr.LinePlot(None, x="step", y="value", color="series", title="Learning signal",
-                                                height=260, x_axis_format="~g", y_axis_format="~g",
+                                                height=260, x_axis_format=AXIS_FORMAT, y_axis_format=AXIS_FORMAT,
                                                 elem_id="runs-plot-signal"))
     with gr.Accordion("Config", open=False):
         reg.add("runs.config", gr.Code(language="yaml", interactive=False, elem_id="runs-config"))
@@ -62,7 +62,7 @@ def build(reg: Registry) -> None:
         reg.add("runs.compare", gr.Dropdown(label="Runs to overlay", choices=[], multiselect=True,
                                             elem_id="runs-compare"))
         reg.add("runs.overlay", gr.LinePlot(None, x="step", y="value", color="series", title="Reward by run",
-                                            height=300, x_axis_format="~g", y_axis_format="~g", elem_id="runs-overlay"))
+                                            height=300, x_axis_format=AXIS_FORMAT, y_axis_format=AXIS_FORMAT, elem_id="runs-overlay"))
     cluster_panel.build(reg)
 
 

@@ -20,7 +20,7 @@ from grpo_box.errors import UserError
 from grpo_box.runs import RunDir, open_run
 
 from . import messages, watch
-from .curves import PLOTS, plot_frame
+from .curves import AXIS_FORMAT, PLOTS, plot_frame, step_axis
 from .registry import Registry
 from .state import UIState
 from .train_view import hints_html, rubric_weights, run_sample_html, sample_choices, sample_html, status_html
@@ -70,8 +70,8 @@ def build(reg: Registry) -> None:
 def _plot(reg: Registry, plot: str) -> None:
     title, y_title, _ = PLOTS[plot]
     reg.add(f"train.plot_{plot}", gr.LinePlot(None, x="step", y="value", color="series", title=title,
-                                              y_title=y_title, x_title="step", height=260, x_axis_format="~g",
-                                              y_axis_format="~g", visible=plot != "kl",
+                                              y_title=y_title, x_title="step", height=260, x_axis_format=AXIS_FORMAT,
+                                              y_axis_format=AXIS_FORMAT, visible=plot != "kl",
                                               elem_id=f"train-plot-{plot}"))
 
 
@@ -239,8 +239,9 @@ def _tick(path: str | None, seen: watch.Seen, state: UIState) -> tuple[Any, ...]
                 *[None] * len(PLOT_IDS))
     if len(metrics) == seen.metrics and len(samples) == seen.samples:
         return (seen, status, skip, log, skip, skip, *[skip] * len(PLOT_IDS))
-    plots = [plot_frame(p, metrics) if p != "kl" else gr.update(value=plot_frame(p, metrics), visible=config.grpo.beta > 0)
-             for p in PLOT_IDS]
+    x_lim = step_axis(config.grpo.max_steps, metrics)
+    shown = {"visible": config.grpo.beta > 0}  # the KL plot only where there is a KL term
+    plots = [gr.update(value=plot_frame(p, metrics), x_lim=x_lim, **(shown if p == "kl" else {})) for p in PLOT_IDS]
     pick = gr.update(choices=sample_choices(samples), value=len(samples) - 1 if samples else None)
     view = sample_html(samples[-1] if samples else None, config.data.template, rubric_weights(config))
     new_seen = watch.Seen(path, generation, len(metrics), len(samples))
