@@ -218,8 +218,8 @@ def cmd_rewards(args: argparse.Namespace) -> int:
 
 def _check_reward_file(args: argparse.Namespace) -> int:
     """`rewards check FILE`: load a user reward file (syntax, signatures) and try each function on an example."""
+    from .config import USER_PREFIX
     from .rewards.filecheck import check_reward_file
-    from .rewards.rubric import USER_PREFIX
 
     if not args.file:
         print("rewards check needs the reward file: python -m grpo_box rewards check FILE.py", file=sys.stderr)

@@ -42,7 +42,7 @@ from . import __version__
 from .cluster_plan import (BACKENDS, DEEPSPEED, REQUIREMENTS, SERVER_MEMORY_SHARE, BatchPlan, Bundle, ClusterError,
                            GpuSplit, plan_batch, plan_split)
 from .cluster_readme import readme_text, translations, warnings_for
-from .config import RunConfig
+from .config import USER_PREFIX, RunConfig
 from .prompts import reply_prefill
 
 FILES = Path(__file__).resolve().parent / "cluster_files"
@@ -337,7 +337,6 @@ def _write_files(bundle: Bundle, config: RunConfig, name: str, model: str, run_d
 
 
 def _copy_user_rewards(config: RunConfig, target: Path) -> str | None:
-    from .rewards.rubric import USER_PREFIX
 
     if not any(r.name.startswith(USER_PREFIX) for r in config.rewards):
         return None

@@ -170,6 +170,9 @@ class DataConfig:
                         maximum=2**32 - 1, step=1)
 
 
+USER_PREFIX = "user:"  # a rubric entry named "user:<function>" is a function of the run's reward_file
+
+
 @dataclass
 class RewardSpec:
     name: str
@@ -208,7 +211,7 @@ class RunConfig:
     rewards: list[RewardSpec] = field(default_factory=_default_rewards)
     output: OutputConfig = field(default_factory=OutputConfig)
     reward_file: str | None = setting(None, help="A Python file of your reward functions (rubric names "
-                                      "user:<function>)")
+                                      f"{USER_PREFIX}<function>)")
     evaluate: bool = setting(False, help="Score the held-out split with the base model first and the adapter "
                              "at the end")
     auto_fit: bool = setting(False, help="After a CUDA out-of-memory error, retry once with the next smaller setting")

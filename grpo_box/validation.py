@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import BUNDLED_MODEL, ConfigError, RewardSpec, RunConfig, check_fields, check_run_name
+from .config import BUNDLED_MODEL, USER_PREFIX, ConfigError, RewardSpec, RunConfig, check_fields, check_run_name
 from .models import is_bundled
 from .prompts import TEMPLATES
 
@@ -118,7 +118,6 @@ def _check_reward_name(index: int, spec: RewardSpec, reward_file: str | None) ->
     The user file itself is only imported in the training/eval process (see rewards.user).
     """
     from .rewards.builtin import RewardError, reward_info
-    from .rewards.rubric import USER_PREFIX
 
     label = f"rewards[{index}] ({spec.name})"
     if spec.name.startswith(USER_PREFIX):

@@ -17,7 +17,7 @@ import math
 import numbers
 from typing import Any, Callable
 
-from grpo_box.config import RewardSpec, reward_spec
+from grpo_box.config import USER_PREFIX, RewardSpec, reward_spec
 from grpo_box.prompts import get_template
 from grpo_box.rewards.answers import to_text
 from grpo_box.rewards.guard import DEFAULT_REWARD_TIMEOUT, RewardTimeout, UserExit, call_limited
@@ -25,7 +25,6 @@ from grpo_box.rewards.builtin import RewardError, reward_info
 from grpo_box.rewards.registry import unique_names
 from grpo_box.rewards.user import load_user_rewards
 
-USER_PREFIX = "user:"
 
 
 def with_reply_prefill(completions: list[Any], prefill: str) -> list[Any]:

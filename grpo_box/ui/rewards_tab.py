@@ -23,6 +23,7 @@ import gradio as gr
 import pandas as pd
 import yaml
 
+from grpo_box.config import USER_PREFIX
 from grpo_box.errors import UserError
 
 from . import child, messages
@@ -54,7 +55,6 @@ def registered() -> dict[str, dict[str, Any]]:
 
 
 def reward_choices(state: UIState, user_functions: list[str] | None = None) -> list[str]:
-    from grpo_box.rewards.rubric import USER_PREFIX
 
     users = [r["name"] for r in state.rewards if r["name"].startswith(USER_PREFIX)]
     return list(dict.fromkeys([*registered(), *[USER_PREFIX + f for f in user_functions or []], *users]))
@@ -77,7 +77,6 @@ def parse_params(text: str) -> dict[str, Any]:
 
 def describe(name: str) -> tuple[str, str]:
     """(description, default params as JSON) of a reward name."""
-    from grpo_box.rewards.rubric import USER_PREFIX
 
     info = registered().get(name)
     if info is None:
@@ -109,7 +108,6 @@ def file_view(state: UIState) -> tuple[str, str]:
 
 
 def check_html(result: dict[str, Any], path: Path) -> str:
-    from grpo_box.rewards.rubric import USER_PREFIX
 
     names = ", ".join(USER_PREFIX + f["name"] for f in result["functions"])
     text = f"Saved {path}.\nReward functions: {names} (add them to the rubric above)."
