@@ -380,9 +380,17 @@ class FieldSpec:
     hint: str = ""
 
     def range_text(self) -> str:
-        low = "" if self.minimum is None else f"{'more than' if self.min_exclusive else 'at least'} {self.minimum:g}"
-        high = "" if self.maximum is None else f"{'less than' if self.max_exclusive else 'at most'} {self.maximum:g}"
+        low = high = ""
+        if self.minimum is not None:
+            low = f"{'more than' if self.min_exclusive else 'at least'} {_plain(self.minimum)}"
+        if self.maximum is not None:
+            high = f"{'less than' if self.max_exclusive else 'at most'} {_plain(self.maximum)}"
         return " and ".join(part for part in (low, high) if part)
+
+
+def _plain(number: float) -> str:
+    """A bound as people write it: 1,000,000 and 4,294,967,295, not 1e+06 and 4.29497e+09."""
+    return f"{int(number):,}" if float(number).is_integer() else f"{number:g}"
 
 
 def _kind(type_text: str) -> tuple[str, bool]:
@@ -423,6 +431,7 @@ def field_spec(key: str) -> FieldSpec:
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+_KIND_WORDS = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
 
 
 def check_fields(config: RunConfig) -> list[str]:
@@ -443,7 +452,7 @@ def _check_one(spec: FieldSpec, value: Any) -> list[str]:
         return []
     if spec.kind in _TYPES:
         if (isinstance(value, bool) and spec.kind != "bool") or not isinstance(value, _TYPES[spec.kind]):
-            return [f"{spec.key} must be {spec.kind}, got {value!r}"]
+            return [f"{spec.key} must be {_KIND_WORDS.get(spec.kind, spec.kind)}, got {value!r}"]
         if isinstance(value, float) and not math.isfinite(value):
             return [f"{spec.key}={value!r} must be a finite number"]
     if spec.choices is not None and value not in spec.choices:

@@ -50,6 +50,17 @@ def test_a_new_user_trains_from_the_browser(browser, app, tmp_path):
     # Setup: hardware, preset, the memory verdict; load a small config from a file
     page.wait_for_selector("#setup-hardware")
     assert "CPU only" in page.locator("#setup-hardware").inner_text()
+    command = "() => [...document.querySelectorAll('#setup-command textarea')].map(t => t.value).join('')"
+    error = "() => document.querySelector('#setup-error')?.innerText || ''"
+    for typed, said in [("4", ""), ("5", "grpo.learning_rate=5"), ("0.00005", "")]:  # an edit, a wrong value, a fix
+        box = "#setup-grpo-max_steps" if typed == "4" else "#setup-grpo-learning_rate"
+        page.locator(f"{box} input[type=number]").fill(typed)
+        page.locator(f"{box} input[type=number]").press("Tab")
+        page.wait_for_function(f"() => ({error})().includes({said!r}) && ({said!r} !== '' || ({error})() === '')",
+                               timeout=30000)
+    page.click("#setup-show-command")
+    page.wait_for_function(f"() => ({command})().includes('max_steps=4')", timeout=30000)
+    assert "epsilon_high" not in page.evaluate(command)  # the optional field nobody touched stays unset
     config = tmp_path / "small.yaml"
     config.write_text(SMALL)
     with page.expect_file_chooser() as chooser:

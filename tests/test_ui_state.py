@@ -134,3 +134,37 @@ def test_switching_preset_keeps_data_rubric_and_runs_dir():
     assert moved.overrides == {"data.source": "task:sort", "output.runs_dir": "/tmp/r",
                                "rewards": [{"name": "correctness", "weight": 1.0, "params": {}}]}
     assert moved.config().model.name == load_preset("8gb").model.name
+
+
+def test_an_untouched_optional_number_stays_unset_and_a_typed_one_is_checked_by_the_engine():
+    """grpo.epsilon_high ("empty = epsilon") is a text box: Gradio's Number sent its None as an
+    out-of-range 0 with every edit of the form. Bounds are the engine's to check, not the page's."""
+    import gradio as gr
+
+    from grpo_box.ui import fields
+
+    high, steps = fields.spec("grpo.epsilon_high"), fields.spec("grpo.max_steps")
+    assert isinstance(fields.widget(high, None), gr.Textbox) and fields.to_widget(high, None) == ""
+    assert fields.from_widget(high, "") is None and fields.from_widget(high, " 0.28 ") == 0.28
+    assert fields.to_widget(high, 0.28) == "0.28"
+    state = UIState("cpu").set("grpo.max_steps", fields.from_widget(steps, 3.0))
+    state.set("grpo.epsilon_high", fields.from_widget(high, ""))
+    assert state.config().grpo.max_steps == 3 and state.config().grpo.epsilon_high is None
+    number = fields.widget(steps, 60)
+    assert isinstance(number, gr.Number) and number.minimum is None and number.maximum is None
+    for key, typed, said in [("grpo.epsilon_high", "lots", "grpo.epsilon_high must be a number, got 'lots'"),
+                             ("grpo.max_steps", 2.5, "grpo.max_steps must be a whole number, got 2.5"),
+                             ("grpo.learning_rate", 5.0, "grpo.learning_rate=5.0 is out of range: it must be more "
+                                                         "than 0 and less than 0.01")]:
+        with pytest.raises(ConfigError, match=said):
+            UIState("cpu").set(key, fields.from_widget(fields.spec(key), typed)).config()
+
+
+def test_rubric_add_goes_below_the_chosen_row_or_at_the_end():
+    from grpo_box.ui.rewards_tab import edit_rubric
+
+    names = lambda out: [r["name"] for r in out["app.state"].rewards]  # noqa: E731
+    end = edit_rubric(UIState("cpu"), "add", 0, "target_length", 0.25, "{}")  # an empty Row box sends 0
+    assert names(end) == ["xml_count", "think_format", "correctness", "target_length"] and end["rewards.row"] == 4
+    below = edit_rubric(UIState("cpu"), "add", 1, "target_length", 0.25, "{}")
+    assert names(below) == ["xml_count", "target_length", "think_format", "correctness"] and below["rewards.row"] == 2

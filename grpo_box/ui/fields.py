@@ -6,6 +6,12 @@ field's bounds and step, bools Checkboxes, settings with choices Dropdowns (regi
 choices from `choices_from`), lists multi-select Dropdowns and other strings Textboxes. The two
 conversions `to_widget` / `from_widget` map config values to what the widget shows and back
 (None shown as an empty box, booleans among string choices shown as "true"/"false").
+
+The engine checks ranges, not the browser: a Number with bounds rejects an out-of-range value
+in the page, which fails the whole form's event, so every later edit was dropped until it was
+fixed. Without them the value reaches the state and the config check names the setting and its
+range. A nullable number is a Textbox: Gradio's Number shows and sends None as 0 (which would
+make `grpo.epsilon_high`, "empty = epsilon", an out-of-range 0 on any edit).
 """
 
 from __future__ import annotations
@@ -53,10 +59,17 @@ def choices_of(s: FieldSpec) -> list[Any] | None:
     return None
 
 
+def _number_box(s: FieldSpec) -> bool:
+    """A number shown in a Textbox, where an empty box means None."""
+    return s.kind in ("int", "float") and s.nullable
+
+
 def to_widget(s: FieldSpec, value: Any) -> Any:
     """A config value as the widget shows it."""
     if value is None:
-        return EMPTY if s.kind not in ("int", "float", "bool") else None
+        return EMPTY if s.kind not in ("int", "float", "bool") or _number_box(s) else None
+    if _number_box(s):
+        return f"{value:g}" if isinstance(value, float) else str(value)
     if s.kind == "list":
         return list(value)
     if s.kind == "choice" or (choices_of(s) is not None and s.kind not in ("int", "float", "bool")):
@@ -73,6 +86,8 @@ def from_widget(s: FieldSpec, value: Any) -> Any:
         by_text = {_choice_text(c): c for c in choices}
         if value in by_text:
             return by_text[value]
+    if s.kind in ("int", "float") and isinstance(value, str):
+        value = _parsed_number(value)
     if s.kind == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
     if s.kind == "list" and isinstance(value, str):
@@ -80,6 +95,19 @@ def from_widget(s: FieldSpec, value: Any) -> Any:
     if s.kind == "str" and isinstance(value, str):
         return value.strip()
     return value
+
+
+def _parsed_number(text: str) -> Any:
+    """A typed number as int or float; anything else stays text, for the config check to name."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def info_text(s: FieldSpec) -> str:
@@ -95,9 +123,10 @@ def widget(s: FieldSpec, value: Any, *, label: str | None = None, elem_id: str |
     choices = choices_of(s)
     if s.kind == "bool":
         return gr.Checkbox(value=bool(shown), **common)
+    if _number_box(s):
+        return gr.Textbox(value=shown, placeholder="(empty: default)", **common)
     if s.kind in ("int", "float"):
-        return gr.Number(value=shown, minimum=s.minimum, maximum=s.maximum, step=s.step,
-                         precision=0 if s.kind == "int" else None, **common)
+        return gr.Number(value=shown, step=s.step, **common)  # no bounds: see the module docstring
     if s.kind == "list":
         options = list(dict.fromkeys([*(choices or []), *(shown or []), *(s.default or [])]))
         return gr.Dropdown(choices=options, value=shown, multiselect=True, allow_custom_value=True, **common)

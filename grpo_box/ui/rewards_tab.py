@@ -182,8 +182,8 @@ def build(reg: Registry) -> None:
     first = next(iter(registered()))
     description, params = describe(first)
     with gr.Row():
-        reg.add("rewards.row", gr.Number(None, label="Row", precision=0, minimum=1, scale=0, min_width=80,
-                                         elem_id="rewards-row"))
+        reg.add("rewards.row", gr.Number(None, label="Row", precision=0, scale=0, min_width=80,
+                                         elem_id="rewards-row"))  # no minimum: an empty box sends 0
         reg.add("rewards.name", gr.Dropdown(reward_choices(state), value=first, allow_custom_value=True,
                                             label="Reward", elem_id="rewards-name"))
         reg.add("rewards.weight", gr.Number(1.0, label="Weight", step=0.1, elem_id="rewards-weight"))
@@ -217,7 +217,7 @@ def build(reg: Registry) -> None:
 def edit_rubric(state: UIState, action: str, row: Any, name: str, weight: Any, params: str) -> dict[str, Any]:
     """Add, update, remove or move one rubric row; returns the state and the re-rendered rubric."""
     rewards = state.rewards
-    index = int(row) - 1 if row not in (None, "") else None
+    index = int(row) - 1 if row not in (None, "") and row >= 1 else None  # an empty Number box sends 0
     if action != "add" and (index is None or not 0 <= index < len(rewards)):
         raise UserError(f"choose a row first (1 to {len(rewards)}): click it in the table or type its number")
     if action in ("add", "update"):
@@ -225,9 +225,9 @@ def edit_rubric(state: UIState, action: str, row: Any, name: str, weight: Any, p
             raise UserError("choose a reward to add")
         entry = {"name": name.strip(), "weight": float(weight if weight is not None else 1.0),
                  "params": parse_params(params)}
-        if action == "add":
-            rewards.append(entry)
-            index = len(rewards) - 1
+        if action == "add":  # below the chosen row, else at the end
+            index = index + 1 if index is not None and index < len(rewards) else len(rewards)
+            rewards.insert(index, entry)
         else:
             rewards[index] = entry
     elif action == "remove":
