@@ -21,7 +21,7 @@ def test_offline_task_preview_runs_the_engine_in_a_child_process(app):
     chosen = session.call("/set_options", json.dumps({"data.source": "task:sort?difficulty=2", "data.size": 64}))
     assert value(chosen["data.kind"]) == "task" and value(chosen["data.task"]) == "sort"
     assert value(chosen["data.difficulty"]) == 2
-    shown = session.call("/preview_data")
+    shown = session.call("/preview_data", "task", "", "")  # the form's source choice: kind, path, Hub id
     assert shown["data.error"] == ""
     html = shown["data.preview"]
     assert html.count('class="data-preview-row"') == 3
@@ -32,7 +32,7 @@ def test_offline_task_preview_runs_the_engine_in_a_child_process(app):
     assert value(chosen["data.data.one_shot"]) is True and value(chosen["data.data.prefill"]) is True
     assert html.count("What is 3 + 5?") == 3 and html.count("assistant\n&lt;think&gt;\n</pre>") == 3
     session.call("/set_options", json.dumps({"data.one_shot": False, "data.prefill": False}))
-    plain = session.call("/preview_data")["data.preview"]
+    plain = session.call("/preview_data", "task", "", "")["data.preview"]
     assert "What is 3 + 5?" not in plain and "&lt;think&gt;\n</pre>" not in plain
 
 
@@ -54,12 +54,15 @@ def test_uploaded_file_columns_and_bad_files_get_the_engines_message(app, tmp_pa
     broken.write_text('{"question": "What is 2+2?", "answer": "4"}\n{"question": "What is 3+3?", "answer": \n')
     bad = session.call("/upload_data", handle_file(str(broken)))
     assert "line 2: not valid JSON" in bad["data.error"] and "Traceback" not in bad["data.error"]
+    kept = session.call("/preview_data", "file", value(bad["data.path"]), "")  # never the previous file's rows
+    assert "line 2: not valid JSON" in kept["data.error"] and "the settings still use" in kept["data.error"]
+    assert kept["data.preview"] == "" and value(up["data.path"]) in kept["data.error"]
 
     empty = tmp_path / "empty_answer.jsonl"
     empty.write_text("\n".join(json.dumps({"question": f"What is {i}+1?", "answer": str(i + 1) if i != 2 else ""})
                                for i in range(4)) + "\n")
-    session.call("/upload_data", handle_file(str(empty)))
-    failed = session.call("/preview_data")  # the head reads fine; the engine's reader in the child finds row 3
+    chosen = value(session.call("/upload_data", handle_file(str(empty)))["data.path"])
+    failed = session.call("/preview_data", "file", chosen, "")  # the head reads fine; the engine's reader in the child finds row 3
     assert "line 3: empty 'answer'" in failed["data.error"] and "Traceback" not in failed["data.error"]
 
 
@@ -71,7 +74,7 @@ def test_hub_dataset_form_and_an_unknown_id_offline(app):
     assert hub["data.error"] == ""
     line = session.call("/show_command")["setup.command"]
     assert "--set data.source=nobody/no-such-dataset --set data.subset=main --set data.split=test" in line
-    failed = session.call("/preview_data")  # HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are set for the tests
+    failed = session.call("/preview_data", "hub", "", "nobody/no-such-dataset")  # HF_HUB_OFFLINE / HF_DATASETS_OFFLINE are set for the tests
     assert "could not load Hub dataset 'nobody/no-such-dataset'" in failed["data.error"]
     assert "Traceback" not in failed["data.error"]
 

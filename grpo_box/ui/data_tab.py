@@ -233,6 +233,24 @@ def apply_form(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def unused_choice(state: UIState, kind: str | None, path: str | None, hub_id: str | None) -> str:
+    """Why the source chosen in the form is not the state's (the state keeps the last usable one),
+    so a preview never shows the previous source under a file that could not be used; "" if it is."""
+    source = str(state.value("data.source") or "")
+    if kind == "file":
+        path = (path or "").strip()
+        if not path:
+            return "upload a file or type its path"
+        problem = columns_of(path)[1]
+        if problem or source != str(Path(path).expanduser()):
+            return (problem or f"{path} is not the data source yet: press Enter in the path box") + \
+                f" (the settings still use {source})"
+    if kind == "hub" and (hub_id or "").strip() != source:
+        return "type a Hub dataset id such as openai/gsm8k" if not (hub_id or "").strip() else \
+            f"{hub_id.strip()} is not the data source yet (the settings still use {source})"
+    return ""
+
+
 def config_problem(state: UIState) -> str:
     return messages.config_problem(state, "These data settings cannot be used:")
 
@@ -300,8 +318,12 @@ def wire(reg: Registry) -> None:
                                     outputs=reg.components(["app.state", "data.system_prompt"]),
                                     api_name="select_template")
 
-    def preview(state: UIState, progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
+    def preview(state: UIState, kind: str | None, path: str | None, hub_id: str | None,
+                progress: gr.Progress = gr.Progress()) -> dict[Any, Any]:
         """The first prompts as the model sees them, from the engine in a child process."""
+        unused = unused_choice(state, kind, path, hub_id)
+        if unused:
+            return reg.updates({"data.error": messages.error(unused, "Not previewed:"), "data.preview": ""})
         try:
             state.config()
             with child.temp_config(state.to_yaml()) as path:
@@ -313,5 +335,6 @@ def wire(reg: Registry) -> None:
                                 "data.preview": ""})
         return reg.updates({"data.error": "", "data.preview": preview_html(rows)})
 
-    reg["data.preview_button"].click(preview, inputs=reg["app.state"],
+    reg["data.preview_button"].click(preview, inputs=reg.components(["app.state", "data.kind", "data.path",
+                                                                     "data.hub_id"]),
                                      outputs=reg.components(["data.error", "data.preview"]), api_name="preview_data")
