@@ -125,5 +125,8 @@ def test_train_from_the_page_survives_a_killed_worker_and_an_app_restart(tmp_pat
         table = page.predict(api_name="/runs_list")[0]
         row = dict(zip(table["headers"], table["data"][0]))
         assert (row["name"], row["state"], row["step"]) == (run.path.name, "finished", 5)
+        refused = page.predict(0, api_name="/train_resume")  # Resume on a finished run, no more steps typed
+        assert "already finished its 5 steps" in refused and '"More steps"' in refused, refused
+        assert "python -m" not in refused and run.status()["state"] == "finished"
     finally:
         app.kill()
