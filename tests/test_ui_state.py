@@ -168,3 +168,12 @@ def test_rubric_add_goes_below_the_chosen_row_or_at_the_end():
     assert names(end) == ["xml_count", "think_format", "correctness", "target_length"] and end["rewards.row"] == 4
     below = edit_rubric(UIState("cpu"), "add", 1, "target_length", 0.25, "{}")
     assert names(below) == ["xml_count", "target_length", "think_format", "correctness"] and below["rewards.row"] == 2
+
+
+def test_train_tab_cpu_note_names_the_model_it_trains():
+    from grpo_box.ui.train_tab import _cpu_note
+
+    state = UIState("cpu")
+    assert "with the bundled model" in _cpu_note(state.config())
+    other = state.set("model.name", "HuggingFaceTB/SmolLM2-360M-Instruct").config()
+    assert "with HuggingFaceTB/SmolLM2-360M-Instruct" in _cpu_note(other) and "with the bundled" not in _cpu_note(other)

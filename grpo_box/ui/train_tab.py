@@ -17,6 +17,7 @@ import gradio as gr
 
 from grpo_box import job, locks
 from grpo_box.errors import UserError
+from grpo_box.models import is_bundled
 from grpo_box.runs import RunDir, open_run
 
 from . import messages, watch
@@ -130,8 +131,11 @@ def _verdict(reg: Registry):
 
 
 def _cpu_note(config: Any) -> str:
-    if config.preset == "cpu":
+    if config.preset == "cpu" and is_bundled(config.model.name):
         return f"No GPU: training runs on the CPU with the bundled model, {messages.CPU_PRESET_PACE}."
+    if config.preset == "cpu":
+        return (f"No GPU: training runs on the CPU with {config.model.name}; the bundled model takes "
+                f"{messages.CPU_PRESET_PACE}, a larger model takes longer.")
     return (f"No GPU, but the {config.preset} preset is for a {config.preset.upper()} card: on the CPU it runs without "
             "4-bit or vLLM and a step can take many minutes. Choose the cpu preset in Setup.")
 
