@@ -236,6 +236,18 @@ class RunConfig:
         return cls.from_dict(load_yaml(path))
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: where (1-based line and column) and what, without PyYAML's
+    multi-line excerpt of the parser's internals."""
+    mark = getattr(exc, "problem_mark", None)
+    what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    context, started = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and started is not None:
+        context += f" that starts at line {started.line + 1}, column {started.column + 1}"
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"not valid YAML: {where}{what}" + (f" ({context})" if context else "")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, turning parse errors into a ConfigError that names the file."""
     path = Path(path)
@@ -246,7 +258,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); save it as UTF-8 YAML") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{path}: {yaml_problem(exc)}") from exc
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -115,8 +115,10 @@ def test_save_and_load_round_trip_and_bad_files():
     assert yaml.safe_load(state.to_yaml())["grpo"]["max_steps"] == 7  # the whole config: usable with --config
     partial = UIState.from_yaml("grpo:\n  max_steps: 5\n", keep={"output.runs_dir": "/tmp/x"})
     assert partial.preset == "cpu" and partial.overrides == {"grpo.max_steps": 5, "output.runs_dir": "/tmp/x"}
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        UIState.from_yaml("grpo: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML") as bad:
+        UIState.from_yaml("grpo:\n  max_steps: 3\n  learning_rate: [oops\n")
+    assert str(bad.value) == ("not valid YAML: line 4, column 1: expected ',' or ']', but got '<stream end>' (while "
+                              "parsing a flow sequence that starts at line 3, column 18)")  # one line, no excerpt
     with pytest.raises(ConfigError, match="unknown setting grpo.max_stepz"):
         UIState.from_yaml("grpo: {max_stepz: 5}")
     with pytest.raises(ConfigError, match="expected a mapping"):

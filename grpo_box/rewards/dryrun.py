@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from grpo_box.config import RewardSpec
+from grpo_box.config import RewardSpec, yaml_problem
 from grpo_box.rewards.answers import to_text
 from grpo_box.rewards.guard import DEFAULT_REWARD_TIMEOUT
 from grpo_box.rewards.registry import RESERVED_COLUMNS, RewardError
@@ -207,7 +207,7 @@ def load_rubric(path: str | Path) -> list[RewardSpec]:
     except OSError as exc:
         raise RewardError(f"rubric file {path}: cannot read it ({exc})") from exc
     except yaml.YAMLError as exc:
-        raise RewardError(f"rubric file {path}: not valid YAML ({exc})") from exc
+        raise RewardError(f"rubric file {path}: {yaml_problem(exc)}") from exc
     if isinstance(raw, dict):
         if "rewards" not in raw:
             raise RewardError(f"rubric file {path}: a mapping needs a 'rewards:' list of {{name, weight, params}}")

@@ -23,7 +23,7 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from grpo_box.config import USER_PREFIX
+from grpo_box.config import USER_PREFIX, yaml_problem
 from grpo_box.errors import UserError
 
 from . import child, messages
@@ -69,7 +69,7 @@ def parse_params(text: str) -> dict[str, Any]:
     try:
         value = yaml.safe_load(text or "") or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"params: not valid JSON or YAML ({exc})") from None
+        raise UserError(f"params: {yaml_problem(exc)} (JSON works too)") from None
     if not isinstance(value, dict):
         raise UserError('params: expected a mapping such as {"max_chars": 12}')
     return value

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from grpo_box.config import ConfigError, RunConfig, field_specs, set_key
+from grpo_box.config import ConfigError, RunConfig, field_specs, set_key, yaml_problem
 from grpo_box.presets import deep_merge, load_preset
 
 DEFAULT_PRESET = "cpu"
@@ -220,7 +220,7 @@ class UIState:
         try:
             raw = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"not valid YAML ({exc})") from None
+            raise ConfigError(yaml_problem(exc)) from None
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
