@@ -152,3 +152,13 @@ def test_release_stops_a_reply_and_drops_the_model(app: LiveApp) -> None:
     assert time.time() - began < 30 and chat_cache.loaded_key() is None and not chat_cache.busy()
     final = job.result(timeout=60)
     assert "a training job is starting" in str(value(final[2]))
+
+
+def test_a_run_deleted_under_the_page_is_named_not_asked_for(app: LiveApp) -> None:
+    page = app.client()
+    gone = page.call("/chat_send", "deleted-meanwhile", "trained", None, 0.0, 1.0, 16, "wait", "Hi", [], [])
+    assert "Run deleted-meanwhile no longer exists" in gone["chat.note"]
+    asked = page.call("/chat_send", None, "trained", None, 0.0, 1.0, 16, "wait", "Hi", [], [])
+    assert "Choose a run and type a message first." in asked["chat.note"]
+    empty = page.call("/chat_send", "chatty", "trained", None, 0.0, 1.0, 16, "wait", "", [], [])
+    assert "Type a message first." in empty["chat.note"]

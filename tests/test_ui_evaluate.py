@@ -101,4 +101,4 @@ def test_the_tab_reads_eval_json_back_and_filters(app: Any) -> None:
     assert choices == ["all", "fixed by training (2)", "broken by training (1)"]
     assert shown["evaluate.examples"].count("<tr data-verdict") == 3
     missing = page.call("/evaluate_run", "no-such-run", 0, 1)
-    assert "Choose a run first" in missing["evaluate.message"]
+    assert "Run no-such-run no longer exists" in missing["evaluate.message"]  # a name no folder has

@@ -193,7 +193,8 @@ def _send(reg: Registry):
         text = (text or "").strip()
         run = run_choice.run_path(reg, name)
         if run is None or not text:
-            yield bot, history, gr.skip(), messages.warning("Choose a run and type a message first.")
+            ask = "Type a message first." if run is not None else "Choose a run and type a message first."
+            yield bot, history, gr.skip(), messages.warning(run_choice.no_run(reg, name, ask))
             return
         try:
             src, base = source(run, choice or "trained")
@@ -228,7 +229,8 @@ def _compare(reg: Registry):
         text = (text or "").strip()
         run = run_choice.run_path(reg, name)
         if run is None or not text:
-            yield gr.skip(), gr.skip(), messages.warning("Choose a run and type a prompt to compare.")
+            ask = "Type a prompt to compare." if run is not None else "Choose a run and type a prompt to compare."
+            yield gr.skip(), gr.skip(), messages.warning(run_choice.no_run(reg, name, ask))
             return
         try:
             src = resolve_source(run)
@@ -324,7 +326,7 @@ def _heldout(reg: Registry):
         """The next held-out question in the message box (and Compare's), its reference beside it."""
         run = run_choice.run_path(reg, name)
         if run is None:
-            return gr.skip(), messages.warning("Choose a run first."), gr.skip(), gr.skip()
+            return gr.skip(), messages.warning(run_choice.no_run(reg, name)), gr.skip(), gr.skip()
         try:
             rows = _held_out(str(run), (run / "config.yaml").stat().st_mtime)
         except (UserError, OSError) as exc:

@@ -109,7 +109,7 @@ def _evaluate(reg: Registry):
         skip = (gr.skip(),) * 4
         run = run_choice.run_path(reg, name)
         if run is None:
-            return messages.warning("Choose a run first."), *skip
+            return messages.warning(run_choice.no_run(reg, name)), *skip
         busy = job.running_run()
         if busy is not None and reg.ctx.hardware.gpu is not None:
             return messages.error(f"A training job is running ({busy.path.name}) and needs the GPU; evaluate once it "

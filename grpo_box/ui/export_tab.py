@@ -154,10 +154,10 @@ def _show(reg: Registry):
 
 
 # -- merge and export -----------------------------------------------------------------------------
-def refusal(reg: Registry, run: Path | None) -> str | None:
-    """Why a merge or export cannot start now, or None."""
+def refusal(reg: Registry, run: Path | None, name: str | None = None) -> str | None:
+    """Why a merge or export of run `name` (found at `run`) cannot start now, or None."""
     if run is None:
-        return "Choose a run first."
+        return run_choice.no_run(reg, name)
     busy = job.running_run()
     if busy is not None:
         return (f"A training job is running ({busy.path.name}). Merging and exporting load the model and would "
@@ -169,7 +169,7 @@ def _merge(reg: Registry):
     def merge(name: str | None, allow_4bit: bool, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
         """`python -m grpo_box merge RUN`: the merged model's greedy replies checked against base + adapter."""
         run = run_choice.run_path(reg, name)
-        why = refusal(reg, run)
+        why = refusal(reg, run, name)
         if why:
             return messages.error(why, "Not merged"), gr.skip()
         if not _BUSY.acquire(blocking=False):
@@ -197,7 +197,7 @@ def _export(reg: Registry):
         """`python -m grpo_box export RUN --quant …`: convert, quantize, verify; the table from export.json."""
         run = run_choice.run_path(reg, name)
         skip = [gr.skip()] * len(_view_outputs(reg))
-        why = refusal(reg, run)
+        why = refusal(reg, run, name)
         if why:
             return [messages.error(why, "Not exported"), *skip]
         if not quants and not lora:

@@ -76,7 +76,7 @@ def _push(reg: Registry):
         repo = (repo or "").strip()
         token = (token or "").strip() or os.environ.get("HF_TOKEN", "").strip()
         if run is None:
-            return messages.warning("Choose a run first."), ""
+            return messages.warning(run_choice.no_run(reg, name)), ""
         if not _REPO.match(repo):
             return messages.error("Give the Hub repo as USER/NAME (e.g. alice/my-reasoner).", "Not pushed"), ""
         why = check_token(token)

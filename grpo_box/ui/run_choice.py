@@ -40,6 +40,14 @@ def run_path(reg: Any, name: str | None) -> Path | None:
     return path
 
 
+def no_run(reg: Any, name: str | None, ask: str = "Choose a run first.") -> str:
+    """What to say when `run_path` found no run: `ask` for no choice, else that the run is gone
+    (deleted from the Runs tab or another page while this one still listed it)."""
+    if name and run_path(reg, name) is None:
+        return f"Run {name} no longer exists (deleted?): press Refresh and choose another."
+    return ask
+
+
 def dropdown(reg: Any, current: str | None = None) -> Any:
     """An update listing the runs, keeping `current` when it still exists, else the newest run."""
     names = run_names(reg)
