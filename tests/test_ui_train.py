@@ -128,5 +128,7 @@ def test_train_from_the_page_survives_a_killed_worker_and_an_app_restart(tmp_pat
         refused = page.predict(0, api_name="/train_resume")  # Resume on a finished run, no more steps typed
         assert "already finished its 5 steps" in refused and '"More steps"' in refused, refused
         assert "python -m" not in refused and run.status()["state"] == "finished"
+        negative = page.predict(-3, api_name="/train_resume")  # the page's own message, not a Gradio error toast
+        assert "More steps is -3: type a whole number" in negative and run.status()["state"] == "finished"
     finally:
         app.kill()

@@ -48,8 +48,8 @@ def build(reg: Registry) -> None:
         reg.add("train.start", gr.Button("Start training", variant="primary", elem_id="train-start"))
         reg.add("train.stop", gr.Button("Stop (save a checkpoint, then stop)", variant="stop", elem_id="train-stop"))
         reg.add("train.resume", gr.Button("Resume", elem_id="train-resume"))
-        reg.add("train.more_steps", gr.Number(label="More steps (to continue a finished run)", value=0, minimum=0,
-                                              precision=0, elem_id="train-more-steps"))
+        reg.add("train.more_steps", gr.Number(label="More steps (to continue a finished run)", value=0, step=1,
+                                              elem_id="train-more-steps"))  # checked by _resume, in its message
     reg.add("train.message", gr.HTML(elem_id="train-message"))
     reg.add("train.status", gr.HTML(elem_id="train-status"))
     reg.add("train.hints", gr.HTML(elem_id="train-hints"))
@@ -204,8 +204,12 @@ def _stop(path: str | None) -> str:
 def _resume(path: str | None, more_steps: float | None) -> tuple[Any, Any, str]:
     if not path:
         return gr.skip(), gr.skip(), messages.warning("Choose a run to resume (Runs tab) first.")
+    more = float(more_steps or 0)
+    if more < 0 or not more.is_integer():
+        return gr.skip(), gr.skip(), messages.error(f"More steps is {more_steps:g}: type a whole number of steps to add "
+                                                    "(0 resumes a stopped run where it stopped).", "Not resumed")
     try:
-        run = resume_run(path, int(more_steps or 0))
+        run = resume_run(path, int(more))
     except UserError as exc:
         return gr.skip(), gr.skip(), messages.error(str(exc), "Not resumed")
     return str(run.path), watch.Seen(), messages.ok(f"Resumed {run.path.name} from its last checkpoint.")
