@@ -52,7 +52,10 @@ class RunFilesCallback(TrainerCallback):
         self.disk_problem: str | None = None  # set when the disk ran short before a checkpoint
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._t0 = self._last_step_at = time.time()
+        # wall_time counts on from the history a resume keeps (already trimmed to its checkpoint)
+        earlier = self.run.metrics() if state.global_step else []
+        self._last_step_at = time.time()
+        self._t0 = self._last_step_at - float(earlier[-1].get("wall_time", 0.0) if earlier else 0.0)
         reset_peak_vram()  # the first step's peak must not be the model load's
         self.run.set_status("running", step=state.global_step, max_steps=self.max_steps, phase="training", error=None)
 

@@ -81,6 +81,8 @@ def test_a_finished_run_is_not_resumed_unless_told_how_many_more_steps(tmp_path)
     status = run.status()
     assert (status["state"], status["step"], status["max_steps"]) == ("finished", 3, 3)
     assert _steps(run) == [1, 2, 3] and _steps(run, SAMPLES) == [1, 2, 3]
+    times = [m["wall_time"] for m in run.metrics()]
+    assert times == sorted(times) and times[2] > times[1], times  # elapsed counts on across the resume
     kept = run.file("adapter-step-2") / "adapter_model.safetensors"
     assert kept.read_bytes() == adapter  # the finished model stays recoverable
     # the adapter is the one saved after step 3 (its weights may equal step 2's when step 3's groups
