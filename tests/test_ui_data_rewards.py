@@ -54,6 +54,7 @@ def test_uploaded_file_columns_and_bad_files_get_the_engines_message(app, tmp_pa
     broken.write_text('{"question": "What is 2+2?", "answer": "4"}\n{"question": "What is 3+3?", "answer": \n')
     bad = session.call("/upload_data", handle_file(str(broken)))
     assert "line 2: not valid JSON" in bad["data.error"] and "Traceback" not in bad["data.error"]
+    assert "broken.jsonl, line 2" in bad["data.error"] and "uploads" not in bad["data.error"]  # the user's file name
     kept = session.call("/preview_data", "file", value(bad["data.path"]), "")  # never the previous file's rows
     assert "line 2: not valid JSON" in kept["data.error"] and "the settings still use" in kept["data.error"]
     assert kept["data.preview"] == "" and value(up["data.path"]) in kept["data.error"]

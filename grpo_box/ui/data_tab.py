@@ -293,6 +293,7 @@ def wire(reg: Registry) -> None:
         except OSError as exc:
             return reg.updates({"data.error": messages.error(f"could not keep the uploaded file: {exc}")})
         columns, problem = columns_of(str(path))
+        problem = problem.replace(str(path), Path(uploaded).name)  # the name the user picked, not the kept copy's
         out: dict[str, Any] = {"data.path": str(path), "data.kind": "file", **visibility("file"),
                                "data.error": messages.error(problem, "This file cannot be used:") if problem else ""}
         if not problem:
