@@ -20,6 +20,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import gradio as gr
 import pytest
 from helpers import ENV, ROOT, make_random_lora
 from ui_helpers import LiveApp, Session, launch_app, value
@@ -212,3 +213,18 @@ def test_export_while_a_training_job_runs_is_refused(app: LiveApp, page: Session
         holder.kill()
         holder.wait()
     assert not (app.runs_dir / "demo" / "export" / "demo-q8_0.gguf").exists()
+
+
+def test_a_second_merge_or_export_while_one_runs_is_a_toast_not_a_message_under_its_progress(app: LiveApp) -> None:
+    """The running one's progress stays in the message box; the refusal comes as a Gradio warning toast."""
+    import warnings
+
+    from grpo_box.ui import export_tab
+
+    with export_tab._BUSY, warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")  # outside a request, gr.Warning is a Python warning
+        merged = export_tab._merge(app.reg)("demo", False)
+        exported = export_tab._export(app.reg)("demo", ["q4_k_m"], False, False)
+    skip = gr.skip()
+    assert merged == (skip, skip) and all(v == skip for v in exported)
+    assert [str(w.message) for w in said] == [export_tab._BUSY_TEXT] * 2

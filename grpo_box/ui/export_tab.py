@@ -154,6 +154,9 @@ def _show(reg: Registry):
 
 
 # -- merge and export -----------------------------------------------------------------------------
+_BUSY_TEXT = "Another merge or export is running in this app; try again when it is done."
+
+
 def refusal(reg: Registry, run: Path | None, name: str | None = None) -> str | None:
     """Why a merge or export of run `name` (found at `run`) cannot start now, or None."""
     if run is None:
@@ -173,8 +176,8 @@ def _merge(reg: Registry):
         if why:
             return messages.error(why, "Not merged"), gr.skip()
         if not _BUSY.acquire(blocking=False):
-            return messages.error("Another merge or export is running in this app; try again when it is done.",
-                                  "Not merged"), gr.skip()
+            gr.Warning(_BUSY_TEXT, title="Not merged")  # a toast: the message box shows the running one's progress
+            return gr.skip(), gr.skip()
         try:
             args = ["merge", str(run)] + (["--allow-4bit-merge"] if allow_4bit else [])
             result = stream_cli(args, timeout=EXPORT_TIMEOUT, on_line=lambda line: _progress(progress, line))
@@ -203,8 +206,8 @@ def _export(reg: Registry):
         if not quants and not lora:
             return [messages.warning("Tick at least one quantization (or the LoRA GGUF)."), *skip]
         if not _BUSY.acquire(blocking=False):
-            return [messages.error("Another merge or export is running in this app; try again when it is done.",
-                                   "Not exported"), *skip]
+            gr.Warning(_BUSY_TEXT, title="Not exported")
+            return [gr.skip(), *skip]
         args = ["export", str(run), "--quant", ",".join(quants or [])] + (["--lora"] if lora else []) + \
             (["--allow-4bit-merge"] if allow_4bit else [])
         progress(0.0, desc="starting the export")
