@@ -24,6 +24,7 @@ Open WebUI in Docker cannot reach the host's 127.0.0.1: serve with `--host 0.0.0
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -175,12 +176,30 @@ def check_port(host: str, port: int) -> None:
     with socket.socket(family) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
         try:
-            sock.bind((host, port))
+            _bind(sock, host, port)
         except OSError as exc:
             who = " (an OpenAI-compatible server already answers there)" if _answers(
                 f"http://{_url_host(host)}:{port}/v1/models") else ""
             raise ServerError(f"port {port} on {host} is in use by another program{who}: {exc.strerror or exc}; "
-                              f"pick another with --port (or 0 for any free one), or stop that program") from None
+                              f"pick another port (or 0 for any free one), or stop that program") from None
+
+
+def _bind(sock: socket.socket, host: str, port: int) -> None:
+    """Bind, or raise ServerError when `host` is no address of this machine (a typo, a name that
+    does not resolve); other OSErrors (the port is taken) are the caller's to word."""
+    try:
+        sock.bind((host, port))
+    except socket.gaierror:
+        raise ServerError(_bad_host(host)) from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ServerError(_bad_host(host)) from None
+        raise
+
+
+def _bad_host(host: str) -> str:
+    return (f"host {host!r} is not an address of this machine: use 127.0.0.1 (this machine only) or 0.0.0.0 "
+            f"(every network, e.g. for Open WebUI in Docker)")
 
 
 def default_log_dir(gguf: Path) -> Path:
@@ -219,7 +238,7 @@ def check_server_extras() -> None:
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nobody listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
+        _bind(sock, host, 0)
         return int(sock.getsockname()[1])
 
 
@@ -236,7 +255,7 @@ def _wait_ready(handle: ServerHandle, timeout: float, say: Progress, port: int) 
     while time.time() < deadline:
         if handle.process.poll() is not None:
             log = _tail(handle.log_path)
-            taken = (f"port {port} was taken by another program while the model loaded; pick another with --port. "
+            taken = (f"port {port} was taken by another program while the model loaded; pick another port. "
                      if "address already in use" in log.lower() else "")
             raise ServerError(f"the server exited with code {handle.process.returncode}: {taken}"
                               f"(log {handle.log_path}):\n{log}")
@@ -248,7 +267,7 @@ def _wait_ready(handle: ServerHandle, timeout: float, say: Progress, port: int) 
     handle.stop()
     if other and not _listening(handle.log_path, port):
         raise ServerError(f"another server answers on port {port} (it serves {', '.join(other)}), not ours; "
-                          f"pick another port with --port:\n{_tail(handle.log_path)}")
+                          f"pick another port:\n{_tail(handle.log_path)}")
     raise ServerError(f"the server did not answer within {timeout:.0f}s:\n{_tail(handle.log_path)}")
 
 

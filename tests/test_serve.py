@@ -5,6 +5,7 @@ Uses the GGUF that the bundled-model package ships (no conversion needed), so it
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,16 @@ def test_a_broken_model_reports_the_server_log(tmp_path: Path) -> None:
     bad.write_bytes(b"not a gguf at all" * 100)
     with pytest.raises(ServerError, match="exited with code"):
         start_server(bad, port=free_port(), timeout=60, log_dir=tmp_path)
+
+
+@pytest.mark.parametrize("host", ["not a host!!", "203.0.113.7"])  # no such name; an address of another machine
+def test_a_host_this_machine_cannot_listen_on_is_named(host: str) -> None:
+    from grpo_box.serve import check_port
+
+    for attempt in (lambda: free_port(host), lambda: check_port(host, 8080)):
+        with pytest.raises(ServerError, match=f"host '{re.escape(host)}' is not an address of this machine: use "
+                                              "127.0.0.1"):
+            attempt()
 
 
 def test_free_port_is_bindable() -> None:

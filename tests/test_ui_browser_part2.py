@@ -116,6 +116,19 @@ def test_chat_streams_reasoning_and_compare_shows_two_panes(browser: Any, app: A
     DOCS.mkdir(exist_ok=True)
     page.locator("#chat-compare-base").scroll_into_view_if_needed()
     page.screenshot(path=str(DOCS / "chat.png"), full_page=True)
+
+    # switching runs mid-reply stops that reply: the chat becomes the new run's and stays empty
+    page.click("#chat-clear")
+    set_number(page, "chat-max-tokens", "256")
+    page.locator("#chat-input textarea").fill("Tell me a long story about a robot who learns to count.")
+    page.click("#chat-send")
+    page.wait_for_function(f"() => [...document.querySelectorAll('{BOT}')].map(e => e.innerText).join('').length > 10",
+                           timeout=120000)
+    page.locator("#chat-run input").click()
+    page.get_by_role("option", name="demo", exact=True).click()
+    page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 0", timeout=30000)
+    page.wait_for_timeout(3000)  # the old stream would have written into the new run's chat by now
+    assert page.locator(BOT).count() == 0
     errors.assert_none()
 
 

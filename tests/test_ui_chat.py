@@ -162,3 +162,16 @@ def test_a_run_deleted_under_the_page_is_named_not_asked_for(app: LiveApp) -> No
     assert "Choose a run and type a message first." in asked["chat.note"]
     empty = page.call("/chat_send", "chatty", "trained", None, 0.0, 1.0, 16, "wait", "", [], [])
     assert "Type a message first." in empty["chat.note"]
+
+
+def test_a_reply_with_only_reasoning_says_it_has_no_answer_once_done() -> None:
+    """Its reasoning block is collapsed when done: without a line saying so the bubble looks empty."""
+    from grpo_box.chat import ChatChunk
+    from grpo_box.ui.chat_tab import NO_ANSWER, _assistant
+
+    streaming = _assistant(ChatChunk.of("", "<think>only thinking</think>", "think"))
+    done = _assistant(ChatChunk.of("", "<think>only thinking</think>", "think", done=True))
+    assert [m["content"] for m in streaming] == ["only thinking"]  # mid-stream the answer may still come
+    assert [m["content"] for m in done] == ["only thinking", NO_ANSWER]
+    answered = _assistant(ChatChunk.of("", "<think>2 plus 2</think><answer>4</answer>", "think", done=True))
+    assert [m["content"] for m in answered] == ["2 plus 2", "4"]

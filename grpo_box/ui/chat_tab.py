@@ -35,6 +35,7 @@ from .registry import Registry
 REASONING_TITLE = "Reasoning"
 WAIT_POLL_SECONDS = 2.0
 Bot = list[dict[str, Any]]
+NO_ANSWER = "*(no answer: the reply ended inside its reasoning, or without the answer part)*"
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,9 @@ def wire(reg: Registry) -> None:
                                *sampling[1:]],
         outputs=[reg["chat.compare_base"], reg["chat.compare_trained"], reg["chat.note"]],
         api_name="chat_compare", concurrency_limit=8, show_progress="hidden")
-    reg["chat.stop"].click(None, cancels=[send, compare], api_visibility="private")
+    reg["chat.stop"].click(lambda: messages.warning("Stopped: the reply was cut short."), outputs=[reg["chat.note"]],
+                           cancels=[send, compare], api_visibility="private")
+    run.change(None, cancels=[send, compare], api_visibility="private")  # another run: its model, not this stream
 
 
 def page_load(reg: Registry) -> tuple[list[Any], list[Any], Any]:
@@ -305,6 +308,8 @@ def _assistant(chunk: chat.ChatChunk) -> Bot:
                     "metadata": {"title": REASONING_TITLE, "status": "pending" if thinking else "done"}})
     if chunk.answer or not chunk.think:
         out.append({"role": "assistant", "content": chunk.answer})
+    elif chunk.done:  # only reasoning: say so, or the bubble looks empty with its block collapsed
+        out.append({"role": "assistant", "content": NO_ANSWER})
     return out
 
 
