@@ -7,6 +7,7 @@ and docs/export.png for the README. Page errors fail the tests."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def browser() -> Any:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path) -> Any:
     tmp = tmp_path_factory.mktemp("ui-browser-part2")
-    for name in ("thinker", "demo"):  # demo is the newest: every tab opens on it
+    for name in ("doomed", "thinker", "demo"):  # demo is the newest: every tab opens on it
         config = RunConfig()
         config.output.runs_dir, config.output.run_name = str(tmp / "runs"), name
         config.data.size, config.data.eval_size = 12, 4
@@ -129,6 +130,20 @@ def test_chat_streams_reasoning_and_compare_shows_two_panes(browser: Any, app: A
     page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 0", timeout=30000)
     page.wait_for_timeout(3000)  # the old stream would have written into the new run's chat by now
     assert page.locator(BOT).count() == 0
+    errors.assert_none()
+
+
+def test_opening_a_tab_drops_a_run_deleted_meanwhile(browser: Any, app: Any) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = PageErrors(page)
+    page.goto(app.url)
+    for tab, ready in (("chat", "#chat-run"), ("export", "#export-run")):
+        open_tab(page, tab, ready, "doomed")
+    shutil.rmtree(app.runs_dir / "doomed")  # as the Runs tab of another page would
+    for tab, ready in (("chat", "#chat-run"), ("export", "#export-run")):
+        page.click(f"#tab-{tab}-button")  # opening the tab lists the runs again: the choice moves to the newest
+        page.wait_for_function(f"() => document.querySelector('{ready} input')?.value === 'demo'", timeout=30000)
+    assert "doomed" not in page.locator("#export-message").inner_text()
     errors.assert_none()
 
 

@@ -74,7 +74,7 @@ def build_app(runs_dir: str | None = None, *, files_dir: str | None = None,
                     "rewards, then train and watch it learn.", elem_id="app-header")
         with gr.Tabs(elem_id="app-tabs"):
             for label, tab_id, module_name in TABS:
-                with gr.Tab(label, id=tab_id, elem_id=f"tab-{tab_id}"):
+                with reg.add(f"app.tab_{tab_id}", gr.Tab(label, id=tab_id, elem_id=f"tab-{tab_id}")):
                     module = _tab_module(module_name)
                     if module is None:
                         gr.Markdown(f"The {label} tab is coming.", elem_id=f"{tab_id}-placeholder")

@@ -72,6 +72,7 @@ def build(reg: Registry) -> None:
 # -- wire -----------------------------------------------------------------------------------------
 def wire(reg: Registry) -> None:
     run = reg["export.run"]
+    run_choice.refresh_on_open(reg, "export", run)
     reg["export.refresh"].click(lambda current: run_choice.dropdown(reg, current), inputs=[run], outputs=[run],
                                 api_visibility="private")
     run.change(_show(reg), inputs=[run], outputs=_view_outputs(reg) + [reg["export.message"]], api_name="export_show")

@@ -51,8 +51,16 @@ def no_run(reg: Any, name: str | None, ask: str = "Choose a run first.") -> str:
 def dropdown(reg: Any, current: str | None = None) -> Any:
     """An update listing the runs, keeping `current` when it still exists, else the newest run."""
     names = run_names(reg)
-    value = current if current in names else (names[0] if names else None)
-    return gr.update(choices=names, value=value)
+    if current in names:  # the value is left alone: a refresh that was slow must not undo a choice made meanwhile
+        return gr.update(choices=names)
+    return gr.update(choices=names, value=names[0] if names else None)
+
+
+def refresh_on_open(reg: Any, tab: str, run: Any) -> None:
+    """Opening the tab refreshes its run list, as its Refresh button does: a run trained or deleted
+    meanwhile (in another tab or page) is listed or dropped, and a vanished choice moves to the newest."""
+    reg[f"app.tab_{tab}"].select(lambda current: dropdown(reg, current), inputs=[run], outputs=[run],
+                                 api_visibility="private")
 
 
 def exported_ggufs(run: Path) -> list[Path]:
