@@ -216,15 +216,24 @@ def test_export_while_a_training_job_runs_is_refused(app: LiveApp, page: Session
 
 
 def test_a_second_merge_or_export_while_one_runs_is_a_toast_not_a_message_under_its_progress(app: LiveApp) -> None:
-    """The running one's progress stays in the message box; the refusal comes as a Gradio warning toast."""
+    """The running one's progress stays in the message box; the refusal comes as a Gradio warning toast; a
+    page opened meanwhile says what runs and how far it got."""
     import warnings
 
     from grpo_box.ui import export_tab
 
-    with export_tab._BUSY, warnings.catch_warnings(record=True) as said:
-        warnings.simplefilter("always")  # outside a request, gr.Warning is a Python warning
-        merged = export_tab._merge(app.reg)("demo", False)
-        exported = export_tab._export(app.reg)("demo", ["q4_k_m"], False, False)
+    assert export_tab._claim("export", "demo")
+    try:
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")  # outside a request, gr.Warning is a Python warning
+            merged = export_tab._merge(app.reg)("demo", False)
+            exported = export_tab._export(app.reg)("demo", ["q4_k_m"], False, False)
+        export_tab._progress(lambda *a, **k: None, "converting to GGUF - 40.0%")
+        reopened = export_tab._show(app.reg)("demo")[-1]  # a page reloaded meanwhile says what runs
+    finally:
+        export_tab._release()
     skip = gr.skip()
     assert merged == (skip, skip) and all(v == skip for v in exported)
     assert [str(w.message) for w in said] == [export_tab._BUSY_TEXT] * 2
+    assert "Export of demo running since" in reopened and "converting to GGUF - 40.0%" in reopened
+    assert export_tab._show(app.reg)("demo")[-1] == ""  # and nothing once it is done

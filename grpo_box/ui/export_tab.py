@@ -13,6 +13,7 @@ multi-GB GGUFs are never copied into Gradio's cache).
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,14 +149,38 @@ def _show(reg: Registry):
         run = run_choice.run_path(reg, name)
         if run is None:
             return [gr.skip(), "", "", None, "", "", gr.update(choices=[], value=None),
-                    gr.update(choices=[], value=None), ""]
-        return [*view(run), ""]
+                    gr.update(choices=[], value=None), running_note()]
+        return [*view(run), running_note()]
 
     return show
 
 
 # -- merge and export -----------------------------------------------------------------------------
 _BUSY_TEXT = "Another merge or export is running in this app; try again when it is done."
+_NOW: dict[str, Any] = {}  # the merge or export holding _BUSY: what, run, since, its last progress line
+
+
+def _claim(what: str, name: str) -> bool:
+    """Take the app's one merge/export slot, noting what runs in it (for a page opened meanwhile)."""
+    if not _BUSY.acquire(blocking=False):
+        return False
+    _NOW.update(what=what, run=name, since=time.strftime("%H:%M:%S"), line="")
+    return True
+
+
+def _release() -> None:
+    _NOW.clear()
+    _BUSY.release()
+
+
+def running_note() -> str:
+    """A page opened (or reloaded) while a merge or export runs: what it is and how far it got."""
+    now = dict(_NOW)
+    if not now:
+        return ""
+    where = f" ({now['line']})" if now.get("line") else ""
+    return messages.warning(f"{now['what'].capitalize()} of {now['run']} running since {now['since']}{where}. Its "
+                            "result shows here when it is done: press Refresh then.", "In progress")
 
 
 def refusal(reg: Registry, run: Path | None, name: str | None = None) -> str | None:
@@ -176,7 +201,7 @@ def _merge(reg: Registry):
         why = refusal(reg, run, name)
         if why:
             return messages.error(why, "Not merged"), gr.skip()
-        if not _BUSY.acquire(blocking=False):
+        if not _claim("merge", name or ""):
             gr.Warning(_BUSY_TEXT, title="Not merged")  # a toast: the message box shows the running one's progress
             return gr.skip(), gr.skip()
         try:
@@ -185,7 +210,7 @@ def _merge(reg: Registry):
         except ChildError as exc:
             return messages.error(str(exc), "Merge failed"), gr.skip()
         finally:
-            _BUSY.release()
+            _release()
         report = export_view.merge_html(export_view.merge_info(run))
         if result.returncode == CHECK_FAILED:
             return messages.warning("The merged model answers unlike base + adapter on some prompts (see below).",
@@ -206,7 +231,7 @@ def _export(reg: Registry):
             return [messages.error(why, "Not exported"), *skip]
         if not quants and not lora:
             return [messages.warning("Tick at least one quantization (or the LoRA GGUF)."), *skip]
-        if not _BUSY.acquire(blocking=False):
+        if not _claim("export", name or ""):
             gr.Warning(_BUSY_TEXT, title="Not exported")
             return [gr.skip(), *skip]
         args = ["export", str(run), "--quant", ",".join(quants or [])] + (["--lora"] if lora else []) + \
@@ -218,7 +243,7 @@ def _export(reg: Registry):
             return [messages.error(f"{exc}\n\nEarlier exports of this run were left as they were.", "Export failed"),
                     *view(run, quants)]
         finally:
-            _BUSY.release()
+            _release()
         if result.returncode == CHECK_FAILED:
             note = messages.warning("The files were written, but some checks failed: see the red cells and the notes "
                                     "under the table.", "Exported, with failed checks")
@@ -231,5 +256,7 @@ def _export(reg: Registry):
 
 def _progress(progress: gr.Progress, line: str) -> None:
     parsed = parse_percent(line)
+    if _NOW and line.strip():
+        _NOW["line"] = line.strip()[:120]
     if parsed is not None:
         progress(min(parsed[0], 1.0), desc=parsed[1])
