@@ -100,7 +100,7 @@ def test_evaluate_chat_export_serve_from_the_page(app: LiveApp, page: Session) -
     assert "ollama create demo:q4_k_m -f" in exported["export.ollama"]
     assert "PARAMETER stop" in exported["export.modelfile"]
     names = {Path(p).name for p in exported["export.files"]}
-    assert {"demo-q4_k_m.gguf", "demo-q4_k_m.Modelfile", "Modelfile"} <= names
+    assert {"demo-q4_k_m.gguf", "demo-q4_k_m.Modelfile"} <= names and "Modelfile" not in names  # no twin copy
 
     started = page.call("/serve_start", "demo", "demo-q4_k_m.gguf", "", "127.0.0.1", 0)
     url = re.search(r'id="serve-url">([^<]+)<', started["serve.status"]).group(1)

@@ -115,9 +115,12 @@ def merge_html(info: dict[str, Any]) -> str:
 
 
 def downloads(data: dict[str, Any], run: Path) -> list[str]:
-    """Every GGUF, its Modelfile, the LoRA GGUF and export/Modelfile that exist, for download links."""
+    """Every GGUF with its Modelfile, and the LoRA GGUF, that exist, for download links. The shared
+    export/Modelfile (what the `ollama create` line uses here) is a copy of one of those, so it is
+    listed only when no GGUF has its own."""
     paths = [p for f in data.get("files") or [] for p in (f.get("path"), f.get("modelfile"))]
-    paths += [(data.get("lora") or {}).get("path"), data.get("modelfile")]
+    own = any(f.get("modelfile") for f in data.get("files") or [])
+    paths += [(data.get("lora") or {}).get("path"), None if own else data.get("modelfile")]
     seen = [str(Path(p)) for p in paths if p and Path(p).is_file()]
     return list(dict.fromkeys(seen))
 
