@@ -337,7 +337,6 @@ def _write_files(bundle: Bundle, config: RunConfig, name: str, model: str, run_d
 
 
 def _copy_user_rewards(config: RunConfig, target: Path) -> str | None:
-
     if not any(r.name.startswith(USER_PREFIX) for r in config.rewards):
         return None
     source = Path(config.reward_file or "")

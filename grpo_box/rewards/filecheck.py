@@ -16,10 +16,9 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from grpo_box.config import RewardSpec
+from grpo_box.config import USER_PREFIX, RewardSpec
 from grpo_box.rewards.dryrun import score_groups
 from grpo_box.rewards.registry import RewardError
-from grpo_box.config import USER_PREFIX
 from grpo_box.rewards.user import load_user_rewards
 
 EXAMPLE_GROUP: dict[str, Any] = {

@@ -26,7 +26,6 @@ from grpo_box.rewards.registry import unique_names
 from grpo_box.rewards.user import load_user_rewards
 
 
-
 def with_reply_prefill(completions: list[Any], prefill: str) -> list[Any]:
     """Completions with the prompt's reply prefill put back in front (text or chat form).
 

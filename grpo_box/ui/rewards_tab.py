@@ -55,7 +55,6 @@ def registered() -> dict[str, dict[str, Any]]:
 
 
 def reward_choices(state: UIState, user_functions: list[str] | None = None) -> list[str]:
-
     users = [r["name"] for r in state.rewards if r["name"].startswith(USER_PREFIX)]
     return list(dict.fromkeys([*registered(), *[USER_PREFIX + f for f in user_functions or []], *users]))
 
@@ -77,7 +76,6 @@ def parse_params(text: str) -> dict[str, Any]:
 
 def describe(name: str) -> tuple[str, str]:
     """(description, default params as JSON) of a reward name."""
-
     info = registered().get(name)
     if info is None:
         if name.startswith(USER_PREFIX):
@@ -108,7 +106,6 @@ def file_view(state: UIState) -> tuple[str, str]:
 
 
 def check_html(result: dict[str, Any], path: Path) -> str:
-
     names = ", ".join(USER_PREFIX + f["name"] for f in result["functions"])
     text = f"Saved {path}.\nReward functions: {names} (add them to the rubric above)."
     problems = [f"{USER_PREFIX}{f['name']}: {f['problem']}" for f in result["functions"] if f["problem"]]

@@ -62,7 +62,8 @@ def build(reg: Registry) -> None:
         reg.add("runs.compare", gr.Dropdown(label="Runs to overlay", choices=[], multiselect=True,
                                             elem_id="runs-compare"))
         reg.add("runs.overlay", gr.LinePlot(None, x="step", y="value", color="series", title="Reward by run",
-                                            height=300, x_axis_format=AXIS_FORMAT, y_axis_format=AXIS_FORMAT, elem_id="runs-overlay"))
+                                            height=300, x_axis_format=AXIS_FORMAT, y_axis_format=AXIS_FORMAT,
+                                            elem_id="runs-overlay"))
     cluster_panel.build(reg)
 
 
