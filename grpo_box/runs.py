@@ -166,14 +166,15 @@ class RunDir:
         found = self.checkpoints()
         return found[-1] if found else None
 
-    def check_resumable(self) -> None:
-        """Refuse to resume a finished run: going further must say how many more steps (`extend`)."""
+    def check_resumable(self, how: str | None = None) -> None:
+        """Refuse to resume a finished run: going further must say how many more steps (`extend`).
+        `how` says where to give them (default: the CLI's `resume --steps N`)."""
         status = self.status()
         if status.get("state") == "finished":
+            how = how or f"say how many more steps: `python -m grpo_box resume {self.path} --steps N`"
             raise UserError(
-                f"{self.path.name} already finished its {status.get('max_steps', '?')} steps; to train further, say "
-                f"how many more steps: `python -m grpo_box resume {self.path} --steps N` (the finished adapter "
-                f"is kept as adapter-step-{status.get('step', 0)})")
+                f"{self.path.name} already finished its {status.get('max_steps', '?')} steps; to train further, "
+                f"{how} (the finished adapter is kept as adapter-step-{status.get('step', 0)})")
 
     def extend(self, steps: int) -> int:
         """Allow `steps` more steps on a stopped or finished run: max_steps grows, the current adapter is

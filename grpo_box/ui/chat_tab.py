@@ -100,9 +100,7 @@ def build(reg: Registry) -> None:
 def wire(reg: Registry) -> None:
     run = reg["chat.run"]
     sampling = [reg["chat.temperature"], reg["chat.top_p"], reg["chat.max_tokens"], reg["chat.when_training"]]
-    run_choice.refresh_on_open(reg, "chat", run)
-    reg["chat.refresh"].click(lambda current: run_choice.dropdown(reg, current), inputs=[run], outputs=[run],
-                              api_visibility="private")
+    run_choice.wire_refresh(reg, "chat")
     run.change(_open(reg), inputs=[run], api_name="chat_open",
                outputs=[reg[k] for k in ("chat.system", "chat.model", "chat.note", "chat.bot", "chat.history",
                                          "chat.reference", "chat.compare_base", "chat.compare_trained")])

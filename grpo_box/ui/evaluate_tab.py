@@ -51,9 +51,7 @@ def build(reg: Registry) -> None:
 
 def wire(reg: Registry) -> None:
     shown = [reg["evaluate.summary"], reg["evaluate.chart"], reg["evaluate.filter"], reg["evaluate.examples"]]
-    run_choice.refresh_on_open(reg, "evaluate", reg["evaluate.run"])
-    reg["evaluate.refresh"].click(lambda current: run_choice.dropdown(reg, current), inputs=[reg["evaluate.run"]],
-                                  outputs=[reg["evaluate.run"]], api_visibility="private")
+    run_choice.wire_refresh(reg, "evaluate")
     reg["evaluate.run"].change(lambda: None, outputs=[reg["evaluate.chart"]], api_visibility="private") \
         .then(_show(reg), inputs=[reg["evaluate.run"]], outputs=[reg["evaluate.message"], *shown],
               api_name="evaluate_show")

@@ -73,9 +73,7 @@ def build(reg: Registry) -> None:
 # -- wire -----------------------------------------------------------------------------------------
 def wire(reg: Registry) -> None:
     run = reg["export.run"]
-    run_choice.refresh_on_open(reg, "export", run)
-    reg["export.refresh"].click(lambda current: run_choice.dropdown(reg, current), inputs=[run], outputs=[run],
-                                api_visibility="private")
+    run_choice.wire_refresh(reg, "export")
     run.change(_show(reg), inputs=[run], outputs=_view_outputs(reg) + [reg["export.message"]], api_name="export_show")
     reg["export.merge"].click(_merge(reg), inputs=[run, reg["export.allow_4bit"]],
                               outputs=[reg["export.message"], reg["export.merge_report"]], api_name="export_merge")

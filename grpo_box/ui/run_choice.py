@@ -56,11 +56,13 @@ def dropdown(reg: Any, current: str | None = None) -> Any:
     return gr.update(choices=names, value=names[0] if names else None)
 
 
-def refresh_on_open(reg: Any, tab: str, run: Any) -> None:
-    """Opening the tab refreshes its run list, as its Refresh button does: a run trained or deleted
-    meanwhile (in another tab or page) is listed or dropped, and a vanished choice moves to the newest."""
-    reg[f"app.tab_{tab}"].select(lambda current: dropdown(reg, current), inputs=[run], outputs=[run],
-                                 api_visibility="private")
+def wire_refresh(reg: Any, tab: str) -> None:
+    """The tab's run list is read again on its Refresh button and whenever the tab is opened: a run
+    trained or deleted meanwhile (in another tab or page) is listed or dropped, and a vanished
+    choice moves to the newest."""
+    run = reg[f"{tab}.run"]
+    for event in (reg[f"{tab}.refresh"].click, reg[f"app.tab_{tab}"].select):
+        event(lambda current: dropdown(reg, current), inputs=[run], outputs=[run], api_visibility="private")
 
 
 def exported_ggufs(run: Path) -> list[Path]:

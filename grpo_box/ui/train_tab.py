@@ -220,13 +220,10 @@ def resume_run(path: str, more_steps: int = 0) -> RunDir:
     run = open_run(path)
     if job.worker_alive(run):
         raise UserError(f"{run.path.name} is still training")
-    status = run.status()
-    if status.get("state") == "finished" and more_steps <= 0:  # the engine's message names the CLI's --steps
-        raise UserError(f"{run.path.name} already finished its {status.get('max_steps', '?')} steps. To train further, "
-                        f"type how many more steps in \"More steps\" on the Train tab and click Resume (the finished "
-                        f"adapter is kept as adapter-step-{status.get('step', 0)}).")
     if more_steps > 0:
         run.extend(more_steps)
+    else:  # the engine's own check, worded for this page (it names the CLI's --steps)
+        run.check_resumable('type how many more steps in "More steps" on the Train tab and click Resume')
     _release_chat_model()
     started = job.start(run, resume=True)
     watch.register(run, started)
