@@ -39,8 +39,8 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .cluster_plan import (BACKENDS, DEEPSPEED, REQUIREMENTS, SERVER_MEMORY_SHARE, BatchPlan, Bundle, ClusterError,
-                           GpuSplit, plan_batch, plan_split)
+from .cluster_plan import (BACKENDS, DEEPSPEED, DEFAULT_BACKEND, DEFAULT_NODES, REQUIREMENTS, SERVER_MEMORY_SHARE,
+                           BatchPlan, Bundle, ClusterError, GpuSplit, node_commands, plan_batch, plan_split)
 from .cluster_readme import readme_text, translations, warnings_for
 from .config import USER_PREFIX, RunConfig
 from .prompts import reply_prefill
@@ -49,22 +49,31 @@ FILES = Path(__file__).resolve().parent / "cluster_files"
 PACKAGE = Path(__file__).resolve().parent
 VENDOR_ROOTS = ("rewards/rubric.py", "rewards/builtin.py", "cpu_backend.py", "chat_format.py")
 BUNDLE_MARKER = "bundle.json"
+LOGS = "logs"  # slurm.sbatch's --output goes here, and SLURM does not create the folder
 
 
 # -- the source -----------------------------------------------------------------------------------
 def load_source(source: str | Path) -> tuple[RunConfig, str, Path | None]:
-    """(config, name, run dir or None) for a run directory or a config YAML (applied over its preset)."""
-    from .runs import open_run
+    """(config, name, run dir or None) for a run directory or a config YAML (applied over its preset).
+
+    The data file and reward_file are made absolute as training makes them (runs.absolute_paths, when
+    it creates the run): a run's config.yaml already holds them absolute, so exporting works from any
+    folder (the app's too); a config YAML's relative paths start from the folder you run from, as
+    `train` takes them, and `~` is expanded."""
+    from .runs import absolute_paths, open_run
     from .validation import validate
 
     path = Path(source).expanduser()
     if path.is_dir():
         run = open_run(path)
-        return validate(run.config()), run.path.name, run.path
-    if not path.is_file():
+        config, name, run_dir = validate(run.config()), run.path.name, run.path
+    elif path.is_file():
+        config, name, run_dir = _config_file(path), path.stem, None
+    else:
         raise ClusterError(f"{path}: no such run directory or config file; give a run folder (see `python -m "
                            f"grpo_box runs`) or a config YAML")
-    return _config_file(path), path.stem, None
+    absolute_paths(config)
+    return config, name, run_dir
 
 
 def _config_file(path: Path) -> RunConfig:
@@ -213,7 +222,9 @@ def script_values(name: str, model: str, split: GpuSplit, config: RunConfig) -> 
             "NODE_DEVICES": ",".join(str(i) for i in range(split.per_node)), "VLLM_TP": split.vllm_tp or 1,
             "VLLM_UTIL": SERVER_MEMORY_SHARE, "MAX_MODEL_LEN": config.model.max_seq_length,
             "NUM_MACHINES": split.train_machines, "NUM_PROCESSES": split.train_processes, "NODES": split.nodes,
-            "GPUS_PER_NODE": split.per_node}
+            "GPUS_PER_NODE": split.per_node,
+            "NODE_COMMANDS": "\n".join(f"  {where}: {command}" for where, command in node_commands(split))
+            if split.nodes > 1 else ""}
 
 
 # -- the vendored reward code ---------------------------------------------------------------------
@@ -295,7 +306,7 @@ def prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def build_bundle(source: str | Path, gpus: int, nodes: int = 1, backend: str = "zero3",
+def build_bundle(source: str | Path, gpus: int, nodes: int = DEFAULT_NODES, backend: str = DEFAULT_BACKEND,
                  vllm_gpus: int | None = None, out: str | Path | None = None) -> Bundle:
     """Write the bundle for `source` (a run directory or a config YAML); see the module docstring."""
     if backend not in BACKENDS:
@@ -325,6 +336,8 @@ def _write_files(bundle: Bundle, config: RunConfig, name: str, model: str, run_d
     config.save(target / "run_config.yaml")
     (target / "requirements.txt").write_text(requirements_text(bundle.backend))
     vendor(target / "vendor")
+    (target / LOGS).mkdir()
+    (target / LOGS / ".keep").write_text("")  # kept by copies that drop empty folders (git, some archivers)
     shutil.copyfile(FILES / "train.py", target / "train.py")
     values = script_values(name, model, split, config)
     _write_script(target / "launch.sh", render("launch.sh", values))

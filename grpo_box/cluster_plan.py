@@ -17,6 +17,20 @@ from .config import GRPOSettings
 from .errors import UserError
 
 BACKENDS = ("zero3", "fsdp")
+# The export's options as the CLI (`cluster`) and the app's panel (ui/cluster_panel.py) offer them:
+# defaults and help in one place. The CLI requires --gpus; EXAMPLE_GPUS (one 8-GPU node) fills the
+# panel's box. vllm_gpus None means the default split (plan_split).
+DEFAULT_NODES = 1
+DEFAULT_BACKEND = BACKENDS[0]
+EXAMPLE_GPUS = 8
+OPTION_HELP = {
+    "gpus": "GPUs in all (vLLM server + training)",
+    "nodes": "machines (more than 1: a SLURM job)",
+    "backend": "DeepSpeed ZeRO-3 or FSDP2",
+    "vllm_gpus": "GPUs for the vLLM server (default: 1 on one node, a whole node on several; 0: vLLM inside each "
+                 "training process)",
+    "out": "bundle folder (default: RUN_DIR/cluster/<N>gpu-<backend>, <N>gpu-<M>nodes-<backend> on several nodes)",
+}
 SERVER_MEMORY_SHARE = 0.9  # `trl vllm-serve`'s default: the server owns its GPUs
 # What the bundle installs: the appliance's pins (pyproject.toml) for the libraries both run, vLLM at
 # the newest release TRL 1.15 supports (0.21-0.31; it pins torch 2.13.0), DeepSpeed for ZeRO-3 only.
@@ -72,6 +86,18 @@ class GpuSplit:
                 f"({self.train_processes} processes on {machines}){idle}")
 
 
+def node_commands(split: GpuSplit) -> list[tuple[str, str]]:
+    """(where, command) to start a several-node job by hand, one per role (what slurm.sbatch does)."""
+    train = "MAIN_PROCESS_IP=<{}'s address> MACHINE_RANK={} ./launch.sh train [train.py flags]"
+    if split.mode == "colocate":
+        return [(f"on nodes 0-{split.nodes - 1}, node k", train.format("node 0", "k"))]
+    served = ("on node 0 (the vLLM server)", "./launch.sh serve")
+    trained = "VLLM_HOST=<node 0's address> " + train.format("node 1", "0" if split.train_machines == 1 else "k")
+    if split.train_machines == 1:
+        return [served, ("on node 1 (training)", trained)]
+    return [served, (f"on nodes 1-{split.nodes - 1} (training), node 1+k", trained)]
+
+
 def _span(what: str, first: int, end: int) -> str:
     """'GPU 0', 'GPUs 1-7'."""
     return f"{what} {first}" if end - first == 1 else f"{what}s {first}-{end - 1}"
@@ -121,7 +147,7 @@ class Bundle:
 
 
 # -- the plan -------------------------------------------------------------------------------------
-def plan_split(gpus: int, nodes: int = 1, vllm_gpus: int | None = None,
+def plan_split(gpus: int, nodes: int = DEFAULT_NODES, vllm_gpus: int | None = None,
                heads: tuple[int, int] | None = None) -> GpuSplit:
     """Split `gpus` over `nodes` between a vLLM server and training, or refuse (ClusterError).
 

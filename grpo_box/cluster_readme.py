@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .cluster_plan import DEEPSPEED, REQUIREMENTS, SERVER_MEMORY_SHARE, BatchPlan, Bundle, GpuSplit
+from .cluster_plan import DEEPSPEED, REQUIREMENTS, SERVER_MEMORY_SHARE, BatchPlan, Bundle, GpuSplit, node_commands
 from .config import RunConfig
 
 
@@ -149,7 +149,9 @@ def _run_section(bundle: Bundle) -> str:
                "# a short trial first\n```\n\n`slurm.sbatch` runs "
                + ("`./launch.sh serve` on node 0 and `./launch.sh train` on the other nodes" if s.mode == "server"
                   else "`./launch.sh train` on every node")
-               + "; edit its `#SBATCH` lines for your partition and account.")
+               + "; edit its `#SBATCH` lines for your partition and account. Its log is `logs/slurm-<job id>.out`."
+               "\n\nWithout SLURM, start each node by hand (`./launch.sh` alone refuses: it is for one machine):\n\n"
+               + "\n".join(f"- {where}: `{command}`" for where, command in node_commands(s)))
     else:
         how = ("```bash\n./launch.sh                 # start the vLLM server, wait for it, train, stop it\n"
                "./launch.sh --max-steps 2   # a short trial first\n```")
@@ -202,7 +204,8 @@ def _files_section(bundle: Bundle) -> str:
              ("vendor/grpo_box/", "GRPO Box's reward code, copied byte for byte (sha256 in vendor/MANIFEST.json): "
               "vendored because the package is not on PyPI and its app dependencies (gradio, llama-cpp-python) have "
               "no place on a training node, while the rewards need only math-verify and PyYAML"),
-             ("run_config.yaml", "the appliance's config, for import-adapter")]
+             ("run_config.yaml", "the appliance's config, for import-adapter"),
+             ("logs/", "the vLLM server's log and SLURM's job logs (SLURM does not create the folder itself)")]
     if bundle.split.nodes > 1:
         files.insert(5, ("slurm.sbatch", "the SLURM job for several nodes"))
     if (bundle.path / "user_rewards").is_dir():

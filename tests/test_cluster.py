@@ -171,13 +171,26 @@ def test_trl_config_builds_a_grpo_config_with_whole_groups(bundle, tmp_path, mon
     assert config.vllm_mode == ("server" if b.split.vllm_gpus else "colocate")
     assert config.generation_batch_size == global_batch and global_batch % config.num_generations == 0
     run = yaml.safe_load((b.path / "run_config.yaml").read_text())
-    assert (config.num_generations, config.learning_rate, config.max_steps, config.beta, config.loss_type) == (
-        run["grpo"]["num_generations"], run["grpo"]["learning_rate"], run["grpo"]["max_steps"], run["grpo"]["beta"],
-        run["grpo"]["loss_type"])
+    g = run["grpo"]
+    assert (config.num_generations, config.learning_rate, config.max_steps, config.beta, config.loss_type,
+            config.max_completion_length, config.temperature) == (
+        g["num_generations"], g["learning_rate"], g["max_steps"], g["beta"], g["loss_type"], g["max_completion_length"],
+        g["temperature"])
     assert config.reward_weights == [r["weight"] for r in run["rewards"]]
     job = yaml.safe_load((b.path / "job.yaml").read_text())
     assert job["lora"]["r"] == run["lora"]["r"] and job["lora"]["lora_alpha"] == run["lora"]["alpha"]
+    assert job["lora"]["target_modules"] == list(run["lora"]["target_modules"]) and job["lora"]["target_modules"]
     assert job["split"]["train_processes"] == processes and job["batch"]["global_batch"] == global_batch
+
+
+def test_bundle_has_the_logs_folder_the_scripts_write_to(bundle):
+    """SLURM opens --output before the script runs and does not create its folder: the bundle ships it."""
+    b, _ = bundle
+    assert (b.path / "logs").is_dir() and (b.path / "logs" / ".keep").is_file()
+    if b.split.nodes > 1:
+        [output] = [line.split("=", 1)[1] for line in (b.path / "slurm.sbatch").read_text().splitlines()
+                    if line.startswith("#SBATCH --output=")]
+        assert (b.path / output).parent.is_dir()
 
 
 def test_scripts_pass_bash_n_and_requirements_are_pinned(bundle):
@@ -188,16 +201,23 @@ def test_scripts_pass_bash_n_and_requirements_are_pinned(bundle):
         out = subprocess.run(["bash", "-n", str(b.path / script)], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         assert "@@" not in (b.path / script).read_text()
-    pins = dict(line.split("==") for line in (b.path / "requirements.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
-    assert all(v.count(".") >= 1 for v in pins.values())
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    reqs = [Requirement(line) for line in (b.path / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    pins = {}
+    for req in reqs:  # each an exact pin, nothing else: no extras, markers or URLs
+        [spec] = req.specifier
+        assert spec.operator == "==" and not req.extras and req.marker is None and req.url is None, str(req)
+        assert len(Version(spec.version).release) >= 2, str(req)
+        pins[req.name] = spec.version
+    assert len(pins) == len(reqs)
     assert not {"unsloth", "unsloth_zoo", "bitsandbytes"} & set(pins)
     assert ("deepspeed" in pins) == (b.backend == "zero3")
     pyproject = (ROOT / "pyproject.toml").read_text()
     for name in ("trl", "transformers", "peft", "accelerate", "datasets", "math-verify", "vllm", "torch"):
         assert f'"{name}=={pins[name]}"' in pyproject, name
-    from packaging.version import Version
-
     assert Version("0.21.0") <= Version(pins["vllm"]) <= Version("0.31.0")  # TRL 1.15's supported range
 
 
@@ -270,6 +290,7 @@ def test_scripts_dry_run(bundle, tmp_path):
     nodes: slurm.sbatch serves on node 0 and trains on the others, through launch.sh's roles."""
     if bundle[0].split.nodes > 1:
         _slurm_dry_run(bundle, tmp_path)
+        _launch_refuses_one_machine(bundle[0], tmp_path / "alone")
     else:
         _launch_dry_run(bundle, tmp_path)
 
@@ -294,6 +315,21 @@ def _launch_dry_run(bundle, tmp_path: Path) -> None:
     assert "http://127.0.0.1:8000/health" in (log / "curl.calls").read_text()
     assert args[args.index("--vllm-host") + 1] == "127.0.0.1"
     assert _gone(int((log / "trl.pid").read_text())), "the vLLM server was left running"
+
+
+def _launch_refuses_one_machine(b, tmp_path: Path) -> None:
+    """A several-node bundle's launch.sh does not run server and training on one machine: it refuses
+    and names slurm.sbatch and the per-node commands, before starting anything."""
+    tmp_path.mkdir()
+    env = _stub_env(tmp_path)
+    for args in ([], ["all"], ["--max-steps", "2"], ["all", "--max-steps", "2"]):
+        out = subprocess.run([str(b.path / "launch.sh"), *args], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2, (args, out.stdout + out.stderr)
+        for words in (f"this bundle is for {b.split.nodes} nodes", "sbatch slurm.sbatch", "./launch.sh serve",
+                      "MACHINE_RANK=", "./launch.sh train"):
+            assert words in out.stderr, (words, out.stderr)
+        assert "@@" not in out.stderr
+    assert not list((tmp_path / "log").iterdir()), "launch.sh started something before refusing"
 
 
 def _slurm_dry_run(bundle, tmp_path: Path) -> None:
@@ -324,6 +360,7 @@ def test_readme_tells_the_split_the_batch_and_the_translations(bundle):
                   "bfloat16"):
         assert words in text, words
     assert ("sbatch slurm.sbatch" in text) == (b.split.nodes > 1)
+    assert ("MACHINE_RANK=0 ./launch.sh train" in text) == (b.split.nodes > 1)
 
 
 # -- the vendored reward code -----------------------------------------------------------------
@@ -365,6 +402,61 @@ def test_cli_refuses_one_gpu_with_a_vllm_gpu_and_writes_a_bundle(cpu_run, tmp_pa
     assert out.returncode == 2 and "is not a cluster bundle" in out.stderr
 
 
+def test_a_relative_reward_file_is_found_from_another_folder(tmp_path, monkeypatch, bundled_model_dir):
+    """Training makes reward_file absolute when it creates the run (runs.absolute_paths, from the folder
+    it started in), so exporting the run from elsewhere (the app's folder) copies the same file; a
+    config YAML's paths are taken as `train` takes them, `~` included."""
+    made = tmp_path / "made-here"
+    made.mkdir()
+    (made / "my_rewards.py").write_text(USER_REWARDS)
+    monkeypatch.chdir(made)
+    run = make_run(tmp_path / "runs", "relative", "data.size=24", "data.eval_size=4", user_file=Path("my_rewards.py"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    bundle = build_bundle(run.path, 2, out=tmp_path / "from-run")
+    assert (bundle.path / "user_rewards" / "my_rewards.py").read_text() == USER_REWARDS
+    assert yaml.safe_load((bundle.path / "job.yaml").read_text())["reward_file"] == "user_rewards/my_rewards.py"
+
+    from grpo_box.models import data_home
+
+    monkeypatch.setenv("GRPO_BOX_HOME", str(data_home()))  # the bundled model stays where it is
+    monkeypatch.setenv("HOME", str(made))
+    config = tmp_path / "config.yaml"
+    config.write_text("preset: cpu\nreward_file: ~/my_rewards.py\ndata: {size: 24, eval_size: 4}\n"
+                      "rewards: [{name: correctness, weight: 1.0}, {name: 'user:has_digit', weight: 0.5}]\n")
+    bundle = build_bundle(config, 2, out=tmp_path / "from-config")
+    assert (bundle.path / "user_rewards" / "my_rewards.py").read_text() == USER_REWARDS
+    saved = yaml.safe_load((bundle.path / "run_config.yaml").read_text())
+    assert saved["reward_file"] == str((made / "my_rewards.py").resolve())
+
+
+def test_the_cluster_panel_takes_the_clis_options(cpu_run, tmp_path):
+    """The panel's handler with every field: nodes, vLLM GPUs and the output folder reach the engine,
+    empty boxes take the engine's defaults, and impossible splits get the engine's own messages."""
+    from grpo_box.ui import cluster_panel
+
+    export = cluster_panel.export(lambda name: cpu_run.path if name == "cpu-run" else None)
+    assert export(None, 8, 1, None, "zero3", "") == "Choose a run first."
+    text = export("cpu-run", 16.0, 2.0, None, "fsdp", str(tmp_path / "two-nodes"))
+    assert text.startswith(f"Cluster bundle: {tmp_path / 'two-nodes'}") and "16 GPUs on 2 nodes" in text, text
+    assert (tmp_path / "two-nodes" / "slurm.sbatch").is_file()
+    job = yaml.safe_load((tmp_path / "two-nodes" / "job.yaml").read_text())
+    assert (job["split"]["nodes"], job["split"]["vllm_gpus"]) == (2, 8)  # a whole node serves by default
+    text = export("cpu-run", 4, "", 0, "zero3", "  ")  # empty nodes and folder: the engine's defaults
+    assert "4 training processes on 1 machine, vLLM inside each" in text, text
+    assert (cpu_run.path / "cluster" / "4gpu-zero3" / "launch.sh").is_file()
+    for gpus, nodes, vllm, words in ((1, 1, None, "no GPU to train on"), (16, 2, 9, "at most 8"),
+                                     (10, 3, None, "do not split evenly"), (None, 1, None, "at least 1"),
+                                     (8, 1, -1, "give 0")):
+        refused = export("cpu-run", gpus, nodes, vllm, "zero3", str(tmp_path / "refused"))
+        assert refused.startswith("Not exported:") and words in refused, refused
+        with pytest.raises(ClusterError) as engine:
+            plan_split(gpus or 0, nodes, vllm)
+        assert str(engine.value) in refused
+    assert not (tmp_path / "refused").exists()
+
+
 @pytest.fixture
 def app(tmp_path):
     from ui_helpers import launch_app
@@ -376,10 +468,14 @@ def test_the_runs_tab_exports_for_cluster(app, bundled_model_dir):
     make_run(app.runs_dir, "ui-run", "data.size=24", "data.eval_size=4")
     session = app.client()
     session.call("/runs_list")  # the Runs tab's dropdown accepts listed runs only
-    result = session.call("/runs_cluster", "ui-run", 8, "fsdp")["runs.cluster_result"]
-    assert "Cluster bundle:" in result and "7 processes" in result
+    result = session.form("/runs_cluster", {"runs.pick": "ui-run", "runs.cluster_backend": "fsdp"})
+    assert "Cluster bundle:" in result["runs.cluster_result"] and "7 processes" in result["runs.cluster_result"]
     assert (app.runs_dir / "ui-run" / "cluster" / "8gpu-fsdp" / "accelerate_config.yaml").is_file()
-    refused = session.call("/runs_cluster", "ui-run", 1, "zero3")["runs.cluster_result"]
+    result = session.form("/runs_cluster", {"runs.pick": "ui-run", "runs.cluster_gpus": 16, "runs.cluster_nodes": 2,
+                                            "runs.cluster_vllm_gpus": 4})
+    assert "16 GPUs on 2 nodes" in result["runs.cluster_result"], result
+    assert (app.runs_dir / "ui-run" / "cluster" / "16gpu-2nodes-zero3" / "slurm.sbatch").is_file()
+    refused = session.form("/runs_cluster", {"runs.pick": "ui-run", "runs.cluster_gpus": 1})["runs.cluster_result"]
     assert refused.startswith("Not exported:") and "no GPU to train on" in refused
 
 

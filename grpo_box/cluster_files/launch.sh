@@ -3,7 +3,7 @@
 # @@SPLIT@@
 #
 # Usage: ./launch.sh [all|serve|train] [train.py flags, e.g. --max-steps 2]
-#   all    (default; one node) start `trl vllm-serve` on the vLLM GPUs, wait for its health endpoint,
+#   all    (default; one-node bundles only) start `trl vllm-serve` on the vLLM GPUs, wait for its health endpoint,
 #          run `accelerate launch` on the training GPUs, stop the server when training ends
 #   serve  only the vLLM server, in the foreground (slurm.sbatch runs it on the vLLM node)
 #   train  wait for the server at VLLM_HOST, then `accelerate launch` (slurm.sbatch runs it on each
@@ -29,6 +29,7 @@ NUM_PROCESSES="${NUM_PROCESSES:-@@NUM_PROCESSES@@}"
 MACHINE_RANK="${MACHINE_RANK:-0}"
 MAIN_PROCESS_IP="${MAIN_PROCESS_IP:-127.0.0.1}"
 MAIN_PROCESS_PORT="${MAIN_PROCESS_PORT:-29500}"
+NODES=@@NODES@@  # machines this bundle was written for: more than 1 runs through slurm.sbatch or by hand
 export MODEL
 mkdir -p logs
 
@@ -83,7 +84,22 @@ stop_server() {  # the whole process group: vLLM's engine and worker processes t
   kill -KILL -- "-$pid" 2>/dev/null || true
 }
 
+refuse_multi_node() {  # `all` on one machine would put the trainer on the vLLM GPUs and wait for absent machines
+  cat >&2 <<'EOF'
+error: this bundle is for @@NODES@@ nodes (@@SPLIT@@).
+`./launch.sh` / `./launch.sh all` starts a whole job on one machine, and this job spans @@NODES@@ machines.
+Submit it to SLURM from this folder:
+  sbatch slurm.sbatch [train.py flags]
+or start each node by hand (the same folder on every node):
+@@NODE_COMMANDS@@
+EOF
+  exit 2
+}
+
 run_all() {
+  if ((NODES > 1)); then
+    refuse_multi_node
+  fi
   if ! uses_server; then
     train "$@"
     return
