@@ -29,7 +29,8 @@ import yaml
 from .errors import ConfigError
 from .models import BUNDLED_NAME, BUNDLED_PREFIX
 
-__all__ = ["ConfigError", "RunConfig", "FieldSpec", "field_specs", "check_fields", "apply_overrides", "load_yaml"]
+__all__ = ["ConfigError", "RunConfig", "FieldSpec", "field_specs", "check_fields", "apply_overrides", "load_yaml",
+           "read_text", "read_yaml"]
 
 BUNDLED_MODEL = BUNDLED_PREFIX + BUNDLED_NAME
 MODEL_DTYPES = (None, "float16", "bfloat16")  # what Unsloth's from_pretrained accepts as a string
@@ -228,12 +229,24 @@ class RunConfig:
     def copy(self) -> "RunConfig":
         return RunConfig.from_dict(self.to_dict())
 
+    def to_yaml(self) -> str:
+        """The whole config as YAML, in field order (what a run's config.yaml holds)."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write `to_yaml()` to `path` directly, not atomically (this module cannot import runs): a file
+        in a run directory is written with `runs.write_text_atomic(path, config.to_yaml())` instead."""
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        return cls.from_dict(load_yaml(path))
+        """A whole saved config (a run's config.yaml). An empty file is refused: it would otherwise
+        read as the default config and train, chat or export as something the run never was."""
+        raw = load_yaml(path)
+        if not raw:
+            raise ConfigError(f"{path}: the file is empty; a saved config holds every section (model:, lora:, "
+                              "grpo:, …): restore it from a copy, or start a new run")
+        return cls.from_dict(raw)
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:
@@ -248,17 +261,37 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return f"not valid YAML: {where}{what}" + (f" ({context})" if context else "")
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, turning parse errors into a ConfigError that names the file."""
+def read_text(path: str | Path, where: str = "", error: type[Exception] = ConfigError) -> str:
+    """A UTF-8 text file's contents; a missing, unreadable or non-UTF-8 file raises `error` (a
+    UserError) naming it, `where` in front of the path (e.g. "rubric file")."""
     path = Path(path)
+    label = _named(path, where)
     if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
+        raise error(f"{label}: {'not a file' if path.exists() else 'file not found'}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}); save it as UTF-8 YAML") from exc
+        raise error(f"{label}: not a UTF-8 text file (byte {exc.start}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise error(f"{label}: cannot read it ({exc.strerror or exc})") from exc
+
+
+def read_yaml(path: str | Path, where: str = "", error: type[Exception] = ConfigError) -> Any:
+    """A YAML file's value (None when empty); any problem raises `error` naming the file (see read_text)."""
+    text = read_text(path, where, error)
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: {yaml_problem(exc)}") from exc
+        raise error(f"{_named(path, where)}: {yaml_problem(exc)}") from exc
+
+
+def _named(path: str | Path, where: str) -> str:
+    return f"{where} {path}" if where else str(path)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping ({} for an empty file), turning every problem into a ConfigError that names the file."""
+    raw = read_yaml(path)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -280,7 +313,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     for name, value in raw.items():
         sub = _SECTIONS.get(name) if cls is RunConfig else None
         if sub is not None:
-            kwargs[name] = _build(sub, value or {}, f"{name}.")
+            kwargs[name] = _build(sub, {} if value is None else value, f"{name}.")  # 0 or "" is refused
         elif cls is RunConfig and name == "rewards":
             kwargs[name] = _build_rewards(value)
         else:

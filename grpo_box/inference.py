@@ -488,7 +488,7 @@ def _free_cuda_cache() -> None:
 
     gc.collect()
     torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch is not None and has_cuda() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .hardware import has_cuda
 from .inference import eos_token_ids
 from .models import BaseSource, locate_base
 from .progress import Progress
@@ -244,10 +245,23 @@ def _load_dequantized_4bit(base: BaseSource) -> tuple[Any, str]:
         model = model.dequantize()
     except Exception as exc:
         raise MergeError(f"could not load and dequantize the 4-bit base {base.name}: {exc}") from exc
-    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+    dtype = half_dtype()
     model = model.to(device="cpu", dtype=dtype)
     model.eval()
     return model, str(dtype).replace("torch.", "")
+
+
+def half_dtype() -> Any:
+    """torch.bfloat16 where the GPU supports it, else torch.float16: also without a GPU, and when a
+    broken driver cannot be asked (`hardware.has_cuda`, the engine's one CUDA probe)."""
+    import torch
+
+    if not has_cuda():
+        return torch.float16
+    try:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    except Exception:  # the driver failed after the probe: the 16-bit type every GPU runs
+        return torch.float16
 
 
 def _strip_quantization(model: Any) -> None:

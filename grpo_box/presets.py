@@ -96,19 +96,36 @@ def resolve_config(preset: str, config_path: str | None = None, overrides: list[
     """The CLI's config: a preset, then an optional YAML file on top, then `--set` overrides."""
     config = load_preset(preset)
     if config_path:
-        merged = deep_merge(config.to_dict(), load_yaml(config_path))
+        overlay = load_yaml(config_path)
+        try:
+            merged = deep_merge(config.to_dict(), overlay)
+        except ConfigError as exc:  # a section that is not one: say which file
+            raise ConfigError(f"{config_path}: {exc}") from None
         config = RunConfig.from_dict(merged)
     if overrides:
         config = apply_overrides(config, overrides)
     return validate(config)
 
 
-def deep_merge(base: dict, top: dict) -> dict:
-    """`base` with `top` laid over it, section by section (nested mappings merge, other values replace)."""
+def deep_merge(base: dict, top: dict, _where: str = "") -> dict:
+    """`base` with `top` laid over it, section by section (nested mappings merge, other values replace).
+
+    A section left empty in `top` (every key commented out reads as null) sets nothing: the base's
+    section stays. Anything else but a mapping over a section (`grpo: 0`) is refused, as `--set
+    grpo=0` is, instead of replacing the whole section with the built-in defaults."""
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+        if isinstance(out.get(key), dict):
+            if value is None:
+                continue  # `grpo:` with nothing under it: no overrides
+            out[key] = deep_merge(out[key], _section(value, _where + str(key)), f"{_where}{key}.")
         else:
             out[key] = value
     return out
+
+
+def _section(value: object, key: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: {value!r} is not a section; give {key}: its settings as indented "
+                          f"`name: value` lines under it, or leave {key}: out")
+    return value

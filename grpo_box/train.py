@@ -28,7 +28,7 @@ from .config import RunConfig
 from .validation import validate
 from . import locks
 from .errors import UserError
-from .runs import CHECKPOINTS, CONFIG, RETRYING, RunDir, create_run
+from .runs import CHECKPOINTS, CONFIG, RETRYING, RunDir, create_run, write_text_atomic
 
 if TYPE_CHECKING:  # the real import waits until unsloth is imported
     from .callbacks import RunFilesCallback
@@ -314,8 +314,8 @@ def _handle_oom(run: RunDir, config: RunConfig, oom: TrainingOOM) -> None:
     if not config.auto_fit or status.get("auto_fit") or smaller is None:
         return
     new_config, description = smaller
-    config.save(run.file("config.before-autofit.yaml"))
-    new_config.save(run.file(CONFIG))
+    write_text_atomic(run.file("config.before-autofit.yaml"), config.to_yaml())
+    write_text_atomic(run.file(CONFIG), new_config.to_yaml())
     run.set_status(RETRYING, error=None, auto_fit={"after_step": oom.step, "phase": oom.phase, "change": description})
 
 
@@ -358,6 +358,7 @@ def _startup_oom(config: RunConfig, what: str) -> contextlib.AbstractContextMana
 
 def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: list | None) -> None:
     # One function on purpose: it reads as the list of steps of a run.
+    checkpoint = _begin(run, config, resume)  # the history first: a broken one fails before the model loads
     from .modeling import has_cuda, import_unsloth
 
     import_unsloth(config)  # before trl / transformers / peft
@@ -372,7 +373,6 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
     from .prompts import reply_prefill
     from .rewards import build_rubric
 
-    run.set_status("running", step=0, max_steps=config.grpo.max_steps, phase="loading", error=None)
     train_rows, _held_out = load_rows(config)
     _check_enough_rows(config, len(train_rows))
     reward_funcs, weights = build_rubric(config.rewards, config.reward_file, template=config.data.template,
@@ -401,8 +401,6 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
     if trainer.pop_callback(ProgressCallback) is not None:  # absent with disable_tqdm
         trainer.add_callback(StepSummaryProgress())
     _track_phase(trainer, files)
-    checkpoint = _resume_point(run) if resume else None
-    run.repair_tail()
     _guarded_train(trainer, files, checkpoint)
     if files.disk_problem:
         run.set_status("stopped", step=trainer.state.global_step, phase="done", error=files.disk_problem)
@@ -457,6 +455,24 @@ def _check_enough_rows(config: RunConfig, rows: int) -> None:
             f"{config.data.eval_size}, and one step needs {per_step}: lower data.eval_size, or use more rows")
 
 
+def _begin(run: RunDir, config: RunConfig, resume: bool) -> str | None:
+    """Mark the run loading and return the checkpoint it continues from (None: from step 0).
+
+    A resume settles its history first (`_resume_point`), so a broken metrics.jsonl fails before
+    the model loads, and the status keeps the run's step (the checkpoint's) rather than 0: a
+    failure before the first step then leaves the step count as it was, and `resume --steps N`
+    counts from it."""
+    checkpoint = _resume_point(run) if resume else None
+    run.repair_tail()
+    run.set_status("running", step=_checkpoint_step(checkpoint), max_steps=config.grpo.max_steps, phase="loading",
+                   error=None)
+    return checkpoint
+
+
+def _checkpoint_step(checkpoint: str | None) -> int:
+    return int(checkpoint.rsplit("-", 1)[-1]) if checkpoint else 0
+
+
 def _resume_point(run: RunDir) -> str | None:
     """The last complete checkpoint (None: start over). Metric and sample lines after it are dropped,
     since those steps run again; checkpoint folders a crash cut off are removed."""
@@ -466,9 +482,9 @@ def _resume_point(run: RunDir) -> str | None:
         print(f"removing {broken.name}: it was cut off before it was complete (a crash or a full disk)",
               file=sys.stderr)
         shutil.rmtree(broken, ignore_errors=True)
-    checkpoint = run.last_checkpoint()
-    run.truncate_after(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
-    return str(checkpoint) if checkpoint else None
+    checkpoint = str(run.last_checkpoint() or "") or None
+    run.truncate_after(_checkpoint_step(checkpoint))
+    return checkpoint
 
 
 class _stop_on_sigterm:

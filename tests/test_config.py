@@ -134,6 +134,41 @@ def test_setting_a_whole_section_to_a_scalar_is_refused():
         resolve_config("cpu", overrides=["grpo=0"])
 
 
+def test_a_section_with_every_key_commented_out_keeps_the_presets_section(tmp_path):
+    """`grpo:` with nothing under it reads as null: no overrides, not the built-in defaults."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("grpo:\n  # max_steps: 3\nlora:\n  r: 8\n")
+    config, preset = resolve_config("8gb", str(path)), load_preset("8gb")
+    assert config.grpo == preset.grpo and config.grpo != RunConfig().grpo
+    assert config.lora.r == 8 and config.lora.alpha == preset.lora.alpha  # a section with keys still merges
+
+
+@pytest.mark.parametrize("text, shown", [("grpo: 0\n", "grpo: 0"), ("lora: [8]\n", "lora: [8]"),
+                                         ("model:\n  name: x\ndata: off\n", "data: False")])
+def test_a_section_given_as_a_scalar_in_a_config_file_is_refused(tmp_path, text, shown):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        resolve_config("8gb", str(path))
+    message = str(err.value)
+    assert message.startswith(f"{path}: {shown} is not a section; give ") and "\n" not in message
+    with pytest.raises(ConfigError, match=r"expected a mapping, got 0"):
+        RunConfig.from_dict({"grpo": 0})  # a saved config too: 0 no longer reads as "all defaults"
+
+
+def test_an_empty_run_config_is_refused_not_read_as_the_defaults(tmp_path):
+    from grpo_box.runs import create_run
+
+    run = create_run(resolve_config("cpu", overrides=[f"output.runs_dir={tmp_path}"]))
+    assert run.config().preset == "cpu"
+    run.file("config.yaml").write_text("# all gone\n")
+    with pytest.raises(ConfigError, match=r"config.yaml: the file is empty; a saved config holds every section"):
+        run.config()
+    empty = tmp_path / "overlay.yaml"
+    empty.write_text("")
+    assert resolve_config("8gb", str(empty)) == load_preset("8gb")  # an empty --config file overrides nothing
+
+
 def test_a_config_file_that_is_not_utf8_names_the_file(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("grpo:\n  max_steps: 3 # caf\xe9\n".encode("latin-1"))

@@ -437,6 +437,25 @@ def test_text_report_shows_both_phases_the_share_and_what_standby_frees():
     assert f"vLLM share {report['vllm_share']:.2f} GB" in text
 
 
+def test_the_text_report_is_the_clis_one_table(monkeypatch):
+    """format_estimate's parts table goes through text_table (it aligned columns by hand): the GB
+    figures right-aligned under their phase, a rule above the totals, the peak phase beside them."""
+    from grpo_box.memory import report as report_module
+    from grpo_box.text_table import text_table
+
+    calls = []
+    monkeypatch.setattr(report_module, "text_table", lambda rows, **kw: calls.append(rows) or text_table(rows, **kw))
+    report = estimate_report(load_preset("16gb"), vram_gb=16)
+    lines = format_estimate(report).splitlines()
+    assert len(calls) == 1 and calls[0][0] == ["", "generation", "training"]
+    header = next(i for i, line in enumerate(lines) if line.rstrip().endswith("generation  training"))
+    total = next(i for i, line in enumerate(lines) if line.startswith("  total"))
+    assert re.fullmatch(r"  -+  -+  -+", lines[total - 1]) and lines[total].endswith(f"(peak: {report['phase']})")
+    for line in lines[header + 1:total]:  # each column's last character lines up with its header's
+        if not line.strip().startswith("-"):
+            assert line[len(lines[header].rstrip()) - 1] in "B-" and line[lines[header].index("generation") + 9] in "B-"
+
+
 def test_report_defaults_to_the_presets_card_and_has_no_verdict_on_cpu():
     report = estimate_report(load_preset("8gb"))
     assert report["vram_gb"] == 8 and report["card"] == "assumed: preset's 8 GB card"

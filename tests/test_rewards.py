@@ -10,11 +10,13 @@ import doctest
 import importlib
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
 
 from grpo_box.config import RewardSpec
+from grpo_box.text_table import text_table
 from grpo_box.rewards import (
     RewardError,
     answers,
@@ -488,6 +490,39 @@ def test_bad_rubric_yaml_names_the_file(tmp_path, text, match):
     with pytest.raises(RewardError, match=match) as err:
         score_file(rubric_path, data)
     assert "r.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("which", ["rubric", "data"])
+def test_a_rubric_or_data_file_that_is_not_utf8_names_the_file(tmp_path, which):
+    """A Latin-1 file was a UnicodeDecodeError traceback; it reads through config.read_text now."""
+    rubric_path, data = tmp_path / "r.yaml", tmp_path / "d.jsonl"
+    rubric_path.write_text("- think_format\n")
+    data.write_text('{"prompt": "p", "completion": "c"}\n')
+    bad = rubric_path if which == "rubric" else data
+    bad.write_bytes(bad.read_bytes().replace(b"\n", " # caf\xe9\n".encode("latin-1"), 1) if which == "rubric"
+                    else '{"prompt": "caf\xe9", "completion": "c"}\n'.encode("latin-1"))
+    with pytest.raises(RewardError) as err:
+        score_file(rubric_path, data)
+    assert str(err.value) == f"{which} file {bad}: not a UTF-8 text file (byte {bad.read_bytes().index(0xE9)}); " \
+                             "save it as UTF-8"
+    bad.unlink()
+    with pytest.raises(RewardError, match=rf"^{which} file .*{bad.name}: file not found$"):
+        score_file(rubric_path, data)
+
+
+def test_the_dry_run_table_is_the_clis_one_table(monkeypatch):
+    """The group table goes through text_table (it aligned its columns by hand): scores right-aligned
+    under their headers, the completion last and left-aligned."""
+    calls = []
+    monkeypatch.setattr(dryrun, "text_table", lambda rows, **kw: calls.append(rows) or text_table(rows, **kw))
+    report = score_groups([GROUP], [RewardSpec("think_format", 0.5), RewardSpec("correctness", 2.0)])
+    lines = format_report(report).splitlines()
+    assert len(calls) == 1 and calls[0][0] == ["#", "think_format", "correctness", "total", "advantage", "completion"]
+    header = next(i for i, line in enumerate(lines) if line.startswith("  #  think_format"))
+    table = lines[header:header + 1 + len(GROUP["completions"])]
+    ends = {re.search(r"advantage|[+-]\d\.\d{3}", line).end() for line in table}
+    assert len(ends) == 1  # every advantage ends under the header's last letter
+    assert table[2].endswith("  <think>\\nhmm\\n</think>\\n<answer>\\n71\\n</answer>")
 
 
 def test_score_error_names_the_data_line(tmp_path):

@@ -343,6 +343,73 @@ def test_out_of_memory_at_start_up_is_reported_with_what_to_lower(tmp_path):
     assert "OutOfMemoryError" in runs["eval"].status()["oom"]["detail"]
 
 
+# Stands in for the worker of `resume`: loading the model fails (a missing file, no memory), and the
+# script says whether the loader was reached at all.
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from grpo_box import modeling
+    from grpo_box.runs import open_run
+    from grpo_box.train import run_training
+
+    loaded = []
+
+    def load_policy(config):
+        loaded.append(True)
+        raise RuntimeError("cannot load the model (simulated)")
+
+    modeling.load_policy = load_policy
+    out = {}
+    for run_dir in sys.argv[1:]:
+        loaded.clear()
+        try:
+            run_training(open_run(run_dir), resume=True)
+        except Exception as exc:
+            out[run_dir] = {"loaded": bool(loaded), "raised": f"{type(exc).__name__}: {exc}"}
+    print(json.dumps(out))
+    """
+)
+
+
+def _stopped_run(root: Path, metrics: str, step: int, checkpoint: int) -> RunDir:
+    """A run stopped at `step` (no training: its files written by hand) with a complete checkpoint."""
+    from grpo_box.train import start_run
+
+    run = start_run(resolve_config("cpu", overrides=[*FAST, "grpo.max_steps=6", f"output.runs_dir={root}"]))
+    run.file("metrics.jsonl").write_text(metrics)
+    saved = run.file("checkpoints") / f"checkpoint-{checkpoint}"
+    saved.mkdir(parents=True)
+    (saved / "trainer_state.json").write_text("{}")
+    run.set_status("stopped", step=step, max_steps=6)
+    return run
+
+
+def test_a_resume_that_fails_before_training_keeps_the_runs_step(tmp_path):
+    """Issue 15 item 5: a resume set step 0 before loading and trimmed the history only after the
+    model loaded. Now a broken metrics.jsonl fails before the model loads, and a load that fails
+    leaves the step of the checkpoint the run continues from, with the history trimmed to it."""
+    lines = "".join(json.dumps({"step": i, "reward": 0.5}) + "\n" for i in range(1, 5))
+    torn_inside = lines.replace('{"step": 2, "reward": 0.5}', '{"step": 2, "rew')  # line 2 of 4 cut off
+    broken = _stopped_run(tmp_path, torn_inside, step=4, checkpoint=4)
+    unloadable = _stopped_run(tmp_path, lines, step=4, checkpoint=3)  # step 4 ran, its checkpoint never came
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(broken.path), str(unloadable.path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=900, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert out[str(broken.path)]["loaded"] is False  # the history is checked before the model loads
+    assert f"{broken.file('metrics.jsonl')}, line 2: not a JSON record" in out[str(broken.path)]["raised"]
+    status = broken.status()
+    assert (status["state"], status["step"]) == ("failed", 4) and "line 2" in status["error"]
+
+    assert out[str(unloadable.path)] == {"loaded": True, "raised": "RuntimeError: cannot load the model (simulated)"}
+    status = unloadable.status()
+    assert (status["state"], status["step"], status["max_steps"]) == ("failed", 3, 6)
+    assert [m["step"] for m in unloadable.metrics()] == [1, 2, 3]  # agrees with checkpoint-3
+
+
 def test_out_of_memory_is_reported_even_when_the_model_cannot_be_sized(tmp_path, monkeypatch):
     """A Hub model outside the catalog, offline: no smaller setting can be estimated, the OOM still ends the run."""
     from grpo_box.runs import create_run
@@ -381,6 +448,31 @@ def test_unsloth_gpu_arguments_follow_the_preset(monkeypatch):
     env = prepare_environment(config, cuda=True)
     assert env["UNSLOTH_VLLM_STANDBY"] == "0" and env["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] == "0"
     assert prepare_environment(load_preset("cpu"), cuda=False)["UNSLOTH_ALLOW_CPU"] == "1"
+
+
+def test_merge_and_inference_ask_the_one_cuda_probe_that_survives_a_broken_driver(monkeypatch):
+    """Issue 14: merge's 16-bit dtype and inference's cache release called torch.cuda.is_available()
+    (and is_bf16_supported()) themselves, which raise on a broken driver; they ask hardware.has_cuda."""
+    import torch
+
+    from grpo_box import inference, merge
+
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("CUDA driver initialization failed")
+
+    monkeypatch.setattr(torch.cuda, "is_available", broken)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", broken)
+    assert merge.half_dtype() is torch.float16
+    inference._free_cuda_cache()  # no exception
+    monkeypatch.setattr(merge, "has_cuda", lambda: True)  # the driver fails only after the probe
+    assert merge.half_dtype() is torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args: True)
+    assert merge.half_dtype() is torch.bfloat16
+    engine = (ROOT / "grpo_box").rglob("*.py")
+    # the engine (the app's ui/ aside); the cluster bundle's train.py runs without grpo_box
+    probes = [p.name for p in engine if "cuda.is_available(" in p.read_text() and p.name != "hardware.py"
+              and not {"cluster_files", "ui"} & set(p.parts)]
+    assert probes == []
 
 
 def test_inductor_pool_aliasing_stays_a_warning_under_ci():

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..catalog import Arch, resolve_arch
 from ..config import RunConfig
+from ..text_table import text_table
 from .card import Card, choose_card
 from .components import UNSLOTH, Stack
 from .estimator import estimate, verdict
@@ -74,18 +75,7 @@ def format_estimate(report: dict[str, Any]) -> str:
     """A plain-text table of an `estimate_report`: both phases' parts in GB, the vLLM share, the verdict."""
     where = "RAM (no GPU)" if report["device"] == "cpu" else "GPU"
     lines = [f"Memory estimate for {report['model']} (preset {report['preset']}, {where})",
-             f"card: {report['card']}", ""]
-    width = max(len(label) for label in _LABELS.values())
-    parts = report["phase_breakdown"]
-    keys = [key for key in _LABELS if key in parts["generation"] or key in parts["training"]]
-    lines.append(f"  {'':<{width}}  {'generation':>10}  {'training':>10}")
-    for key in keys:
-        cells = [f"{parts[phase][key]:7.2f} GB" if key in parts[phase] else f"{'-':>10}"
-                 for phase in ("generation", "training")]
-        lines.append(f"  {_LABELS[key]:<{width}}  {cells[0]}  {cells[1]}")
-    lines.append(f"  {'-' * width}  ----------  ----------")
-    totals = [f"{report['phases'][phase]:7.2f} GB" for phase in ("generation", "training")]
-    lines.append(f"  {'total':<{width}}  {totals[0]}  {totals[1]}   (peak: {report['phase']})")
+             f"card: {report['card']}", "", *_phase_table(report)]
     lines += _share_lines(report)
     if report["vram_gb"]:
         pct = round(100 * report["share_of_card"])
@@ -95,6 +85,21 @@ def format_estimate(report: dict[str, Any]) -> str:
     if report["suggestion"]:
         lines.append(f"  suggestion: {report['suggestion']}")
     return "\n".join(lines)
+
+
+def _phase_table(report: dict[str, Any]) -> list[str]:
+    """Each part's GB in both phases ("-" where a phase holds none of it), a rule, then the totals."""
+    parts, phases = report["phase_breakdown"], ("generation", "training")
+    keys = [key for key in _LABELS if any(key in parts[phase] for phase in phases)]
+    rows = [["", *phases], *([_LABELS[key], *(_gb(parts[phase].get(key)) for phase in phases)] for key in keys),
+            ["total", *(_gb(report["phases"][phase]) for phase in phases)]]
+    lines = text_table(rows, right={1, 2}, rule=True, indent="  ").splitlines()
+    rule = lines.pop(1)  # drawn under the header; it belongs above the totals
+    return [*lines[:-1], rule, f"{lines[-1]}   (peak: {report['phase']})"]
+
+
+def _gb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} GB"
 
 
 def _share_lines(report: dict[str, Any]) -> list[str]:

@@ -21,14 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from grpo_box.config import RewardSpec, yaml_problem
+from grpo_box.config import RewardSpec, read_text, read_yaml
 from grpo_box.rewards.answers import to_text
 from grpo_box.rewards.guard import DEFAULT_REWARD_TIMEOUT
 from grpo_box.rewards.registry import RESERVED_COLUMNS, RewardError
 from grpo_box.rewards.rubric import RewardFunction, as_spec, build_rubric, shorten
 from grpo_box.rewards.scoring import call_rewards, weighted_totals
+from grpo_box.text_table import text_table
 
 STD_EPS = 1e-4  # TRL adds this to the group std before dividing
 SPARSE_WARNING = "reward too sparse for this model: add format rewards or use an easier task"
@@ -175,17 +174,13 @@ def format_report(report: DryRunReport, width: int = 60) -> str:
 
 
 def _group_table(group: GroupResult, names: list[str], width: int) -> list[str]:
+    """A row per completion: the scores right-aligned, the completion (shortened to `width`) last."""
     headers = ["#", *names, "total", "advantage", "completion"]
     rows = [
-        [str(j), *(_fmt(c.scores[n]) for n in names), _fmt(c.total), f"{c.advantage:+.3f}", shorten(c.completion, width)]
+        [j, *(_fmt(c.scores[n]) for n in names), _fmt(c.total), f"{c.advantage:+.3f}", shorten(c.completion, width)]
         for j, c in enumerate(group.completions, 1)
     ]
-    widths = [max(len(r[k]) for r in [headers, *rows]) for k in range(len(headers) - 1)]
-
-    def render(cells: list[str]) -> str:
-        return "  " + "  ".join(c.rjust(w) for c, w in zip(cells, widths)) + "  " + cells[-1]
-
-    return [render(headers), *(render(r) for r in rows)]
+    return text_table([headers, *rows], right=range(len(headers) - 1), indent="  ").splitlines()
 
 
 def score_file(rubric_yaml_path: str | Path, data_jsonl_path: str | Path, user_file: str | None = None,
@@ -202,12 +197,7 @@ def score_file(rubric_yaml_path: str | Path, data_jsonl_path: str | Path, user_f
 def load_rubric(path: str | Path) -> list[RewardSpec]:
     """Read a rubric YAML: a list of {name, weight, params}, or a mapping with a `rewards:` list."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RewardError(f"rubric file {path}: cannot read it ({exc})") from exc
-    except yaml.YAMLError as exc:
-        raise RewardError(f"rubric file {path}: {yaml_problem(exc)}") from exc
+    raw = read_yaml(path, "rubric file", RewardError)
     if isinstance(raw, dict):
         if "rewards" not in raw:
             raise RewardError(f"rubric file {path}: a mapping needs a 'rewards:' list of {{name, weight, params}}")
@@ -229,10 +219,7 @@ def load_groups(path: str | Path) -> list[dict[str, Any]]:
     file and line.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise RewardError(f"data file {path}: cannot read it ({exc})") from exc
+    lines = read_text(path, "data file", RewardError).splitlines()
     groups: dict[str, dict[str, Any]] = {}
     for lineno, line in enumerate(lines, 1):
         if line.strip():
