@@ -152,7 +152,7 @@ def bench_training(root: Path, steps: int) -> tuple[float, float]:
         page = Client(url, verbose=False)
         page.predict("cpu", api_name="/select_preset")
         page.predict(json.dumps({**TINY, "grpo.max_steps": steps}), api_name="/set_options")
-        page.predict(False, False, api_name="/train_start")
+        page.predict(False, api_name="/train_start")
         from grpo_box.ui.train_tab import TICK_SECONDS
 
         while "finished" not in (page.predict(api_name="/train_poll")[0] or ""):

@@ -93,11 +93,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 # -- training -------------------------------------------------------------------------------------
 def _check_fits(config: Any, force: bool) -> bool:
-    """memory.preflight on this machine's GPU: print the estimate; False when it refuses the run."""
+    """memory.preflight on this machine's GPU (or RAM): print the estimate; False when it refuses the run."""
     from .memory import format_estimate, preflight
 
     result = preflight(config, force=force)
-    if result.card.vram_gb is None:  # no GPU: no VRAM check, but the time per step (and a warning for a GPU config)
+    if result.card.vram_gb is None and result.proceed:  # no GPU: the RAM verdict, the time per step, a GPU warning
         print(result.message, file=sys.stderr if result.warning else sys.stdout, flush=True)
         return True
     if result.report:
@@ -118,9 +118,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _resolve(args)
     if not _check_fits(config, args.force):
         return 2
+    job.check_machine_free()  # before a run folder is made for a start that cannot happen
     run = start_run(config)
     print(f"Run directory: {run.path}", flush=True)
-    return job.run_attached(run)
+    try:
+        return job.run_attached(run)
+    except job.JobBusy:
+        run.discard_untrained()  # another job took the machine in between: no empty run left behind
+        raise
 
 
 @command("resume")
@@ -134,6 +139,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"error: {run.path.name} is still training; stop it first (python -m grpo_box stop {run.path})",
               file=sys.stderr)
         return 2
+    job.check_machine_free()  # before --steps changes the run for a start that cannot happen
     if args.steps is not None:
         total = run.extend(args.steps)
         print(f"{run.path.name}: training {args.steps} more steps (to step {total})", file=sys.stderr)

@@ -124,6 +124,14 @@ def _run_nvidia_smi(args: list[str]) -> str:
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=10, check=True).stdout
 
 
+def ram_gb() -> float | None:
+    """This machine's physical RAM in GiB (None where the OS does not say)."""
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _torch_cuda():
     """torch.cuda when a CUDA device is usable, else None (CPU builds, no driver)."""
     try:

@@ -32,12 +32,15 @@ from typing import Any
 
 from . import locks
 from .locks import JobBusy
-from .runs import LOG, METRICS, RETRYING, SAMPLES, JsonlTail, RunDir, open_run
+from .runs import LOG, METRICS, RETRYING, SAMPLES, UNSETTLED, JsonlTail, RunDir, open_run
 
-UNSETTLED = ("created", "running")  # a child that exits in these states died without saying why
 LOG_TAIL_BYTES = 6000
+# The machine lock is tried for up to a second: a watcher asking "who holds it?" holds it shared for
+# an instant, and a start landing in that instant must not be refused.
+START_LOCK_ATTEMPTS = 10
 
-__all__ = ["Job", "JobBusy", "Monitor", "Update", "start", "stop", "request_stop", "wait", "reattach", "running_run"]
+__all__ = ["Job", "JobBusy", "Monitor", "Update", "check_machine_free", "start", "stop", "request_stop", "wait",
+           "reattach", "running_run"]
 
 
 @dataclass
@@ -59,7 +62,7 @@ def start(run: RunDir, resume: bool = False, attached: bool = False) -> Job:
         raise JobBusy(f"{run.path.name} is already training; stop it before resuming it")
     if resume:
         run.check_resumable()
-    fd = locks.acquire_machine(run.path, attempts=1)
+    fd = locks.acquire_machine(run.path, attempts=START_LOCK_ATTEMPTS)
     try:
         cmd = [sys.executable, "-m", "grpo_box", "worker", str(run.path)]
         if resume:
@@ -82,6 +85,14 @@ def start(run: RunDir, resume: bool = False, attached: bool = False) -> Job:
     finally:
         os.close(fd)  # the child holds the lock now (or nobody, if it could not start)
     return Job(run, process, attached)
+
+
+def check_machine_free() -> None:
+    """Raise JobBusy (naming the running run and how to stop it) when a job trains on this machine:
+    asked before anything is changed for a start that could not happen (a new run folder, --steps)."""
+    busy = locks.running_job()
+    if busy is not None:
+        raise JobBusy(locks.busy_message(busy), busy)
 
 
 def request_stop(run: RunDir) -> None:
@@ -107,12 +118,8 @@ def reattach() -> "Monitor | None":
 
 
 def worker_alive(run: RunDir) -> bool:
-    """Whether a worker lives for this run: it holds the run's lock, or (while it starts up) the
-    machine lock names this run. Locks, not pids: a recycled pid cannot look alive."""
-    if locks.run_is_training(run.path):
-        return True
-    note = locks.running_job()
-    return bool(note) and note.get("run") == str(run.path)
+    """Whether a worker lives for this run (RunDir.worker_alive: by its locks, not by pid)."""
+    return run.worker_alive()
 
 
 @dataclass
@@ -163,27 +170,35 @@ class Monitor:
         return Update(self.run.status(), alive, metrics, samples, reset, log_tail(self.run), events)
 
     def _settle(self, events: list[str]) -> str:
-        status = self.run.status()
-        state = status.get("state", "created")
-        if state in UNSETTLED and not (self.job is not None and worker_alive(self.run)):
-            # (a child of ours that died while another worker lives, e.g. one refused by the run lock,
-            # says nothing about the live run)
-            how = _how_it_ended(self.job)
-            message = f"the training process {how} before finishing; see {self._where()}"
-            self.run.set_status("failed", error=message)
+        # (a child of ours that died while another worker lives, e.g. one refused by the run lock,
+        # says nothing about the live run: settle_dead checks the locks)
+        message = self.run.settle_dead(_how_it_ended(self.job), self._where())
+        if message:
             events.append(message)
-            state = "failed"
-        return state
+        return self.run.status().get("state", "created")
 
     def _where(self) -> str:
         return "the output above" if self.job is not None and self.job.attached else str(self.run.file(LOG))
 
     def _retry(self, events: list[str]) -> bool:
+        """Start the auto-fit retry's fresh process. When another watcher (the app, a CLI `wait`)
+        started it first, follow that one; when another job took the machine, stop the run with a
+        message (it resumes later, from the same checkpoint). Returns whether a worker now lives."""
         fit = self.run.status().get("auto_fit", {})
+        attached = self.job.attached if self.job is not None else False
+        try:
+            self.job = start(self.run, resume=True, attached=attached)
+        except JobBusy as exc:
+            if self.run.worker_alive():
+                self.job = None  # someone else's child: followed through the run's locks
+                return True
+            message = (f"out of memory at step {fit.get('after_step', '?')}; auto-fit saved a smaller setting, "
+                       f"but its fresh process could not start ({exc}). Resume the run when the machine is free")
+            self.run.set_status("stopped", error=message)
+            events.append(message)
+            return False
         events.append(f"out of memory at step {fit.get('after_step', '?')}: auto-fit resumes from the last "
                       f"checkpoint in a fresh process with: {fit.get('change', 'a smaller setting')}")
-        attached = self.job.attached if self.job is not None else False
-        self.job = start(self.run, resume=True, attached=attached)
         return True
 
 
@@ -263,19 +278,26 @@ def wait(job: Job, poll_seconds: float = 1.0, *, stop_on_interrupt: bool = False
             for event in update.events:
                 print(event, file=sys.stderr, flush=True)
             if not update.alive:
-                return monitor.job.process.returncode
+                return _exit_code(monitor)
             time.sleep(poll_seconds)
         except KeyboardInterrupt:
             interrupts += 1
             if not stop_on_interrupt:
                 raise
-            if interrupts > 1:
+            if interrupts > 1 and monitor.job is not None:
                 monitor.job.process.kill()
                 monitor.job.process.wait()
                 _mark_aborted(monitor.job)
                 return monitor.job.process.returncode
             print("\nstopping after the current step (saves a checkpoint); Ctrl-C again to abort", file=sys.stderr)
             job.run.request_stop()
+
+
+def _exit_code(monitor: Monitor) -> int:
+    """The last child's exit code; for a retry another watcher started, 0 when the run ended well."""
+    if monitor.job is not None:
+        return monitor.job.process.returncode
+    return 0 if monitor.run.status().get("state") in ("finished", "stopped") else 1
 
 
 def _mark_aborted(job: Job) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import locks
 from .config import ConfigError, RunConfig, check_run_name
 from .errors import UserError
 
@@ -49,6 +50,7 @@ EXPORT = "export"
 
 RETRYING = "retrying"  # out of memory with auto_fit: a smaller config is saved, to resume in a fresh process
 STATES = ("created", "running", "finished", "failed", "stopped", RETRYING)
+UNSETTLED = ("created", "running")  # a worker that exits in these states died without saying why
 TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
 
 
@@ -98,6 +100,28 @@ class RunDir:
         data = self.status()
         data.update(fields, state=state, updated=time.time())
         write_text_atomic(self.file(STATUS), json.dumps(data, indent=2), fallback_in_place=True)
+
+    def worker_alive(self) -> bool:
+        """Whether a worker lives for this run: it holds the run's lock, or (while it starts up) the
+        machine lock names this run. Locks, not pids: a recycled pid cannot look alive."""
+        if locks.run_is_training(self.path):
+            return True
+        note = locks.running_job()
+        return bool(note) and note.get("run") == str(self.path)
+
+    def settle_dead(self, how: str = "ended", where: str | None = None) -> str | None:
+        """Mark the run failed when its status says it trains but no worker lives (it was killed, or
+        the machine went down); the message, or None when there was nothing to settle."""
+        if self.status().get("state") not in UNSETTLED or self.worker_alive():
+            return None
+        message = f"the training process {how} before finishing; see {where or self.file(LOG)}"
+        self.set_status("failed", error=message)
+        return message
+
+    def discard_untrained(self) -> None:
+        """Delete this run folder when nothing was trained in it (a start refused after it was made)."""
+        if not self.status().get("step") and not self._checkpoint_dirs() and not self.has_adapter():
+            shutil.rmtree(self.path, ignore_errors=True)
 
     # -- metrics / samples ------------------------------------------------------------------------
     def append(self, name: str, record: dict[str, Any]) -> None:
@@ -267,6 +291,8 @@ def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def summarize(run: RunDir) -> dict[str, Any]:
+    if run.status().get("state") == "running":  # its worker died while nobody watched: say so
+        run.settle_dead()
     status = run.status()
     row = {"name": run.path.name, "path": str(run.path), "state": status.get("state"),
            "step": status.get("step", 0), "max_steps": status.get("max_steps"), "reward": None,

@@ -39,13 +39,14 @@ def ensure_chromium() -> str | None:
 
 
 def require_browser() -> None:
+    """Skip (fail under CI) saying why when Chromium or Playwright is missing."""
     reason = ensure_chromium()
-    if reason is None:
-        return
     try:
         import playwright  # noqa: F401
     except ImportError:
         reason = "playwright is not installed (pip install -e .[test])"
+    if reason is None:
+        return
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"browser tests cannot run under CI: {reason}")
     pytest.skip(reason)
@@ -68,11 +69,32 @@ def browser_session() -> Iterator[Any]:
 
 
 class PageErrors:
-    """Collects uncaught page errors; a test asserts there were none."""
+    """Collects uncaught page errors and Gradio error toasts (a handler that raised instead of
+    answering with a message); a test asserts there were none."""
+
+    # Toasts vanish after a few seconds, so every error toast that ever appears is recorded.
+    WATCH_TOASTS = """
+        window.__errorToasts = [];
+        new MutationObserver(() => {
+            for (const el of document.querySelectorAll('.toast-body.error:not([data-seen])')) {
+                el.setAttribute('data-seen', '1');
+                window.__errorToasts.push(el.innerText);
+            }
+        }).observe(document, {childList: true, subtree: true});
+    """
 
     def __init__(self, page: Any):
+        self.page = page
         self.errors: list[str] = []
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.toasts: list[str] = []
+        page.add_init_script(self.WATCH_TOASTS)  # before the next navigation
+
+    def collect(self) -> None:
+        """Keep the error toasts seen so far (call before a reload, which starts a fresh list)."""
+        self.toasts += self.page.evaluate("window.__errorToasts || []")
+        self.page.evaluate("window.__errorToasts = []")
 
     def assert_none(self) -> None:
-        assert self.errors == [], self.errors
+        self.collect()
+        assert self.errors == [] and self.toasts == [], (self.errors, self.toasts)

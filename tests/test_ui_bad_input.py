@@ -31,7 +31,7 @@ def test_a_model_that_cannot_be_loaded_offline_is_refused_before_a_run_exists(ap
     session = app.client()
     session.call("/select_preset", "cpu")
     session.call("/set_options", json.dumps({"model.name": "someone/not-a-model"}))
-    message = session.client.predict(False, False, api_name="/train_start")
+    message = session.client.predict(False, api_name="/train_start")
     assert "Not started" in message and "someone/not-a-model" in message and "HF_HUB_OFFLINE" in message
     assert not app.runs_dir.exists() or list(app.runs_dir.iterdir()) == []
 
@@ -49,7 +49,7 @@ def test_start_while_another_job_holds_the_machine_is_refused_with_its_name(app,
         assert holder.stdout.readline().strip() == "held"
         session = app.client()
         session.call("/select_preset", "cpu")
-        message = session.client.predict(False, False, api_name="/train_start")
+        message = session.client.predict(False, api_name="/train_start")
         assert "Not started" in message and "other-run" in message
     finally:
         holder.kill()

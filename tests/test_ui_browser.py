@@ -1,6 +1,7 @@
 """The app in a real headless Chromium (Debian's package, driven by Playwright): a new user clicks
 Setup → Data → Rewards → Train, loads a small config, tries the rubric, starts a short run, sees
-the reward plot draw its lines, stops it, resumes it to the end. Page errors fail the test; the
+the reward plot draw its lines, stops it, resumes it, reloads the page mid-run (it finds the job
+again) and watches it to the end. Page errors fail the test; the
 screenshots of Setup and of the Train tab mid-run go to docs/ for the README."""
 
 from __future__ import annotations
@@ -101,6 +102,12 @@ def test_a_new_user_trains_from_the_browser(browser, app, tmp_path):
     stopped_at = int(page.locator("#train-step").inner_text())
     assert 2 <= stopped_at < 5
     page.click("#train-resume")
+    page.wait_for_function("() => document.querySelector('#train-state')?.innerText !== 'stopped'", timeout=120000)
+    errors.collect()
+    page.reload()  # a reload mid-run: the new page finds the running job and draws its curves again
+    page.click("#tab-train-button")
+    page.wait_for_function(f"() => document.querySelectorAll('{LINES}').length > 0", timeout=120000)
+    assert page.locator("#train-state").inner_text() in ("loading the model", "running", "finished")
     page.wait_for_function("() => document.querySelector('#train-state')?.innerText === 'finished'", timeout=600000)
     assert page.locator("#train-step").inner_text() == "5"
     page.wait_for_function(f"() => document.querySelectorAll('{LINES}').length > 0", timeout=60000)

@@ -85,13 +85,13 @@ def test_train_from_the_page_survives_a_killed_worker_and_an_app_restart(tmp_pat
         page = app.session()
         page.predict("cpu", api_name="/select_preset")
         page.predict(json.dumps(TINY), api_name="/set_options")
-        started = page.predict(False, False, api_name="/train_start")
+        started = page.predict(False, api_name="/train_start")
         assert "Started" in started, started
         run = RunDir(next(runs.iterdir()))
         assert run.config().grpo.max_steps == 5
 
         other = app.session()
-        refused = other.predict(False, False, api_name="/train_start")
+        refused = other.predict(False, api_name="/train_start")
         assert "already running" in refused and run.path.name in refused
         assert len(list(runs.iterdir())) == 1  # the refused start left no run folder behind
 

@@ -66,11 +66,15 @@ def _state_type() -> type:
     return gr.State
 
 
-def launch_app(tmp: Path) -> Iterator[LiveApp]:
+def launch_app(tmp: Path, hardware: Any = None) -> Iterator[LiveApp]:
+    """The app on a free port, its runs and files under `tmp`; `hardware` replaces the detected
+    machine (a `grpo_box.ui.context.Hardware`), e.g. to judge a run against a given RAM."""
     from grpo_box.ui import build_app
+    from grpo_box.ui.context import AppContext
 
     runs, files = tmp / "runs", tmp / "files"
-    blocks = build_app(runs_dir=str(runs), files_dir=str(files))
+    ctx = AppContext.create(str(runs), str(files), hardware=hardware) if hardware else None
+    blocks = build_app(runs_dir=str(runs), files_dir=str(files), ctx=ctx)
     blocks.queue()
     port = free_port()
     blocks.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,

@@ -120,6 +120,7 @@ from .pretrain import (
     cpu_cores,
     cpu_step_seconds,
     preflight,
+    ram_verdict,
     startup_oom_hint,
 )
 from .report import estimate_report, format_estimate
@@ -129,7 +130,7 @@ __all__ = [
     "GIB", "HIDDEN_BUFFERS", "LOGIT_BUFFERS", "NF4_BYTES_PER_PARAM", "RANK_LADDER", "TRL_FA2", "UNSLOTH",
     "VLLM_CONTEXT_GB", "VLLM_PROFILE_TOKENS", "Card", "Change", "Knob", "MemoryEstimate", "PreflightResult", "Stack",
     "choose_card", "cpu_cores", "cpu_step_seconds", "describe_changes", "estimate", "estimate_report", "fit_to_card",
-    "format_estimate", "kv_bytes_per_token", "lora_params", "preflight", "preset_card_gb", "set_flags",
+    "format_estimate", "kv_bytes_per_token", "lora_params", "preflight", "preset_card_gb", "ram_verdict", "set_flags",
     "smaller_setting", "standby_sets_share", "startup_oom_hint", "suggest_fix", "unsloth_context_tokens",
     "unsloth_standby_util", "verdict", "vllm_base_gb", "vllm_utilization", "weight_bytes",
 ]

@@ -3,8 +3,8 @@ change after running out of memory while the model or vLLM loads (`startup_oom_h
 
 `preflight(config)` is the one check `train`, `demo` and the app use: the verdict on this
 machine's card and, when the run does not fit, the setting to lower and to what. Without a GPU
-there is no VRAM to judge; the message says instead how long a step will take on this machine's
-cores, and warns when the config was made for a GPU.
+the run is judged against the RAM instead (`ram_verdict`), the message says how long a step will
+take on this machine's cores, and it warns when the config was made for a GPU.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from ..catalog import Arch, resolve_arch
 from ..config import ConfigError, RunConfig
+from ..hardware import ram_gb as machine_ram_gb
 from .card import Card, choose_card
 from .components import preset_card_gb, standby_sets_share
 from .report import estimate_report
@@ -25,25 +26,27 @@ class PreflightResult:
     """What `preflight` decided: may the run start, the verdict, and the text to show."""
 
     proceed: bool
-    verdict: str | None  # "fits" | "tight" | "will not fit"; None: nothing judged (no GPU, unknown model)
+    verdict: str | None  # "fits" | "tight" | "will not fit" (VRAM, or RAM without a GPU); None: nothing judged
     message: str
     card: Card
     report: dict[str, Any] | None = None  # the `estimate_report` behind the verdict
     seconds_per_step: float | None = None  # on the CPU: the rough time of one step (cpu_step_seconds)
     warning: bool = False  # the message warns (e.g. a GPU config about to run on the CPU)
+    ram_note: str = ""  # without a GPU: the RAM the run needs, of how much, the verdict and what to lower
 
 
 def preflight(config: RunConfig, vram_gb: float | None = None, force: bool = False,
-              arch: Arch | None = None) -> PreflightResult:
+              arch: Arch | None = None, ram_gb: float | None = None) -> PreflightResult:
     """Check a run before it starts, against `vram_gb` or else this machine's GPU.
 
     A run estimated not to fit is refused (proceed False) unless `force`; the message names the
-    setting to lower and to what. Without a GPU there is nothing to check (the run uses RAM). A
-    model whose shape cannot be found is not refused: the estimate is skipped with a warning.
+    setting to lower and to what. Without a GPU the run is judged against the RAM (`ram_gb`, else
+    this machine's) the same way, and the message says how long a step will take. A model whose
+    shape cannot be found is not refused: the estimate is skipped with a warning.
     """
     card = choose_card(config, vram_gb, preset_fallback=False)
     if card.vram_gb is None:
-        return _cpu_preflight(config, card, arch)
+        return _cpu_preflight(config, card, arch, ram_gb, force)
     try:
         report = estimate_report(config, arch=arch, card=card)
     except ConfigError as exc:
@@ -64,6 +67,8 @@ def preflight(config: RunConfig, vram_gb: float | None = None, force: bool = Fal
 # the limit: once the demo model answers in the format (~25 tokens) its steps take 11-13 s, so the
 # estimate is an upper bound, and the message says "up to".
 CPU_CORE_SECONDS_PER_PARAM_TOKEN = 22.5 * 2 / (134.5e6 * 8 * 224)
+RAM_COMFORT_SHARE = 0.5  # a CPU run needing up to this share of the RAM fits; up to RAM_FIT_SHARE is tight
+RAM_FIT_SHARE = 0.85
 
 
 def cpu_cores() -> int:
@@ -94,30 +99,58 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.0f} days"
 
 
-def _cpu_preflight(config: RunConfig, card: Card, arch: Arch | None) -> PreflightResult:
-    """No GPU: nothing to check against VRAM, but say how long a step will take, and warn loudly
-    when the config was made for a GPU (4-bit, vLLM or a GPU preset), which the CPU path runs without."""
+def ram_verdict(total_gb: float, ram_gb: float) -> str:
+    """Fits / tight / will not fit for a CPU run needing `total_gb` of `ram_gb`: the OS, the app and
+    the data loader need their share too, so half the RAM fits and more than RAM_FIT_SHARE does not."""
+    share = total_gb / ram_gb
+    return "fits" if share <= RAM_COMFORT_SHARE else "tight" if share <= RAM_FIT_SHARE else "will not fit"
+
+
+def _cpu_preflight(config: RunConfig, card: Card, arch: Arch | None, ram_gb: float | None,
+                   force: bool) -> PreflightResult:
+    """No GPU: judge the run against the RAM, say how long a step will take, and warn loudly when
+    the config was made for a GPU (4-bit, vLLM or a GPU preset), which the CPU path runs without."""
     try:
-        seconds = cpu_step_seconds(config, arch or resolve_arch(config.model.name))
-    except (ConfigError, OSError):  # a shape unknown offline: no time estimate
-        seconds = None
+        arch = arch or resolve_arch(config.model.name)
+    except (ConfigError, OSError):  # a shape unknown offline: no time or RAM estimate
+        arch = None
+    seconds = cpu_step_seconds(config, arch) if arch else None
     cores = cpu_cores()
     pace = (f"up to about {_duration(seconds)} per step on {cores} CPU core{'s' if cores != 1 else ''} "
             f"({config.grpo.max_steps} steps: about {_duration(seconds * config.grpo.max_steps)})"
             if seconds is not None else "the time per step could not be estimated (unknown model shape)")
+    judged, ram_note = _ram_judgement(config, arch, ram_gb or machine_ram_gb())
+    refused = judged == "will not fit" and not force
+    if judged == "will not fit" and force:
+        ram_note += " (forced: starting anyway)"
+    ram_text = f"; RAM: {ram_note}" if ram_note else ""
     m = config.model
     gpu_only = [what for on, what in ((m.load_in_4bit, "4-bit QLoRA"), (m.fast_inference, "vLLM rollouts")) if on]
     preset_card = preset_card_gb(config.preset)
     if not gpu_only and not preset_card:
-        return PreflightResult(True, None, f"no GPU detected: training uses the CPU and RAM, {pace}", card,
-                               seconds_per_step=seconds)
+        return PreflightResult(not refused, judged, f"no GPU detected: training uses the CPU and RAM, {pace}{ram_text}",
+                               card, seconds_per_step=seconds, warning=judged not in (None, "fits"), ram_note=ram_note)
     made_for = f"the {config.preset} preset is made for GPUs with {preset_card:g} GB" if preset_card else \
         "this config is made for a GPU"
     without = f" without {' or '.join(gpu_only)}," if gpu_only else ""
-    message = (f"warning: no GPU detected, but {made_for}: it will run on the CPU{without} in float32, {pace}. "
-               f"To try the flow on this machine use --preset cpu (the bundled 135M model); for real training "
-               f"use a machine with an NVIDIA GPU")
-    return PreflightResult(True, None, message, card, seconds_per_step=seconds, warning=True)
+    message = (f"warning: no GPU detected, but {made_for}: it will run on the CPU{without} in float32, {pace}"
+               f"{ram_text}. To try the flow on this machine use --preset cpu (the bundled 135M model); for real "
+               f"training use a machine with an NVIDIA GPU")
+    return PreflightResult(not refused, judged, message, card, seconds_per_step=seconds, warning=True,
+                           ram_note=ram_note)
+
+
+def _ram_judgement(config: RunConfig, arch: Arch | None, ram_gb: float | None) -> tuple[str | None, str]:
+    """(verdict, note) for a CPU run against `ram_gb`; (None, "") when either is unknown."""
+    if arch is None or not ram_gb:
+        return None, ""
+    total = estimate_report(config, arch=arch, card=Card(None, "no GPU detected"))["total"]
+    judged = ram_verdict(total, ram_gb)
+    text = f"about {total:.1f} GB of this machine's {ram_gb:g} GB, {judged}"
+    if judged != "fits":
+        text += (f"; to fit: lower grpo.num_generations (now {config.grpo.num_generations}) or "
+                 f"grpo.max_completion_length (now {config.grpo.max_completion_length}), or choose a smaller model")
+    return judged, text
 
 
 def startup_oom_hint(config: RunConfig, vllm_cache: bool) -> str:

@@ -21,6 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
+from . import watch  # noqa: E402
 from .context import AppContext  # noqa: E402
 from .registry import Registry  # noqa: E402
 from .state import UIState  # noqa: E402
@@ -113,6 +114,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth:
               f"port {port} can start training and read your runs. Add --auth USER:PASS or use --host 127.0.0.1.",
               file=sys.stderr, flush=True)
     blocks = build_app(runs_dir, files_dir=files_dir)
+    watch.follow_in_background()  # auto-fit retries and dead workers are handled with no page open
     blocks.queue(default_concurrency_limit=4)
     blocks.launch(server_name=host, server_port=port, share=share, auth=auth, show_error=True,
                   inbrowser=has_display() if open_browser is None else open_browser, run_history=False,

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grpo_box.hardware import GIB, GpuInfo, detect_gpu
+from grpo_box.hardware import GpuInfo, detect_gpu, ram_gb
 from grpo_box.presets import propose_preset
 
 
@@ -49,17 +49,10 @@ def _smi_versions() -> tuple[str | None, str | None]:
     return (driver.group(1) if driver else None), (cuda.group(1) if cuda else None)
 
 
-def _ram_gb() -> float | None:
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1)
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def detect_hardware() -> Hardware:
     gpu = detect_gpu() if _nvidia_driver_present() else None
     driver, cuda = _smi_versions() if gpu is not None else (None, None)
-    return Hardware(gpu, driver, cuda, ram_gb=_ram_gb())
+    return Hardware(gpu, driver, cuda, ram_gb=ram_gb())
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 
 from grpo_box.catalog import Arch, resolve_arch
 from grpo_box.config import ConfigError, RunConfig
-from grpo_box.memory import Card, estimate_report, preset_card_gb
+from grpo_box.memory import Card, estimate_report, preset_card_gb, ram_verdict
 
 from .context import Hardware
 
@@ -61,9 +61,8 @@ def memory_report(config: RunConfig, hardware: Hardware) -> dict[str, Any]:
     """The engine's estimate report; on a CPU-only estimate, a RAM verdict is added."""
     report = estimate_report(config, arch=model_arch(config.model.name), card=card_for(config, hardware))
     if report["verdict"] is None and hardware.ram_gb:
-        share = report["total"] / hardware.ram_gb
         report["ram_gb"] = hardware.ram_gb
-        report["ram_verdict"] = "fits" if share <= 0.5 else "tight" if share <= 0.85 else "will not fit"
+        report["ram_verdict"] = ram_verdict(report["total"], hardware.ram_gb)
     return report
 
 

@@ -19,9 +19,9 @@ import pandas as pd
 
 from grpo_box import job
 from grpo_box.errors import UserError
-from grpo_box.runs import RunFileError, default_runs_dir, list_runs, open_run
+from grpo_box.runs import RunFileError, list_runs, open_run
 
-from . import cluster_panel, messages, watch
+from . import cluster_panel, messages, run_choice, watch
 from .curves import AXIS_FORMAT, overlay_frame, plot_frame
 from .registry import Registry
 from .run_made import made_html
@@ -96,11 +96,12 @@ def page_load(reg: Registry) -> tuple[list[Any], list[Any], Any]:
 
 
 def _root(reg: Registry) -> Path:
-    return Path(reg.ctx.runs_dir).expanduser() if reg.ctx.runs_dir else default_runs_dir()
+    return run_choice.runs_root(reg)
 
 
 def _path(reg: Registry, name: str | None) -> Path | None:
-    return _root(reg) / name if name else None
+    """The run's folder; None for no choice, a vanished run or a name outside the runs folder."""
+    return run_choice.run_path(reg, name)
 
 
 def table(root: Path) -> pd.DataFrame:
@@ -158,8 +159,11 @@ def _overlay(reg: Registry):
     def overlay(names: list[str] | None) -> Any:
         runs = {}
         for name in names or []:
+            path = _path(reg, name)
+            if path is None:
+                continue
             try:
-                runs[name] = open_run(_root(reg) / name).metrics()
+                runs[name] = open_run(path).metrics()
             except (UserError, FileNotFoundError, RunFileError):
                 continue
         return overlay_frame(runs)
@@ -171,7 +175,7 @@ def _watch(reg: Registry):
     def watch_(name: str | None) -> tuple[Any, Any, str]:
         path = _path(reg, name)
         if path is None:
-            return gr.skip(), gr.skip(), messages.warning("Choose a run first.")
+            return gr.skip(), gr.skip(), messages.warning(run_choice.no_run(reg, name))
         watch.register(open_run(path))
         return str(path), watch.Seen(), messages.ok(f"The Train tab now shows {name}.")
 
@@ -182,7 +186,7 @@ def _resume(reg: Registry):
     def resume(name: str | None) -> tuple[Any, Any, str]:
         path = _path(reg, name)
         if path is None:
-            return gr.skip(), gr.skip(), messages.warning("Choose a run first.")
+            return gr.skip(), gr.skip(), messages.warning(run_choice.no_run(reg, name))
         try:
             run = resume_run(str(path))
         except UserError as exc:
@@ -196,7 +200,7 @@ def _delete(reg: Registry):
     def delete(name: str | None, confirmed: bool) -> tuple[str, bool]:
         path = _path(reg, name)
         if path is None:
-            return messages.warning("Choose a run first."), False
+            return messages.warning(run_choice.no_run(reg, name)), False
         if not confirmed:
             return messages.warning(f"Tick 'Yes, delete…' to delete {name}: its checkpoints, adapter and exports "
                                     "go with it."), False

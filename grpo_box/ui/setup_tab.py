@@ -24,7 +24,7 @@ from grpo_box.errors import UserError
 from grpo_box.models import is_bundled
 from grpo_box.presets import list_presets
 
-from . import fields, messages
+from . import fields, messages, run_choice
 from .context import Hardware
 from .gauge import gauge_html, memory_report, verdict_markdown
 from .registry import Registry
@@ -35,6 +35,7 @@ SECTIONS = {"model": "Model loading", "lora": "LoRA adapter", "grpo": "GRPO trai
             "": "Run options"}
 SKIP = {"reward_file"}  # edited in the Rewards tab
 MODEL_KEY = "model.name"
+RUNS_DIR_KEY = "output.runs_dir"
 PANEL_KEYS = ["setup.error", "setup.gauge", "setup.verdict", "setup.command"]
 
 
@@ -168,8 +169,18 @@ def _build_sections(reg: Registry, state: UIState) -> None:
             for start in range(0, len(specs), 3):
                 with gr.Row():
                     for s in specs[start:start + 3]:
-                        reg.add(f"{TAB}.{s.key}", fields.widget(s, state.value(s.key),
+                        reg.add(f"{TAB}.{s.key}", fields.widget(s, state.value(s.key), **_fixed(reg, s.key),
                                                                  elem_id=f"setup-{s.key.replace('.', '-')}"))
+
+
+def _fixed(reg: Registry, key: str) -> dict[str, Any]:
+    """Widget options for settings the app decides: the runs folder is the one every tab lists, so
+    it is shown, not edited here (the CLI's --set output.runs_dir still chooses any folder)."""
+    if key != RUNS_DIR_KEY:
+        return {}
+    return {"interactive": False, "info": f"The app keeps its runs in {run_choice.runs_root(reg)}, where the Runs, "
+                                          "Evaluate, Chat and Export tabs find them; start the app with --runs-dir "
+                                          "to use another folder"}
 
 
 # -- events ---------------------------------------------------------------------------------------
@@ -221,10 +232,9 @@ def wire(reg: Registry) -> None:
         """Load a YAML config: a bad file changes nothing and says what is wrong."""
         if not path:
             return {}
-        keep = {"output.runs_dir": reg.ctx.runs_dir} if reg.ctx.runs_dir else None
         try:
             text = Path(path).read_text(encoding="utf-8")
-            new = UIState.from_yaml(text, keep=keep)
+            new = UIState.from_yaml(text).set(RUNS_DIR_KEY, reg.ctx.runs_dir or "")  # runs stay where the app lists them
         except (UserError, UnicodeDecodeError, OSError) as exc:
             return reg.updates({"setup.error": messages.error(str(exc), f"Could not load {Path(path).name}:")})
         return reg.updates({"app.state": new, **reg.sync(new)})

@@ -10,18 +10,19 @@ whenever their set of series changes (Gradio 6's LinePlot otherwise draws no lin
 
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 import gradio as gr
 
-from grpo_box import job, locks
+from grpo_box import job
+from grpo_box.config import ConfigError
 from grpo_box.errors import UserError
 from grpo_box.models import is_bundled
 from grpo_box.runs import RunDir, open_run
 
-from . import messages, watch
+from . import fields, messages, watch
 from .curves import AXIS_FORMAT, PLOTS, plot_frame, step_axis
+from .gauge import model_arch
 from .registry import Registry
 from .state import UIState
 from .train_view import hints_html, rubric_weights, run_sample_html, sample_choices, sample_html, status_html
@@ -31,6 +32,7 @@ from .train_view import hints_html, rubric_weights, run_sample_html, sample_choi
 TICK_SECONDS = 4.0
 PLOT_ROWS = (("reward", "signal"), ("length", "memory"), ("optim", "lr", "kl"))  # KL shows only when beta > 0
 PLOT_IDS = [plot for row in PLOT_ROWS for plot in row]
+AUTO_FIT = "auto_fit"
 assert sorted(PLOT_IDS) == sorted(PLOTS)
 
 
@@ -40,8 +42,9 @@ def build(reg: Registry) -> None:
     reg.add("train.seen", gr.State(watch.Seen()))
     reg.add("train.verdict", gr.HTML(elem_id="train-verdict"))
     with gr.Row():
-        reg.add("train.autofit", gr.Checkbox(label="Auto-fit: after running out of GPU memory, retry once with "
-                                             "the next smaller setting", value=False, elem_id="train-autofit"))
+        # the same setting as Setup's "auto_fit" (one value in the state, shown in both tabs)
+        reg.add("train.autofit", fields.widget(fields.spec(AUTO_FIT), reg["app.state"].value.value(AUTO_FIT),
+                                               label="Auto-fit", elem_id="train-autofit"))
         reg.add("train.force", gr.Checkbox(label="Start even if the estimate says it will not fit", value=False,
                                            elem_id="train-force"))
     with gr.Row():
@@ -80,7 +83,7 @@ def _plot(reg: Registry, plot: str) -> None:
 def wire(reg: Registry) -> None:
     state, run, seen = reg["app.state"], reg["train.run"], reg["train.seen"]
     view = _view_outputs(reg)
-    reg["train.start"].click(_start(reg), inputs=[state, reg["train.force"], reg["train.autofit"]],
+    reg["train.start"].click(_start(reg), inputs=[state, reg["train.force"]],
                              outputs=[run, seen, reg["train.message"]], api_name="train_start") \
         .then(_tick, inputs=[run, seen, state], outputs=[seen, *view], api_visibility="private")
     reg["train.stop"].click(_stop, inputs=[run], outputs=[reg["train.message"]], api_name="train_stop")
@@ -91,6 +94,10 @@ def wire(reg: Registry) -> None:
     reg["train.sample_pick"].change(run_sample_html, inputs=[run, reg["train.sample_pick"]],
                                     outputs=[reg["train.sample_view"]], api_visibility="private")
     state.change(_verdict(reg), inputs=[state], outputs=[reg["train.verdict"]], api_visibility="private")
+    state.change(lambda st: st.value(AUTO_FIT), inputs=[state], outputs=[reg["train.autofit"]],
+                 api_visibility="private")
+    reg["train.autofit"].input(_set_autofit, inputs=[state, reg["train.autofit"]],
+                               outputs=[state, reg[f"setup.{AUTO_FIT}"]], api_name="train_autofit")
     inputs, outputs, load = page_load(reg)
     reg["train.reattach"].click(load, inputs=inputs, outputs=outputs, api_name="train_reattach")
 
@@ -113,21 +120,36 @@ def _view_outputs(reg: Registry) -> list[Any]:
 # -- handlers -------------------------------------------------------------------------------------
 def _verdict(reg: Registry):
     def verdict(state: UIState) -> str:
-        """The memory verdict for the current form, repeated where the user presses Start."""
+        """The memory verdict for the current form (VRAM, or RAM without a GPU), repeated where the
+        user presses Start."""
         try:
             config = state.config()
         except UserError as exc:
             return messages.error(str(exc), "The configuration needs a fix before training")
-        gpu = reg.ctx.hardware.gpu
-        if gpu is None:
-            return messages.box("ok" if config.preset == "cpu" else "warning", _cpu_note(config))
-        from grpo_box.memory import preflight
-
-        result = preflight(config, vram_gb=gpu.vram_gb)
+        result = _preflight(reg, config)
         kind = {"fits": "ok", "tight": "warning", "will not fit": "error"}.get(result.verdict or "", "warning")
+        if reg.ctx.hardware.gpu is None:
+            if result.verdict == "fits" and config.preset != "cpu":
+                kind = "warning"  # a GPU preset on the CPU: it fits the RAM but crawls
+            ram = f" RAM: {result.ram_note}." if result.ram_note else ""
+            return messages.box(kind, _cpu_note(config) + ram, "Memory")
         return messages.box(kind, result.message, "Memory")
 
     return verdict
+
+
+def _preflight(reg: Registry, config: Any, force: bool = False) -> Any:
+    """The engine's preflight on this machine: against the GPU's VRAM, or without one the RAM. The
+    model's shape comes through the gauge's cache, so an unknown Hub id offline is not asked again
+    on every change (the engine would skip the estimate too)."""
+    from grpo_box.memory import Card, PreflightResult, preflight
+
+    hw = reg.ctx.hardware
+    try:
+        arch = model_arch(config.model.name)
+    except ConfigError as exc:
+        return PreflightResult(True, None, f"memory estimate skipped: {exc}", Card(None, "unknown model shape"))
+    return preflight(config, vram_gb=hw.gpu.vram_gb if hw.gpu else None, ram_gb=hw.ram_gb, force=force, arch=arch)
 
 
 def _cpu_note(config: Any) -> str:
@@ -140,26 +162,28 @@ def _cpu_note(config: Any) -> str:
             "4-bit or vLLM and a step can take many minutes. Choose the cpu preset in Setup.")
 
 
+def _set_autofit(state: UIState, on: bool) -> tuple[UIState, bool]:
+    """Train's auto-fit box sets the state's auto_fit, which Setup shows too (and the command prints)."""
+    return state.set(AUTO_FIT, bool(on)), bool(on)
+
+
 def _start(reg: Registry):
-    def start(state: UIState, force: bool, autofit: bool) -> tuple[Any, Any, str]:
+    def start(state: UIState, force: bool) -> tuple[Any, Any, str]:
         """Write the run's config and start its training child; a message says what happened."""
         from grpo_box.train import start_run
 
         try:
             config = state.config()
-            config.auto_fit = bool(autofit)
             refusal = _refusal(reg, config, force)
             if refusal:
                 return gr.skip(), gr.skip(), messages.error(refusal, "Not started")
-            busy = locks.running_job()  # asked before a run folder is made for a start that cannot happen
-            if busy is not None:
-                raise locks.JobBusy(locks.busy_message(busy), busy)
+            job.check_machine_free()  # before a run folder is made for a start that cannot happen
             _release_chat_model()
             run = start_run(config)
             try:
                 started = job.start(run)
             except UserError:
-                shutil.rmtree(run.path, ignore_errors=True)  # nothing trained in it: no half-made run left
+                run.discard_untrained()  # nothing trained in it: no half-made run left
                 raise
         except UserError as exc:
             return gr.skip(), gr.skip(), messages.error(str(exc), "Not started")
@@ -170,12 +194,7 @@ def _start(reg: Registry):
 
 
 def _refusal(reg: Registry, config: Any, force: bool) -> str | None:
-    gpu = reg.ctx.hardware.gpu
-    if gpu is None:
-        return None
-    from grpo_box.memory import preflight
-
-    result = preflight(config, vram_gb=gpu.vram_gb, force=force)
+    result = _preflight(reg, config, force)
     return None if result.proceed else f"{result.message}. Tick 'Start even if…' to try anyway."
 
 
@@ -220,6 +239,7 @@ def resume_run(path: str, more_steps: int = 0) -> RunDir:
     run = open_run(path)
     if job.worker_alive(run):
         raise UserError(f"{run.path.name} is still training")
+    job.check_machine_free()  # before More steps changes the run for a resume that cannot start
     if more_steps > 0:
         run.extend(more_steps)
     else:  # the engine's own check, worded for this page (it names the CLI's --steps)

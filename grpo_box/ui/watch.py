@@ -6,22 +6,30 @@ only the lines appended since the last poll, settles a dead worker and follows a
 and reads its cumulative metrics. A page remembers how many lines it has drawn (`Seen`), so a
 tick with nothing new sends nothing to the browser. After an app restart `reattach()` finds the
 running job through the machine lock (job.reattach) and monitors it again.
+
+`follow_in_background()` polls the watched runs that are still training from a daemon thread, so
+a worker that dies is settled and an auto-fit retry starts even while no page is open (the
+monitor does both only when polled).
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from grpo_box import job
 from grpo_box.config import RunConfig
-from grpo_box.runs import CONFIG, RunDir, open_run
+from grpo_box.errors import UserError
+from grpo_box.runs import CONFIG, RETRYING, UNSETTLED, RunDir, open_run
 
 _LOCK = threading.Lock()
 _MONITORS: dict[str, "_Watched"] = {}
+_FOLLOWER: threading.Thread | None = None
+FOLLOW_SECONDS = 10.0
 
 
 @dataclass
@@ -95,3 +103,40 @@ def latest_run(runs_dir: str | None) -> str | None:
 def forget(path: str) -> None:
     with _LOCK:
         _MONITORS.pop(path, None)
+
+
+def unsettled() -> list[str]:
+    """Watched runs whose last poll found them training, starting, or waiting for an auto-fit retry."""
+    with _LOCK:
+        watched = list(_MONITORS.items())
+    return [path for path, w in watched
+            if w.last is None or w.last.alive or w.last.status.get("state") in (*UNSETTLED, RETRYING)]
+
+
+def follow_once() -> None:
+    """Poll every unsettled watched run once (settles dead workers, starts auto-fit retries)."""
+    for path in unsettled():
+        try:
+            poll(path)
+        except (OSError, UserError):  # deleted or unreadable meanwhile: pages that show it say why
+            if not Path(path).exists():
+                forget(path)
+
+
+def follow_in_background(interval: float = FOLLOW_SECONDS) -> None:
+    """Start the daemon thread that runs `follow_once` every `interval` s (once per process)."""
+    global _FOLLOWER
+    with _LOCK:
+        if _FOLLOWER is not None and _FOLLOWER.is_alive():
+            return
+        _FOLLOWER = threading.Thread(target=_follow, args=(interval,), name="grpo-box-follow", daemon=True)
+        _FOLLOWER.start()
+
+
+def _follow(interval: float) -> None:
+    while True:
+        time.sleep(interval)
+        try:
+            follow_once()
+        except Exception as exc:  # noqa: BLE001 - the follower must outlive one bad poll; pages show errors
+            print(f"grpo-box: background poll failed: {exc}", flush=True)
