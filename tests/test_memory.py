@@ -515,9 +515,17 @@ def test_preflight_refuses_a_run_that_will_not_fit_naming_the_setting(card_7_6):
     assert fits.proceed and fits.verdict == "fits" and fits.report["vram_gb"] == 7.6
 
 
-def test_preflight_checks_nothing_without_a_gpu(no_gpu):
-    result = preflight(resolve_config("16gb", overrides=TOO_LONG))
-    assert result.proceed and result.verdict is None and result.report is None
+def test_preflight_without_a_gpu_judges_the_ram_not_a_card(no_gpu):
+    """No VRAM report without a GPU; the verdict is the RAM's (since memory.ram_verdict), refused
+    when it will not fit unless forced."""
+    config = resolve_config("16gb", overrides=TOO_LONG)
+    roomy = preflight(config, ram_gb=1024)
+    assert roomy.proceed and roomy.verdict == "fits" and roomy.report is None
+    assert "of this machine's 1024 GB" in roomy.ram_note
+    small = preflight(config, ram_gb=2)
+    assert not small.proceed and small.verdict == "will not fit" and "lower grpo.num_generations" in small.ram_note
+    forced = preflight(config, ram_gb=2, force=True)
+    assert forced.proceed and forced.verdict == "will not fit" and "forced" in forced.ram_note
 
 
 def test_preflight_skips_the_estimate_for_a_model_it_cannot_size(card_7_6, monkeypatch):
