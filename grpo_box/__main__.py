@@ -636,21 +636,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--what", choices=["gguf", "merged", "adapter"], default="gguf")
     p.add_argument("--quant", help="which GGUF (default: the smallest quantized one)")
     p.add_argument("--public", action="store_true", help="make a new repo public (default: private)")
+    from . import cluster_plan as plan  # light: the options' defaults and help, shared with the app's panel
+
     p = sub.add_parser("cluster", help="write a multi-GPU job (TRL + accelerate + vLLM server) for a run or config")
     p.add_argument("source", metavar="RUN_DIR_OR_CONFIG")
-    p.add_argument("--gpus", type=_positive(int), required=True, help="GPUs in all (vLLM server + training)")
-    p.add_argument("--nodes", type=_positive(int), default=1, help="machines (more than 1: a SLURM job)")
-    p.add_argument("--backend", choices=["zero3", "fsdp"], default="zero3", help="DeepSpeed ZeRO-3 or FSDP2")
-    p.add_argument("--vllm-gpus", type=int, help="GPUs for the vLLM server (default: 1 on one node, a whole node on "
-                   "several; 0: vLLM inside each training process)")
-    p.add_argument("--out", help="bundle folder (default: RUN_DIR/cluster/<N>gpu-<backend>)")
+    p.add_argument("--gpus", type=_positive(int), required=True, help=plan.OPTION_HELP["gpus"])
+    p.add_argument("--nodes", type=_positive(int), default=plan.DEFAULT_NODES, help=plan.OPTION_HELP["nodes"])
+    p.add_argument("--backend", choices=plan.BACKENDS, default=plan.DEFAULT_BACKEND, help=plan.OPTION_HELP["backend"])
+    p.add_argument("--vllm-gpus", type=int, help=plan.OPTION_HELP["vllm_gpus"])
+    p.add_argument("--out", help=plan.OPTION_HELP["out"])
     p = sub.add_parser("import-adapter", help="turn a cluster job's output folder into a run directory")
     p.add_argument("dir", help="the job's output folder (adapter/, run_config.yaml, metrics.jsonl)")
     p.add_argument("--name", help="run name (default: <run>-cluster)")
     p = sub.add_parser("serve", help="OpenAI-compatible server on a GGUF (for Open WebUI)")
     p.add_argument("gguf")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    from .serve import DEFAULT_HOST, DEFAULT_PORT  # light: the server starts as a subprocess
+
+    p.add_argument("--host", default=DEFAULT_HOST)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
     return parser
 
 

@@ -45,6 +45,7 @@ from .llama_tools import gpu_layers
 from .progress import Progress
 
 SERVER_EXTRAS = ("fastapi", "uvicorn", "sse_starlette", "starlette_context", "pydantic_settings")
+DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080  # `serve`'s and the app's Serve panel's defaults
 
 
 class ServerError(UserError, RuntimeError):

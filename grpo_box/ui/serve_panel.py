@@ -16,12 +16,12 @@ from urllib.parse import urlsplit
 import gradio as gr
 
 from grpo_box.errors import UserError
+from grpo_box.serve import DEFAULT_HOST, DEFAULT_PORT
 
 from . import messages, run_choice, server_slot
 from .app import is_loopback
 from .registry import Registry
 
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8080
 TEST_PROMPT = "Say hello in one short sentence."
 
 
