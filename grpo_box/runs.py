@@ -213,7 +213,7 @@ class RunDir:
             keep = self.file(f"{ADAPTER}-step-{done}")
             if not keep.exists():
                 shutil.copytree(self.adapter_dir, keep)
-        config.save(self.file(CONFIG))
+        write_text_atomic(self.file(CONFIG), config.to_yaml())
         state = status.get("state")
         self.set_status("stopped" if state == "finished" else state, max_steps=config.grpo.max_steps)
         return config.grpo.max_steps
@@ -256,7 +256,7 @@ def create_run(config: RunConfig) -> RunDir:
     config.output.run_name = path.name
     absolute_paths(config)
     run = RunDir(path)
-    config.save(run.file(CONFIG))
+    write_text_atomic(run.file(CONFIG), config.to_yaml())
     run.set_status("created", step=0, max_steps=config.grpo.max_steps)
     return run
 
