@@ -3,9 +3,10 @@
 `GGUFResult` per GGUF file, `LoraResult` for the adapter-only GGUF, `ExportReport` for the whole
 export (written to `export/export.json`, printed by `python -m grpo_box export` as a table). Each
 record decides its own `ok`: lossless files (f32/f16/bf16) must reproduce the merged model's
-greedy tokens up to near-ties (see `gguf_check`), every file must keep the chat template and EOS,
-stop at EOS in a chat, and have a Modelfile that stops on every EOS; quantized files only report
-how close they stay.
+greedy tokens up to near-ties (see `gguf_check`), every file must tokenize prompts as the HF
+tokenizer does, keep the chat template and EOS, stop at EOS in a chat, and have a Modelfile that
+stops on every EOS; quantized files only report how close they stay. The table shows every check
+that decides `ok`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from .hardware import GIB
 from .text_table import text_table
 
 LOSSLESS = ("f32", "f16", "bf16")  # must reproduce the merged model's greedy tokens
+TOKENIZER_NOTE = ("{}: llama.cpp tokenizes the check prompts unlike the HF tokenizer, so the GGUF reads prompts "
+                  "differently from the trained model")
 
 
 class ExportError(UserError, RuntimeError):
@@ -126,29 +129,32 @@ class ExportReport:
         return data
 
     def format_table(self) -> str:
-        header = ("file", "size", "tokens vs merged HF", "template", "EOS", "stops", "Modelfile", "ok")
+        header = ("file", "size", "tokens vs merged HF", "tokenizer", "template", "EOS", "stops", "Modelfile", "ok")
         rows = [header] + [_row(f) for f in self.files]
         if self.lora:
             lo = self.lora
             rows.append((Path(lo.path).name, size_text(lo.size_bytes),
                          "-" if lo.identical is None else
                          f"{lo.identical}/{lo.prompts} identical, {lo.near_ties} near-tie (base+LoRA)",
-                         "-", "-", "-", "-", "yes" if lo.ok else "NO"))
+                         "-", "-", "-", "-", "-", "yes" if lo.ok else "NO"))
         lines = [text_table(rows, rule=True), ""]
         lines += [f"ollama: {f.ollama_command}" for f in self.files if f.ollama_command]
         if self.lora and self.lora.usage:
             lines.append(f"LoRA: {self.lora.usage}")
-        lines += [f"note: {n}" for f in self.files for n in f.notes] + [f"warning: {w}" for w in self.warnings]
+        lines += [f"note: {n}" for f in self.files for n in f.notes]
+        lines += [f"note: {TOKENIZER_NOTE.format(Path(f.path).name)}" for f in self.files
+                  if f.verified and not f.tokenizer_match]
+        lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
 def _row(f: GGUFResult) -> tuple[str, ...]:
     if not f.verified:
-        return (Path(f.path).name, size_text(f.size_bytes), "not checked", "-", "-", "-", _yes(f.modelfile_stops_ok),
-                "-")
+        return (Path(f.path).name, size_text(f.size_bytes), "not checked", "-", "-", "-", "-",
+                _yes(f.modelfile_stops_ok), "-")
     agree = parity_text(f.identical, f.near_ties, f.prompts, f.prefix_agreement, f.exact_required)
-    return (Path(f.path).name, size_text(f.size_bytes), agree, _yes(f.chat_template_ok), f.eos_token or "?",
-            "yes" if f.chat_stops else "NO", _yes(f.modelfile_stops_ok), "yes" if f.ok else "NO")
+    return (Path(f.path).name, size_text(f.size_bytes), agree, _yes(f.tokenizer_match), _yes(f.chat_template_ok),
+            f.eos_token or "?", "yes" if f.chat_stops else "NO", _yes(f.modelfile_stops_ok), "yes" if f.ok else "NO")
 
 
 def parity_text(identical: int, near_ties: int, prompts: int, prefix: float, exact: bool) -> str:

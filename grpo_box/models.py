@@ -164,7 +164,14 @@ def _in_hub_cache(repo_id: str) -> bool:
 
 # -- the 16-bit base of a merge -------------------------------------------------------------------
 class BaseWeightsMissingError(ModelError):
-    """The original 16-bit weights are not on disk; the message says how to get them."""
+    """The original 16-bit weights are not on disk; the message says how to get them (in CLI and
+    Python terms). `why`, `repo` and `tried_4bit` let a front end say it in its own terms."""
+
+    def __init__(self, message: str, *, why: str = "", repo: str = "", tried_4bit: bool = False) -> None:
+        super().__init__(message)
+        self.why = why  # what is missing, e.g. "the 16-bit weights of ORG/NAME are not in the local HF cache"
+        self.repo = repo  # the 16-bit repo to download
+        self.tried_4bit = tried_4bit  # a 4-bit fallback was allowed, and none was on disk either
 
 
 @dataclass
@@ -212,7 +219,8 @@ def _fallback_4bit(name: str, candidates: list[str | None], allow: bool, why: st
     if allow:
         fix = (f"no 4-bit checkpoint of it was found on disk either; download the 16-bit base (`hf download {repo}`, "
                f"or pass --download-base (CLI) / download_base=True)")
-    raise BaseWeightsMissingError(f"{why}. A faithful merge needs the original 16-bit base: {fix}")
+    raise BaseWeightsMissingError(f"{why}. A faithful merge needs the original 16-bit base: {fix}", why=why, repo=repo,
+                                  tried_4bit=allow)
 
 
 def strip_4bit_suffix(name: str) -> str:

@@ -498,8 +498,11 @@ def test_missing_16bit_base_is_explained(tmp_path: Path) -> None:
     message = str(err.value)
     assert "nobody-here/Tiny-Model" in message and "hf download" in message
     assert "--allow-4bit-merge (CLI) / allow_4bit_merge=True" in message and "--download-base" in message
-    with pytest.raises(BaseWeightsMissingError, match="no 4-bit checkpoint"):
+    assert (err.value.repo, err.value.tried_4bit) == ("nobody-here/Tiny-Model", False)  # for the app's own wording
+    assert err.value.why == "the 16-bit weights of nobody-here/Tiny-Model are not in the local Hugging Face cache"
+    with pytest.raises(BaseWeightsMissingError, match="no 4-bit checkpoint") as err:
         merge_run(run.path, allow_4bit_merge=True)
+    assert err.value.tried_4bit
 
 
 @pytest.mark.slow
@@ -724,3 +727,20 @@ def test_parity_words_do_not_read_as_a_failure_on_a_quantized_file(counts: tuple
     from grpo_box.export_report import parity_text
 
     assert parity_text(*counts, exact=exact) == said
+
+
+def test_a_tokenizer_mismatch_fails_the_file_and_shows_in_the_table() -> None:
+    """`tokenizer_match` decides `ok`, so the table shows it (with a note), not only "ok: NO"."""
+    from grpo_box.export_report import ExportReport, GGUFResult
+
+    checked = dict(verified=True, prompts=3, identical=3, chat_template_ok=True, eos_ok=True, eos_token="<|im_end|>",
+                   chat_stops=True, modelfile_stops_ok=True)
+    good = GGUFResult("f16", "/x/demo-f16.gguf", 10, 1.0, tokenizer_match=True, **checked)
+    bad = GGUFResult("q8_0", "/x/demo-q8_0.gguf", 10, 1.0, tokenizer_match=False, **checked)
+    assert good.ok and not bad.ok
+    lines = ExportReport("demo", "/x", None, files=[good, bad]).format_table().splitlines()
+    header = next(line for line in lines if "tokens vs merged HF" in line).split()
+    row = next(line for line in lines if line.startswith("demo-q8_0.gguf")).split()
+    assert "tokenizer" in header and row[-1] == "NO" and "BAD" in row
+    assert any("demo-q8_0.gguf: llama.cpp tokenizes the check prompts unlike the HF tokenizer" in line
+               for line in lines)

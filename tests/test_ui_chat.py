@@ -2,15 +2,19 @@
 API against the real app and the bundled model with a random LoRA: a streamed reply whose
 reasoning comes as a collapsible message, the held-out prompt picker, compare mode, two sessions
 chatting at once without mixing their replies, and `chat_cache.release()` stopping a reply in
-progress and dropping the model (what the Train tab calls before a job starts)."""
+progress and dropping the model (what the Train tab calls before a job starts). Without the app:
+where a reply queued behind another page's runs is decided once it holds the model, and a data
+source that fails to load is a message in the held-out picker."""
 
 from __future__ import annotations
 
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import gradio as gr
 import pytest
 from helpers import make_random_lora
 from ui_helpers import LiveApp, launch_app, value
@@ -175,3 +179,53 @@ def test_a_reply_with_only_reasoning_says_it_has_no_answer_once_done() -> None:
     assert [m["content"] for m in done] == ["only thinking", NO_ANSWER]
     answered = _assistant(ChatChunk.of("", "<think>2 plus 2</think><answer>4</answer>", "think", done=True))
     assert [m["content"] for m in answered] == ["2 plus 2", "4"]
+
+
+# -- without the live app -----------------------------------------------------------------------
+def test_where_a_queued_reply_runs_is_decided_once_it_holds_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reply queued behind another page's: a training job that started meanwhile sends it to the CPU
+    (as the user chose), not onto the GPU the job now uses."""
+    from grpo_box import chat
+    from grpo_box.ui import chat_tab
+
+    training: list[Any] = []
+    monkeypatch.setattr(chat_tab.job, "running_run", lambda: training[0] if training else None)
+    devices: list[str] = []
+
+    def load(src: ChatSource, device: str, has_gpu: bool = False) -> Any:
+        devices.append(device)
+        raise RuntimeError("no model here")
+
+    monkeypatch.setattr(chat_cache, "generator", load)
+    reg = SimpleNamespace(ctx=SimpleNamespace(hardware=SimpleNamespace(gpu="a GPU")))
+    with chat_cache.turn():  # another page's reply holds the model
+        reply = chat_tab._generate(reg, ChatSource("m", None, None, None), False, [{"role": "user", "content": "hi"}],
+                                   None, chat.CHAT_SAMPLING, "cpu")
+        assert "Another page's reply" in next(reply).html
+        training.append(SimpleNamespace(path=Path("runs/r1")))  # a job starts before that reply ends
+    notes = list(reply)
+    assert devices == ["cpu"] and "runs on the CPU instead" in notes[0].html and notes[-1].failed
+
+
+def test_a_data_source_that_fails_to_load_is_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The held-out picker reads the run's data in the app process; an error the engine does not turn
+    into a DataError (`datasets` failing to prepare a cached Hub dataset) must come back as a message."""
+    from datasets.exceptions import DatasetGenerationError
+
+    from grpo_box import data
+    from grpo_box.ui import chat_tab
+
+    config = RunConfig()
+    config.output.runs_dir, config.output.run_name = str(tmp_path / "runs"), "hub"
+    create_run(config)
+
+    def fail(cfg: Any) -> Any:
+        raise DatasetGenerationError("An error occurred while generating the dataset someone/gone")
+
+    monkeypatch.setattr(data, "load_rows", fail)
+    chat_tab._held_out.cache_clear()
+    reg = SimpleNamespace(ctx=SimpleNamespace(runs_dir=str(tmp_path / "runs")))
+    _, note, index, _ = chat_tab._heldout(reg)("hub", -1)
+    assert "No held-out prompts" in note and "DatasetGenerationError: An error occurred" in note
+    assert "data.source" in note and index == gr.skip()
+    chat_tab._held_out.cache_clear()

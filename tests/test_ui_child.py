@@ -1,6 +1,9 @@
-"""The app's child-process runner: the CLI's JSON result, its one-line errors, streaming and timeouts."""
+"""The app's child-process runner: the CLI's JSON result, its one-line errors, streaming and timeouts;
+merge/export's exit code 1 told apart (a failed check after the work finished, or a crash); claims."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 
@@ -36,3 +39,53 @@ def test_error_message_prefers_the_engines_line_and_hides_tracebacks():
     assert child.error_message(crash, 1) == "the command failed (exit code 1): KeyError: 'prompt'"
     assert child.parse_progress("  8 samples per prompt: 3/4 prompts") == (3, 4)
     assert child.parse_progress("loading the model") is None
+
+
+# -- merge/export's exit code 1: a failed check or a crash --------------------------------------
+def _child_runs(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    """`stream_cli` runs this Python code instead of `python -m grpo_box …`."""
+    from grpo_box.ui import cli_stream
+
+    monkeypatch.setattr(cli_stream, "cli_command", lambda args: [sys.executable, "-c", code])
+
+
+def test_an_exit_1_after_the_work_finished_is_a_failed_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpo_box.ui import cli_stream
+
+    _child_runs(monkeypatch, "import sys; print('  50.0% merging'); print('  100.0% merged: 1/3'); sys.exit(1)")
+    assert cli_stream.stream_cli(["merge", "r"], timeout=60).returncode == cli_stream.CHECK_FAILED
+    _child_runs(monkeypatch, "import sys, json; print(json.dumps({'ok': False})); sys.exit(1)")  # the --json form
+    assert cli_stream.stream_cli(["export", "r", "--json"], timeout=60).returncode == cli_stream.CHECK_FAILED
+
+
+def test_an_exit_1_from_a_crash_is_an_error_with_its_last_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpo_box.ui import cli_stream
+
+    _child_runs(monkeypatch, "print('  40.0% quantizing', flush=True)\ndef step():\n    raise KeyError('tensor x')\n"
+                             "step()")
+    with pytest.raises(child.ChildError) as caught:
+        cli_stream.stream_cli(["export", "r"], timeout=60)
+    message = str(caught.value)
+    assert caught.value.returncode == 1 and "crashed before it finished (exit code 1)" in message
+    assert "KeyError: 'tensor x'" in message and "in step" in message  # the traceback's end, not only its last line
+
+
+def test_finished_needs_the_json_result_or_a_100_percent_line() -> None:
+    from grpo_box.ui.cli_stream import finished
+
+    assert finished('{"ok": false}') and finished("  30.0% a\n  100.0% export finished: some checks FAILED\n")
+    assert not finished("  30.0% a\n  99.9% b\n") and not finished("")
+
+
+# -- claims -------------------------------------------------------------------------------------
+def test_a_claim_is_held_once_until_released() -> None:
+    claims = child.Claims()
+    assert claims.claim("run-a", what="eval") and not claims.claim("run-a", what="eval")
+    assert claims.claim("run-b")  # another key is free
+    claims.note("run-a", line="3/8")
+    held = claims.holder("run-a")
+    assert held is not None and held["what"] == "eval" and held["line"] == "3/8" and held["since"]
+    claims.release("run-a")
+    assert claims.holder("run-a") is None and claims.claim("run-a")
+    claims.note("nobody", line="x")  # a note for a free key is dropped
+    assert claims.holder("nobody") is None

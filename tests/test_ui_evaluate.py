@@ -1,11 +1,14 @@
 """The Evaluate tab's views of eval.json (no model): the summary table, the bars base against
 trained, the examples filtered to those training fixed or broke with each reply split into its
-reasoning and answer; and the tab reading a run's eval.json back through the API."""
+reasoning and answer; the tab reading a run's eval.json back through the API; its progress bar
+moving forward only, and a second evaluation of a run refused while one runs."""
 
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -102,3 +105,90 @@ def test_the_tab_reads_eval_json_back_and_filters(app: Any) -> None:
     assert shown["evaluate.examples"].count("<tr data-verdict") == 3
     missing = page.call("/evaluate_run", "no-such-run", 0, 1)
     assert "Run no-such-run no longer exists" in missing["evaluate.message"]  # a name no folder has
+
+
+# -- progress and one evaluation per run (no model) ----------------------------------------------
+def _lines(k: int) -> list[str]:
+    """The child's progress lines for base then trained, greedy then (k > 1) sampled, 4 prompts."""
+    phases = ["greedy"] + ([f"{k} samples"] if k > 1 else [])
+    return [f"  {model}: {what}: {done}/4 prompts" for model in ("base", "trained") for what in phases
+            for done in range(5)]
+
+
+class FakeRegistry(dict):
+    def __init__(self, runs: Path) -> None:
+        super().__init__()
+        self.ctx = SimpleNamespace(runs_dir=str(runs), hardware=SimpleNamespace(gpu=None))
+
+
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeRegistry, Path]:
+    """Run "busy" under a fake registry, no training job."""
+    from grpo_box.ui import evaluate_tab
+
+    config = RunConfig()
+    config.output.runs_dir, config.output.run_name = str(tmp_path / "runs"), "busy"
+    run = create_run(config).path.resolve()
+    monkeypatch.setattr(evaluate_tab.job, "running_run", lambda: None)
+    return FakeRegistry(tmp_path / "runs"), run
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_progress_only_moves_forward_through_the_phases(k: int, offline: tuple[FakeRegistry, Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpo_box.ui import evaluate_tab
+
+    def child(args: list[str], on_line: Any = None, **kwargs: Any) -> dict[str, Any]:
+        for line in _lines(k):
+            on_line(line)
+        return {}
+
+    monkeypatch.setattr(evaluate_tab, "run_json", child)
+    shown: list[float] = []
+    evaluate_tab._evaluate(offline[0])("busy", 0, k, progress=lambda fraction, desc="": shown.append(fraction))
+    fractions = shown[1:]  # after "loading the model"
+    assert len(fractions) == len(_lines(k)) and fractions[-1] == 1.0
+    assert fractions == sorted(fractions), fractions  # pass@k's sampled phase no longer restarts the bar
+    assert evaluate_tab.phase_fraction("loading the model", k) is None
+
+
+def test_a_line_from_an_earlier_phase_never_moves_the_bar_back() -> None:
+    from grpo_box.ui import evaluate_tab
+
+    shown: list[float] = []
+    bar = evaluate_tab.progress_bar(lambda fraction, desc="": shown.append(fraction), 1)
+    for line in ["  trained: greedy: 2/4 prompts", "  base: greedy: 4/4 prompts", "wrote eval.json"]:
+        bar(line)
+    assert shown == [0.75, 0.75]
+
+
+def test_a_second_evaluation_of_a_run_is_refused_while_one_runs(offline: tuple[FakeRegistry, Path],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpo_box.ui import evaluate_tab
+    from grpo_box.ui.child import ChildError
+
+    reg, run = offline
+    started: list[list[str]] = []
+    first_running = threading.Event()
+    finish_first = threading.Event()
+
+    def child(args: list[str], **kwargs: Any) -> Any:
+        started.append(list(args))
+        if len(started) == 1:  # the first evaluation runs until the second one was tried
+            first_running.set()
+            finish_first.wait(30)
+        raise ChildError("the child stands in here")
+
+    monkeypatch.setattr(evaluate_tab, "run_json", child)
+    evaluate = evaluate_tab._evaluate(reg)
+    first = threading.Thread(target=evaluate, args=("busy", 0, 1))
+    first.start()
+    try:
+        assert first_running.wait(30)
+        refused = evaluate("busy", 0, 1)[0]  # from another page, while the first runs
+    finally:
+        finish_first.set()
+        first.join(30)
+    assert "busy is already being evaluated since" in refused and "Not started" in refused and len(started) == 1
+    failed = evaluate("busy", 0, 1)[0]  # once it is done, the next one starts (and its claim ends with it)
+    assert "Evaluation failed" in failed and len(started) == 2

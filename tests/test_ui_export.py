@@ -6,7 +6,9 @@ from the trained model → export q4_k_m (verified in llama.cpp) → the server 
 page → a chat completion through the `openai` client → the server stopped. Then what goes wrong:
 a run with no adapter, a full disk during export (the earlier export stays), a port already in
 use, a file that is not a GGUF, a push with a bad token or no network (the token never shown),
-and an export while a training job runs (refused).
+and an export while a training job runs (refused). Without the live app: a crashed merge or
+export told from one whose checks failed, the tokenizer check in the table, one `ollama create`
+line per GGUF, download paths allowed once, and a missing 16-bit base explained in the app's terms.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -31,9 +34,12 @@ from grpo_box.runs import RunDir, create_run
 pytestmark = pytest.mark.slow
 
 
-def make_run(root: Path, name: str, model_dir: Path | None) -> RunDir:
-    """A small run; with `model_dir`, a random LoRA as its adapter (as training would save it)."""
+def make_run(root: Path, name: str, model_dir: Path | None, model: str | None = None) -> RunDir:
+    """A small run (of `model`, else the bundled one); with `model_dir`, a random LoRA as its adapter
+    (as training would save it)."""
     config = RunConfig()
+    if model:
+        config.model.name = model
     config.output.runs_dir, config.output.run_name = str(root), name
     config.data.size, config.data.eval_size = 12, 4
     config.grpo.max_completion_length = 24
@@ -97,7 +103,8 @@ def test_evaluate_chat_export_serve_from_the_page(app: LiveApp, page: Session) -
     table = exported["export.table"]
     assert "demo-q4_k_m.gguf" in table and 'data-ok="true"' in table and "check-fail" not in table
     assert "3/3" in text_of(exported["export.merge_report"])
-    assert "ollama create demo:q4_k_m -f" in exported["export.ollama"]
+    ollama = exported["export.ollama"]  # the GGUF's own Modelfile, as in the downloads and the README
+    assert ollama.startswith("ollama create demo:q4_k_m -f ") and ollama.endswith("/export/demo-q4_k_m.Modelfile")
     assert "PARAMETER stop" in exported["export.modelfile"]
     names = {Path(p).name for p in exported["export.files"]}
     assert {"demo-q4_k_m.gguf", "demo-q4_k_m.Modelfile"} <= names and "Modelfile" not in names  # no twin copy
@@ -237,3 +244,159 @@ def test_a_second_merge_or_export_while_one_runs_is_a_toast_not_a_message_under_
     assert [str(w.message) for w in said] == [export_tab._BUSY_TEXT] * 2
     assert "Export of demo running since" in reopened and "converting to GGUF - 40.0%" in reopened
     assert export_tab._show(app.reg)("demo")[-1] == ""  # and nothing once it is done
+
+
+# -- without the live app -----------------------------------------------------------------------
+class FakeRegistry(dict):
+    """Enough of the app's registry for a handler: the runs folder, no GPU, components by key."""
+
+    def __init__(self, runs: Path) -> None:
+        super().__init__()
+        self.ctx = SimpleNamespace(runs_dir=str(runs), hardware=SimpleNamespace(gpu=None))
+
+    def __missing__(self, key: str) -> str:
+        return key
+
+
+@pytest.fixture
+def offline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRegistry:
+    """Run "demo" (no adapter) under a fake registry; no training job, the base found on disk."""
+    from grpo_box.ui import export_tab
+
+    make_run(tmp_path / "runs", "demo", None)
+    monkeypatch.setattr(export_tab.job, "running_run", lambda: None)
+    monkeypatch.setattr(export_tab, "base_problem", lambda run, allow_4bit, what: None, raising=False)
+    return FakeRegistry(tmp_path / "runs")
+
+
+def _child_runs(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
+    from grpo_box.ui import cli_stream
+
+    monkeypatch.setattr(cli_stream, "cli_command", lambda args: [sys.executable, "-c", code])
+
+
+CRASH = "print('  40.0% converting', flush=True)\nraise RuntimeError('llama.cpp converter blew up')"
+CHECK_FAILED = "import sys; print('  100.0% done: some checks FAILED'); sys.exit(1)"
+
+
+def test_a_crashed_merge_is_a_failure_not_a_failed_check(offline_run: FakeRegistry,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpo_box.ui import export_tab
+
+    _child_runs(monkeypatch, CRASH)
+    crashed, _ = export_tab._merge(offline_run)("demo", False)
+    assert "Merge failed" in crashed and "crashed before it finished" in crashed, crashed
+    assert "RuntimeError: llama.cpp converter blew up" in crashed and "check failed" not in crashed
+    _child_runs(monkeypatch, CHECK_FAILED)
+    checked, _ = export_tab._merge(offline_run)("demo", False)
+    assert "Merged, but the check failed" in checked
+
+
+def test_a_crashed_export_is_a_failure_not_failed_checks(offline_run: FakeRegistry,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpo_box.ui import export_tab
+
+    _child_runs(monkeypatch, CRASH)
+    crashed = export_tab._export(offline_run)("demo", ["q4_k_m"], False, False)[0]
+    assert "Export failed" in crashed and "RuntimeError: llama.cpp converter blew up" in crashed, crashed
+    assert "checks failed" not in crashed
+    _child_runs(monkeypatch, CHECK_FAILED)
+    checked = export_tab._export(offline_run)("demo", ["q4_k_m"], False, False)[0]
+    assert "Exported, with failed checks" in checked
+
+
+def _gguf(quant: str, folder: Path, **checks: Any) -> dict[str, Any]:
+    path, modelfile = folder / f"demo-{quant}.gguf", folder / f"demo-{quant}.Modelfile"
+    path.write_bytes(b"GGUF")
+    modelfile.write_text(f"FROM ./demo-{quant}.gguf\nPARAMETER stop \"<|im_end|>\"\n")
+    passed = {"verified": True, "prompts": 3, "identical": 3, "tokenizer_match": True, "chat_template_ok": True,
+              "eos_ok": True, "eos_token": "<|im_end|>", "chat_stops": True, "modelfile_stops_ok": True, "ok": True}
+    return {"quant": quant, "path": str(path), "size_bytes": 4, "modelfile": str(modelfile),
+            "ollama_command": f"ollama create demo:{quant} -f {modelfile}", **passed, **checks}
+
+
+def test_a_tokenizer_mismatch_shows_in_the_table(tmp_path: Path) -> None:
+    from grpo_box.ui import export_view
+
+    bad = _gguf("f16", tmp_path, tokenizer_match=False, ok=False)
+    table = export_view.table_html({"files": [bad, _gguf("q4_k_m", tmp_path)], "ok": False})
+    assert "<th>tokenizer</th>" in table and table.count("<th>") == len(export_view.COLUMNS)
+    f16_row = table.split("<tr")[2]
+    assert f16_row.count("check-fail") == 2 and ">differs<" in f16_row and ">NO<" in f16_row  # its cell, and ok
+    assert "demo-f16.gguf: llama.cpp tokenizes the check prompts unlike the HF tokenizer" in table
+    assert all(row.count("<td") == len(export_view.COLUMNS) for row in table.split("<tr")[2:])
+
+
+def test_each_gguf_has_its_own_ollama_line_and_modelfile(tmp_path: Path) -> None:
+    from grpo_box.ui import export_view
+
+    shared = tmp_path / "Modelfile"
+    shared.write_text("FROM ./demo-f16.gguf\n")
+    data = {"files": [_gguf("f16", tmp_path), _gguf("q4_k_m", tmp_path)], "modelfile": str(shared),
+            "ollama_command": f"ollama create demo:f16 -f {shared}"}
+    lines = export_view.ollama_commands(data).splitlines()
+    assert lines == [f"ollama create demo:f16 -f {tmp_path / 'demo-f16.Modelfile'}",
+                     f"ollama create demo:q4_k_m -f {tmp_path / 'demo-q4_k_m.Modelfile'}"]
+    assert export_view.modelfile_preview(data) == ("demo-q4_k_m.Modelfile", "FROM ./demo-q4_k_m.gguf\n"
+                                                   "PARAMETER stop \"<|im_end|>\"\n")
+    old = {"files": [], "modelfile": str(shared), "ollama_command": f"ollama create demo:f16 -f {shared}"}
+    assert export_view.ollama_commands(old) == old["ollama_command"]  # an export from before per-GGUF Modelfiles
+    assert export_view.modelfile_preview(old) == ("Modelfile", "FROM ./demo-f16.gguf\n")
+
+
+def test_download_paths_are_allowed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpo_box.ui import export_tab
+
+    given: list[list[str]] = []
+    monkeypatch.setattr(export_tab, "_STATIC", set())
+    monkeypatch.setattr(export_tab.gr, "set_static_paths", lambda paths: given.append(list(paths)))
+    a, b = str(tmp_path / "a.gguf"), str(tmp_path / "b.gguf")
+    for _ in range(3):  # every view of the page
+        export_tab.allow_static([a, a])
+    export_tab.allow_static([a, b])
+    export_tab.allow_static([])
+    assert given == [[a], [b]]
+
+
+def test_a_missing_16bit_base_points_at_the_apps_checkbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpo_box.ui import export_tab
+
+    make_run(tmp_path / "runs", "hub", None, model="nobody-here/Tiny-Model-unsloth-bnb-4bit")
+    monkeypatch.setattr(export_tab.job, "running_run", lambda: None)
+    reg = FakeRegistry(tmp_path / "runs")
+    message = export_tab._export(reg)("hub", ["q4_k_m"], False, False)[0]
+    assert "Not exported" in message and "hf download nobody-here/Tiny-Model" in message
+    assert export_tab.FOUR_BIT_LABEL in message and "--allow-4bit-merge" not in message and "(CLI)" not in message
+    merged, _ = export_tab._merge(reg)("hub", True)
+    assert "Not merged" in merged and "no 4-bit checkpoint of it is on disk either" in merged
+    assert "--download-base" not in merged and "(CLI)" not in merged
+
+
+def test_the_4bit_checkbox_is_visible_beside_merge_and_export(app: LiveApp) -> None:
+    """Not inside the closed Merge accordion: it governs Export too."""
+    box = app.reg["export.allow_4bit"]
+    parent = box.parent
+    while parent is not None and not isinstance(parent, gr.Tab):
+        assert not isinstance(parent, gr.Accordion), f"the 4-bit checkbox sits in accordion {parent.label!r}"
+        parent = parent.parent
+    assert "Export" in box.label
+
+
+def test_the_page_shows_each_ggufs_ollama_line_and_modelfile(tmp_path: Path) -> None:
+    """What `view` sends for an export of two GGUFs (without exporting: the files are stand-ins)."""
+    import json
+
+    from grpo_box.ui import export_tab
+
+    run = make_run(tmp_path / "runs", "demo", None).path
+    folder = run / "export"
+    folder.mkdir()
+    files = [_gguf("f16", folder), _gguf("q4_k_m", folder)]
+    (folder / "export.json").write_text(json.dumps({"files": files, "ok": True}))
+    out = dict(zip(["quants", "merge", "table", "files", "ollama", "modelfile", "serve", "push"], export_tab.view(run)))
+    assert out["ollama"].splitlines() == [f["ollama_command"] for f in files]
+    modelfile = out["modelfile"]
+    assert modelfile["label"] == "demo-q4_k_m.Modelfile" and "FROM ./demo-q4_k_m.gguf" in modelfile["value"]
+    names = sorted(Path(p).name for p in out["files"])
+    assert names == ["demo-f16.Modelfile", "demo-f16.gguf", "demo-q4_k_m.Modelfile", "demo-q4_k_m.gguf"]
+    assert ">same<" in out["table"] and "check-fail" not in out["table"]

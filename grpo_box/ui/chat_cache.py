@@ -7,7 +7,9 @@ a "base" reply never leaks into another page's "trained" reply) and lets a page 
 
 Where the model runs (`placement`): a GGUF runs in llama.cpp on the CPU; without a GPU everything
 runs on the CPU; with a GPU the model goes there unless a training job is running, in which case
-the chat either waits for the job to end or loads the model on the CPU, as the user chose.
+the chat either waits for the job to end or loads the model on the CPU, as the user chose. The
+Chat tab decides it while holding `turn()`: a reply queued behind another page's sees a training
+job that started meanwhile, instead of loading on the GPU it now needs.
 
 `release()` drops the model and frees its memory; the Train tab calls it before starting a job
 (if a reply is streaming, it is told to stop and `release()` waits for it).

@@ -257,38 +257,46 @@ def _compare(reg: Registry):
 
 def _generate(reg: Registry, src: ChatSource, base: bool, turn: list[dict[str, str]], system: str | None,
               sampling: Sampling, when_training: str) -> Iterator[chat.ChatChunk | Note]:
-    """Notes and chunks of one reply: wait for the GPU or for another page's reply, load, stream."""
+    """Notes and chunks of one reply: wait for another page's reply, decide where to run (holding the
+    model, so a training job started meanwhile counts), wait for the GPU or load, stream."""
     has_gpu = reg.ctx.hardware.gpu is not None
-    where = _placement(src, has_gpu, when_training)
-    while where.wait:
-        yield Note(messages.warning(where.note))
+    while True:
+        if chat_cache.busy():
+            yield Note(messages.warning("Another page's reply is being generated; this one starts when it is done."))
+        with chat_cache.turn():
+            where = _placement(src, has_gpu, when_training)
+            if not where.wait:
+                yield from _reply(src, base, turn, system, sampling, where, has_gpu)
+                return
+        yield Note(messages.warning(where.note))  # the model is let go while this page waits for training
         time.sleep(WAIT_POLL_SECONDS)
-        where = _placement(src, has_gpu, when_training)
-    if chat_cache.busy():
-        yield Note(messages.warning("Another page's reply is being generated; this one starts when it is done."))
-    with chat_cache.turn():
-        if chat_cache.loaded_key() != (src.model, src.adapter, where.device):
-            yield Note(messages.ok(f"Loading {Path(src.model).name}… {where.note}"))
-        try:
-            generator = chat_cache.generator(src, where.device, has_gpu)
-        except Exception as exc:  # a broken model file, a missing base: say so in the page, keep the app up
-            yield Note(messages.error(f"could not load {src.model}: {exc}", "Model not loaded"), failed=True)
-            return
-        yield Note(messages.ok(where.note))
-        off = generator.adapter_disabled() if base else contextlib.nullcontext()
-        started = time.monotonic()
-        try:
-            stream = chat.stream_with(generator, src, turn, system, sampling)
-            with off, contextlib.closing(stream):  # closed first: a cancelled reply stops generating, then unlocks
-                for chunk in stream:
-                    if chat_cache.stop_requested():
-                        yield Note(messages.warning("Stopped: a training job is starting and needs the memory."),
-                                   failed=True)
-                        return
-                    yield chunk
-        except Exception as exc:  # generation failed (out of memory, a broken GGUF): tell the page
-            yield Note(messages.error(f"{type(exc).__name__}: {exc}", "The reply failed"), failed=True)
-            return
+
+
+def _reply(src: ChatSource, base: bool, turn: list[dict[str, str]], system: str | None, sampling: Sampling,
+           where: chat_cache.Placement, has_gpu: bool) -> Iterator[chat.ChatChunk | Note]:
+    """Load (if needed) and stream one reply on `where.device`; call inside `chat_cache.turn()`."""
+    if chat_cache.loaded_key() != (src.model, src.adapter, where.device):
+        yield Note(messages.ok(f"Loading {Path(src.model).name}… {where.note}"))
+    try:
+        generator = chat_cache.generator(src, where.device, has_gpu)
+    except Exception as exc:  # a broken model file, a missing base: say so in the page, keep the app up
+        yield Note(messages.error(f"could not load {src.model}: {exc}", "Model not loaded"), failed=True)
+        return
+    yield Note(messages.ok(where.note))
+    off = generator.adapter_disabled() if base else contextlib.nullcontext()
+    started = time.monotonic()
+    try:
+        stream = chat.stream_with(generator, src, turn, system, sampling)
+        with off, contextlib.closing(stream):  # closed first: a cancelled reply stops generating, then unlocks
+            for chunk in stream:
+                if chat_cache.stop_requested():
+                    yield Note(messages.warning("Stopped: a training job is starting and needs the memory."),
+                               failed=True)
+                    return
+                yield chunk
+    except Exception as exc:  # generation failed (out of memory, a broken GGUF): tell the page
+        yield Note(messages.error(f"{type(exc).__name__}: {exc}", "The reply failed"), failed=True)
+        return
     which = "The base model's reply" if base else "The reply"
     yield Note(messages.ok(f"{where.note} {which} finished in {time.monotonic() - started:.1f} s."), finished=True)
 
@@ -325,6 +333,15 @@ def _held_out(run: str, stamp: float) -> list[tuple[str, str]]:
     return list(zip(prompts, [str(a) for a in rows["answer"]]))
 
 
+def held_out_problem(name: str, exc: BaseException) -> str:
+    """Why the held-out rows of run `name` could not be read: the engine's own message for a data
+    problem it knows, else the error's type and text (a Hub dataset that failed to load, no network)."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    return (f"could not read the held-out rows of {name}: {type(exc).__name__}: {exc}. Check the run's data.source "
+            "(in its config.yaml): a Hub dataset needs the network the first time it is read.")
+
+
 def _heldout(reg: Registry):
     def heldout(name: str | None, index: int | None) -> tuple[Any, ...]:
         """The next held-out question in the message box (and Compare's), its reference beside it."""
@@ -333,8 +350,9 @@ def _heldout(reg: Registry):
             return gr.skip(), messages.warning(run_choice.no_run(reg, name)), gr.skip(), gr.skip()
         try:
             rows = _held_out(str(run), (run / "config.yaml").stat().st_mtime)
-        except (UserError, OSError) as exc:
-            return gr.skip(), messages.error(str(exc), "No held-out prompts"), gr.skip(), gr.skip()
+        except Exception as exc:  # the run's data (a file, a Hub dataset) could not be read: a message, not a crash
+            return gr.skip(), messages.error(held_out_problem(name or "", exc), "No held-out prompts"), gr.skip(), \
+                gr.skip()
         if not rows:
             return gr.skip(), messages.warning(f"{name} has no held-out rows (data.eval_size is 0)."), gr.skip(), \
                 gr.skip()

@@ -6,7 +6,8 @@ command a user could type, in a child process: progress lines come on stderr and
 JSON on stdout. A crash, a hang (the timeout kills the whole process group) or an import error
 in user code therefore never takes the app down. A failure becomes a `ChildError` whose message
 is the engine's own one-line `error: …` when there is one (a UserError the CLI printed), else
-the last lines of stderr.
+the last lines of stderr. `Claims` keeps two handlers from starting the same child job at once
+(the Export tab's one merge/export slot, the Evaluate tab's one evaluation per run).
 """
 
 from __future__ import annotations
@@ -51,6 +52,38 @@ class ChildResult:
     returncode: int
     stdout: str
     stderr: str
+
+
+class Claims:
+    """Named slots, each held by one job at a time, with a note of what holds it (shown to other pages)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, dict[str, Any]] = {}
+
+    def claim(self, key: str, **info: Any) -> bool:
+        """Take slot `key` for a job described by `info` (since: the time now); False when it is taken."""
+        with self._lock:
+            if key in self._held:
+                return False
+            self._held[key] = {"since": time.strftime("%H:%M:%S"), **info}
+            return True
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            self._held.pop(key, None)
+
+    def note(self, key: str, **info: Any) -> None:
+        """Update what the job holding `key` reports (its last progress line); nothing when none holds it."""
+        with self._lock:
+            if key in self._held:
+                self._held[key].update(info)
+
+    def holder(self, key: str) -> dict[str, Any] | None:
+        """A copy of what holds `key`, or None when it is free."""
+        with self._lock:
+            held = self._held.get(key)
+            return dict(held) if held is not None else None
 
 
 def cli_command(args: Sequence[str]) -> list[str]:

@@ -4,13 +4,17 @@
 `python -m grpo_box merge` and `export` print their progress ("  42.0% quantizing to q4_k_m") on
 stdout and write their results to files (`export/export.json`, `merged/grpo_box_merge.json`), so
 the app runs them exactly as a user would type them and hands each line of either stream to a
-callback. Exit code 0 is success, 1 means "done, but a check failed" (the report says which) and
-anything else is an error whose message is the CLI's own `error: …` line (`child.error_message`).
-A timeout kills the whole process group, as `child.run_cli` does.
+callback. Exit code 0 is success, anything but 0 and 1 is an error whose message is the CLI's own
+`error: …` line (`child.error_message`). Exit code 1 is ambiguous: the CLI returns it for "done,
+but a check failed" (the report says which), and Python exits with it on an uncaught exception.
+Only a command that finished says so: its last progress line reached 100% (or, with `--json`, it
+printed its JSON result); an exit 1 without that is a crash, raised as a ChildError that shows the
+crash's last stderr lines. A timeout kills the whole process group, as `child.run_cli` does.
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import re
 import subprocess
@@ -23,7 +27,8 @@ from typing import Any
 from .child import ChildError, ChildResult, LineCallback, _kill, child_env, cli_command, error_message, tail
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)%\s+(.*)$")
-CHECK_FAILED = 1  # the CLI's exit code for "finished, but a check failed"
+CHECK_FAILED = 1  # the CLI's exit code for "finished, but a check failed" (and Python's for a crash)
+CRASH_LINES = 8  # stderr lines shown for a crash: the traceback's end, which names the exception
 
 
 def parse_percent(line: str) -> tuple[float, str] | None:
@@ -72,7 +77,29 @@ def stream_cli(args: Sequence[str], *, on_line: LineCallback | None = None, time
     if proc.returncode not in ok_codes:
         raise ChildError(error_message(stderr or stdout, proc.returncode), returncode=proc.returncode,
                          stderr_tail=tail(stderr), command=shown)
+    if proc.returncode == CHECK_FAILED and not finished(stdout):
+        raise ChildError(crash_message(shown, stderr or stdout), returncode=proc.returncode,
+                         stderr_tail=tail(stderr), command=shown)
     return ChildResult(proc.returncode, stdout, stderr)
+
+
+def finished(stdout: str) -> bool:
+    """Whether a command's stdout shows that it ran to the end: its JSON result (`--json`), or a
+    progress line at 100% (the engine reports 1.0 only once the work is done)."""
+    try:
+        json.loads(stdout)
+        return True
+    except ValueError:
+        pass
+    fractions = [parsed[0] for parsed in map(parse_percent, stdout.splitlines()) if parsed is not None]
+    return any(f >= 1.0 for f in fractions)
+
+
+def crash_message(shown: str, output: str) -> str:
+    """What to say about a command that exited 1 without finishing: it crashed; its last lines say why."""
+    end = tail(output, CRASH_LINES)
+    return f"`{shown}` crashed before it finished (exit code {CHECK_FAILED})" + (
+        f"; its last lines:\n{end}" if end else ", with no output")
 
 
 def _pump(stream: Any, name: str, lines: "queue.Queue[tuple[str, str] | None]") -> None:

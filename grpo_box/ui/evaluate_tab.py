@@ -2,14 +2,18 @@
 
 Evaluation runs as `python -m grpo_box eval RUN --json [--limit N] [--k K]` in a child process
 (it loads the model and the run's reward functions, user code included), its progress lines
-moving the page's progress bar. The result is read back from the run's `eval.json`, so opening a
-run shows its last evaluation without rerunning it, including the one training itself wrote.
+moving the page's progress bar forward through its phases (base, then trained; each greedy, then
+sampled for pass@k). One evaluation of a run at a time: a second one, from another page, would
+write the same `eval.json`, so it is refused while the first runs. The result is read back from
+the run's `eval.json`, so opening a run shows its last evaluation without rerunning it, including
+the one training itself wrote.
 The page shows a summary table, a bar chart (accuracy, the weighted total and each reward's mean,
 base against trained) and the held-out examples, filterable to those training fixed or broke.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +22,11 @@ import gradio as gr
 from grpo_box import job
 
 from . import eval_view, messages, run_choice
-from .child import ChildError, parse_progress, run_json
+from .child import ChildError, Claims, parse_progress, run_json
 from .registry import Registry
 
 EVAL_TIMEOUT = 6 * 3600.0
+_RUNNING = Claims()  # the runs being evaluated now, by folder
 
 
 def build(reg: Registry) -> None:
@@ -113,28 +118,61 @@ def _evaluate(reg: Registry):
         if busy is not None and reg.ctx.hardware.gpu is not None:
             return messages.error(f"A training job is running ({busy.path.name}) and needs the GPU; evaluate once it "
                                   "has finished or been stopped.", "Not started"), *skip
-        args = ["eval", str(run), "--json", "--k", str(int(k or 1))]
-        if limit and int(limit) > 0:
-            args += ["--limit", str(int(limit))]
-        progress(0.0, desc="loading the model")
+        if not _RUNNING.claim(str(run), run=name):
+            return messages.error(already_running(name or "", _RUNNING.holder(str(run))), "Not started"), *skip
         try:
-            run_json(args, timeout=EVAL_TIMEOUT, on_line=lambda line: _progress(progress, line))
+            _run_eval(run, limit, int(k or 1), progress)
         except ChildError as exc:
             return messages.error(str(exc), "Evaluation failed"), *skip
+        finally:
+            _RUNNING.release(str(run))
         note = f" (training {busy.path.name} shares the CPU, so it took longer)" if busy is not None else ""
         return messages.ok(f"Evaluated {name}; the results are saved in its eval.json.{note}"), *view(run)
 
     return evaluate
 
 
-def _progress(progress: gr.Progress, line: str) -> None:
-    """Map "  base: greedy: 3/8 prompts" and "  trained: …" onto one bar (base first, then trained)."""
+def already_running(name: str, holder: dict[str, Any] | None) -> str:
+    """Why a second evaluation of run `name` does not start (`holder`: the running one's claim)."""
+    since = f" since {holder['since']}" if holder else ""
+    return (f"{name} is already being evaluated{since} (from this or another page). Both would write its "
+            "eval.json, so this one was not started: its result shows here when it is done (choose the run again "
+            "to read it).")
+
+
+def _run_eval(run: Path, limit: float | None, k: int, progress: gr.Progress) -> None:
+    args = ["eval", str(run), "--json", "--k", str(k)]
+    if limit and int(limit) > 0:
+        args += ["--limit", str(int(limit))]
+    progress(0.0, desc="loading the model")
+    run_json(args, timeout=EVAL_TIMEOUT, on_line=progress_bar(progress, k))
+
+
+def phase_fraction(line: str, k: int) -> float | None:
+    """Where a progress line ("  base: greedy: 3/8 prompts", "  trained: 4 samples: 1/8 prompts") lies
+    on one bar: base then trained, each greedy then (with pass@k, k > 1) sampled, in equal parts."""
     counted = parse_progress(line)
     if counted is None:
-        return
+        return None
+    text = line.strip()
+    per_model = 2 if k > 1 else 1
+    phase = (per_model if text.startswith("trained") else 0) + (1 if per_model == 2 and "greedy" not in text else 0)
     done, total = counted
-    phase = 0.5 if line.strip().startswith("trained") else 0.0
-    progress(phase + 0.5 * done / total, desc=line.strip())
+    return (phase + min(done / total, 1.0)) / (2 * per_model)
+
+
+def progress_bar(progress: Callable[..., Any], k: int) -> Callable[[str], None]:
+    """The child's line callback: moves `progress` forward only, whatever order the lines come in."""
+    reached = [0.0]
+
+    def on_line(line: str) -> None:
+        fraction = phase_fraction(line, k)
+        if fraction is None:
+            return
+        reached[0] = max(reached[0], fraction)
+        progress(reached[0], desc=line.strip())
+
+    return on_line
 
 
 def _filter(reg: Registry):

@@ -6,14 +6,14 @@ user would type them; their progress lines move the page's progress bar and the 
 back from the files they write (`export/export.json`, `export/merged/grpo_box_merge.json`), so a
 failed export (a full disk, a crash) leaves the earlier files and their table as they were. One
 export runs at a time, and none while a training job runs: it would compete for the memory.
-Downloads are served straight from the run folder (each file is registered as a static path, so
-multi-GB GGUFs are never copied into Gradio's cache).
+Downloads are served straight from the run folder (each file is registered once as a static path,
+so multi-GB GGUFs are never copied into Gradio's cache). A base model whose 16-bit weights are not
+on disk is found before any child starts, and the page says what to do in the app's own terms.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +23,21 @@ from grpo_box import job
 from grpo_box.errors import UserError
 
 from . import export_view, messages, push_panel, run_choice, serve_panel
-from .child import ChildError
+from .child import ChildError, Claims
 from .cli_stream import CHECK_FAILED, parse_percent, stream_cli
 from .registry import Registry
 
 DEFAULT_QUANTS = ["q4_k_m"]
 EXPORT_TIMEOUT = 6 * 3600.0
-_BUSY = threading.Lock()  # one merge or export at a time in this app
-FOUR_BIT_HELP = ("Allow a 4-bit merge. Only used when the original 16-bit base weights are not on disk: the adapter "
-                 "is then merged into the dequantized 4-bit base, so every weight keeps its 4-bit rounding and the "
-                 "exported model is of lower quality than base + adapter. The merge check below says how far its "
-                 "replies drift. Prefer downloading the 16-bit base.")
+_SLOT = Claims()  # one merge or export at a time in this app, under the key _ONE
+_ONE = "export"
+_STATIC: set[str] = set()  # download paths already allowed (gr.set_static_paths only ever appends)
+_STATIC_LOCK = threading.Lock()
+FOUR_BIT_LABEL = "Allow a 4-bit merge (lower quality; for Merge and Export)"
+FOUR_BIT_HELP = ("Only used when the original 16-bit base weights are not on disk: the adapter is then merged into "
+                 "the dequantized 4-bit base, so every weight keeps its 4-bit rounding and the merged model and its "
+                 "GGUFs are of lower quality than base + adapter. The merge check says how far its replies drift. "
+                 "Prefer downloading the 16-bit base.")
 
 
 # -- build ----------------------------------------------------------------------------------------
@@ -45,8 +49,9 @@ def build(reg: Registry) -> None:
                                           scale=4))
         reg.add("export.refresh", gr.Button("Refresh", elem_id="export-refresh", scale=0))
     reg.add("export.message", gr.HTML(elem_id="export-message"))
+    reg.add("export.allow_4bit", gr.Checkbox(label=FOUR_BIT_LABEL, info=FOUR_BIT_HELP, value=False,
+                                             elem_id="export-allow-4bit"))
     with gr.Accordion("1. Merge the LoRA into the base model (16-bit)", open=False):
-        reg.add("export.allow_4bit", gr.Checkbox(label=FOUR_BIT_HELP, value=False, elem_id="export-allow-4bit"))
         reg.add("export.merge", gr.Button("Merge", elem_id="export-merge"))
         reg.add("export.merge_report", gr.HTML(elem_id="export-merge-report"))
     gr.Markdown("### 2. GGUF for llama.cpp, Ollama and Open WebUI\nExport merges first when needed, then converts, "
@@ -60,10 +65,11 @@ def build(reg: Registry) -> None:
     reg.add("export.table", gr.HTML(elem_id="export-table"))
     reg.add("export.files", gr.File(label="Downloads", file_count="multiple", interactive=False,
                                     elem_id="export-files"))
-    reg.add("export.ollama", gr.Textbox(label="Ollama: create the model", buttons=["copy"], interactive=False,
+    reg.add("export.ollama", gr.Textbox(label="Ollama: create the model (one line per GGUF, each with its own "
+                                              "Modelfile)", buttons=["copy"], interactive=False, lines=1,
                                         elem_id="export-ollama"))
     with gr.Accordion("Modelfile", open=False):
-        reg.add("export.modelfile", gr.Code(label="export/Modelfile", interactive=False, elem_id="export-modelfile"))
+        reg.add("export.modelfile", gr.Code(label="Modelfile", interactive=False, elem_id="export-modelfile"))
     with gr.Accordion("3. Serve: an OpenAI-compatible server for Open WebUI", open=True):
         serve_panel.build(reg)
     with gr.Accordion("4. Push to the Hugging Face Hub", open=False):
@@ -129,16 +135,26 @@ def view(run: Path, quants: list[str] | None = None) -> list[Any]:
     """The outputs of `_view_outputs` for `run`'s current export files."""
     data = export_view.report(run)
     files = export_view.downloads(data, run)
-    if files:
-        gr.set_static_paths(files)  # served from the run folder as they are, never copied
+    allow_static(files)
     ggufs = [p.name for p in run_choice.exported_ggufs(run)]
     models = [g for g in ggufs if "-lora-" not in g]
     kept = {} if quants is None else {"value": quants}
+    shown, text = export_view.modelfile_preview(data)
     return [gr.update(choices=quant_choices(run), **kept),
             export_view.merge_html(export_view.merge_info(run)), export_view.table_html(data), files or None,
-            data.get("ollama_command") or "", export_view.modelfile_text(data),
+            export_view.ollama_commands(data), gr.update(value=text, label=shown or "Modelfile"),
             gr.update(choices=models, value=models[0] if models else None),
             gr.update(choices=models, value=models[0] if models else None)]
+
+
+def allow_static(files: list[str]) -> None:
+    """Let Gradio serve `files` from the run folder as they are (never copied); each path is added
+    once, however often the page is viewed (Gradio keeps every path it is given)."""
+    with _STATIC_LOCK:
+        new = [f for f in dict.fromkeys(files) if f not in _STATIC]
+        if new:
+            gr.set_static_paths(new)
+            _STATIC.update(new)
 
 
 def _show(reg: Registry):
@@ -155,25 +171,20 @@ def _show(reg: Registry):
 
 # -- merge and export -----------------------------------------------------------------------------
 _BUSY_TEXT = "Another merge or export is running in this app; try again when it is done."
-_NOW: dict[str, Any] = {}  # the merge or export holding _BUSY: what, run, since, its last progress line
 
 
 def _claim(what: str, name: str) -> bool:
     """Take the app's one merge/export slot, noting what runs in it (for a page opened meanwhile)."""
-    if not _BUSY.acquire(blocking=False):
-        return False
-    _NOW.update(what=what, run=name, since=time.strftime("%H:%M:%S"), line="")
-    return True
+    return _SLOT.claim(_ONE, what=what, run=name, line="")
 
 
 def _release() -> None:
-    _NOW.clear()
-    _BUSY.release()
+    _SLOT.release(_ONE)
 
 
 def running_note() -> str:
     """A page opened (or reloaded) while a merge or export runs: what it is and how far it got."""
-    now = dict(_NOW)
+    now = _SLOT.holder(_ONE)
     if not now:
         return ""
     where = f" ({now['line']})" if now.get("line") else ""
@@ -192,11 +203,45 @@ def refusal(reg: Registry, run: Path | None, name: str | None = None) -> str | N
     return None
 
 
+def base_problem(run: Path, allow_4bit: bool, what: str) -> str | None:
+    """Why `what` (Merge, Export) cannot find the base weights it needs, in the app's terms, or None.
+
+    The same lookup the child would make (files only, no model load, no network), so the page names
+    the 4-bit checkbox and how to download the base instead of the CLI's flags."""
+    from grpo_box.merge import locate_run_base
+    from grpo_box.models import BaseWeightsMissingError
+    from grpo_box.runs import open_run
+
+    try:
+        locate_run_base(open_run(run), allow_4bit_merge=allow_4bit)
+    except BaseWeightsMissingError as exc:
+        return base_missing_text(exc.why, exc.repo, exc.tried_4bit, what)
+    except Exception:  # anything else: the child reports it in its own words
+        return None
+    return None
+
+
+def base_missing_text(why: str, repo: str, tried_4bit: bool, what: str) -> str:
+    """The engine's "16-bit base not on disk" in the app's terms: the 4-bit checkbox, not CLI flags."""
+    download = (f"Download the 16-bit base in a terminal with `hf download {repo}` (it goes to the Hugging Face "
+                f"cache, where {what} finds it), then press {what} again." if _hub_id(repo) else
+                f"Train the run on a model whose 16-bit weights are on disk ({repo} holds 4-bit ones).")
+    if tried_4bit:
+        return f"{why}, and no 4-bit checkpoint of it is on disk either. {download}"
+    return (f"{why}. A faithful merge needs the original 16-bit base. {download} Or tick '{FOUR_BIT_LABEL}' above "
+            "Merge to merge into its dequantized 4-bit weights instead: a lower-quality model.")
+
+
+def _hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not Path(name).exists()
+
+
 def _merge(reg: Registry):
     def merge(name: str | None, allow_4bit: bool, progress: gr.Progress = gr.Progress()) -> tuple[str, Any]:
         """`python -m grpo_box merge RUN`: the merged model's greedy replies checked against base + adapter."""
         run = run_choice.run_path(reg, name)
         why = refusal(reg, run, name)
+        why = why or base_problem(run, allow_4bit, "Merge")
         if why:
             return messages.error(why, "Not merged"), gr.skip()
         if not _claim("merge", name or ""):
@@ -229,6 +274,9 @@ def _export(reg: Registry):
             return [messages.error(why, "Not exported"), *skip]
         if not quants and not lora:
             return [messages.warning("Tick at least one quantization (or the LoRA GGUF)."), *skip]
+        missing = base_problem(run, allow_4bit, "Export")
+        if missing:
+            return [messages.error(missing, "Not exported"), *skip]
         if not _claim("export", name or ""):
             gr.Warning(_BUSY_TEXT, title="Not exported")
             return [gr.skip(), *skip]
@@ -254,7 +302,7 @@ def _export(reg: Registry):
 
 def _progress(progress: gr.Progress, line: str) -> None:
     parsed = parse_percent(line)
-    if _NOW and line.strip():
-        _NOW["line"] = line.strip()[:120]
+    if line.strip():
+        _SLOT.note(_ONE, line=line.strip()[:120])
     if parsed is not None:
         progress(min(parsed[0], 1.0), desc=parsed[1])
