@@ -162,7 +162,7 @@ def test_export_verifies_downloads_and_serves(browser: Any, app: Any, tmp_path: 
     rows = page.locator("#export-verification tbody tr")
     assert rows.count() == 1 and rows.first.get_attribute("data-ok") == "true"
     assert page.locator("#export-verification .check-fail").count() == 0
-    assert page.locator("#export-verification .check-pass").count() == 5
+    assert page.locator("#export-verification .check-pass").count() == 6  # one per column, the tokenizer included
     assert "Exported" in page.locator("#export-message").inner_text()
 
     link = page.locator("#export-files a[href*='demo-q4_k_m.gguf']").first

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grpo_box.chat import ChatSource
+from grpo_box.hardware import has_cuda
 from grpo_box.inference import BaseGenerator, from_gguf, is_gguf, load_for_generation
 
 _LOCK = threading.Lock()
@@ -129,6 +130,5 @@ def _drop() -> None:
     gen.close()
     del gen
     gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    if "torch" in sys.modules and has_cuda():  # (a model was loaded, so torch is imported already)
+        sys.modules["torch"].cuda.empty_cache()
