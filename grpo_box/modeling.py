@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ModelConfig, RunConfig
+from .config import ConfigError, ModelConfig, RunConfig
 from .errors import UserError
 from .hardware import has_cuda  # re-exported: chat and train ask modeling
 from .models import check_model_source, load_error, resolve_model, use_data_home_for_caches
@@ -205,8 +205,23 @@ def _load_unsloth(config: RunConfig, path: str) -> tuple[Any, Any]:
     from unsloth import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(**unsloth_load_kwargs(config, path))
+    check_target_modules(model, config)
     model = FastLanguageModel.get_peft_model(model, **unsloth_peft_kwargs(config))
     return model, tokenizer
+
+
+def check_target_modules(model: Any, config: RunConfig) -> None:
+    """Refuse lora.target_modules naming no module of the model. PEFT only fails when none of them
+    matches, so one typo among several (q_projj, v_proj) would train without it, silently."""
+    import torch
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in config.lora.target_modules if t not in present]
+    if missing:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)} - {"lm_head"})
+        raise ConfigError(f"lora.target_modules: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not a "
+                          f"module of {config.model.name}; its linear layers are {', '.join(linear)}")
 
 
 def load_cpu_model(path: str, tokenizer_path: str | None = None) -> tuple[Any, Any]:
@@ -222,6 +237,7 @@ def _load_cpu(config: RunConfig, path: str) -> tuple[Any, Any]:
     from peft import LoraConfig, get_peft_model
 
     model, tokenizer = load_cpu_model(path)
+    check_target_modules(model, config)
     if config.lora.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()

@@ -176,3 +176,15 @@ def test_the_cli_refuses_a_cpu_run_that_will_not_fit_in_ram(tmp_path):
     result = run_cli("train", "--preset", "cpu", "--set", BIG, "--set", f"output.runs_dir={tmp_path}", timeout=300)
     assert result.returncode == 2 and "will not fit" in result.stderr and "--force" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_misspelled_lora_target_fails_the_run_naming_the_models_layers(tmp_path):
+    """PEFT alone trains without a misspelled target as long as another one matches."""
+    result = run_cli("train", "--preset", "cpu", "--set", "grpo.max_steps=1", "--set", "lora.target_modules=[q_projj, v_proj]",
+                     "--set", f"output.runs_dir={tmp_path}", timeout=600)
+    assert result.returncode != 0 and "q_projj is not a module" in result.stderr
+    run = RunDir(next(tmp_path.iterdir()))
+    status = run.status()
+    assert status["state"] == "failed" and "lora.target_modules: q_projj is not a module" in status["error"]
+    assert "q_proj" in status["error"] and "down_proj" in status["error"] and not run.metrics()
