@@ -307,7 +307,9 @@ def _produce_all(merged: Path, export_dir: Path, stem: str, quants: list[str],
                 if source16 is None:
                     temp16 = export_dir / f".{stem}-intermediate-f16.gguf.partial"
                     step("converting to f16 (temporary, for quantizing)", 0.0)
-                    _convert(merged, temp16, _intermediate_type(merged), logs / "intermediate.log", step)
+                    # the first half of this file's share: quantizing is the second (progress never goes back)
+                    _convert(merged, temp16, _intermediate_type(merged), logs / "intermediate.log",
+                             _scaled(step, 0.0, 0.5))
                     source16 = temp16
                 step(f"quantizing to {quant}", 0.5)
                 _quantize(source16, tmp, quant, log)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,6 +18,27 @@ def run_cli(*args: str, timeout: int = 900, **env: str) -> subprocess.CompletedP
     """`python -m grpo_box ARGS` from the project root, output captured; `env` adds variables."""
     return subprocess.run([sys.executable, "-m", "grpo_box", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**ENV, **env}, timeout=timeout)
+
+
+@contextlib.contextmanager
+def machine_held(run_path: Path, lock: str = "machine") -> Iterator[int]:
+    """Another process holds this machine's training lock for a job on `run_path` (or, with
+    lock="run", that run directory's worker lock), as a real job would; yields its pid."""
+    acquire = "acquire_machine" if lock == "machine" else "acquire_run"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from grpo_box import locks
+        locks.{acquire}(Path({str(run_path)!r}))
+        print("held", flush=True)
+        time.sleep(600)
+    """)], env=ENV, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def make_random_lora(model_dir: Path, out: Path, *, r: int = 4, alpha: int = 8,

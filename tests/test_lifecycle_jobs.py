@@ -7,17 +7,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import ENV, ROOT, run_cli
+from helpers import machine_held, run_cli
 
 from grpo_box import job, locks
 from grpo_box.memory import preflight
@@ -31,25 +26,6 @@ def _new_run(root: Path, *extra: str) -> RunDir:
     from grpo_box.train import start_run
 
     return start_run(resolve_config("cpu", overrides=[f"output.runs_dir={root}", "grpo.max_steps=2", *extra]))
-
-
-@contextmanager
-def _machine_held(tmp_path: Path) -> Iterator[int]:
-    """Another process holds the machine lock (a job named other-run is training)."""
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from pathlib import Path
-        from grpo_box import locks
-        locks.acquire_machine(Path({str(tmp_path / 'other-run')!r}))
-        print("held", flush=True)
-        time.sleep(300)
-    """)], env=ENV, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        yield holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_start_landing_while_a_watcher_reads_the_lock_is_not_refused(tmp_path):
@@ -73,7 +49,7 @@ def test_a_refused_train_or_resume_changes_nothing(tmp_path):
     finished = _new_run(runs)
     finished.set_status("finished", step=2, max_steps=2)
     before = finished.file("config.yaml").read_text()
-    with _machine_held(tmp_path):
+    with machine_held(tmp_path / "other-run"):
         trained = run_cli("train", "--preset", "cpu", "--set", f"output.runs_dir={runs}", timeout=300)
         assert trained.returncode != 0 and "already running on this machine: other-run" in trained.stderr
         assert [p.name for p in runs.iterdir()] == [finished.path.name]  # no empty run folder left
@@ -110,7 +86,7 @@ def _retrying(root: Path) -> RunDir:
 
 def test_an_auto_fit_retry_that_cannot_start_stops_the_run_with_a_message(tmp_path):
     run = _retrying(tmp_path)
-    with _machine_held(tmp_path):
+    with machine_held(tmp_path / "other-run"):
         update = job.Monitor(run).poll()
     assert not update.alive and update.settled
     status = run.status()
@@ -122,22 +98,10 @@ def test_an_auto_fit_retry_started_by_another_watcher_is_followed(tmp_path):
     """The app and a CLI `wait` both watch a run that ran out of memory: the one that loses the race
     to start the retry follows the winner's worker instead of failing."""
     run = _retrying(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from pathlib import Path
-        from grpo_box import locks
-        locks.acquire_run(Path({str(run.path)!r}))
-        print("held", flush=True)
-        time.sleep(300)
-    """)], env=ENV, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with machine_held(run.path, lock="run"):
         monitor = job.Monitor(run)
         assert monitor._retry([]) is True and monitor.job is None
         assert monitor.alive()
-    finally:
-        holder.kill()
-        holder.wait()
     assert not monitor.alive()
 
 

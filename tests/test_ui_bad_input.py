@@ -4,12 +4,9 @@ raises, a model that cannot be loaded offline, a start while the machine is busy
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
-from helpers import ENV, ROOT
+from helpers import machine_held
 from ui_helpers import launch_app
 
 RAISES = "def explodes(prompts, completions, **kwargs):\n    raise ZeroDivisionError('boom')\n"
@@ -37,20 +34,8 @@ def test_a_model_that_cannot_be_loaded_offline_is_refused_before_a_run_exists(ap
 
 
 def test_start_while_another_job_holds_the_machine_is_refused_with_its_name(app, tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
-        from pathlib import Path
-        from grpo_box import locks
-        locks.acquire_machine(Path({str(tmp_path / 'other-run')!r}))
-        print("held", flush=True)
-        time.sleep(120)
-    """)], env=ENV, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with machine_held(tmp_path / "other-run"):
         session = app.client()
         session.call("/select_preset", "cpu")
         message = session.client.predict(False, api_name="/train_start")
         assert "Not started" in message and "other-run" in message
-    finally:
-        holder.kill()
-        holder.wait()
