@@ -1,7 +1,7 @@
 """The Evaluate, Chat and Export tabs through the API (`gradio_client`), against the app on a free port.
 
-One run with a real random LoRA adapter on the bundled model (no training: `make_random_lora`)
-goes the whole way: evaluation (base and trained, read back from eval.json) → one chat reply
+One run trained for 3 steps from the page (Start, polled like the page's timer) goes the whole
+way: evaluation (base and trained, read back from eval.json) → one chat reply
 from the trained model → export q4_k_m (verified in llama.cpp) → the server started from the
 page → a chat completion through the `openai` client → the server stopped. Then what goes wrong:
 a run with no adapter, a full disk during export (the earlier export stays), a port already in
@@ -50,12 +50,39 @@ def make_run(root: Path, name: str, model_dir: Path | None, model: str | None = 
     return run
 
 
+# "demo" as make_run makes it, trained for 3 steps by the page's Start (the issue's "train 3 steps → …")
+DEMO = {"output.run_name": "demo", "data.size": 12, "data.eval_size": 4, "grpo.max_completion_length": 24,
+        "data.one_shot": False, "data.prefill": False, "grpo.max_steps": 3, "grpo.num_generations": 4,
+        "grpo.per_device_train_batch_size": 4, "lora.r": 4, "lora.alpha": 8, "output.save_steps": 3}
+
+
 @pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path) -> Any:
+def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("ui-export")
     make_run(tmp / "runs", "untrained", None)
-    make_run(tmp / "runs", "demo", bundled_model_dir)
-    yield from launch_app(tmp)
+    for live in launch_app(tmp):
+        train_from_the_page(live)
+        yield live
+
+
+def train_from_the_page(app: LiveApp) -> None:
+    """Start "demo" from the Train tab and poll it the way the page's timer does, to the end."""
+    import json
+    import time
+
+    page = app.client()
+    page.call("/select_preset", "cpu")
+    page.call("/set_options", json.dumps(DEMO))
+    started = page.client.predict(False, api_name="/train_start")
+    assert "Started demo" in started, started
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = page.client.predict(api_name="/train_poll")[0]
+        if re.search(r'id="train-state"[^>]*>(finished|failed)<', status or ""):
+            break
+        time.sleep(2)
+    run = RunDir(app.runs_dir / "demo")
+    assert run.status()["state"] == "finished" and run.has_adapter(), run.file("train.log").read_text()[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +132,7 @@ def test_evaluate_chat_export_serve_from_the_page(app: LiveApp, page: Session) -
     assert "3/3" in text_of(exported["export.merge_report"])
     ollama = exported["export.ollama"]  # the GGUF's own Modelfile, as in the downloads and the README
     assert ollama.startswith("ollama create demo:q4_k_m -f ") and ollama.endswith("/export/demo-q4_k_m.Modelfile")
-    assert "PARAMETER stop" in exported["export.modelfile"]
+    assert "PARAMETER stop" in value(exported["export.modelfile"])
     names = {Path(p).name for p in exported["export.files"]}
     assert {"demo-q4_k_m.gguf", "demo-q4_k_m.Modelfile"} <= names and "Modelfile" not in names  # no twin copy
 
