@@ -177,8 +177,10 @@ USER_PREFIX = "user:"  # a rubric entry named "user:<function>" is a function of
 @dataclass
 class RewardSpec:
     name: str
-    weight: float = 1.0
-    params: dict[str, Any] = field(default_factory=dict)
+    weight: float = setting(1.0, help="How much this reward counts in the weighted total (negative penalises)",
+                            step=0.1)
+    params: dict[str, Any] = setting(help="The reward's parameters; a parameter left out keeps its default",
+                                     factory=dict)
 
 
 @dataclass
@@ -448,9 +450,9 @@ def _kind(type_text: str) -> tuple[str, bool]:
     return ("list" if name.startswith("list") else name), nullable
 
 
-def _specs_of(cls: type, section: str) -> list[FieldSpec]:
+def _specs_of(cls: type, section: str, defaults: Any = None) -> list[FieldSpec]:
     specs = []
-    defaults = cls()
+    defaults = defaults if defaults is not None else cls()
     for f in dataclasses.fields(cls):
         if "help" not in f.metadata:
             continue
@@ -466,6 +468,12 @@ def field_specs() -> list[FieldSpec]:
     """Every documented setting, section by section (model, lora, grpo, data, output, then top level)."""
     specs = [spec for section, cls in _SECTIONS.items() for spec in _specs_of(cls, section)]
     return specs + _specs_of(RunConfig, "")
+
+
+def rubric_field_specs() -> list[FieldSpec]:
+    """The documented fields of one rubric entry ("rewards.weight", "rewards.params"), for the
+    rubric editor; the name's choices come from the reward registry."""
+    return _specs_of(RewardSpec, "rewards", RewardSpec(""))
 
 
 def field_spec(key: str) -> FieldSpec:

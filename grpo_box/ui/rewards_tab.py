@@ -23,10 +23,10 @@ import gradio as gr
 import pandas as pd
 import yaml
 
-from grpo_box.config import USER_PREFIX, yaml_problem
+from grpo_box.config import USER_PREFIX, rubric_field_specs, yaml_problem
 from grpo_box.errors import UserError
 
-from . import child, messages
+from . import child, fields, messages
 from .registry import Registry
 from .state import UIState
 
@@ -183,8 +183,10 @@ def build(reg: Registry) -> None:
                                          elem_id="rewards-row"))  # no minimum: an empty box sends 0
         reg.add("rewards.name", gr.Dropdown(reward_choices(state), value=first, allow_custom_value=True,
                                             label="Reward", elem_id="rewards-name"))
-        reg.add("rewards.weight", gr.Number(1.0, label="Weight", step=0.1, elem_id="rewards-weight"))
-        reg.add("rewards.params", gr.Textbox(params, label="Params (JSON or YAML)", elem_id="rewards-params"))
+        weight, param_spec = rubric_field_specs()  # help and step from the config's metadata
+        reg.add("rewards.weight", fields.widget(weight, weight.default, label="Weight", elem_id="rewards-weight"))
+        reg.add("rewards.params", gr.Textbox(params, label="Params (JSON or YAML)", info=param_spec.help,
+                                             elem_id="rewards-params"))
     reg.add("rewards.description", gr.Markdown(description, elem_id="rewards-description"))
     with gr.Row():
         for key, label in (("add", "Add"), ("update", "Update row"), ("remove", "Remove row"), ("up", "Move up"),
