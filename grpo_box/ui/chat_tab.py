@@ -101,9 +101,6 @@ def wire(reg: Registry) -> None:
     run = reg["chat.run"]
     sampling = [reg["chat.temperature"], reg["chat.top_p"], reg["chat.max_tokens"], reg["chat.when_training"]]
     run_choice.wire_refresh(reg, "chat")
-    run.change(_open(reg), inputs=[run], api_name="chat_open",
-               outputs=[reg[k] for k in ("chat.system", "chat.model", "chat.note", "chat.bot", "chat.history",
-                                         "chat.reference", "chat.compare_base", "chat.compare_trained")])
     send = reg["chat.send"].click(
         _send(reg), inputs=[run, reg["chat.model"], reg["chat.system"], *sampling, reg["chat.input"],
                             reg["chat.history"], reg["chat.bot"]],
@@ -121,7 +118,12 @@ def wire(reg: Registry) -> None:
         api_name="chat_compare", concurrency_limit=8, show_progress="hidden")
     reg["chat.stop"].click(lambda: messages.warning("Stopped: the reply was cut short."), outputs=[reg["chat.note"]],
                            cancels=[send, compare], api_visibility="private")
-    run.change(None, cancels=[send, compare], api_visibility="private")  # another run: its model, not this stream
+    # another run: its model, not this stream; the chat is cleared only once the stream is cancelled,
+    # or a last chunk of the old reply could land in the new run's chat
+    run.change(None, cancels=[send, compare], api_visibility="private") \
+        .then(_open(reg), inputs=[run], api_name="chat_open",
+              outputs=[reg[k] for k in ("chat.system", "chat.model", "chat.note", "chat.bot", "chat.history",
+                                        "chat.reference", "chat.compare_base", "chat.compare_trained")])
 
 
 def page_load(reg: Registry) -> tuple[list[Any], list[Any], Any]:
