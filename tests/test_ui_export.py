@@ -136,6 +136,15 @@ def test_evaluate_chat_export_serve_from_the_page(app: LiveApp, page: Session) -
     names = {Path(p).name for p in exported["export.files"]}
     assert {"demo-q4_k_m.gguf", "demo-q4_k_m.Modelfile"} <= names and "Modelfile" not in names  # no twin copy
 
+    reopened = page.call("/chat_open", "demo")  # the export is now a model choice: what Ollama will say
+    assert "gguf:demo-q4_k_m.gguf" in [c[1] for c in reopened["chat.model"]["choices"]]
+    gguf_chat = page.call("/chat_send", "demo", "gguf:demo-q4_k_m.gguf", reopened["chat.system"], 0.0, 1.0, 24,
+                          "wait", "What is 2 + 2?", [], [])
+    assert "".join(part["text"] for part in gguf_chat["chat.bot"][-1]["content"]).strip()
+    from grpo_box.ui import chat_cache
+
+    assert "demo-q4_k_m.gguf" in str(chat_cache.loaded_key())  # the reply came from the GGUF in llama.cpp
+
     started = page.call("/serve_start", "demo", "demo-q4_k_m.gguf", "", "127.0.0.1", 0)
     url = re.search(r'id="serve-url">([^<]+)<', started["serve.status"]).group(1)
     assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
