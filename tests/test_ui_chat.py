@@ -207,6 +207,26 @@ def test_where_a_queued_reply_runs_is_decided_once_it_holds_the_model(monkeypatc
     assert devices == ["cpu"] and "runs on the CPU instead" in notes[0].html and notes[-1].failed
 
 
+def test_a_chat_waiting_for_training_lets_go_of_its_gpu_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job started from the CLI (not this app's Start, which releases the model itself): the chat
+    that waits for it drops the model it cached on the GPU, so training gets the VRAM. (A model on
+    the GPU cannot be loaded here; the cache entry stands in for one.)"""
+    from grpo_box import chat
+    from grpo_box.ui import chat_tab
+
+    closed: list[bool] = []
+    monkeypatch.setitem(chat_cache._loaded, "key", ("m", None, "gpu"))
+    monkeypatch.setitem(chat_cache._loaded, "generator", SimpleNamespace(close=lambda: closed.append(True)))
+    monkeypatch.setattr(chat_tab.job, "running_run", lambda: SimpleNamespace(path=Path("runs/from-the-cli")))
+    reg = SimpleNamespace(ctx=SimpleNamespace(hardware=SimpleNamespace(gpu="a GPU")))
+    reply = chat_tab._generate(reg, ChatSource("m", None, None, None), False, [{"role": "user", "content": "hi"}],
+                               None, chat.CHAT_SAMPLING, "wait")
+    note = next(reply)
+    reply.close()
+    assert "from-the-cli" in note.html and "waits for it" in note.html
+    assert closed == [True] and chat_cache.loaded_key() is None
+
+
 def test_a_data_source_that_fails_to_load_is_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The held-out picker reads the run's data in the app process; an error the engine does not turn
     into a DataError (`datasets` failing to prepare a cached Hub dataset) must come back as a message."""

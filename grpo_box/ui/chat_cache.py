@@ -104,6 +104,16 @@ def stop_requested() -> bool:
     return _STOP.is_set()
 
 
+def drop_gpu_model() -> bool:
+    """Inside `turn()`: drop a model cached on the GPU (a training job needs the VRAM, whoever started
+    it: this app, another one, the CLI); whether one was dropped."""
+    key = _loaded["key"]
+    if key is None or key[2] != "gpu":
+        return False
+    _drop()
+    return True
+
+
 def release() -> None:
     """Drop the cached model and free its memory (before training starts); waits for a reply in progress."""
     _STOP.set()

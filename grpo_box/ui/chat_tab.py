@@ -270,6 +270,7 @@ def _generate(reg: Registry, src: ChatSource, base: bool, turn: list[dict[str, s
             if not where.wait:
                 yield from _reply(src, base, turn, system, sampling, where, has_gpu)
                 return
+            chat_cache.drop_gpu_model()  # a job started elsewhere (the CLI, another app) gets the VRAM too
         yield Note(messages.warning(where.note))  # the model is let go while this page waits for training
         time.sleep(WAIT_POLL_SECONDS)
 
