@@ -8,9 +8,11 @@ Prints, on this machine:
 - tick: milliseconds of one Train-tab timer tick (monitor poll + plot frames + samples) on a run
   with 5,000 metric lines and 500 sample groups: the first full draw, a tick with one new line,
   and an idle tick (target < 100 ms);
-- reattach: seconds from a fresh app process to the first poll of a run another process is
-  training (the restart case);
-- step ratio: mean training step time with the app open and a page polling every 2 s, over the
+- reattach: seconds from a fresh process importing the app's watch module to the first poll of a
+  run another process is training (the restart case without gradio's own start-up, which `start`
+  measures);
+- step ratio: mean training step time with the app open and a page polling every 4 s (the Train
+  tab's TICK_SECONDS), over the
   same config trained by the CLI alone (target < 1.03). Both runs are real CPU runs on the
   bundled model (tiny settings, `--steps` each; steps after the first are compared).
 - chat: time to the first streamed token in the Chat tab against `python -m grpo_box chat RUN
