@@ -133,6 +133,7 @@ class Update:
     reset: bool  # the files were rewritten (a resume dropped steps): replace, do not append
     log_tail: str
     events: list[str] = field(default_factory=list)  # things worth telling: a retry, a dead worker
+    starting: bool = False  # our child lives but has not written its pid into status.json yet
 
     @property
     def settled(self) -> bool:
@@ -167,7 +168,9 @@ class Monitor:
         reset = reset_m or reset_s
         if reset:  # the update then carries everything, to replace what the caller had
             metrics, samples = list(self.metrics), list(self.samples)
-        return Update(self.run.status(), alive, metrics, samples, reset, log_tail(self.run), events)
+        status = self.run.status()
+        starting = alive and self.job is not None and status.get("pid") != self.job.process.pid
+        return Update(status, alive, metrics, samples, reset, log_tail(self.run), events, starting)
 
     def _settle(self, events: list[str]) -> str:
         # (a child of ours that died while another worker lives, e.g. one refused by the run lock,

@@ -71,3 +71,12 @@ def test_weights_follow_the_names_the_trainer_logs_a_repeated_reward_under():
     config = resolve_config("cpu", overrides=["rewards=[{name: correctness, weight: 2.0}, {name: xml_count, weight: 0.5},"
                                               " {name: correctness, weight: 0.25, params: {tag: answer}}]"])
     assert rubric_weights(config) == {"correctness": 2.0, "xml_count": 0.5, "correctness_2": 0.25}
+
+
+def test_a_just_started_worker_shows_starting_not_the_old_state():
+    """The first seconds of a resume: status.json still says stopped (and why) until the worker writes."""
+    old = {"state": "stopped", "step": 2, "max_steps": 5, "error": "stopped at your request"}
+    html = status_html("run-1", old, _metrics(2), alive=True, starting=True)
+    assert 'id="train-state" style="color:' in html and ">starting<" in html and "stopped at your request" not in html
+    settled = status_html("run-1", old, _metrics(2), alive=False)
+    assert ">stopped<" in settled and "stopped at your request" in settled

@@ -261,7 +261,7 @@ def _tick(path: str | None, seen: watch.Seen, state: UIState) -> tuple[Any, ...]
     except (UserError, FileNotFoundError) as exc:
         return (seen, messages.error(str(exc)), skip, skip, skip, skip, *[skip] * len(PLOT_IDS))
     fresh = seen.run != path or seen.generation != generation
-    status = status_html(config.output.run_name or path, update.status, metrics, update.alive)
+    status = status_html(config.output.run_name or path, update.status, metrics, update.alive, update.starting)
     log = update.log_tail
     if fresh:  # another run, or a rewrite: clear the plots first, draw on the next tick
         cleared = watch.Seen(path, generation, 0, 0)

@@ -21,11 +21,16 @@ _STATE_COLOURS = {"running": "#1565c0", "finished": "#2e7d32", "stopped": "#6d4c
                   "retrying": "#ef6c00", "created": "#616161"}
 
 
-def status_html(name: str, status: dict[str, Any], metrics: list[dict[str, Any]], alive: bool) -> str:
-    """The run's name, state, a progress bar with step, elapsed time and ETA, and its error if any."""
+def status_html(name: str, status: dict[str, Any], metrics: list[dict[str, Any]], alive: bool,
+                starting: bool = False) -> str:
+    """The run's name, state, a progress bar with step, elapsed time and ETA, and its error if any.
+    `starting`: a worker was just started and has not written its status yet (the old state, e.g. a
+    resumed run's "stopped" and its message, would be stale)."""
     p = progress(status, metrics)
-    state = status.get("state", "created")
-    if state == "running" and status.get("phase") == "loading":
+    state = "running" if starting else status.get("state", "created")
+    if starting:
+        state_text, status = "starting", {k: v for k, v in status.items() if k != "error"}
+    elif state == "running" and status.get("phase") == "loading":
         state_text = "loading the model"
     else:
         state_text = state
