@@ -82,11 +82,12 @@ def wire(reg: Registry) -> None:
     run_choice.wire_refresh(reg, "export")
     run.change(_show(reg), inputs=[run], outputs=_view_outputs(reg) + [reg["export.message"]], api_name="export_show")
     reg["export.merge"].click(_merge(reg), inputs=[run, reg["export.allow_4bit"]],
-                              outputs=[reg["export.message"], reg["export.merge_report"]], api_name="export_merge")
+                              outputs=[reg["export.message"], reg["export.merge_report"]], api_name="export_merge",
+                              show_progress_on=[reg["export.merge_report"]])  # the message box stays readable
     reg["export.start"].click(_export(reg), inputs=[run, reg["export.quants"], reg["export.lora"],
                                                     reg["export.allow_4bit"]],
                               outputs=[reg["export.message"], *_view_outputs(reg)], api_name="export_run",
-                              concurrency_limit=2)
+                              concurrency_limit=2, show_progress_on=[reg["export.table"]])
     serve_panel.wire(reg)
     push_panel.wire(reg)
 
