@@ -756,7 +756,7 @@ def test_install_builds_cuda_llama_cpp_only_with_a_toolkit_and_repairs_a_cpu_tor
     """The GPU branch as written (it installs ~5 GB, so it is read, not run, here)."""
     script = (ROOT / "install.sh").read_text()
     gpu_branch = script[script.index('step "NVIDIA GPU found'):script.index('step "no NVIDIA GPU')]
-    assert 'CMAKE_ARGS="$LLAMA_CMAKE"' in gpu_branch and 'LLAMA_CMAKE="-DGGML_CUDA=on' in gpu_branch
+    assert 'CMAKE_ARGS="$LLAMA_CMAKE"' in gpu_branch and 'LLAMA_CMAKE="$LLAMA_PORTABLE -DGGML_CUDA=on' in gpu_branch
     assert gpu_branch.index("command -v nvcc") < gpu_branch.index('install -e ".[gpu,test]"')
     assert 'CMAKE_ARGS="-DGGML_CUDA=on" "${PIP[@]}" install -e' not in script  # no unconditional CUDA build
     assert "torch.version.cuda is None" in gpu_branch and "uninstall -y torch" in gpu_branch

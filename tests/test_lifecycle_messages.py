@@ -52,7 +52,8 @@ def test_the_cpu_preset_says_its_pace_without_a_warning(no_gpu) -> None:
     result = preflight(load_preset("cpu"))
     assert result.proceed and not result.warning
     assert re.fullmatch(r"no GPU detected: training uses the CPU and RAM, up to about \d+ s per step on \d+ CPU cores? "
-                        r"\(60 steps: about \d+ min\)", result.message), result.message
+                        r"\(60 steps: about \d+ min\); RAM: about [\d.]+ GB of this machine's [\d.]+ GB, fits",
+                        result.message), result.message
 
 
 def test_the_step_time_is_calibrated_on_the_cpu_preset_and_scales() -> None:

@@ -492,13 +492,17 @@ def test_unsloth_is_called_with_those_arguments(monkeypatch):
 
     from grpo_box import modeling
 
+    import torch
+
     calls = {}
+    config = load_preset("24gb")
+    model = torch.nn.ModuleDict({name: torch.nn.Linear(1, 1) for name in config.lora.target_modules})
 
     class FakeFastLanguageModel:
         @staticmethod
         def from_pretrained(**kwargs):
             calls["load"] = kwargs
-            return "model", "tokenizer"
+            return model, "tokenizer"
 
         @staticmethod
         def get_peft_model(model, **kwargs):
@@ -506,10 +510,9 @@ def test_unsloth_is_called_with_those_arguments(monkeypatch):
             return "peft-model"
 
     monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FakeFastLanguageModel))
-    config = load_preset("24gb")
     assert modeling._load_unsloth(config, "/m") == ("peft-model", "tokenizer")
     assert calls["load"] == unsloth_load_kwargs(config, "/m")
-    assert calls["peft"] == ("model", unsloth_peft_kwargs(config))
+    assert calls["peft"] == (model, unsloth_peft_kwargs(config))
 
 
 def test_step_summary_is_one_readable_line():

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -61,14 +62,28 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("ui-export")
     make_run(tmp / "runs", "untrained", None)
     for live in launch_app(tmp):
-        train_from_the_page(live)
+        try:
+            train_from_the_page(live)
+        except BaseException:
+            stop_training(live)  # a failed start or poll must not leave a job holding the machine
+            raise
         yield live
+
+
+def stop_training(app: LiveApp) -> None:
+    from grpo_box import job
+
+    running = job.running_run()
+    if running is not None and running.path.parent == app.runs_dir:
+        running.request_stop()
+        deadline = time.time() + 120
+        while job.worker_alive(running) and time.time() < deadline:
+            time.sleep(1)
 
 
 def train_from_the_page(app: LiveApp) -> None:
     """Start "demo" from the Train tab and poll it the way the page's timer does, to the end."""
     import json
-    import time
 
     page = app.client()
     page.call("/select_preset", "cpu")
