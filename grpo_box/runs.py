@@ -291,9 +291,9 @@ def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
 
 
 def summarize(run: RunDir) -> dict[str, Any]:
-    if run.status().get("state") == "running":  # its worker died while nobody watched: say so
-        run.settle_dead()
     status = run.status()
+    if status.get("state") == "running" and run.settle_dead():  # its worker died while nobody watched
+        status = run.status()
     row = {"name": run.path.name, "path": str(run.path), "state": status.get("state"),
            "step": status.get("step", 0), "max_steps": status.get("max_steps"), "reward": None,
            "accuracy": None, "started": _started(run), "error": status.get("error")}

@@ -95,10 +95,6 @@ def page_load(reg: Registry) -> tuple[list[Any], list[Any], Any]:
     return [], [reg["runs.table"], reg["runs.pick"], reg["runs.compare"]], _listing(reg)
 
 
-def _root(reg: Registry) -> Path:
-    return run_choice.runs_root(reg)
-
-
 def _path(reg: Registry, name: str | None) -> Path | None:
     """The run's folder; None for no choice, a vanished run or a name outside the runs folder."""
     return run_choice.run_path(reg, name)
@@ -116,7 +112,7 @@ def table(root: Path) -> pd.DataFrame:
 
 def _listing(reg: Registry):
     def listing() -> tuple[Any, Any, Any]:
-        frame = table(_root(reg))
+        frame = table(run_choice.runs_root(reg))
         names = list(frame["name"])
         return frame, gr.update(choices=names), gr.update(choices=names)
 

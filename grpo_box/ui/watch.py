@@ -24,7 +24,7 @@ from typing import Any
 from grpo_box import job
 from grpo_box.config import RunConfig
 from grpo_box.errors import UserError
-from grpo_box.runs import CONFIG, RETRYING, UNSETTLED, RunDir, open_run
+from grpo_box.runs import CONFIG, RunDir, open_run
 
 _LOCK = threading.Lock()
 _MONITORS: dict[str, "_Watched"] = {}
@@ -109,8 +109,7 @@ def unsettled() -> list[str]:
     """Watched runs whose last poll found them training, starting, or waiting for an auto-fit retry."""
     with _LOCK:
         watched = list(_MONITORS.items())
-    return [path for path, w in watched
-            if w.last is None or w.last.alive or w.last.status.get("state") in (*UNSETTLED, RETRYING)]
+    return [path for path, w in watched if w.last is None or not w.last.settled]
 
 
 def follow_once() -> None:
