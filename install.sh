@@ -92,6 +92,11 @@ if [ "$GPU" = "1" ]; then
     CMAKE_ARGS="$LLAMA_CMAKE" "${PIP[@]}" install --no-cache-dir --force-reinstall --no-deps \
         "llama-cpp-python==${LLAMA_CPP_VERSION}"
   fi
+  # unsloth's own requirements pull PyPI's xformers (0.0.35, built for an older torch): beside torch 2.13
+  # it cannot load, Unsloth disables it with a warning and uses PyTorch's attention (SDPA), and vLLM 0.31
+  # brings its own attention kernels. It is dead weight that only warns: remove it (the [gpu] extra has none).
+  step "removing xformers (pulled in by unsloth; unusable beside torch 2.13, not needed by vLLM)"
+  "${PIP[@]}" uninstall -y xformers
   step "checking that torch uses the GPU"
   if ! .venv/bin/python -c "
 import sys, torch
@@ -139,11 +144,17 @@ if .venv/bin/python -c "import llama_cpp, sys; info = llama_cpp.llama_print_syst
 fi
 
 step "checking that unsloth imports"
+# `import unsloth` writes generated modules to $UNSLOTH_COMPILE_LOCATION (unsloth_zoo.compiler; default
+# ./unsloth_compiled_cache, in the repository): point it at a scratch folder removed afterwards.
+UNSLOTH_CHECK_CACHE=$(mktemp -d "${TMPDIR:-/tmp}/grpo-box-install-unsloth.XXXXXX")
 if [ "$GPU" = "1" ]; then
-  .venv/bin/python -c "import unsloth, trl; print('unsloth', unsloth.__version__, 'trl', trl.__version__)"
+  UNSLOTH_COMPILE_LOCATION="$UNSLOTH_CHECK_CACHE" \
+    .venv/bin/python -c "import unsloth, trl; print('unsloth', unsloth.__version__, 'trl', trl.__version__)"
 else
-  UNSLOTH_ALLOW_CPU=1 .venv/bin/python -c "import unsloth, trl; print('unsloth', unsloth.__version__, 'trl', trl.__version__)" 2>&1 | tail -1
+  UNSLOTH_COMPILE_LOCATION="$UNSLOTH_CHECK_CACHE" UNSLOTH_ALLOW_CPU=1 \
+    .venv/bin/python -c "import unsloth, trl; print('unsloth', unsloth.__version__, 'trl', trl.__version__)" 2>&1 | tail -1
 fi
+rm -rf "$UNSLOTH_CHECK_CACHE"
 
 step "importing the bundled offline model (SmolLM2-135M-Instruct) into the data dir"
 .venv/bin/python -c "from grpo_box.models import ensure_bundled_model, quiet_library_logs; quiet_library_logs(); print(ensure_bundled_model())"

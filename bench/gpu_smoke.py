@@ -16,6 +16,14 @@ and ends with a short summary, one line per part, PASS or FAIL. It exits 1 when 
 
 `--dry-run` runs the same plumbing on the CPU in this repository's venv with a tiny model of the same
 family (no 4-bit, no 8-bit Adam), so a test can prove the script works without a GPU.
+
+A training run that passes --run-timeout, or this script being interrupted, ends its worker too: the
+engine's worker has its own session (job.start), so killing the CLI parent would leave it holding
+the GPU and the machine lock; its pid is read from the run's status.json. `--cleanup` does only that
+(and the copy below) for every run under --work: bench/gpu_smoke.sh calls it when it exits.
+With $OUT set (the device machine's output folder), facts.json, the summary and each run's
+status.json, metrics.jsonl, train.log, eval.json, config.yaml and cli.log (the training command's
+output) are copied there at the end, also after a failure.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import argparse
 import importlib.metadata
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -35,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 TOLERANCE = 0.25
+# copied to $OUT; the CLI trains attached (its worker's output is the CLI's, no train.log): cli.log keeps it
+RUN_FILES = ("status.json", "metrics.jsonl", "train.log", "cli.log", "eval.json", "config.yaml")
 REWARD_FILE = textwrap.dedent('''
     """A reward that differs between completions of a random model, so GRPO has a signal."""
 
@@ -54,13 +66,105 @@ class Summary:
         print(f"[{'PASS' if ok else 'FAIL'}] {part}: {detail}", flush=True)
         return ok
 
-    def print(self) -> int:
-        print("\n==== GPU smoke summary ====")
-        for part, ok, detail in self.rows:
-            print(f"{'PASS' if ok else 'FAIL'}  {part:<28} {detail}")
+    def text(self) -> str:
         failed = [part for part, ok, _ in self.rows if not ok]
-        print(f"==== {len(self.rows) - len(failed)} passed, {len(failed)} failed ====")
-        return 1 if failed else 0
+        return "\n".join(["==== GPU smoke summary ====",
+                          *(f"{'PASS' if ok else 'FAIL'}  {part:<28} {detail}" for part, ok, detail in self.rows),
+                          f"==== {len(self.rows) - len(failed)} passed, {len(failed)} failed ===="])
+
+    def print(self) -> int:
+        print("\n" + self.text())
+        return 1 if any(not ok for _, ok, _ in self.rows) else 0
+
+
+def _alive(pid: int, started: float | None) -> bool:
+    """Whether `pid` is a live process, and the one started at `started` (psutil's create_time, as
+    the worker recorded it) when both are known: a recycled pid is not the worker."""
+    try:
+        import psutil
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - float(started)) < 1.0
+    except psutil.Error:
+        return False
+
+
+def stop_worker(run: Path, grace: float = 10.0) -> str:
+    """End the training worker of `run` (pid from its status.json, else the machine lock's note):
+    SIGTERM to its process group (it leads its own session: vLLM's and the data loaders' children go
+    too), SIGKILL after `grace` seconds. Returns what happened, for the summary."""
+    try:
+        status = json.loads((run / "status.json").read_text())
+    except (OSError, ValueError):
+        status = {}
+    pid, started = status.get("pid"), status.get("pid_started")
+    if not pid:  # killed before the worker wrote its pid: the parent noted it in the machine lock
+        try:
+            from grpo_box import locks
+
+            note = locks.running_job() or {}
+        except Exception:
+            note = {}
+        if note.get("run") and Path(note["run"]).resolve() == run.resolve():
+            pid, started = note.get("pid"), None
+    if not pid:
+        return "no worker pid recorded"
+    pid = int(pid)
+    if not _alive(pid, started):
+        return f"worker {pid} already gone"
+
+    def send(sig: int) -> None:
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    send(signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline:
+        if not _alive(pid, started):
+            return f"worker {pid} stopped (SIGTERM)"
+        time.sleep(0.2)
+    send(signal.SIGKILL)
+    for _ in range(50):
+        if not _alive(pid, started):
+            return f"worker {pid} killed (SIGKILL after {grace:.0f} s)"
+        time.sleep(0.2)
+    return f"worker {pid} still alive after SIGKILL"
+
+
+def stop_workers(work: Path, grace: float = 10.0) -> list[str]:
+    return [f"{run.name}: {stop_worker(run, grace)}" for run in sorted((work / "runs").glob("*"))
+            if (run / "status.json").is_file()]
+
+
+def copy_results(work: Path, out: Path, summary: Summary | None = None) -> None:
+    """facts.json, the summary and each run's files into `out` ($OUT on the device machine)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if (work / "facts.json").is_file():
+        shutil.copy2(work / "facts.json", out / "facts.json")
+    if summary is not None and summary.rows:
+        (out / "summary.txt").write_text(summary.text() + "\n")
+        (out / "summary.json").write_text(json.dumps([{"part": part, "ok": ok, "detail": detail}
+                                                      for part, ok, detail in summary.rows], indent=2))
+    for run in sorted((work / "runs").glob("*")):
+        for name in RUN_FILES:
+            if (run / name).is_file():
+                (out / "runs" / run.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run / name, out / "runs" / run.name / name)
 
 
 def section(title: str) -> None:
@@ -174,14 +278,29 @@ def train(model_dir: Path, work: Path, steps: int, dry_run: bool, extra: list[st
     cmd = [sys.executable, "-m", "grpo_box", "train", "--preset", preset, "--force",
            *run_overrides(model_dir, work, steps, dry_run, extra)]
     started = time.time()
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    text = out.stdout + out.stderr
+    new_runs = lambda: sorted(set((work / "runs").glob("*")) - before)  # noqa: E731
+    note = ""
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        rc, text = out.returncode, out.stdout + out.stderr
+    except subprocess.TimeoutExpired as exc:  # only the CLI parent was killed: its worker trains on
+        rc, note = 124, f"ran past {timeout:.0f} s (--run-timeout)"
+        text = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part or ""
+                       for part in (exc.stdout, exc.stderr))
+        note += "; " + ("; ".join(stop_worker(run) for run in new_runs()) or "no run directory")
+    except BaseException:  # Ctrl-C / SIGTERM of this script: end the worker before leaving
+        for run in new_runs():
+            print(f"  {run.name}: {stop_worker(run, grace=5.0)}", flush=True)
+        raise
     print(textwrap.indent(text[-3000:], "  | "))
-    runs = sorted(set((work / "runs").glob("*")) - before)
+    if note:
+        print(f"  {note}", flush=True)
+    runs = new_runs()
     if not runs:
-        raise RuntimeError(f"no run directory was created (exit {out.returncode})")
+        raise RuntimeError(f"no run directory was created (exit {rc}{'; ' + note if note else ''})")
     run = runs[-1]
-    files = {"rc": out.returncode, "seconds": round(time.time() - started, 1), "path": str(run),
+    (run / "cli.log").write_text(text)
+    files = {"rc": rc, "note": note, "seconds": round(time.time() - started, 1), "path": str(run),
              "status": json.loads((run / "status.json").read_text()) if (run / "status.json").is_file() else {},
              "metrics": [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
              if (run / "metrics.jsonl").is_file() else [],
@@ -230,16 +349,47 @@ def compare_peak(run: dict, model_dir: Path, dry_run: bool) -> tuple[bool, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="a scratch folder (model, runs)")
-    parser.add_argument("--tokenizer", type=Path, required=True, help="the bundled model's tokenizer folder")
+    parser.add_argument("--tokenizer", type=Path, help="the bundled model's tokenizer folder (required to run)")
     parser.add_argument("--model-shape", default="unsloth/Qwen2.5-1.5B-Instruct",
                         help="a catalog model whose layers and widths the random model gets (default: the 8gb preset's)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--dry-run", action="store_true", help="the same plumbing on the CPU with a tiny model")
     parser.add_argument("--run-timeout", type=float, default=300.0, help="seconds one training run may take")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="only end any worker still training a run under --work (and copy results to $OUT)")
     args = parser.parse_args()
-    summary = Summary()
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
+    if args.cleanup:
+        for line in stop_workers(args.work, grace=5.0):
+            print(f"  {line}")
+        if out_dir is not None:
+            copy_results(args.work, out_dir)
+        return 0
+    if args.tokenizer is None:
+        parser.error("--tokenizer is required")
     args.work.mkdir(parents=True, exist_ok=True)
+    summary = Summary()
 
+    def terminated(signum, frame):  # `timeout`'s SIGTERM: unwind, so the worker is ended and $OUT filled
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        return run_checks(args, summary)
+    except KeyboardInterrupt as exc:
+        summary.add("interrupted", False, f"{exc or 'Ctrl-C'}; workers: {'; '.join(stop_workers(args.work, 5.0)) or 'none'}")
+        return summary.print()
+    finally:
+        if out_dir is not None:
+            try:
+                copy_results(args.work, out_dir, summary)
+                print(f"results copied to {out_dir}")
+            except OSError as exc:
+                print(f"could not copy results to {out_dir}: {exc}", file=sys.stderr)
+
+
+def run_checks(args: argparse.Namespace, summary: Summary) -> int:
+    """Every part in turn, each recorded in `summary`; the exit status."""
     section("environment")
     try:
         facts = environment_facts(args.dry_run)
@@ -296,7 +446,7 @@ def main() -> int:
         state = run["status"].get("state")
         summary.add("train", run["rc"] == 0 and state == "finished" and len(run["metrics"]) >= args.steps,
                     f"{state}, {len(run['metrics'])} steps logged in {run['seconds']} s "
-                    f"(error: {run['status'].get('error')})")
+                    f"(error: {run['status'].get('error')}){'; ' + run['note'] if run['note'] else ''}")
         rewards = [m.get("reward_std") for m in run["metrics"]]
         clipped = [m.get("completions/clipped_ratio") for m in run["metrics"]]
         print(f"  reward_std per step {rewards}; clipped ratio per step {clipped}")
@@ -325,7 +475,7 @@ def main() -> int:
         state = fp16["status"].get("state")
         summary.add("float16 step", fp16["rc"] == 0 and state == "finished" and not refused,
                     f"{state}{'; Unsloth refused the precision flags' if refused else ''} "
-                    f"(error: {fp16['status'].get('error')})")
+                    f"(error: {fp16['status'].get('error')}){'; ' + fp16['note'] if fp16['note'] else ''}")
     except Exception as exc:
         traceback.print_exc()
         summary.add("float16 step", False, f"{type(exc).__name__}: {exc}")

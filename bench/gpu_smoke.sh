@@ -21,6 +21,10 @@
 # weights moved, the measured peak VRAM against the estimate (±25%), and one step with
 # model.dtype=float16. Every part prints PASS or FAIL; the exit status is 1 when any failed, 2 when
 # the bundle or Python is missing, 124 on the overall timeout.
+# Ending it (Ctrl-C, SIGTERM, the overall timeout) also ends any training worker it started: the
+# engine's workers run in their own session, so they would keep the GPU and the run lock otherwise.
+# With $OUT set (the device machine's output folder), facts.json, the summary and the runs' status,
+# metrics, logs and evals are copied there, also on failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,12 +52,20 @@ else
   if ! command -v "$PY" >/dev/null 2>&1; then echo "FAIL: no $PY on PATH (set PYTHON=...)" >&2; exit 2; fi
   if [ ! -f "$BUNDLE" ]; then
     echo "FAIL: $BUNDLE is missing. Make it on a machine with registry access:" >&2
-    echo "  bash bench/gpu_smoke_prep.sh --python-version <the GPU machine's python X.Y>" >&2
+    echo "  bash bench/gpu_smoke_prep.sh   (for Python 3.12; --python-version X.Y for another)" >&2
     echo "then bring it here (it is git-ignored, so carry it explicitly)." >&2
     exit 2
   fi
   echo "unpacking $BUNDLE into $WORK"
-  tar -xJf "$BUNDLE" -C "$WORK" || { echo "FAIL: could not unpack $BUNDLE" >&2; exit 2; }
+  # tar -J runs the xz program, which some images lack; Python's tarfile reads xz itself (lzma)
+  if ! { command -v xz >/dev/null 2>&1 && tar -xJf "$BUNDLE" -C "$WORK"; }; then
+    echo "tar -xJf failed or no xz program: unpacking with Python's tarfile"
+    "$PY" - "$BUNDLE" "$WORK" <<'PYEOF' || { echo "FAIL: could not unpack $BUNDLE" >&2; exit 2; }
+import sys, tarfile
+with tarfile.open(sys.argv[1], "r:xz") as archive:
+    archive.extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+PYEOF
+  fi
   WANT=$(cat "$WORK/bundle/python-version" 2>/dev/null || echo "?")
   HAVE=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
   if [ "$WANT" != "$HAVE" ]; then
@@ -66,7 +78,26 @@ else
 fi
 
 echo "GRPO Box GPU smoke check: $(git log -1 --format='%h %cs' 2>/dev/null || echo 'no git'), work folder $WORK"
-timeout --kill-after=15 "$TIMEOUT" "$PY" bench/gpu_smoke.py --work "$WORK" --tokenizer "$TOKENIZER" "${ARGS[@]}"
+# On any exit: stop the check if it still runs (timeout passes the TERM on), then end any training
+# worker left under $WORK (gpu_smoke.py --cleanup: SIGTERM, SIGKILL after a grace; copies to $OUT).
+SMOKE_PID=""
+cleanup() {
+  trap - EXIT INT TERM HUP
+  if [ -n "$SMOKE_PID" ] && kill -0 "$SMOKE_PID" 2>/dev/null; then
+    kill -TERM "$SMOKE_PID" 2>/dev/null
+    for _ in $(seq 40); do kill -0 "$SMOKE_PID" 2>/dev/null || break; sleep 0.5; done
+  fi
+  "$PY" bench/gpu_smoke.py --work "$WORK" --cleanup 2>&1 | sed 's/^/cleanup: /'
+}
+trap cleanup EXIT
+trap 'echo "interrupted: stopping the check and its training worker" >&2; exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+# In the background and waited for, so a signal runs the traps at once (bash defers them while a
+# foreground command runs).
+timeout --kill-after=15 "$TIMEOUT" "$PY" bench/gpu_smoke.py --work "$WORK" --tokenizer "$TOKENIZER" "${ARGS[@]}" &
+SMOKE_PID=$!
+wait "$SMOKE_PID"
 RC=$?
 if [ "$RC" = "124" ] || [ "$RC" = "137" ]; then
   echo "FAIL: the smoke check ran past ${TIMEOUT}s (GPU_SMOKE_TIMEOUT) and was stopped" >&2

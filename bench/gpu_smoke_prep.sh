@@ -4,11 +4,13 @@
 #
 #   bash bench/gpu_smoke_prep.sh [--python-version X.Y] [--out bench/gpu_smoke_bundle.tar.xz] [--dry-run]
 #
-# --python-version: the GPU machine's Python (default: this one's); wheels with compiled code are
-#   fetched for it (manylinux x86_64).
-# Output (git-ignored): bench/gpu_smoke_bundle.tar.xz, about 40 MB, holding bundle/site/ (the wheels
+# --python-version: the GPU machine's Python (default: 3.12, the borrowed GPU machine's 3.12.3, not
+#   this machine's); only wheels are fetched (pip download --only-binary=:all: --python-version X.Y),
+#   those with compiled code for that Python and manylinux x86_64.
+# Output (git-ignored): bench/gpu_smoke_bundle.tar.xz, about 45 MB, holding bundle/site/ (the wheels
 # below unpacked: unsloth, unsloth_zoo without studio/, trl, peft, bitsandbytes with only its CUDA 13
-# library, datasets and the small packages these import), bundle/tokenizer/ (the bundled
+# library, datasets, requests and pillow (the GPU image lacks both) and the small packages these
+# import), bundle/tokenizer/ (the bundled
 # SmolLM2-135M-Instruct tokenizer, from ./install.sh's data dir) and bundle/python-version.
 # Carry it with the command that runs the check, e.g. the device tool's
 #   carry: ["bench/gpu_smoke_bundle.tar.xz"]   command: bash bench/gpu_smoke.sh
@@ -18,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-PYVER=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+PYVER=3.12  # the GPU machine's Python (3.12.3), whatever this one is
 OUT=bench/gpu_smoke_bundle.tar.xz
 DRY_RUN=0
 while [ $# -gt 0 ]; do
@@ -38,6 +40,7 @@ PACKAGES=(
   sentencepiece protobuf pydantic pydantic-core typing-inspection annotated-types typer click structlog nest-asyncio
   datasets pyarrow dill multiprocess xxhash pandas python-dateutil six tzdata httpx httpcore h11 anyio
   math-verify latex2sympy2_extended antlr4-python3-runtime
+  requests urllib3 charset-normalizer idna certifi pillow
 )
 pin() {
   local name=$1

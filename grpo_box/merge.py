@@ -34,7 +34,7 @@ from typing import Any
 
 from .errors import UserError
 from .hardware import has_cuda
-from .inference import eos_token_ids
+from .inference import NEUTRAL_HF, eos_token_ids
 from .models import BaseSource, locate_base
 from .progress import Progress
 from .chat_format import apply_run_format, prompt_text
@@ -331,16 +331,21 @@ def greedy_ids(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens
 
 def greedy_with_logits(model: Any, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int,
                        top_k: int = TOP_LOGITS) -> tuple[list[int], list[list[list[float]]]]:
-    """Greedy ids plus, per generated token, the `top_k` [token id, logit] pairs it was chosen from."""
-    import torch
-    from transformers import GenerationConfig
+    """Greedy ids plus, per generated token, the `top_k` [token id, logit] pairs it was chosen from.
 
-    gen = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_ids(model, tokenizer),
-                           pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-                           output_logits=top_k > 0, return_dict_in_generate=True)
+    The model's own generation_config (a repetition penalty, min_new_tokens, …) must not steer the
+    choice: llama.cpp, vLLM and the evaluation do not apply it. transformers fills every setting a
+    GenerationConfig leaves None from it, so the neutral values go as keyword arguments, which it
+    applies last and keeps even when None (as inference.Generator does)."""
+    import torch
+
+    gen = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_token_ids(model, tokenizer),
+               pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+               output_logits=top_k > 0, return_dict_in_generate=True, **NEUTRAL_HF,
+               temperature=None, top_p=None, top_k=None)
     ids = torch.tensor([prompt_ids])
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **gen)
     top = [_top_pairs(step[0], top_k) for step in out.logits] if top_k else []
     return out.sequences[0, len(prompt_ids):].tolist(), top
 

@@ -226,6 +226,8 @@ def gpu_oom_errors() -> dict[str, BaseException]:
         "standby wake-up (vLLM cumem allocator)": RuntimeError(
             "CUDA Error: out of memory at /workspace/csrc/cumem_allocator.cpp:62"),
         "cuBLAS workspace": RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+        # torch's C10_CUDA_DRIVER_CHECK on a driver API call (cuMemCreate of an expandable segment)
+        "CUDA driver API": RuntimeError("CUDA driver error: out of memory"),
         "vLLM start-up free memory": ValueError(str(wrapped)),
         "vLLM start-up free memory, re-raised by unsloth_zoo": unsloth_reraised,
         "Unsloth's standby MemoryError": MemoryError(
@@ -262,7 +264,8 @@ def test_gpu_out_of_memory_errors_are_classified(what):
     MemoryError(),  # host RAM: a smaller GPU setting would not help
     ValueError("max_model_len is greater than the model's context length"),
     RuntimeError("Expected a single True/False argument for expandable_segments"),
-], ids=["illegal address", "profiling race", "host RAM", "config", "allocator config"])
+    RuntimeError("CUDA driver error: invalid argument"),
+], ids=["illegal address", "profiling race", "host RAM", "config", "allocator config", "driver, not memory"])
 def test_other_errors_are_not_out_of_memory(exc):
     from grpo_box.train import _oom_cause
 
@@ -560,6 +563,30 @@ def test_hf_generate_ignores_the_models_sampling_defaults(bundled_model_dir):
     assert text != plain
 
 
+def test_merge_parity_decodes_without_the_models_generation_config(bundled_model_dir, one_torch_thread):
+    """The merge/GGUF parity check's greedy decoder: a generation_config with a repetition penalty
+    (and min_new_tokens) gives the same tokens and logits as without one, as llama.cpp and vLLM do."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpo_box.merge import build_cases, greedy_with_logits
+
+    model = AutoModelForCausalLM.from_pretrained(str(bundled_model_dir), dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_dir))
+    prompt = build_cases(tokenizer, None, (MESSAGES[0]["content"],))[0]["prompt_ids"]
+    plain_ids, plain_top = greedy_with_logits(model, tokenizer, prompt, 8, top_k=3)
+    model.generation_config.update(repetition_penalty=1.3, min_new_tokens=16)
+    ids, top = greedy_with_logits(model, tokenizer, prompt, 8, top_k=3)
+    assert ids == plain_ids
+    flat = lambda pairs: [value for step in pairs for pair in step for value in pair]  # noqa: E731
+    assert flat(top) == pytest.approx(flat(plain_top), abs=1e-4)  # token ids exact, raw logits equal
+    # what the check would have compared before: the model's penalty changes the greedy reply
+    inputs = torch.tensor([prompt])
+    leaked = model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=8,
+                            do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert leaked[0, len(prompt):].tolist() != plain_ids
+
+
 class FakeEngineModel:
     """Unsloth's fast_inference model at the vLLM boundary: an engine and fast_generate."""
 
@@ -775,6 +802,31 @@ def test_the_gpu_extra_pins_the_cuda13_stack_without_xformers():
         assert names[name].endswith(pin), names[name]
 
 
+def test_install_removes_the_xformers_unsloth_pulls_in_on_the_gpu():
+    """unsloth's own requirements bring PyPI's xformers (built for an older torch, disabled by Unsloth
+    beside torch 2.13): the GPU branch removes it after installing the [gpu] extra."""
+    script = (ROOT / "install.sh").read_text()
+    gpu_branch = script[script.index('step "NVIDIA GPU found'):script.index('step "no NVIDIA GPU')]
+    assert gpu_branch.index('install -e ".[gpu,test]"') < gpu_branch.index('uninstall -y xformers')
+    assert gpu_branch.index('uninstall -y xformers') < gpu_branch.index('step "checking that torch uses the GPU')
+    metadata = next(SITE.glob("unsloth-*.dist-info")) / "METADATA"
+    assert any(line.startswith("Requires-Dist: xformers") and "extra ==" not in line
+               for line in metadata.read_text().splitlines())  # why the uninstall is needed
+
+
+def test_install_imports_unsloth_without_leaving_a_compiled_cache_in_the_repository():
+    """`import unsloth` writes ./unsloth_compiled_cache unless UNSLOTH_COMPILE_LOCATION says where
+    (unsloth_zoo.compiler): every import in install.sh points it at a scratch folder."""
+    script = (ROOT / "install.sh").read_text()
+    imports = [i for i, line in enumerate(script.splitlines()) if "python -c" in line and "import unsloth" in line]
+    assert imports
+    lines = script.splitlines()
+    for i in imports:
+        assert "UNSLOTH_COMPILE_LOCATION=" in lines[i] + lines[i - 1], lines[i]
+    assert 'os.getenv("UNSLOTH_COMPILE_LOCATION"' in (SITE / "unsloth_zoo/compiler.py").read_text()
+    assert subprocess.run(["git", "check-ignore", "-q", "unsloth_compiled_cache/"], cwd=ROOT).returncode == 0
+
+
 def re_name(requirement: str) -> str:
     import re
 
@@ -786,13 +838,19 @@ def re_name(requirement: str) -> str:
 
 
 def test_the_smoke_bundle_plan_lists_the_pinned_gpu_stack():
-    out = subprocess.run(["bash", str(ROOT / "bench/gpu_smoke_prep.sh"), "--dry-run", "--python-version", "3.12"],
+    """For the GPU machine's Python 3.12 by default, whatever runs the prep; requests and pillow
+    included (the GPU image has neither)."""
+    out = subprocess.run(["bash", str(ROOT / "bench/gpu_smoke_prep.sh"), "--dry-run"],
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     for spec in ("unsloth==2026.10.5", "unsloth_zoo==2026.10.5", "trl==1.15.0", "peft==0.21.2", "bitsandbytes==0.50.2",
-                 "datasets==4.8.5", "math-verify==0.9.0"):
+                 "datasets==4.8.5", "math-verify==0.9.0", "requests==", "urllib3==", "charset-normalizer==", "idna==",
+                 "certifi==", "pillow=="):
         assert spec in out.stdout
-    assert "cp312" in out.stdout
+    assert "Python 3.12 (cp312" in out.stdout
+    other = subprocess.run(["bash", str(ROOT / "bench/gpu_smoke_prep.sh"), "--dry-run", "--python-version", "3.13"],
+                           capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "cp313" in other.stdout
     assert subprocess.run(["git", "check-ignore", "-q", "bench/gpu_smoke_bundle.tar.xz"], cwd=ROOT).returncode == 0
 
 
@@ -801,6 +859,98 @@ def test_the_smoke_check_without_its_bundle_fails_loudly(tmp_path):
                          cwd=ROOT, env={**os.environ, "GPU_SMOKE_BUNDLE": str(tmp_path / "missing.tar.xz"),
                                         "GPU_SMOKE_WORK": str(tmp_path / "work")})
     assert out.returncode == 2 and "gpu_smoke_prep.sh" in out.stderr
+
+
+def smoke_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "bench/gpu_smoke.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_worker(ignore_term: bool) -> subprocess.Popen:
+    """A process in its own session, as job.start spawns the training worker; ready when it says so."""
+    code = ("import signal, sys, time\n"
+            f"signal.signal(signal.SIGTERM, signal.{'SIG_IGN' if ignore_term else 'SIG_DFL'})\n"
+            "print('ready', flush=True)\ntime.sleep(60)\n")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def test_a_smoke_run_past_its_timeout_has_its_worker_ended(tmp_path):
+    """The worker outlives the CLI parent a timeout kills (its own session): it is found by the pid
+    in status.json and ended, SIGTERM first, SIGKILL when it ignores that; a recycled pid is left alone."""
+    import psutil
+
+    smoke = smoke_module()
+    obedient, stubborn, stranger = fake_worker(False), fake_worker(True), fake_worker(False)
+    try:
+        runs = {}
+        for name, process, started in (("obedient", obedient, None), ("stubborn", stubborn, None),
+                                       ("recycled", stranger, 1.0)):
+            run = tmp_path / "runs" / name
+            run.mkdir(parents=True)
+            started = started or psutil.Process(process.pid).create_time()
+            (run / "status.json").write_text(json.dumps({"state": "running", "pid": process.pid,
+                                                         "pid_started": started}))
+            runs[name] = run
+        assert "stopped (SIGTERM)" in smoke.stop_worker(runs["obedient"], grace=5.0)
+        assert "killed (SIGKILL" in smoke.stop_worker(runs["stubborn"], grace=0.5)
+        assert obedient.wait(timeout=5) == -15 and stubborn.wait(timeout=5) == -9
+        assert "already gone" in smoke.stop_worker(runs["recycled"], grace=0.5) and stranger.poll() is None
+        (tmp_path / "runs" / "early").mkdir()
+        (tmp_path / "runs" / "early" / "status.json").write_text(json.dumps({"state": "created"}))
+        assert smoke.stop_worker(tmp_path / "runs" / "early") == "no worker pid recorded"
+    finally:
+        for process in (obedient, stubborn, stranger):
+            process.kill()
+            process.wait()
+
+
+def test_the_smoke_results_are_copied_to_out(tmp_path):
+    smoke = smoke_module()
+    work, out = tmp_path / "work", tmp_path / "out"
+    run = work / "runs" / "20990101-smoke"
+    (run / "adapter").mkdir(parents=True)
+    (work / "facts.json").write_text('{"device": "H200"}')
+    for name in ("status.json", "metrics.jsonl", "train.log", "config.yaml", "adapter/adapter_model.safetensors"):
+        (run / name).write_text(name)
+    summary = smoke.Summary()
+    summary.add("train", False, "failed (error: out of memory)")
+    smoke.copy_results(work, out, summary)
+    assert json.loads((out / "facts.json").read_text()) == {"device": "H200"}
+    assert "FAIL  train" in (out / "summary.txt").read_text()
+    assert json.loads((out / "summary.json").read_text())[0]["ok"] is False
+    assert sorted(p.name for p in (out / "runs" / run.name).iterdir()) == [
+        "config.yaml", "metrics.jsonl", "status.json", "train.log"]  # no weights, no missing eval.json
+
+
+def test_the_smoke_bundle_unpacks_without_the_xz_program(tmp_path):
+    """tar -J needs the xz program; without it the bundle is unpacked by Python's tarfile."""
+    import tarfile
+
+    stage = tmp_path / "stage" / "bundle"
+    stage.mkdir(parents=True)
+    (stage / "python-version").write_text("0.0\n")  # stops the script right after unpacking
+    bundle = tmp_path / "bundle.tar.xz"
+    with tarfile.open(bundle, "w:xz") as archive:
+        archive.add(stage, arcname="bundle")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("dirname", "mktemp", "mkdir", "cat", "tar", "env"):
+        found = next((Path(d) / tool for d in ("/usr/bin", "/bin") if (Path(d) / tool).exists()), None)
+        if found:
+            (bin_dir / tool).symlink_to(found)
+    assert not (bin_dir / "xz").exists()
+    out = subprocess.run(["/bin/bash", str(ROOT / "bench/gpu_smoke.sh")], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT, env={"PATH": str(bin_dir), "PYTHON": sys.executable, "HOME": str(tmp_path),
+                                        "GPU_SMOKE_BUNDLE": str(bundle), "GPU_SMOKE_WORK": str(tmp_path / "work")})
+    assert "unpacking with Python's tarfile" in out.stdout, out.stdout + out.stderr
+    assert out.returncode == 2 and "made for Python 0.0" in out.stderr, out.stdout + out.stderr
+    assert (tmp_path / "work" / "bundle" / "python-version").read_text().strip() == "0.0"
 
 
 @pytest.mark.slow
