@@ -30,8 +30,8 @@ class ImportAdapterError(UserError, ValueError):
 def find_adapter(folder: Path) -> Path:
     """The adapter in `folder`: the folder itself, its adapter/, or its newest checkpoint-N/."""
     candidates = [folder, folder / ADAPTER]
-    checkpoints = sorted(folder.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    candidates += [c for c in reversed(checkpoints) if c.name.split("-")[-1].isdigit()]
+    numbered = [c for c in folder.glob("checkpoints/checkpoint-*") if c.name.split("-")[-1].isdigit()]
+    candidates += sorted(numbered, key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for candidate in candidates:
         if is_adapter_dir(candidate):
             return candidate

@@ -46,7 +46,7 @@ from typing import Any
 
 from .chat_format import apply_run_format, prefill_of, prompt_text
 from .config import ModelConfig
-from .modeling import has_cuda, load_cpu_model, tolerate_inductor_pool_aliasing, unsloth_load_kwargs
+from .modeling import check_gpu_usable, has_cuda, load_cpu_model, tolerate_inductor_pool_aliasing, unsloth_load_kwargs
 from .models import ModelError, resolve_model
 from .runs import ADAPTER_CONFIG, RunDir, is_adapter_dir, read_adapter_config
 
@@ -104,13 +104,17 @@ def is_gguf(path: str | Path) -> bool:
 
 
 def run_adapter_dir(run: RunDir) -> Path | None:
-    """The adapter a run offers: the final `adapter/`, else the newest checkpoint's, else None."""
-    if run.has_adapter():
-        return run.adapter_dir
-    for checkpoint in reversed(run.checkpoints()):
-        if is_adapter_dir(checkpoint):
-            return checkpoint
-    return None
+    """The adapter a run offers: the newest by training step of `adapter/` and its checkpoints (one
+    past the step adapter/ was saved at wins: a `resume --steps N` cut short), else None. An adapter/
+    without a recorded step (an older or imported run) counts as the newest."""
+    checkpoints = [c for c in run.checkpoints() if is_adapter_dir(c)]
+    newest = checkpoints[-1] if checkpoints else None
+    if not run.has_adapter():
+        return newest
+    saved_at = run.adapter_step()
+    if newest is not None and saved_at is not None and int(newest.name.rsplit("-", 1)[-1]) > saved_at:
+        return newest
+    return run.adapter_dir
 
 
 def load_for_generation(
@@ -135,6 +139,7 @@ def load_for_generation(
         raise ModelError(f"{adapter} is not a LoRA adapter folder (no {ADAPTER_CONFIG}): give a run's adapter/ "
                          "or checkpoint-N folder")
     if has_cuda():
+        check_gpu_usable(None)  # a card the stack cannot use: the reason, not a kernel error mid-reply
         return _load_unsloth(path, adapter, model_config or standalone_model_config(), fast_inference)
     return _load_cpu(path, adapter)
 
@@ -147,8 +152,9 @@ def standalone_model_config() -> ModelConfig:
     return ModelConfig(max_seq_length=512, gpu_memory_utilization=0.6)
 
 
-def from_gguf(path: str | Path, n_ctx: int = 4096, seed: int = 0) -> "GGUFGenerator":
-    """A generator on a GGUF file through llama-cpp-python (chat template from the GGUF metadata)."""
+def from_gguf(path: str | Path, n_ctx: int = 4096, seed: int = 0, n_gpu_layers: int | None = None) -> "GGUFGenerator":
+    """A generator on a GGUF file through llama-cpp-python (chat template from the GGUF metadata);
+    `n_gpu_layers` None: `llama_tools.gpu_layers()` (all where the build offloads), 0: the CPU only."""
     import llama_cpp
 
     path = Path(path).expanduser()
@@ -156,7 +162,8 @@ def from_gguf(path: str | Path, n_ctx: int = 4096, seed: int = 0) -> "GGUFGenera
         raise ModelError(f"{path}: GGUF file not found; export one first or check the path")
     from .llama_tools import gpu_layers
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, n_gpu_layers=gpu_layers(), verbose=False)
+    layers = gpu_layers() if n_gpu_layers is None else n_gpu_layers
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, seed=seed, n_gpu_layers=layers, verbose=False)
     return GGUFGenerator(llm, path)
 
 

@@ -183,21 +183,23 @@ def needs_gpu(config: RunConfig) -> bool:
     return config.model.load_in_4bit or config.model.fast_inference or bool(preset_card_gb(config.preset))
 
 
-def check_gpu_usable(config: RunConfig) -> None:
+def check_gpu_usable(config: RunConfig | None) -> None:
     """Refuse to run a GPU config on an NVIDIA card the GPU stack cannot use (GpuUnusableError, with
-    the reason); a machine with no NVIDIA card at all is left to the CPU path and its warning."""
+    the reason); a machine with no NVIDIA card at all is left to the CPU path and its warning.
+    `config` None: a model loaded for generation (chat, evaluation, merge), which has no preset."""
     from . import hardware
 
     if has_cuda():  # torch would take the GPU path whatever the preset
         reason = hardware.gpu_problem(hardware.detect_gpu())
-        cpu = "hide the card (CUDA_VISIBLE_DEVICES= ) and use --preset cpu"
-    elif needs_gpu(config):
+        cpu = "hide the card (CUDA_VISIBLE_DEVICES= )" + (" and use --preset cpu" if config is not None else "")
+    elif config is not None and needs_gpu(config):
         reason = hardware.torch_problem()
         cpu = "use --preset cpu (or model.load_in_4bit=false and model.fast_inference=false)"
     else:
         reason = None
     if reason:
-        raise GpuUnusableError(f"this run cannot use the GPU: {reason}. To train on the CPU instead (slowly, in "
+        what = "this run" if config is not None else "this model"
+        raise GpuUnusableError(f"{what} cannot use the GPU: {reason}. To run on the CPU instead (slowly, in "
                                f"float32, without 4-bit or vLLM), {cpu}")
 
 

@@ -9,7 +9,8 @@ Layout of `<runs_dir>/<run_name>/`:
     train.log          the child's stdout/stderr
     STOP               created by `request_stop()`; the trainer saves a checkpoint and stops
     checkpoints/       Trainer checkpoints (checkpoint-<step>/), used by `resume`
-    adapter/           the final LoRA adapter + tokenizer (PEFT format)
+    adapter/           the final LoRA adapter + tokenizer (PEFT format), and grpo_box.json: the step it
+                       was saved at (a newer checkpoint after a cut-short `resume --steps N` wins)
     eval.json          evaluation results; export/ holds merged models and GGUF files
 
 Files are written whole (status) or appended line by line (metrics, samples), so a reader never
@@ -17,8 +18,8 @@ sees a half-written JSON document. A crash during an append can still leave a to
 readers skip it (and `repair_tail` cuts it before the next append), while a broken line anywhere
 else is an error naming the file and line. A status write that cannot complete (a full disk) falls
 back to rewriting the file in place, so the final state is still recorded. A checkpoint counts
-only once the Trainer has written its `trainer_state.json` (the last file it saves); a
-half-written one is skipped. Nothing secret (tokens) is ever written here.
+only once the Trainer has written its `trainer_state.json` (the last file it saves) and it reads
+as JSON; a half-written one is skipped. Nothing secret (tokens) is ever written here.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ EXPORT = "export"
 RETRYING = "retrying"  # out of memory with auto_fit: a smaller config is saved, to resume in a fresh process
 STATES = ("created", "running", "finished", "failed", "stopped", RETRYING)
 UNSETTLED = ("created", "running")  # a worker that exits in these states died without saying why
-TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
+TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: a readable one marks it complete
+ADAPTER_RECORD = "grpo_box.json"  # in adapter/: {"step": N}, the training step the adapter was saved at
 
 
 class NotARunError(UserError, FileNotFoundError):
@@ -115,7 +117,8 @@ class RunDir:
         if self.status().get("state") not in UNSETTLED or self.worker_alive():
             return None
         message = f"the training process {how} before finishing; see {where or self.file(LOG)}"
-        self.set_status("failed", error=message)
+        with contextlib.suppress(OSError):  # a read-only or full run folder: the caller still reports it
+            self.set_status("failed", error=message)
         return message
 
     def discard_untrained(self) -> None:
@@ -175,11 +178,11 @@ class RunDir:
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first (see TRAINER_STATE)."""
-        return [p for p in self._checkpoint_dirs() if (p / TRAINER_STATE).is_file()]
+        return [p for p in self._checkpoint_dirs() if _complete(p)]
 
     def incomplete_checkpoints(self) -> list[Path]:
         """Checkpoint folders a crash or a full disk cut off before the Trainer finished them."""
-        return [p for p in self._checkpoint_dirs() if not (p / TRAINER_STATE).is_file()]
+        return [p for p in self._checkpoint_dirs() if not _complete(p)]
 
     def _checkpoint_dirs(self) -> list[Path]:
         root = self.file(CHECKPOINTS)
@@ -224,6 +227,25 @@ class RunDir:
 
     def has_adapter(self) -> bool:
         return is_adapter_dir(self.adapter_dir)
+
+    def record_adapter_step(self, step: int) -> None:
+        write_text_atomic(self.adapter_dir / ADAPTER_RECORD, json.dumps({"step": step}))
+
+    def adapter_step(self) -> int | None:
+        """The training step adapter/ was saved at; None when not recorded (an older or imported run)."""
+        try:
+            return int(json.loads((self.adapter_dir / ADAPTER_RECORD).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _complete(checkpoint: Path) -> bool:
+    """Whether the Trainer finished `checkpoint`: its trainer_state.json is a JSON object (an empty
+    or cut-off one means the disk filled up or the process died while writing it)."""
+    try:
+        return isinstance(json.loads((checkpoint / TRAINER_STATE).read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def create_run(config: RunConfig) -> RunDir:
@@ -292,8 +314,9 @@ def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
 
 def summarize(run: RunDir) -> dict[str, Any]:
     status = run.status()
-    if status.get("state") == "running" and run.settle_dead():  # its worker died while nobody watched
-        status = run.status()
+    settled = run.settle_dead() if status.get("state") == "running" else None  # its worker died unwatched
+    if settled:  # shown as settled even where the run folder cannot be written
+        status = {**status, "state": "failed", "error": settled}
     row = {"name": run.path.name, "path": str(run.path), "state": status.get("state"),
            "step": status.get("step", 0), "max_steps": status.get("max_steps"), "reward": None,
            "accuracy": None, "started": _started(run), "error": status.get("error")}

@@ -3,14 +3,15 @@
 `run_training(run)` is what the training child process (job.py) and the CLI call. It reads the
 run's config.yaml, trains with TRL's GRPOTrainer on the Unsloth-loaded model (see modeling.py),
 writes metrics/samples/status through RunFilesCallback, saves checkpoints, and saves the final
-LoRA adapter in `adapter/`. A STOP file (or SIGTERM) saves a checkpoint and stops; `resume=True`
-continues from the last checkpoint. A CUDA out-of-memory error is caught: the run is marked with
-the step and phase (rollout or training) and a concrete suggestion from `memory`, checkpoints are
-kept, and with `auto_fit` the run retries once with the next smaller setting, recording that it did.
-The error counts as out of memory also when a library wraps it (a reward function's RewardError
-has it as its cause). Before the first step, loading the model (vLLM's start-up included, whose
-"no memory for the cache blocks" is a ValueError) and the base-model evaluation are guarded the
-same way: the run is marked "out of memory at start-up (…)" with what to lower.
+LoRA adapter in `adapter/`. A STOP file (or SIGTERM) saves a checkpoint and stops (one that comes
+while the model loads ends the run before its first step); `resume=True` continues from the last
+checkpoint. A CUDA out-of-memory error is caught: the run is marked with the step and phase (rollout
+or training) and a concrete suggestion from `memory`, checkpoints are kept, and with `auto_fit` the
+run retries once with the next smaller setting, recording that it did. The error counts as out of
+memory also when a library wraps it (a reward function's RewardError has it as its cause). Before
+the first step, loading the model (vLLM's start-up included, whose "no memory for the cache blocks"
+is a ValueError) and the base-model evaluation are guarded the same way: the run is marked "out of
+memory at start-up (…)" with what to lower.
 """
 
 from __future__ import annotations
@@ -59,9 +60,12 @@ _VLLM_NO_CACHE = ("No available memory for the cache blocks", "larger than the a
 # - cuBLAS failing to allocate its workspace (RuntimeError "CUBLAS_STATUS_ALLOC_FAILED");
 # - vLLM's start-up check, ValueError "Free memory on device … is less than desired GPU memory
 #   utilization" (re-raised by unsloth_zoo as RuntimeError(str) after its retries);
-# - unsloth_zoo's standby wrapper, MemoryError "Unsloth: Your GPU ran out of memory loading vLLM …".
+# - unsloth_zoo's standby wrapper, MemoryError "Unsloth: Your GPU ran out of memory loading vLLM …";
+# - a CUDA driver API call failing (torch's C10_CUDA_DRIVER_CHECK, e.g. cuMemCreate/cuMemMap of
+#   expandable segments), RuntimeError "CUDA driver error: out of memory".
 _GPU_OOM_TEXT = ("cuda error: out of memory", "cublas_status_alloc_failed",
-                 "is less than desired gpu memory utilization", "gpu ran out of memory")
+                 "is less than desired gpu memory utilization", "gpu ran out of memory",
+                 "cuda driver error: out of memory")
 # vLLM's memory-profiling race (another process freed memory meanwhile) quotes free memory too: not an OOM
 _NOT_OOM_TEXT = ("error in memory profiling",)
 
@@ -250,7 +254,10 @@ class _Watchdog:
     """A thread in the worker that (1) asks for a stop when the parent that started the run attached
     to a terminal has died, so no orphan trains on; (2) ends a run that does not stop within a grace
     period after a stop was requested (stuck in user code or a hung generation): the status says so
-    and the run resumes from its last checkpoint."""
+    and the run resumes from its last checkpoint. The grace starts again whenever the step or the
+    phase changes (a stop asked while loading counts from when training begins) and is suspended
+    while the adapter is saved. A stop during a finished run's final evaluation ends the evaluation
+    at once: the run stays finished."""
 
     LOADING_GRACE = 600.0  # a vLLM start-up can take minutes
     MIN_GRACE = 120.0
@@ -269,7 +276,7 @@ class _Watchdog:
 
     def _watch(self) -> None:
         asked_at: float | None = None
-        step_at_ask = None
+        seen: tuple[Any, Any] | None = None  # (step, phase) when the grace last started
         while not self._done.wait(1.0):
             if self.parent_pid and os.getppid() != self.parent_pid and not self.run.stop_requested():
                 print("the terminal that started this run is gone: stopping after this step", file=sys.stderr)
@@ -278,8 +285,11 @@ class _Watchdog:
                 asked_at = None
                 continue
             status = self.run.status()
-            if asked_at is None or status.get("step") != step_at_ask:
-                asked_at, step_at_ask = time.time(), status.get("step")
+            if _in_final_evaluation(status) and not self._done.is_set():
+                self._end_evaluation()
+            mark = (status.get("step"), status.get("phase"))
+            if asked_at is None or mark != seen or mark[1] == "saving":
+                asked_at, seen = time.time(), mark
                 continue
             if time.time() - asked_at > self._grace(status) and not self._done.is_set():
                 self._give_up(status)
@@ -293,15 +303,30 @@ class _Watchdog:
             last = 0.0
         return max(self.MIN_GRACE, 3 * float(last or 0.0))
 
+    def _end_evaluation(self) -> None:
+        """The run finished and its adapter is saved; only the final evaluation is left to cut short."""
+        message = (f"the trained model's evaluation was stopped before it ended; training is saved: run "
+                   f"`python -m grpo_box eval {self.run.path}` to evaluate it")
+        print(message, file=sys.stderr, flush=True)
+        self.run.set_status("finished", evaluation_error=message)
+        os._exit(0)
+
     def _give_up(self, status: dict[str, Any]) -> None:
+        if _in_final_evaluation(self.run.status()):  # it finished meanwhile: never turn that into stopped
+            self._end_evaluation()
         last = self.run.last_checkpoint()
         where = f"resume continues from {last.name}" if last else "resume starts it again"
-        message = (f"did not stop within {self._grace(status):.0f} s of the stop request (step "
-                   f"{int(status.get('step') or 0) + 1} never ended: a reward function or generation that does not "
-                   f"return?); ended it; {where}")
+        stuck = ("loading the model or the base-model evaluation never ended" if status.get("phase") == "loading"
+                 else f"step {int(status.get('step') or 0) + 1} never ended: a reward function or generation that "
+                      "does not return?")
+        message = f"did not stop within {self._grace(status):.0f} s of the stop request ({stuck}); ended it; {where}"
         print(message, file=sys.stderr, flush=True)
         self.run.set_status("stopped", error=message)
         os._exit(3)
+
+
+def _in_final_evaluation(status: dict[str, Any]) -> bool:
+    return status.get("state") == "finished" and status.get("phase") == "done"
 
 
 def _handle_oom(run: RunDir, config: RunConfig, oom: TrainingOOM) -> None:
@@ -401,6 +426,9 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
     if trainer.pop_callback(ProgressCallback) is not None:  # absent with disable_tqdm
         trainer.add_callback(StepSummaryProgress())
     _track_phase(trainer, files)
+    if run.stop_requested():  # asked for while loading: end here, before a step that would only be thrown away
+        _stop_before_training(run, checkpoint)
+        return
     _guarded_train(trainer, files, checkpoint)
     if files.disk_problem:
         run.set_status("stopped", step=trainer.state.global_step, phase="done", error=files.disk_problem)
@@ -505,9 +533,19 @@ class _stop_on_sigterm:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+def _stop_before_training(run: RunDir, checkpoint: str | None) -> None:
+    where = f"resume continues from {os.path.basename(checkpoint)}" if checkpoint else "resume starts it again"
+    run.set_status("stopped", phase="done", error=f"stopped before training began (asked for while the model "
+                                                    f"loaded); nothing was lost: {where}")
+
+
 def _save_adapter(run: RunDir, trainer: Any, tokenizer: Any) -> None:
+    """Save the final adapter and the step it was trained to (see `RunDir.adapter_step`). While it
+    writes, the phase is "saving": the stop watchdog waits for a slow disk instead of cutting it off."""
+    run.set_status("running", phase="saving")
     trainer.model.save_pretrained(str(run.adapter_dir))
     tokenizer.save_pretrained(str(run.adapter_dir))
+    run.record_adapter_step(trainer.state.global_step)
 
 
 def _evaluate(run: RunDir, config: RunConfig, model: Any, tokenizer: Any, base: bool) -> None:

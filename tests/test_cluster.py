@@ -116,6 +116,20 @@ def test_reward_names_are_the_rubrics_without_importing_the_user_file(tmp_path):
     assert reward_names(config) == [f.__name__ for f in funcs] == ["correctness", "user:has_digit", "correctness_2"]
 
 
+def test_import_finds_the_newest_numbered_checkpoint_and_skips_other_folders(tmp_path):
+    from grpo_box.cluster_import import ImportAdapterError, find_adapter
+
+    for name in ("checkpoint-final", "checkpoint-2", "checkpoint-10"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+        (tmp_path / "checkpoints" / name / "adapter_config.json").write_text("{}")
+    assert find_adapter(tmp_path) == tmp_path / "checkpoints" / "checkpoint-10"
+    only_named = tmp_path / "named"
+    (only_named / "checkpoints" / "checkpoint-final").mkdir(parents=True)
+    (only_named / "checkpoints" / "checkpoint-final" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ImportAdapterError, match="give the job's output folder"):
+        find_adapter(only_named)
+
+
 def test_tensor_parallel_follows_the_heads():
     assert tensor_parallel(8, (32, 8)) == 8
     assert tensor_parallel(8, (12, 4)) == 4

@@ -259,3 +259,18 @@ def test_inference_loads_unsloth_with_the_training_kwargs(monkeypatch, tmp_path)
     with pytest.raises(Stop):
         inference._load_unsloth("/models/x", None, model, fast_inference=False)
     assert seen["fast_inference"] is False
+
+
+def test_generation_on_a_card_the_stack_cannot_use_is_refused_with_the_reason(monkeypatch):
+    """Chat, evaluation and the merge check load through `load_for_generation`: on a Pascal card under
+    a CUDA torch they are refused with the reason and the way to the CPU, not a kernel error mid-reply."""
+    from grpo_box import inference, modeling
+
+    monkeypatch.setattr(inference, "has_cuda", lambda: True)
+    monkeypatch.setattr(modeling, "has_cuda", lambda: True)
+    monkeypatch.setattr(hardware, "detect_gpu", lambda runner=None: GpuInfo("GTX 1080", 8.0, (6, 1)))
+    with pytest.raises(modeling.GpuUnusableError) as refused:
+        inference.load_for_generation("bundled:smollm2-135m-instruct")
+    message = str(refused.value)
+    assert message.startswith("this model cannot use the GPU: ") and "compute capability 6.1" in message
+    assert message.endswith("hide the card (CUDA_VISIBLE_DEVICES= )")

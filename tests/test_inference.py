@@ -162,6 +162,22 @@ def test_run_adapter_dir_prefers_final_then_checkpoint(tmp_path: Path) -> None:
     assert run_adapter_dir(run) == run.adapter_dir
 
 
+def test_run_adapter_dir_takes_a_checkpoint_newer_than_the_adapter(tmp_path: Path) -> None:
+    """After a `resume --steps N` cut short, checkpoint-7 is newer than adapter/ saved at step 5."""
+    run = RunDir(tmp_path)
+    newer = tmp_path / "checkpoints" / "checkpoint-7"
+    for folder in (run.adapter_dir, tmp_path / "checkpoints" / "checkpoint-5", newer):
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text("{}")
+        if folder != run.adapter_dir:
+            (folder / "trainer_state.json").write_text("{}")
+    assert run_adapter_dir(run) == run.adapter_dir  # no step recorded (an older run): adapter/ counts as newest
+    run.record_adapter_step(5)
+    assert run.adapter_step() == 5 and run_adapter_dir(run) == newer
+    run.record_adapter_step(7)
+    assert run_adapter_dir(run) == run.adapter_dir  # the same step: the final adapter
+
+
 @pytest.fixture(scope="module")
 def gguf() -> GGUFGenerator:
     generator = load_for_generation(bundled_gguf_path())

@@ -171,6 +171,24 @@ def test_resume_without_a_checkpoint_starts_over_with_empty_history(tmp_path):
     assert not run.file("checkpoints/checkpoint-1").exists()
 
 
+def test_a_checkpoint_whose_trainer_state_is_empty_or_cut_off_is_incomplete(tmp_path):
+    """A full disk can leave trainer_state.json empty or half-written: resume removes that checkpoint
+    and continues from the last one that reads."""
+    from grpo_box.train import _resume_point
+
+    run = _new_run(tmp_path)
+    for step in (1, 2, 3, 4):
+        run.append(METRICS, {"step": step})
+    root = run.file("checkpoints")
+    for step, state in ((1, '{"global_step": 1}'), (2, ""), (3, '{"global_st'), (4, "[]")):
+        (root / f"checkpoint-{step}").mkdir(parents=True)
+        (root / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert [c.name for c in run.checkpoints()] == ["checkpoint-1"]
+    assert [c.name for c in run.incomplete_checkpoints()] == ["checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    assert _resume_point(run) == str(root / "checkpoint-1")
+    assert _steps(run) == [1] and [p.name for p in root.iterdir()] == ["checkpoint-1"]
+
+
 # -- one worker per run, one job per machine, no orphans ---------------------------------------
 @pytest.mark.slow
 def test_a_second_start_or_worker_is_refused_and_does_not_touch_the_live_run(tmp_path):
@@ -372,33 +390,114 @@ def test_a_missing_model_or_data_file_is_refused_before_a_run_exists(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-STUCK = textwrap.dedent(
+# A worker's stop watchdog with its grace shrunk to seconds; `body` plays what the worker does.
+WATCHED = textwrap.dedent(
     """
     import sys, time
     from grpo_box import train
     from grpo_box.runs import open_run
     run = open_run(sys.argv[1])
-    run.set_status("running", step=2, max_steps=10, phase="training")
-    train._Watchdog.MIN_GRACE = 1.0  # seconds instead of minutes, for the test
+    train._Watchdog.MIN_GRACE, train._Watchdog.LOADING_GRACE = float(sys.argv[2]), 60.0
     with train._Watchdog(run, None):
-        run.request_stop()
-        time.sleep(120)  # a step that never ends: a reward stuck in user code
     """
 )
 
 
-def test_a_stop_that_user_code_ignores_is_forced_after_the_grace_period(tmp_path):
+def _watched(tmp_path: Path, body: str, grace: float) -> tuple[subprocess.CompletedProcess, RunDir, float]:
+    """Run `body` under the watchdog in a fresh process; its result, the run and how long it took."""
     run = _new_run(tmp_path / "runs")
-    script = tmp_path / "stuck.py"
-    script.write_text(STUCK)
+    script = tmp_path / "watched.py"
+    script.write_text(WATCHED + textwrap.indent(textwrap.dedent(body), "    "))
     began = time.time()
-    done = subprocess.run([sys.executable, str(script), str(run.path)], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 3 and time.time() - began < 30, done.stderr[-2000:]
+    done = subprocess.run([sys.executable, str(script), str(run.path), str(grace)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    return done, run, time.time() - began
+
+
+def test_a_stop_that_user_code_ignores_is_forced_after_the_grace_period(tmp_path):
+    done, run, seconds = _watched(tmp_path, """
+        run.set_status("running", step=2, max_steps=10, phase="training")
+        run.request_stop()
+        time.sleep(120)  # a step that never ends: a reward stuck in user code
+    """, grace=1.0)
+    assert done.returncode == 3 and seconds < 30, done.stderr[-2000:]
     status = run.status()
     assert status["state"] == "stopped"
     assert "did not stop within 1 s of the stop request (step 3 never ended" in status["error"]
     assert "resume starts it again" in status["error"]
+
+
+def test_a_stop_asked_for_while_loading_gets_its_grace_again_when_training_begins(tmp_path):
+    done, run, _ = _watched(tmp_path, """
+        run.set_status("running", step=0, max_steps=10, phase="loading")
+        run.request_stop()
+        time.sleep(5)  # the model loads for longer than the training grace
+        run.set_status("running", phase="training")
+        time.sleep(1.5)  # the first step, which ends with the stop: well within the grace
+        print("first step ended", flush=True)
+    """, grace=3.0)
+    assert done.returncode == 0 and "first step ended" in done.stdout, done.stderr[-2000:]
+    assert run.status()["state"] == "running" and "error" not in run.status()
+
+
+def test_a_slow_adapter_save_after_a_stop_is_not_cut_off(tmp_path):
+    done, run, seconds = _watched(tmp_path, """
+        run.set_status("running", step=2, max_steps=10, phase="training")
+        run.request_stop()
+        run.set_status("running", phase="saving")
+        time.sleep(6)  # a slow disk: twice the grace
+        print("saved", flush=True)
+        run.set_status("running", phase="done")
+        time.sleep(120)  # stuck after the save: the grace counts again
+    """, grace=3.0)
+    assert "saved" in done.stdout and done.returncode == 3 and seconds > 8, done.stderr[-2000:]
+    assert "did not stop within 3 s" in run.status()["error"]
+
+
+def test_a_stop_during_the_final_evaluation_ends_it_and_the_run_stays_finished(tmp_path):
+    done, run, seconds = _watched(tmp_path, """
+        run.set_status("finished", step=10, max_steps=10, phase="done")
+        run.request_stop()
+        time.sleep(120)  # the trained model's evaluation, generating
+    """, grace=1.0)
+    assert done.returncode == 0 and seconds < 30, done.stderr[-2000:]
+    status = run.status()
+    assert (status["state"], status["step"]) == ("finished", 10) and not status.get("error")
+    assert "evaluation was stopped" in status["evaluation_error"]
+    assert f"python -m grpo_box eval {run.path}" in status["evaluation_error"]
+
+
+# The user presses Stop while the model loads (after the real load, before the trainer starts).
+STOP_WHILE_LOADING = textwrap.dedent(
+    """
+    import sys
+    from grpo_box import modeling, train
+    from grpo_box.runs import open_run
+    run = open_run(sys.argv[1])
+    load = modeling.load_policy
+    def load_then_stop(config):
+        loaded = load(config)
+        run.request_stop()
+        return loaded
+    modeling.load_policy = load_then_stop
+    train.run_training(run)
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_stop_asked_for_while_loading_ends_the_run_before_its_first_step(tmp_path):
+    run = _new_run(tmp_path / "runs", "grpo.max_steps=1", "evaluate=false")
+    script = tmp_path / "stop_while_loading.py"
+    script.write_text(STOP_WHILE_LOADING)
+    done = subprocess.run([sys.executable, str(script), str(run.path)], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    status = run.status()
+    assert (status["state"], status["step"], status["phase"]) == ("stopped", 0, "done"), status
+    assert "stopped before training began" in status["error"] and "resume starts it again" in status["error"]
+    assert _steps(run) == [] and run.checkpoints() == [] and not run.has_adapter()
+    run.check_resumable()  # a plain `resume` takes it on (how resume trains is tested elsewhere)
 
 
 def test_stop_on_a_run_that_is_not_training_or_is_read_only_says_so(tmp_path):
@@ -414,6 +513,16 @@ def test_stop_on_a_run_that_is_not_training_or_is_read_only_says_so(tmp_path):
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         with pytest.raises(UserError, match=r"cannot ask .* to stop: Read-only file system .*make the run folder writable"):
             frozen.request_stop()
+
+
+def test_the_run_list_shows_a_dead_worker_settled_even_in_a_read_only_folder(tmp_path):
+    with _tmpfs(tmp_path / "ro", "1m", "to make a read-only run folder") as mount:
+        run = _new_run(mount)
+        run.set_status("running", step=1, max_steps=2)  # its worker died while nobody watched
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        [row] = list_runs(mount)
+        assert row["state"] == "failed" and "ended before finishing" in row["error"]
+        assert run.status()["state"] == "running"  # computed, not written: the folder is read-only
 
 
 def test_a_recycled_pid_in_status_json_does_not_count_as_alive(tmp_path):

@@ -91,7 +91,7 @@ and after an out-of-memory error, is in `fit`.
 
 from __future__ import annotations
 
-from .card import Card, choose_card
+from .card import Card, choose_card, detected_card
 from .components import (
     CUDA_CONTEXT_GB,
     GIB,
@@ -129,8 +129,8 @@ __all__ = [
     "COMPLETION_LADDER", "CPU_CORE_SECONDS_PER_PARAM_TOKEN", "CUDA_CONTEXT_GB", "FIT_SHARE", "GENERATION_LADDER",
     "GIB", "HIDDEN_BUFFERS", "LOGIT_BUFFERS", "NF4_BYTES_PER_PARAM", "RANK_LADDER", "TRL_FA2", "UNSLOTH",
     "VLLM_CONTEXT_GB", "VLLM_PROFILE_TOKENS", "Card", "Change", "Knob", "MemoryEstimate", "PreflightResult", "Stack",
-    "choose_card", "cpu_cores", "cpu_step_seconds", "describe_changes", "estimate", "estimate_report", "fit_to_card",
-    "format_estimate", "kv_bytes_per_token", "lora_params", "preflight", "preset_card_gb", "ram_verdict", "set_flags",
+    "choose_card", "cpu_cores", "cpu_step_seconds", "describe_changes", "detected_card", "estimate", "estimate_report",
+    "fit_to_card", "format_estimate", "kv_bytes_per_token", "lora_params", "preflight", "preset_card_gb", "ram_verdict", "set_flags",
     "smaller_setting", "standby_sets_share", "startup_oom_hint", "suggest_fix", "unsloth_context_tokens",
     "unsloth_standby_util", "verdict", "vllm_base_gb", "vllm_utilization", "weight_bytes",
 ]

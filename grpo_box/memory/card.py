@@ -8,9 +8,13 @@ A `Card` keeps how it was chosen, so that every verdict can say it next to the n
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import RunConfig
 from .components import preset_card_gb
+
+if TYPE_CHECKING:
+    from ..hardware import GpuInfo
 
 
 @dataclass(frozen=True)
@@ -32,14 +36,21 @@ def choose_card(config: RunConfig, vram_gb: float | None = None, *, detect: bool
 
         gpu = hardware.detect_gpu()
         if gpu is not None:
-            try:
-                free = hardware.free_vram_gb(gpu)
-            except Exception:  # a reading that fails must not stop the estimate
-                free = None
-            shown = f", {free:g} GB free" if free is not None and gpu.vram_gb - free > 0.25 else ""
-            return Card(gpu.vram_gb, f"detected {gpu.name} ({gpu.vram_gb:g} GB{shown})", free)
+            return detected_card(gpu)
     undetected = ", no GPU detected" if detect else ""
     preset = preset_card_gb(config.preset) if preset_fallback else None
     if preset:
         return Card(preset, f"assumed: preset's {preset:g} GB card{undetected}")
     return Card(None, "no GPU detected" if detect else "no card given")
+
+
+def detected_card(gpu: "GpuInfo") -> Card:
+    """A detected GPU as a Card, with the memory free on it now (another process's share shown)."""
+    from .. import hardware
+
+    try:
+        free = hardware.free_vram_gb(gpu)
+    except Exception:  # a reading that fails must not stop the estimate
+        free = None
+    shown = f", {free:g} GB free" if free is not None and gpu.vram_gb - free > 0.25 else ""
+    return Card(gpu.vram_gb, f"detected {gpu.name} ({gpu.vram_gb:g} GB{shown})", free)
