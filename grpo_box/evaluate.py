@@ -14,8 +14,12 @@ and reports pass@k with the unbiased estimator of Chen et al. (2021). Prompts ov
 `evaluate_run` does this for a run's base model and its adapter with one model load (the adapter
 is switched off for the base pass) and keeps the results in the run's `eval.json` as
 {"base": …, "trained": …, "delta": …}, merged with what was there, since training evaluates the
-base before it starts and the adapter after it ends. `evaluate_model` does the same for any model
-(plus an optional adapter) outside a run and writes the result to a file of the caller's choice.
+base before it starts and the adapter after it ends. The two sides can then have been scored on
+different rows (a resume after `data.eval_size` changed, `eval --trained-only --limit N`) or reply
+lengths (auto-fit lowered `grpo.max_completion_length`); each result records a digest of its
+prompts, and eval.json then gets a `warning` saying how to score both alike (`mismatch_warning`,
+also printed under `format_eval`'s table). `evaluate_model` does the same for any model (plus an
+optional adapter) outside a run and writes the result to a file of the caller's choice.
 
 `sample_dry_run` is the reward dry run on the base model's own output: a few training prompts,
 `num_generations` samples each at the training temperature, scored group by group with the
@@ -26,6 +30,7 @@ signal on this model.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -120,8 +125,14 @@ def evaluate(
     if sampled is not None:
         result.update(_pass_at(config, rows, funcs, sampled, k))
     result.update(model=config.model.name, adapter=str(adapter_dir) if adapter_dir else None, split=split,
-                  max_new_tokens=max_new, seconds=round(time.time() - started, 2), time=time.time())
+                  max_new_tokens=max_new, prompts_digest=prompts_digest(rows["prompt"]),
+                  seconds=round(time.time() - started, 2), time=time.time())
     return result
+
+
+def prompts_digest(prompts: list[Any]) -> str:
+    """Names the prompts a result was scored on (rows, system prompt, one-shot turn) in 16 hex digits."""
+    return hashlib.sha256(json.dumps(prompts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def sample_dry_run(
@@ -326,6 +337,10 @@ def evaluate_run(
     results.update(_base_and_trained(run.config(), adapter, base, k=k, limit=limit, progress=progress,
                                      max_new_tokens=max_new_tokens, generator=generator))
     results["delta"] = compare(results.get("base"), results.get("trained"))
+    results.pop("warning", None)
+    warning = mismatch_warning(results.get("base"), results.get("trained"), run.path)
+    if warning:
+        results["warning"] = warning
     if show is not None:
         show(results)
     _write_json(run.file(EVAL), results)
@@ -400,6 +415,26 @@ def compare(base: dict[str, Any] | None, trained: dict[str, Any] | None) -> dict
     return {**{k: v for k, v in delta.items() if v is not None}, "rewards": {k: v for k, v in rewards.items() if v is not None}}
 
 
+def mismatch_warning(base: dict[str, Any] | None, trained: dict[str, Any] | None, run_dir: str | Path) -> str | None:
+    """Why base and trained (scored at different times, see the module docstring) do not compare
+    like for like, with the command that rescores both; None when they do or it cannot be told."""
+    if not base or not trained:
+        return None
+    fix = f"run `python -m grpo_box eval {run_dir}` to score both on the same rows"
+    rows = base.get("rows"), trained.get("rows")
+    if None not in rows and rows[0] != rows[1]:
+        return f"base scored on {rows[0]} rows, trained on {rows[1]}: {fix}"
+    digests = base.get("prompts_digest"), trained.get("prompts_digest")
+    if None not in digests and digests[0] != digests[1]:
+        return (f"base and trained were scored on different prompts ({rows[1]} rows each: the held-out rows or the "
+                f"system prompt changed in between): {fix}")
+    lengths = base.get("max_new_tokens"), trained.get("max_new_tokens")
+    if None not in lengths and lengths[0] != lengths[1]:
+        return (f"base replies were cut at {lengths[0]} tokens, trained at {lengths[1]}: run "
+                f"`python -m grpo_box eval {run_dir}` to score both with the same length")
+    return None
+
+
 def _minus(a: Any, b: Any) -> float | None:
     ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
     return a - b if ok else None
@@ -432,7 +467,8 @@ def format_eval(result: dict[str, Any]) -> str:
         columns, delta = [("value", result)], None
     header = ["metric", *(name for name, _ in columns), *(["delta"] if delta else [])]
     rows = [header] + [_table_row(label, key, columns, delta) for label, key in _metrics(columns)]
-    return text_table(rows, right=range(1, len(header)), rule=True)
+    table = text_table(rows, right=range(1, len(header)), rule=True)
+    return f"{table}\nwarning: {result['warning']}" if result.get("warning") else table
 
 
 def _metrics(columns: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, tuple[str, ...]]]:

@@ -1,6 +1,7 @@
 """Export a trained run to GGUF for llama.cpp / Ollama / Open WebUI, and check every file.
 
-Steps (`export_run`): check the adapter, the converter and the architecture; check free disk
+Steps (`export_run`): find the adapter (`merge.require_adapter`: the one chat and evaluation
+load, adapter/ or a newer checkpoint), check the converter and the architecture; check free disk
 space against an estimate of every output; merge the LoRA into the 16-bit base if the run has no
 current merge (`grpo_box.merge`); convert with llama.cpp's `convert_hf_to_gguf.py` to f16 / bf16
 / q8_0 / f32; quantize K-quants and the rest with `llama_cpp.llama_model_quantize`
@@ -86,7 +87,7 @@ def export_run(run_dir: str | Path, quants: list[str] | tuple[str, ...] = DEFAUL
     say = progress or (lambda msg, frac: None)
     start = time.time()
     run = open_run(run_dir)
-    require_adapter(run)
+    adapter = require_adapter(run)
     quants = normalize_quants(quants)
     if not quants and not lora:
         raise ExportError("nothing to export: give at least one quantization (e.g. f16, q4_k_m) or lora=True")
@@ -102,7 +103,7 @@ def export_run(run_dir: str | Path, quants: list[str] | tuple[str, ...] = DEFAUL
         if quants:
             _export_full(run, base, quants, need_merge, report, say, verify, allow_4bit_merge, download_base)
         if lora:
-            report.lora = _export_lora(run, base, export_dir, say, verify)
+            report.lora = _export_lora(run, adapter, base, export_dir, say, verify)
     except BaseException as exc:
         report.warnings.append(f"the export stopped before all checks ran ({type(exc).__name__}: {exc})")
         raise
@@ -406,7 +407,8 @@ def _default_modelfile(export_dir: Path, best: GGUFResult) -> tuple[str, str]:
 
 
 # -- LoRA adapter as GGUF -------------------------------------------------------------------------
-def _export_lora(run: RunDir, base: BaseSource, export_dir: Path, say: Progress, verify: bool) -> LoraResult:
+def _export_lora(run: RunDir, adapter: Path, base: BaseSource, export_dir: Path, say: Progress,
+                 verify: bool) -> LoraResult:
     """convert_lora_to_gguf.py on the adapter; checked by loading base f16 GGUF + LoRA in llama.cpp."""
     stem = _slug(run.path.name)
     final = export_dir / f"{stem}-lora-f16.gguf"
@@ -415,7 +417,7 @@ def _export_lora(run: RunDir, base: BaseSource, export_dir: Path, say: Progress,
     t0 = time.time()
     with _staged(final) as tmp:
         say("converting the LoRA adapter to GGUF", 0.85)
-        llama_tools.convert_lora(run.adapter_dir, base_dir, tmp, "f16", logs / "lora.log")
+        llama_tools.convert_lora(adapter, base_dir, tmp, "f16", logs / "lora.log")
     result = LoraResult(str(final), final.stat().st_size, round(time.time() - t0, 1))
     _read_lora_metadata(final, result)
     result.usage = (f"llama.cpp: --model <base {base.name} GGUF> --lora {final}; "

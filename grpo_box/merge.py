@@ -3,7 +3,9 @@
 Training keeps the base frozen (often 4-bit) and saves only the LoRA adapter. llama.cpp, Ollama
 and most servers want one plain model, so export starts here: load the base in its original
 16/32-bit weights, apply the adapter with PEFT, `merge_and_unload()`, and save safetensors,
-tokenizer, chat template and generation config to `<run>/export/merged/`.
+tokenizer, chat template and generation config to `<run>/export/merged/`. The adapter is the one
+chat and evaluation load (`inference.run_adapter_dir`): adapter/, or a newer checkpoint when the
+last training was cut off before it saved adapter/.
 
 Why not Unsloth's `save_pretrained_merged(save_method="merged_16bit")`: it needs the Unsloth
 model object (a GPU session) and re-reads the 16-bit base from the Hugging Face cache anyway. We
@@ -34,7 +36,7 @@ from typing import Any
 
 from .errors import UserError
 from .hardware import has_cuda
-from .inference import NEUTRAL_HF, eos_token_ids
+from .inference import NEUTRAL_HF, eos_token_ids, run_adapter_dir
 from .models import BaseSource, locate_base
 from .progress import Progress
 from .chat_format import apply_run_format, prompt_text
@@ -104,18 +106,18 @@ def merge_with_report(run_dir: str | Path, out_dir: str | Path | None = None, pr
     say = progress or (lambda msg, frac: None)
     start = time.time()
     run = open_run(run_dir)
-    require_adapter(run)
+    adapter = require_adapter(run)
     config = run.config()
     out = Path(out_dir) if out_dir else default_merged_dir(run)
     say("locating the 16-bit base model", 0.02)
     base = locate_run_base(run, allow_4bit_merge=allow_4bit_merge, download_base=download_base)
     check_architecture(base.path, local_only=not download_base)
-    notes = _base_warnings(base)
+    notes = _base_warnings(base) + _checkpoint_note(run, adapter)
     say(f"loading base {base.name}", 0.05)
     model, dtype = load_base(base)
-    tokenizer = load_tokenizer(run, base)
-    say("applying the LoRA adapter", 0.25)
-    peft_model = _apply_adapter(model, run.adapter_dir)
+    tokenizer = load_tokenizer(adapter, base)
+    say(f"applying the LoRA adapter ({adapter.relative_to(run.path)})", 0.25)
+    peft_model = _apply_adapter(model, adapter)
     say("greedy reference with base + adapter", 0.3)
     apply_run_format(tokenizer, config.data)  # as the run trained; the merged tokenizer (and GGUF) keep it
     cases = build_cases(tokenizer, preamble(config.data), prompts)
@@ -127,7 +129,7 @@ def merge_with_report(run_dir: str | Path, out_dir: str | Path | None = None, pr
     _strip_quantization(merged)
     say("greedy check of the merged model", 0.6)
     _generate_all(merged, tokenizer, cases, "merged_ids", max_new_tokens)
-    report = _report(out, base, dtype, run, cases, start, notes)
+    report = _report(out, base, dtype, adapter, cases, start, notes)
     report.max_new_tokens, report.eos_ids = max_new_tokens, eos_token_ids(merged, tokenizer)
     say(f"saving merged model to {out}", 0.75)
     _save_atomic(merged, tokenizer, base, report, out)
@@ -145,17 +147,31 @@ def read_merge_info(merged_dir: str | Path) -> dict[str, Any] | None:
 
 
 def merged_is_current(run: RunDir, merged_dir: str | Path | None = None) -> bool:
-    """True when `merged_dir` holds a complete merge of the run's current adapter."""
+    """True when `merged_dir` holds a complete merge of the adapter the run offers (`run_adapter_dir`)."""
     info = read_merge_info(merged_dir or default_merged_dir(run))
-    return bool(info) and run.has_adapter() and info.get("adapter_fingerprint") == adapter_fingerprint(run.adapter_dir)
+    adapter = run_adapter_dir(run)
+    return bool(info) and adapter is not None and info.get("adapter_fingerprint") == adapter_fingerprint(adapter)
 
 
-def require_adapter(run: RunDir) -> None:
-    if not run.has_adapter():
+def require_adapter(run: RunDir) -> Path:
+    """The adapter merge and export use: the one chat and evaluation load (`inference.run_adapter_dir`)."""
+    adapter = run_adapter_dir(run)
+    if adapter is None:
         raise NoAdapterError(
             f"run {run.path.name} has no LoRA adapter ({run.adapter_dir}/{ADAPTER_CONFIG} is missing): "
             f"train first (python -m grpo_box train …), then merge or export"
         )
+    return adapter
+
+
+def _checkpoint_note(run: RunDir, adapter: Path) -> list[str]:
+    """Say so when the merged weights are a checkpoint's, not adapter/'s."""
+    if adapter == run.adapter_dir:
+        return []
+    saved = run.adapter_step()
+    why = (f"newer than adapter/ (saved at step {saved}): the last training stopped before saving adapter/"
+           if run.has_adapter() else "the run has no adapter/ yet")
+    return [f"merged {adapter.relative_to(run.path)}, {why}"]
 
 
 def adapter_fingerprint(adapter_dir: Path) -> str:
@@ -173,7 +189,8 @@ def adapter_fingerprint(adapter_dir: Path) -> str:
 # -- the base model -------------------------------------------------------------------------------
 def locate_run_base(run: RunDir, *, allow_4bit_merge: bool = False, download_base: bool = False) -> BaseSource:
     """The 16-bit base of the run's model (`models.locate_base`), the adapter's own base as a 4-bit fallback."""
-    adapter_base = read_adapter_config(run.adapter_dir).get("base_model_name_or_path") if run.has_adapter() else None
+    adapter = run_adapter_dir(run)
+    adapter_base = read_adapter_config(adapter).get("base_model_name_or_path") if adapter is not None else None
     return locate_base(run.config().model.name, adapter_base, allow_4bit_merge=allow_4bit_merge,
                        download_base=download_base)
 
@@ -271,11 +288,11 @@ def _strip_quantization(model: Any) -> None:
     model.is_quantized = False
 
 
-def load_tokenizer(run: RunDir, base: BaseSource) -> Any:
+def load_tokenizer(adapter: Path, base: BaseSource) -> Any:
     """The adapter's tokenizer (saved with it by training), else the base's; keeps a chat template."""
     from transformers import AutoTokenizer
 
-    sources = [str(run.adapter_dir), base.path]
+    sources = [str(adapter), base.path]
     tokenizer = None
     for src in sources:
         try:
@@ -284,7 +301,7 @@ def load_tokenizer(run: RunDir, base: BaseSource) -> Any:
         except (OSError, ValueError):
             continue
     if tokenizer is None:
-        raise MergeError(f"no tokenizer found in {run.adapter_dir} or {base.path}")
+        raise MergeError(f"no tokenizer found in {adapter} or {base.path}")
     if not tokenizer.chat_template and base.path != sources[0]:
         tokenizer.chat_template = AutoTokenizer.from_pretrained(base.path).chat_template
     if not tokenizer.chat_template:
@@ -366,7 +383,7 @@ def _generate_all(model: Any, tokenizer: Any, cases: list[dict[str, Any]], key: 
             case[key] = greedy_ids(model, tokenizer, case["prompt_ids"], max_new_tokens)
 
 
-def _report(out: Path, base: BaseSource, dtype: str, run: RunDir, cases: list[dict[str, Any]], start: float,
+def _report(out: Path, base: BaseSource, dtype: str, adapter: Path, cases: list[dict[str, Any]], start: float,
             notes: list[str]) -> MergeReport:
     matches = sum(c["merged_ids"] == c["adapter_ids"] for c in cases)
     changed = sum(c["adapter_ids"] != c["base_ids"] for c in cases)
@@ -374,8 +391,8 @@ def _report(out: Path, base: BaseSource, dtype: str, run: RunDir, cases: list[di
         notes.append("the adapter does not change any greedy reply on the check prompts (little training?)")
     if matches < len(cases):
         notes.append(f"merged model differs from base + adapter on {len(cases) - matches} of {len(cases)} prompts")
-    return MergeReport(str(out), base.name, base.path, base.quantized_4bit, dtype, str(run.adapter_dir),
-                       adapter_fingerprint(run.adapter_dir), cases, matches, changed, round(time.time() - start, 1),
+    return MergeReport(str(out), base.name, base.path, base.quantized_4bit, dtype, str(adapter),
+                       adapter_fingerprint(adapter), cases, matches, changed, round(time.time() - start, 1),
                        warnings=notes)
 
 

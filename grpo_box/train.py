@@ -11,7 +11,9 @@ run retries once with the next smaller setting, recording that it did. The error
 memory also when a library wraps it (a reward function's RewardError has it as its cause). Before
 the first step, loading the model (vLLM's start-up included, whose "no memory for the cache blocks"
 is a ValueError) and the base-model evaluation are guarded the same way: the run is marked "out of
-memory at start-up (…)" with what to lower.
+memory at start-up (…)" with what to lower. With `auto_fit`, a start-up OOM while vLLM loads retries
+once with vLLM's share moved one step: down when the share did not fit in the free memory, up when it
+held the weights but no KV cache.
 """
 
 from __future__ import annotations
@@ -44,11 +46,16 @@ class TrainingOOM(RuntimeError):
 
 
 class StartupOOM(RuntimeError):
-    """Out of memory before the first step: loading the model / vLLM, or the base-model evaluation."""
+    """Out of memory before the first step: loading the model / vLLM, or the base-model evaluation.
+    `no_kv_cache`: vLLM's share held the weights but no KV cache (too small, not too large)."""
 
-    def __init__(self, what: str, hint: str, detail: str):
+    def __init__(self, what: str, hint: str, detail: str, no_kv_cache: bool = False):
         super().__init__(f"out of memory at start-up ({what}); try: {hint}")
-        self.what, self.detail = what, detail
+        self.what, self.detail, self.no_kv_cache = what, detail, no_kv_cache
+
+
+LOADING = "loading model / vLLM cache"  # the StartupOOM.what of the model load, where vLLM starts
+_SHARE_STEP, _SHARE_RANGE = 0.05, (0.2, 0.95)  # an auto-fit move of vLLM's share, and how far it may go
 
 
 # vLLM's start-up errors when its share has no room for a KV cache (ValueErrors, not CUDA OOMs)
@@ -232,7 +239,7 @@ def _run_guarded(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: 
     except TrainingOOM as oom:
         _handle_oom(run, config, oom)
     except StartupOOM as oom:
-        run.set_status("failed", error=str(oom), oom={"step": 0, "phase": "start-up", "detail": oom.detail[:500]})
+        _handle_startup_oom(run, config, oom)
     except UserError as exc:  # bad data, a reward that failed, a full disk: the message says what to do
         run.set_status("failed", error=str(exc), traceback=traceback.format_exc())
         raise
@@ -338,10 +345,54 @@ def _handle_oom(run: RunDir, config: RunConfig, oom: TrainingOOM) -> None:
     run.set_status("failed", error=message, oom={"step": oom.step, "phase": oom.phase, "detail": oom.detail[:500]})
     if not config.auto_fit or status.get("auto_fit") or smaller is None:
         return
-    new_config, description = smaller
+    _save_retry(run, config, *smaller, after_step=oom.step, phase=oom.phase)
+
+
+def _handle_startup_oom(run: RunDir, config: RunConfig, oom: StartupOOM) -> None:
+    """Mark the run out of memory at start-up; with auto_fit, save the config with vLLM's share moved, once."""
+    status = run.status()
+    run.set_status("failed", error=str(oom), oom={"step": 0, "phase": "start-up", "detail": oom.detail[:500]})
+    moved = _moved_share(config, oom) if config.auto_fit and not status.get("auto_fit") else None
+    if moved is not None:
+        _save_retry(run, config, *moved, after_step=status.get("step") or 0, phase="start-up")
+
+
+def _save_retry(run: RunDir, config: RunConfig, new_config: RunConfig, change: str, *, after_step: int,
+                phase: str) -> None:
+    """Save the auto-fit config (the user's beside it) and mark the run for `job.Monitor` to resume."""
     write_text_atomic(run.file("config.before-autofit.yaml"), config.to_yaml())
     write_text_atomic(run.file(CONFIG), new_config.to_yaml())
-    run.set_status(RETRYING, error=None, auto_fit={"after_step": oom.step, "phase": oom.phase, "change": description})
+    run.set_status(RETRYING, error=None, auto_fit={"after_step": after_step, "phase": phase, "change": change})
+
+
+def _moved_share(config: RunConfig, oom: StartupOOM) -> tuple[RunConfig, str] | None:
+    """vLLM's share one step the way `memory.startup_oom_hint` says (up for no KV cache, else down),
+    with what changed; None when vLLM did not start here or the share is at its bound. Under standby
+    the share is Unsloth's target for the card, taken over with the override (None on an unknown card)."""
+    from .hardware import detect_gpu
+    from .memory import Change, describe_changes, standby_sets_share, vllm_utilization
+
+    m = config.model
+    if oom.what != LOADING or not m.fast_inference:
+        return None
+    standby = standby_sets_share(config)
+    try:
+        gpu = detect_gpu() if standby else None
+    except Exception:  # a driver that fails after the OOM: the OOM is still reported, without a retry
+        gpu = None
+    if standby and gpu is None:
+        return None
+    now = vllm_utilization(config, gpu.vram_gb if gpu else None)
+    new = round(now + (_SHARE_STEP if oom.no_kv_cache else -_SHARE_STEP), 2)
+    if not _SHARE_RANGE[0] <= new <= _SHARE_RANGE[1]:
+        return None
+    out = config.copy()
+    out.model.gpu_memory_utilization = new
+    changes = [Change("model.gpu_memory_utilization", now, new)]
+    if standby:
+        out.model.vllm_standby_util_override = True
+        changes.insert(0, Change("model.vllm_standby_util_override", False, True))
+    return out, describe_changes(changes)
 
 
 def _smaller_setting(config: RunConfig, oom_phase: str) -> tuple[RunConfig, str] | None:
@@ -376,7 +427,7 @@ def _startup_oom(config: RunConfig, what: str) -> contextlib.AbstractContextMana
         from .memory import startup_oom_hint
 
         hint = startup_oom_hint(config, vllm_cache=_no_kv_cache(oom))
-        return StartupOOM(what, hint, f"{type(oom).__name__}: {oom}")
+        return StartupOOM(what, hint, f"{type(oom).__name__}: {oom}", no_kv_cache=_no_kv_cache(oom))
 
     return _on_oom(as_error)
 
@@ -402,14 +453,14 @@ def _train_once(run: RunDir, config: RunConfig, resume: bool, extra_callbacks: l
     _check_enough_rows(config, len(train_rows))
     reward_funcs, weights = build_rubric(config.rewards, config.reward_file, template=config.data.template,
                                          timeout=config.reward_timeout)
-    with _startup_oom(config, "loading model / vLLM cache"):
+    with _startup_oom(config, LOADING):
         model, tokenizer = load_policy(config)
     apply_run_format(tokenizer, config.data)  # saved with every checkpoint and the adapter, so it travels on
     prefill = reply_prefill(config.data)
     for func in reward_funcs:
         func.reply_prefill = prefill
     check_prompt_lengths(train_rows, tokenizer, config.grpo.max_prompt_length)
-    if config.evaluate and not resume:
+    if config.evaluate and _base_unscored(run, checkpoint):
         with _startup_oom(config, "base-model evaluation"):
             _evaluate(run, config, model, tokenizer, base=True)
     files = RunFilesCallback(run, config.output.sample_every, config.grpo.max_steps, prefill,
@@ -450,6 +501,14 @@ def _final_evaluation(run: RunDir, config: RunConfig, model: Any, tokenizer: Any
     except Exception as exc:
         run.set_status("finished", evaluation_error=f"the trained model's evaluation failed ({type(exc).__name__}: "
                                                    f"{exc}); training is saved: run `python -m grpo_box eval {run.path}`")
+
+
+def _base_unscored(run: RunDir, checkpoint: str | None) -> bool:
+    """Whether a run that starts from step 0 has no base-model score yet: a fresh start, or the
+    auto-fit retry of a start-up OOM (a resume with no checkpoint to continue from)."""
+    from .evaluate import read_eval
+
+    return checkpoint is None and "base" not in read_eval(run.path)
 
 
 def _guarded_train(trainer: Any, files: RunFilesCallback, checkpoint: str | None) -> None:

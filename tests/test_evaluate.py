@@ -251,6 +251,29 @@ def test_evaluate_run_merges_into_existing_eval_json(run: RunDir) -> None:
     assert on_disk["trained"]["adapter"] == str(run.adapter_dir)
 
 
+def test_base_and_trained_scored_on_different_rows_are_flagged(tmp_path: Path) -> None:
+    """Training scores the base at its first start and the adapter at the end; a resume (or
+    `eval --trained-only --limit N`) in between can change the rows: eval.json and the table say so."""
+    run = create_run(small_config(tmp_path))
+    run.adapter_dir.mkdir()
+    (run.adapter_dir / "adapter_config.json").write_text("{}")  # the scripted generator loads nothing
+    right = Scripted(run.config(), lambda q, a, i: formatted(a))
+    evaluate_run(run.path, base=True, trained=False, generator=right)
+    result = evaluate_run(run.path, base=False, trained=True, limit=2, generator=right)
+    fix = f"run `python -m grpo_box eval {run.path}` to score both on the same rows"
+    assert read_eval(run.path)["warning"] == result["warning"] == f"base scored on 4 rows, trained on 2: {fix}"
+    assert f"warning: base scored on 4 rows, trained on 2: {fix}" in format_eval(result)
+
+    config = run.config()
+    config.data.seed = 1  # other held-out rows, as many
+    (run.path / "config.yaml").write_text(config.to_yaml())
+    result = evaluate_run(run.path, base=False, trained=True, generator=Scripted(config, lambda q, a, i: formatted(a)))
+    assert "different prompts (4 rows each" in result["warning"] and fix in result["warning"]
+
+    result = evaluate_run(run.path, generator=Scripted(config, lambda q, a, i: formatted(a)))  # both, as the fix says
+    assert "warning" not in result and "warning" not in read_eval(run.path) and "warning" not in format_eval(result)
+
+
 def test_evaluate_run_real_model(run: RunDir) -> None:
     steps: list[tuple[int, int, str]] = []
     result = evaluate_run(run.path, limit=2, max_new_tokens=12, progress=lambda *a: steps.append(a))

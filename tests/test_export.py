@@ -27,11 +27,15 @@ from grpo_box.export import (
     find_gguf,
     render_modelfile_template,
 )
+from grpo_box.inference import run_adapter_dir
 from grpo_box.merge import (
     NoAdapterError,
     UnsupportedArchitectureError,
+    adapter_fingerprint,
     merge_run,
     merge_with_report,
+    merged_is_current,
+    require_adapter,
 )
 from grpo_box.models import BaseWeightsMissingError
 from grpo_box.runs import RunDir, create_run
@@ -417,6 +421,25 @@ def test_export_and_merge_without_adapter_say_train_first(tmp_path: Path) -> Non
         export_run(run.path)
     with pytest.raises(NoAdapterError, match="train first"):
         merge_run(run.path)
+
+
+def test_merge_takes_the_checkpoint_that_chat_and_eval_load(tmp_path: Path, bundled_model_dir: Path) -> None:
+    """adapter/ saved at step 2, checkpoint-3 newer (a `resume --steps N` cut short): merge and
+    export use checkpoint-3, as `inference.run_adapter_dir` does, and the report says so."""
+    run = make_run(tmp_path, "cut-short")
+    stub_adapter(run)  # never loaded: merge must not pick it
+    run.record_adapter_step(2)
+    checkpoint = run.path / "checkpoints" / "checkpoint-3"
+    make_random_lora(bundled_model_dir, checkpoint, r=8, alpha=16, targets=run.config().lora.target_modules, std=0.04)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
+    assert require_adapter(run) == checkpoint == run_adapter_dir(run)
+
+    report = merge_with_report(run.path, prompts=("What is 7 + 5?",), max_new_tokens=4)
+    assert report.adapter == str(checkpoint) and report.adapter_fingerprint == adapter_fingerprint(checkpoint)
+    assert any("checkpoints/checkpoint-3" in note and "step 2" in note for note in report.warnings)
+    assert merged_is_current(run)  # export would not merge again
+    run.record_adapter_step(3)  # adapter/ is now the newest: the merge of checkpoint-3 is out of date
+    assert require_adapter(run) == run.adapter_dir and not merged_is_current(run)
 
 
 @pytest.mark.slow

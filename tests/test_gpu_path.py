@@ -296,6 +296,75 @@ def test_startup_hint_says_which_way_to_move_the_share():
         assert f"{direction} model.gpu_memory_utilization" in str(caught.value), what
 
 
+def _startup_oom_at_load(run: RunDir, error: BaseException) -> dict:
+    """vLLM's start-up error raised where the model loads, handled as the worker handles it; the status."""
+    from grpo_box.train import LOADING, StartupOOM, _handle_startup_oom, _startup_oom
+
+    config = run.config()
+    with pytest.raises(StartupOOM) as caught:
+        with _startup_oom(config, LOADING):
+            raise error
+    _handle_startup_oom(run, config, caught.value)
+    return run.status()
+
+
+@pytest.mark.parametrize("what,share", [("vLLM start-up free memory, re-raised by unsloth_zoo", 0.5),
+                                        ("vLLM no KV cache", 0.6)])
+def test_auto_fit_retries_a_vllm_start_up_oom_with_the_share_moved(tmp_path, what, share):
+    """Free memory below the share: lower it; no room for a KV cache beside the weights: raise it.
+    Saved once, as after a training OOM, for job.Monitor to resume in a fresh process."""
+    from grpo_box.runs import RETRYING, create_run
+
+    config = load_preset("8gb")
+    config.model.vllm_standby, config.auto_fit, config.output.runs_dir = False, True, str(tmp_path)
+    run = create_run(config)
+    before = run.file("config.yaml").read_text()
+    run.set_status("running", step=0, phase="loading")
+    status = _startup_oom_at_load(run, gpu_oom_errors()[what])
+    assert status["state"] == RETRYING and status["error"] is None and status["oom"]["phase"] == "start-up"
+    verb = "lower" if share < 0.55 else "raise"
+    assert status["auto_fit"] == {"after_step": 0, "phase": "start-up",
+                                  "change": f"{verb} model.gpu_memory_utilization from 0.55 to {share:g}"}
+    assert run.config().model.gpu_memory_utilization == share
+    assert run.file("config.before-autofit.yaml").read_text() == before
+
+    again = _startup_oom_at_load(run, gpu_oom_errors()[what])  # the retry ran out too: once only
+    assert again["state"] == "failed" and "out of memory at start-up" in again["error"]
+    assert run.config().model.gpu_memory_utilization == share
+
+
+def test_auto_fit_takes_vllms_share_over_from_standby_at_start_up(tmp_path, monkeypatch):
+    """Under standby Unsloth sets the share from the card; the retry takes it over one step lower."""
+    from grpo_box import hardware
+    from grpo_box.memory import unsloth_standby_util
+    from grpo_box.runs import create_run
+
+    monkeypatch.setattr(hardware, "detect_gpu", lambda *a: hardware.GpuInfo("NVIDIA GeForce RTX 3070", 7.6))
+    config = load_preset("8gb")
+    config.auto_fit, config.output.runs_dir = True, str(tmp_path)
+    run = create_run(config)
+    status = _startup_oom_at_load(run, gpu_oom_errors()["Unsloth's standby MemoryError"])
+    target = unsloth_standby_util(7.6)
+    assert status["auto_fit"]["change"] == (f"set model.vllm_standby_util_override to true, lower "
+                                            f"model.gpu_memory_utilization from {target:g} to {target - 0.05:.2f}")
+    fixed = run.config().model
+    assert fixed.vllm_standby_util_override and fixed.gpu_memory_utilization == round(target - 0.05, 2)
+
+
+def test_a_start_up_oom_is_not_retried_without_vllm_or_auto_fit(tmp_path):
+    from grpo_box.runs import create_run
+
+    for name, overrides in (("no-vllm", {"fast_inference": False, "vllm_standby": False}), ("no-auto-fit", {})):
+        config = load_preset("8gb")
+        config.auto_fit, config.output.runs_dir, config.output.run_name = name != "no-auto-fit", str(tmp_path), name
+        for key, value in overrides.items():
+            setattr(config.model, key, value)
+        run = create_run(config)
+        status = _startup_oom_at_load(run, gpu_oom_errors()["torch allocator"])
+        assert status["state"] == "failed" and "auto_fit" not in status, name
+        assert not run.file("config.before-autofit.yaml").exists()
+
+
 # ------------------------------------------------------------------------------------------------
 # which cards the CUDA 13 stack can use (item 3), and which card NVML reads (item 13)
 

@@ -427,6 +427,35 @@ def test_out_of_memory_is_reported_even_when_the_model_cannot_be_sized(tmp_path,
                                "lower grpo.num_generations or grpo.max_completion_length")
 
 
+def test_out_of_memory_in_the_final_evaluation_keeps_the_run_finished(tmp_path, bundled_model_dir):
+    """The adapter is saved and the run finished before the trained model is evaluated: an OOM in
+    that evaluation is recorded as evaluation_error, with the command that redoes it."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from grpo_box.runs import create_run
+    from grpo_box.train import _final_evaluation
+
+    class OutOfMemoryOnGenerate(torch.nn.Module):
+        """Stands in for the trained policy on a full GPU (the CUDA boundary): generation runs out of memory."""
+
+        def generate(self, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    config = resolve_config("cpu", overrides=[*FAST, "grpo.max_steps=2", f"output.runs_dir={tmp_path}"])
+    run = create_run(config)
+    run.adapter_dir.mkdir()
+    (run.adapter_dir / "adapter_config.json").write_text("{}")  # saved by training; the stand-in never loads it
+    run.set_status("finished", step=2, max_steps=2, phase="done")
+    model = OutOfMemoryOnGenerate().train()
+    _final_evaluation(run, config, model, AutoTokenizer.from_pretrained(str(bundled_model_dir)))
+    status = run.status()
+    assert (status["state"], status["step"], status["phase"]) == ("finished", 2, "done")
+    assert "evaluation failed (OutOfMemoryError: CUDA out of memory" in status["evaluation_error"]
+    assert status["evaluation_error"].endswith(f"training is saved: run `python -m grpo_box eval {run.path}`")
+    assert model.training  # handed back to the trainer as it was
+
+
 def test_unsloth_gpu_arguments_follow_the_preset(monkeypatch):
     config = load_preset("8gb")
     kwargs = unsloth_load_kwargs(config, "/models/qwen")
