@@ -152,9 +152,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 @command("worker")
 def cmd_worker(args: argparse.Namespace) -> int:
     from .runs import open_run
-    from .train import run_training
 
-    return _finish(run_training(open_run(args.run_dir), resume=args.resume, parent_pid=args.parent_pid))
+    run = open_run(args.run_dir)
+    if not args.resume and run.has_history():  # a fresh start here would train over the run's steps
+        raise UserError(f"{run.path.name} has already been trained (to step {run.status().get('step', 0)}); "
+                        f"continue it with `python -m grpo_box resume {run.path}`, or start a new run with "
+                        "`python -m grpo_box train`")
+    from .train import run_training  # after the check: it loads the training stack
+
+    return _finish(run_training(run, resume=args.resume, parent_pid=args.parent_pid))
 
 
 def _finish(run: Any) -> int:
@@ -164,6 +170,8 @@ def _finish(run: Any) -> int:
     print(f"\n{status['state']}: step {status.get('step')}/{status.get('max_steps')}  ({run.path})")
     if status.get("error"):
         print(f"error: {status['error']}", file=sys.stderr)
+    if status.get("evaluation_error"):  # finished and saved; only the held-out evaluation failed
+        print(f"evaluation: {status['evaluation_error']}", file=sys.stderr)
     return 0 if status["state"] in ("finished", "stopped", RETRYING) else 1
 
 

@@ -19,19 +19,23 @@ DeepSpeed ZeRO-3 or FSDP. `build_bundle` hands a run over to that path without a
   reward modules need only math-verify and PyYAML. A copy also pins the exact code the appliance
   ran, so the reward curves of the two compare.
 
-Nothing here loads a model or imports the user's reward file (it is copied, not run), so the app
-calls `build_bundle` in its own process. `cluster_import.import_adapter` brings the job's adapter
-back as a run directory.
+The bundle is written into a temporary folder beside its destination and swapped in once complete
+(`staged`), so a failure leaves no half bundle and keeps an earlier one. Nothing here loads a model
+or imports the user's reward file (it is copied, not run), so the app calls `build_bundle` in its
+own process. `cluster_import.import_adapter` brings the job's adapter back as a run directory.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,7 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .atomic import replace_dir
 from .cluster_plan import (BACKENDS, DEEPSPEED, DEFAULT_BACKEND, DEFAULT_NODES, REQUIREMENTS, SERVER_MEMORY_SHARE,
                            BatchPlan, Bundle, ClusterError, GpuSplit, node_commands, plan_batch, plan_split)
 from .cluster_readme import readme_text, translations, warnings_for
@@ -297,13 +302,28 @@ def default_out(name: str, run_dir: Path | None, split: GpuSplit, backend: str) 
     return run_dir / "cluster" / folder if run_dir else Path.cwd() / f"{name}-cluster-{folder}"
 
 
-def prepare_out(out: Path) -> None:
-    """An empty folder, or an earlier bundle (replaced); anything else is refused."""
-    if out.exists() and any(out.iterdir()):
-        if not (out / BUNDLE_MARKER).is_file():
-            raise ClusterError(f"{out} exists and is not a cluster bundle: choose another --out, or empty it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+def check_out(out: Path) -> None:
+    """`out` may be missing, an empty folder or an earlier bundle (replaced once the new one is
+    complete); anything else is refused."""
+    if out.exists() and not out.is_dir():
+        raise ClusterError(f"{out} is a file: give --out a folder for the bundle")
+    if out.is_dir() and any(out.iterdir()) and not (out / BUNDLE_MARKER).is_file():
+        raise ClusterError(f"{out} exists and is not a cluster bundle: choose another --out, or empty it")
+
+
+@contextlib.contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out` to write the bundle into; swapped in for `out` when the block
+    ends without an error, deleted either way, so a failure leaves no half bundle (and keeps an
+    earlier one). The same shape as merge.py's `_save_atomic`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary output folder
+        yield tmp
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_bundle(source: str | Path, gpus: int, nodes: int = DEFAULT_NODES, backend: str = DEFAULT_BACKEND,
@@ -317,12 +337,14 @@ def build_bundle(source: str | Path, gpus: int, nodes: int = DEFAULT_NODES, back
     split = plan_split(gpus, nodes, vllm_gpus, heads)
     batch = plan_batch(config.grpo, split.train_processes)
     target = Path(out).expanduser().resolve() if out else default_out(name, run_dir, split, backend)
-    prepare_out(target)
-    bundle = Bundle(target, split, batch, backend, reward_names(config))
-    _write_files(bundle, config, name, model, run_dir)
-    bundle.notes = model_notes + translations(config, split, batch)
-    bundle.warnings = warnings_for(config, split, batch, heads)
-    (target / "README.md").write_text(readme_text(bundle, config, name, model, source))
+    check_out(target)
+    with staged(target) as folder:
+        bundle = Bundle(folder, split, batch, backend, reward_names(config))
+        _write_files(bundle, config, name, model, run_dir)
+        bundle.notes = model_notes + translations(config, split, batch)
+        bundle.warnings = warnings_for(config, split, batch, heads)
+        (folder / "README.md").write_text(readme_text(bundle, config, name, model, source))
+    bundle.path = target
     return bundle
 
 

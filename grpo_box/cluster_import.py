@@ -65,7 +65,7 @@ def import_adapter(source: str | Path, name: str | None = None) -> RunDir:
     run.set_status("finished", step=steps, max_steps=int(job.get("max_steps") or steps), phase="done",
                    imported=True)
     record = {"from": str(folder), "adapter": str(adapter), "job": job, "original_base_model": original_base}
-    run.file(IMPORT_RECORD).write_text(json.dumps(record, indent=2))
+    write_text_atomic(run.file(IMPORT_RECORD), json.dumps(record, indent=2))
     return run
 
 

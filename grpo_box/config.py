@@ -6,8 +6,8 @@ its help text, range, step and choices as dataclass field metadata (`setting(...
 builds its widgets from `field_specs()`, and `check_fields()` checks types, ranges and fixed
 choices generically from the same metadata, so no range is written twice. Checks that need the
 registries (templates, tasks, rewards) or span several fields live in `validation.py`, the one
-`validate()`; this module imports nothing from the engine but `errors` and the bundled model's
-name from `models`, so it loads without torch or datasets.
+`validate()`; this module imports nothing from the engine but `errors`, `atomic` (for `save`) and
+the bundled model's name from `models`, so it loads without torch or datasets.
 
 The defaults are the cpu preset: `RunConfig()` is the runnable offline run (the bundled 135M model
 on the built-in arithmetic task, on the CPU), and `presets/cpu.yaml` adds only its name and card.
@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from .atomic import write_text_atomic
 from .errors import ConfigError
 from .models import BUNDLED_NAME, BUNDLED_PREFIX
 
@@ -236,9 +237,8 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        """Write `to_yaml()` to `path` directly, not atomically (this module cannot import runs): a file
-        in a run directory is written with `runs.write_text_atomic(path, config.to_yaml())` instead."""
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+        """Write `to_yaml()` to `path` atomically (a reader sees the old file or the new one)."""
+        write_text_atomic(Path(path), self.to_yaml())
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":

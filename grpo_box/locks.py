@@ -4,7 +4,8 @@ Both are `flock` locks held by the worker process for its whole life, so the ker
 when it exits however it exits (SIGKILL, a segfault, the OOM killer): a lock can never be left
 stale, and "is anyone training?" is answered by trying the lock, not by trusting a pid that may
 have been recycled. Each lock file also holds a JSON note of the holder (run, pid, start time),
-for messages.
+for messages and for `job.reattach`; the run is named by its absolute path, so a process started
+in another folder finds it.
 
 The machine lock is taken by the parent before it spawns the child (`job.start`) and handed to
 the child as an inherited descriptor, so two clicks (or the CLI and a browser tab) cannot both
@@ -67,7 +68,8 @@ def _try_lock(fd: int, attempts: int = 1) -> bool:
     return False
 
 
-def _note(fd: int, data: dict[str, Any]) -> None:
+def _note(fd: int, run_path: Path, pid: int) -> None:
+    data = {"run": str(Path(run_path).resolve()), "pid": pid, "since": time.time()}
     text = json.dumps(data).encode()
     os.ftruncate(fd, 0)
     os.pwrite(fd, text, 0)
@@ -114,7 +116,7 @@ def acquire_machine(run_path: Path, attempts: int = 20) -> int:
         note = read_note(path)
         os.close(fd)
         raise JobBusy(busy_message(note), note)
-    _note(fd, {"run": str(run_path), "pid": os.getpid(), "since": time.time()})
+    _note(fd, run_path, os.getpid())
     return fd
 
 
@@ -127,13 +129,13 @@ def acquire_run(run_path: Path, attempts: int = 20) -> int:
         os.close(fd)
         raise JobBusy(f"{run_path} is already being trained by another worker (pid {note.get('pid', '?')}); "
                       f"stop it first (`python -m grpo_box stop {run_path}`) or wait for it", note)
-    _note(fd, {"run": str(run_path), "pid": os.getpid(), "since": time.time()})
+    _note(fd, run_path, os.getpid())
     return fd
 
 
 def note_holder(fd: int, run_path: Path, pid: int) -> None:
     """Record the child that now holds a lock the parent took for it."""
-    _note(fd, {"run": str(run_path), "pid": pid, "since": time.time()})
+    _note(fd, run_path, pid)
 
 
 @contextlib.contextmanager

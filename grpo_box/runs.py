@@ -3,7 +3,8 @@
 Layout of `<runs_dir>/<run_name>/`:
     config.yaml        the RunConfig the run was started with (local data and reward-file paths made
                        absolute, so eval and resume work from any directory)
-    status.json        {"state": running|finished|failed|stopped|retrying, "step", "max_steps", "error", …}
+    status.json        {"state": running|finished|failed|stopped|retrying, "step", "max_steps", "error",
+                       "created_at" (when create_run made the run; the run list sorts by it), …}
     metrics.jsonl      one JSON line per optimizer step: every TRL metric, wall time, memory
     samples.jsonl      prompt, completions and per-function rewards every N steps
     train.log          the child's stdout/stderr
@@ -13,21 +14,23 @@ Layout of `<runs_dir>/<run_name>/`:
                        was saved at (a newer checkpoint after a cut-short `resume --steps N` wins)
     eval.json          evaluation results; export/ holds merged models and GGUF files
 
-Files are written whole (status) or appended line by line (metrics, samples), so a reader never
-sees a half-written JSON document. A crash during an append can still leave a torn last line:
-readers skip it (and `repair_tail` cuts it before the next append), while a broken line anywhere
-else is an error naming the file and line. A status write that cannot complete (a full disk) falls
-back to rewriting the file in place, so the final state is still recorded. A checkpoint counts
-only once the Trainer has written its `trainer_state.json` (the last file it saves) and it reads
-as JSON; a half-written one is skipped. Nothing secret (tokens) is ever written here.
+Files are written whole (status, through `write_text_atomic`) or appended line by line (metrics,
+samples), so a reader never sees a half-written JSON document. A crash during an append can still
+leave a torn last line: readers skip it (and `repair_tail` cuts it before the next append), while a
+broken line anywhere else is an error naming the file and line. A status write that cannot complete
+(a full disk) falls back to rewriting the file in place, so the final state is still recorded. A
+checkpoint counts only once the Trainer has written its `trainer_state.json` (the last file it
+saves) and it reads as JSON; a half-written one is skipped. Nothing secret (tokens) is ever written here.
+
+Runs are listed newest first by creation (`run_dirs`), skipping one deleted while it is listed.
+`open_run` and `create_run` give absolute paths, so the lock notes that name a run (locks.py)
+reattach from any working directory.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from . import locks
+from .atomic import write_text_atomic  # re-exported: the engine's one atomic write
 from .config import ConfigError, RunConfig, check_run_name
 from .errors import UserError
 
@@ -88,10 +92,10 @@ class RunDir:
     # -- status -----------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         path = self.file(STATUS)
-        if not path.is_file():
-            return {"state": "created"}
         try:
             data = json.loads(path.read_text())
+        except FileNotFoundError:  # not written yet (or the run was just deleted)
+            return {"state": "created"}
         except (ValueError, UnicodeDecodeError):
             # only a write that failed half-way can leave this (see set_status); the next write repairs it
             return {"state": "failed", "error": f"{path} is unreadable (a write was cut off); resume to continue"}
@@ -109,7 +113,7 @@ class RunDir:
         if locks.run_is_training(self.path):
             return True
         note = locks.running_job()
-        return bool(note) and note.get("run") == str(self.path)
+        return bool(note and note.get("run")) and Path(note["run"]).resolve() == self.path.resolve()
 
     def settle_dead(self, how: str = "ended", where: str | None = None) -> str | None:
         """Mark the run failed when its status says it trains but no worker lives (it was killed, or
@@ -123,8 +127,25 @@ class RunDir:
 
     def discard_untrained(self) -> None:
         """Delete this run folder when nothing was trained in it (a start refused after it was made)."""
-        if not self.status().get("step") and not self._checkpoint_dirs() and not self.has_adapter():
+        if not self.has_history():
             shutil.rmtree(self.path, ignore_errors=True)
+
+    def has_history(self) -> bool:
+        """Whether anything was trained in this run: a step, a metric line, a checkpoint or an adapter."""
+        metrics = self.file(METRICS)
+        return bool(self.status().get("step") or (metrics.is_file() and metrics.stat().st_size)
+                    or self._checkpoint_dirs() or self.has_adapter())
+
+    def created_at(self) -> float | None:
+        """When the run was made: status.json's `created_at` (written once by create_run), else, for
+        an older run, config.yaml's modification time; None when the run is gone."""
+        created = self.status().get("created_at")
+        if isinstance(created, (int, float)) and not isinstance(created, bool):
+            return float(created)
+        try:
+            return self.file(CONFIG).stat().st_mtime
+        except OSError:
+            return None
 
     # -- metrics / samples ------------------------------------------------------------------------
     def append(self, name: str, record: dict[str, Any]) -> None:
@@ -193,6 +214,11 @@ class RunDir:
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def resume_step(self) -> int:
+        """The step a resume continues from: the last complete checkpoint's, 0 without one."""
+        last = self.last_checkpoint()
+        return int(last.name.split("-")[-1]) if last else 0
+
     def check_resumable(self, how: str | None = None) -> None:
         """Refuse to resume a finished run: going further must say how many more steps (`extend`).
         `how` says where to give them (default: the CLI's `resume --steps N`)."""
@@ -204,16 +230,17 @@ class RunDir:
                 f"{how} (the finished adapter is kept as adapter-step-{status.get('step', 0)})")
 
     def extend(self, steps: int) -> int:
-        """Allow `steps` more steps on a stopped or finished run: max_steps grows, the current adapter is
+        """Allow `steps` more steps on a stopped or finished run, counted from the step a resume
+        continues from (the last complete checkpoint's; 0 without one), not from the status step,
+        which runs ahead of it when the run was killed between checkpoints. The current adapter is
         kept as adapter-step-<step> (and the history stays); returns the new max_steps."""
         if steps < 1:
             raise UserError(f"--steps {steps}: give a number of additional steps of at least 1")
         status = self.status()
-        done = int(status.get("step", 0))
         config = self.config()
-        config.grpo.max_steps = done + steps
+        config.grpo.max_steps = self.resume_step() + steps
         if self.has_adapter():
-            keep = self.file(f"{ADAPTER}-step-{done}")
+            keep = self.file(f"{ADAPTER}-step-{self.adapter_step() or int(status.get('step', 0))}")
             if not keep.exists():
                 shutil.copytree(self.adapter_dir, keep)
         write_text_atomic(self.file(CONFIG), config.to_yaml())
@@ -260,6 +287,7 @@ def create_run(config: RunConfig) -> RunDir:
     root = runs_root(config)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output.runs_dir={str(root)!r} is a file, not a folder: give a folder for the runs")
+    root = root.resolve()  # absolute: the lock notes name the run (see the module docstring)
     chosen = config.output.run_name
     name = chosen or time.strftime("%Y%m%d-%H%M%S") + f"-{config.preset}"
     path = root / name
@@ -279,7 +307,7 @@ def create_run(config: RunConfig) -> RunDir:
     absolute_paths(config)
     run = RunDir(path)
     write_text_atomic(run.file(CONFIG), config.to_yaml())
-    run.set_status("created", step=0, max_steps=config.grpo.max_steps)
+    run.set_status("created", step=0, max_steps=config.grpo.max_steps, created_at=time.time())
     return run
 
 
@@ -295,20 +323,40 @@ def absolute_paths(config: RunConfig) -> None:
 
 
 def open_run(path: str | Path) -> RunDir:
-    run = RunDir(Path(path).expanduser())
+    """The run directory at `path`, as an absolute path; NotARunError when it holds no config.yaml."""
+    run = RunDir(Path(path).expanduser().resolve())
     if not run.file(CONFIG).is_file():
         raise NotARunError(f"{run.path} is not a GRPO Box run directory (no {CONFIG}); `python -m grpo_box runs` "
                            "lists the runs")
     return run
 
 
+def run_dirs(root: str | Path | None = None) -> list[RunDir]:
+    """The runs under `root` (default: the default runs folder), newest first by creation (see
+    `RunDir.created_at`), with absolute paths as `open_run` gives them. A run deleted while it is
+    listed (from another page) is left out."""
+    root = (Path(root).expanduser() if root else default_runs_dir()).resolve()
+    found = []
+    for path in root.glob("*/" + CONFIG):
+        run = RunDir(path.parent)
+        created = run.created_at()
+        if created is not None:
+            found.append((created, run))
+    found.sort(key=lambda pair: pair[0], reverse=True)
+    return [run for _, run in found]
+
+
 def list_runs(root: str | Path | None = None) -> list[dict[str, Any]]:
     """One summary per run under `root` (newest first): name, state, step, last reward, start time,
-    held-out accuracy when evaluated. A run whose files cannot be read is listed with the reason."""
-    root = Path(root).expanduser() if root else default_runs_dir()
+    held-out accuracy when evaluated. A run whose files cannot be read is listed with the reason;
+    one deleted while it is listed is left out."""
     rows = []
-    for path in sorted(root.glob("*/" + CONFIG), key=lambda p: p.stat().st_mtime, reverse=True):
-        rows.append(summarize(RunDir(path.parent)))
+    for run in run_dirs(root):
+        try:
+            rows.append(summarize(run))
+        except OSError:
+            if run.file(CONFIG).exists():
+                raise
     return rows
 
 
@@ -319,7 +367,7 @@ def summarize(run: RunDir) -> dict[str, Any]:
         status = {**status, "state": "failed", "error": settled}
     row = {"name": run.path.name, "path": str(run.path), "state": status.get("state"),
            "step": status.get("step", 0), "max_steps": status.get("max_steps"), "reward": None,
-           "accuracy": None, "started": _started(run), "error": status.get("error")}
+           "accuracy": None, "started": run.created_at(), "error": status.get("error")}
     try:
         metrics = run.metrics()
         row["reward"] = metrics[-1].get("reward") if metrics else None
@@ -327,13 +375,6 @@ def summarize(run: RunDir) -> dict[str, Any]:
         row["error"] = str(exc)
     row["accuracy"] = _trained_accuracy(run)
     return row
-
-
-def _started(run: RunDir) -> float | None:
-    try:
-        return run.file(CONFIG).stat().st_mtime
-    except OSError:
-        return None
 
 
 def _trained_accuracy(run: RunDir) -> float | None:
@@ -410,26 +451,6 @@ def is_adapter_dir(path: str | Path | None) -> bool:
 def read_adapter_config(path: str | Path) -> dict[str, Any]:
     """The adapter folder's PEFT config (rank `r`, `base_model_name_or_path`, …)."""
     return json.loads((Path(path) / ADAPTER_CONFIG).read_text())
-
-
-def write_text_atomic(path: Path, text: str, fallback_in_place: bool = False) -> None:
-    """Write a whole file through a temporary one beside it and a rename, so a reader sees the old
-    file or the new one, never half of one; the temporary file never outlives a failed write. The
-    one atomic write of the engine (run files, eval.json, export reports and Modelfiles). With
-    `fallback_in_place`, a write the disk has no room for is retried in place after the temporary
-    file is gone (a small file such as status.json then still records the final state)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        if not (fallback_in_place and isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
-            raise
-        with path.open("r+" if path.exists() else "w") as fh:
-            fh.truncate(0)
-            fh.write(text)
 
 
 def free_bytes(path: Path) -> int:

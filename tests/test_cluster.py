@@ -130,6 +130,44 @@ def test_import_finds_the_newest_numbered_checkpoint_and_skips_other_folders(tmp
         find_adapter(only_named)
 
 
+def test_an_import_writes_a_finished_run_and_its_record(tmp_path):
+    """A cluster job's output folder (stand-in files) becomes a run; imported.json is written whole."""
+    from grpo_box.cluster_import import IMPORT_RECORD, import_adapter
+    from grpo_box.config import RunConfig
+
+    output = tmp_path / "output"
+    (output / "adapter").mkdir(parents=True)
+    (output / "adapter" / "adapter_config.json").write_text(json.dumps(
+        {"r": 4, "lora_alpha": 8, "target_modules": ["v_proj", "q_proj"], "base_model_name_or_path": "/cluster/m"}))
+    config = RunConfig()
+    config.output.runs_dir, config.output.run_name = str(tmp_path / "runs"), "tiny"
+    config.save(output / "run_config.yaml")
+    (output / "job.json").write_text(json.dumps({"steps": 2, "max_steps": 2}))
+    run = import_adapter(output)
+    assert run.path == tmp_path / "runs" / "tiny-cluster" and run.status()["state"] == "finished"
+    record = json.loads(run.file(IMPORT_RECORD).read_text())
+    assert record["original_base_model"] == "/cluster/m" and record["job"]["steps"] == 2
+    assert not list(run.path.rglob("*.tmp"))
+
+
+def test_a_bundle_that_fails_half_way_leaves_the_earlier_bundle_and_no_half_one(tmp_path):
+    """The bundle is written beside --out and swapped in at the end (cluster.staged)."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(12)))
+    source = tmp_path / "config.yaml"
+    source.write_text(f"preset: cpu\ndata: {{source: {data}, size: 8, eval_size: 2}}\n")
+    out = tmp_path / "bundles" / "b"
+    build_bundle(source, 2, out=out)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    data.write_text('{"question": "cut off')  # the data now fails to load, after the bundle folder is begun
+    from grpo_box.data import DataError
+
+    with pytest.raises(DataError, match="not valid JSON"):
+        build_bundle(source, 4, out=out)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert [p.name for p in out.parent.iterdir()] == ["b"]  # no temporary folder left beside it
+
+
 def test_tensor_parallel_follows_the_heads():
     assert tensor_parallel(8, (32, 8)) == 8
     assert tensor_parallel(8, (12, 4)) == 4

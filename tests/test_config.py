@@ -36,6 +36,20 @@ def test_yaml_round_trip(tmp_path):
     assert RunConfig.load(path) == config
 
 
+def test_save_replaces_the_file_whole_and_a_failed_save_leaves_no_temporary(tmp_path):
+    """A reader holding the old file keeps reading the old config: save writes a new file and renames it."""
+    path = tmp_path / "run.yaml"
+    RunConfig().save(path)
+    with path.open() as reader:
+        load_preset("8gb").save(path)
+        assert "bundled:" in reader.read() and RunConfig.load(path).preset == "8gb"
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError):
+        RunConfig().save(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.yaml", "taken"]
+
+
 @pytest.mark.parametrize(
     "overrides, field, fix",
     [

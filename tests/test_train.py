@@ -568,3 +568,19 @@ def test_grpo_arguments(tmp_path):
 
 
 # The GPU path's own tests (weights moved, peak VRAM against the estimate) are in tests/test_gpu_path.py.
+
+
+def test_the_cli_prints_a_failed_final_evaluation_after_a_finished_run(tmp_path: Path, capsys) -> None:
+    """`train`/`resume` end with the worker's summary: a finished run whose evaluation failed says so."""
+    from grpo_box.__main__ import _finish
+    from grpo_box.config import RunConfig
+    from grpo_box.runs import create_run
+
+    config = RunConfig()
+    config.output.runs_dir, config.output.run_name = str(tmp_path), "r"
+    run = create_run(config)
+    run.set_status("finished", step=2, max_steps=2, evaluation_error="the trained model's evaluation failed "
+                   "(OutOfMemoryError: x); training is saved: run `python -m grpo_box eval r`")
+    assert _finish(run) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("evaluation: the trained model's evaluation failed") and "python -m grpo_box eval" in err
