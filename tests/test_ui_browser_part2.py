@@ -61,6 +61,14 @@ def open_tab(page: Any, tab: str, ready: str, run: str = "demo") -> None:
         page.wait_for_function(f"() => document.querySelector('{ready} input')?.value === '{run}'", timeout=30000)
 
 
+def model_options(page: Any) -> list[str]:
+    """The Chat tab's model choices, as the open dropdown lists them."""
+    page.locator("#chat-model input").click()
+    options = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    return options
+
+
 def set_number(page: Any, elem_id: str, number: str) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(number)
@@ -78,7 +86,7 @@ def test_chat_streams_reasoning_and_compare_shows_two_panes(browser: Any, app: A
     set_number(page, "chat-temperature", "0")
     set_number(page, "chat-max-tokens", "64")
     page.locator("#chat-input textarea").fill(THINKS)
-    page.click("#chat-send")
+    page.locator("#chat-input textarea").press("Enter")  # Enter sends, as in every chat
 
     lengths: list[int] = []  # the bot's text as the reply streams in
     deadline = time.time() + 240
@@ -118,13 +126,23 @@ def test_chat_streams_reasoning_and_compare_shows_two_panes(browser: Any, app: A
     page.locator("#chat-compare-base").scroll_into_view_if_needed()
     page.screenshot(path=str(DOCS / "chat.png"), full_page=True)
 
-    # switching runs mid-reply stops that reply: the chat becomes the new run's and stays empty
+    # Clear mid-reply stops that reply: no late chunk brings the conversation back
     page.click("#chat-clear")
     set_number(page, "chat-max-tokens", "256")
-    page.locator("#chat-input textarea").fill("Tell me a long story about a robot who learns to count.")
+    story = "Tell me a long story about a robot who learns to count."
+    streaming = f"() => [...document.querySelectorAll('{BOT}')].map(e => e.innerText).join('').length > 10"
+    page.locator("#chat-input textarea").fill(story)
     page.click("#chat-send")
-    page.wait_for_function(f"() => [...document.querySelectorAll('{BOT}')].map(e => e.innerText).join('').length > 10",
-                           timeout=120000)
+    page.wait_for_function(streaming, timeout=120000)
+    page.click("#chat-clear")
+    page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 0", timeout=30000)
+    page.wait_for_timeout(3000)
+    assert page.locator(BOT).count() == 0
+
+    # switching runs mid-reply stops that reply: the chat becomes the new run's and stays empty
+    page.locator("#chat-input textarea").fill(story)
+    page.click("#chat-send")
+    page.wait_for_function(streaming, timeout=120000)
     page.locator("#chat-run input").click()
     page.get_by_role("option", name="demo", exact=True).click()
     page.wait_for_function(f"() => document.querySelectorAll('{BOT}').length === 0", timeout=30000)
@@ -153,6 +171,8 @@ def test_export_verifies_downloads_and_serves(browser: Any, app: Any, tmp_path: 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors = PageErrors(page)
     page.goto(app.url)
+    open_tab(page, "chat", "#chat-run")  # opened before the export: it lists no GGUF yet
+    assert not any("GGUF:" in option for option in model_options(page))
     open_tab(page, "export", "#export-run")
     page.click("#export-start")
     page.wait_for_function("() => /Export|exported/.test(document.querySelector('#export-message')?.innerText || '')",
@@ -177,6 +197,16 @@ def test_export_verifies_downloads_and_serves(browser: Any, app: Any, tmp_path: 
         llm.close()
     DOCS.mkdir(exist_ok=True)
     page.screenshot(path=str(DOCS / "export.png"), full_page=True)
+    page.click("#tab-chat-button")  # back on Chat, the same run: the new GGUF is a model to chat with
+    page.wait_for_function("() => document.querySelector('#chat-run input')?.value === 'demo'", timeout=30000)
+    listed: list[str] = []
+    for _ in range(30):  # the tab's refresh answers within a second or two
+        listed = model_options(page)
+        if "GGUF: demo-q4_k_m.gguf (what Ollama will say)" in listed:
+            break
+        page.wait_for_timeout(1000)
+    assert "GGUF: demo-q4_k_m.gguf (what Ollama will say)" in listed, listed
+    page.click("#tab-export-button")
 
     set_number(page, "serve-port", "0")
     page.click("#serve-start")

@@ -44,6 +44,19 @@ def test_placement_says_where_the_chat_runs(model: str, gpu: bool, training: str
         assert training in where.note
 
 
+def test_a_gguf_goes_to_the_gpu_only_where_llama_cpp_offloads_and_nothing_trains(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    gguf = ChatSource("x.gguf", None, None, None)
+    monkeypatch.setenv("GRPO_BOX_GPU_LAYERS", "0")  # a llama.cpp built for the CPU (as here)
+    assert chat_cache.placement(gguf, True, None, "wait").device == "cpu"
+    monkeypatch.setenv("GRPO_BOX_GPU_LAYERS", "-1")  # a CUDA build
+    assert chat_cache.placement(gguf, True, None, "wait") == chat_cache.Placement(
+        "gpu", "GGUF in llama.cpp on the GPU: the replies Ollama and llama.cpp will give.")
+    busy = chat_cache.placement(gguf, True, "r1", "wait")  # never waits: llama.cpp is quick on the CPU
+    assert (busy.device, busy.wait) == ("cpu", False) and "training (r1) holds the GPU" in busy.note
+    assert chat_cache.placement(gguf, False, None, "wait").device == "cpu"
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path) -> Any:
     tmp = tmp_path_factory.mktemp("ui-chat")
@@ -249,3 +262,19 @@ def test_a_data_source_that_fails_to_load_is_a_message(tmp_path: Path, monkeypat
     assert "No held-out prompts" in note and "DatasetGenerationError: An error occurred" in note
     assert "data.source" in note and index == gr.skip()
     chat_tab._held_out.cache_clear()
+
+
+def test_the_follower_lets_go_of_an_idle_gpu_chat_model_once_a_job_trains(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job started anywhere (here: as the machine lock reports one) while no page chats: the app's
+    background follower drops the chat model cached on the GPU; not while a reply holds it."""
+    from grpo_box.ui import watch
+
+    closed: list[bool] = []
+    monkeypatch.setitem(chat_cache._loaded, "key", ("m", None, "gpu", None))
+    monkeypatch.setitem(chat_cache._loaded, "generator", SimpleNamespace(close=lambda: closed.append(True)))
+    monkeypatch.setattr(watch.job, "running_run", lambda: SimpleNamespace(path=Path("runs/from-the-cli")))
+    with chat_cache.turn():  # a reply streams: it is left alone (the next reply sees the job)
+        watch.follow_once()
+    assert closed == [] and chat_cache.loaded_key() is not None
+    watch.follow_once()
+    assert closed == [True] and chat_cache.loaded_key() is None

@@ -89,3 +89,40 @@ def test_a_claim_is_held_once_until_released() -> None:
     assert claims.holder("run-a") is None and claims.claim("run-a")
     claims.note("nobody", line="x")  # a note for a free key is dropped
     assert claims.holder("nobody") is None
+
+
+def test_training_is_refused_while_a_child_holds_a_model(tmp_path) -> None:
+    """While an `eval` child runs (here: seen from its own stderr line, so it is surely running),
+    starting or resuming training is refused with a message naming it, and the run is known to be in
+    use (Delete waits); a child without a model is not counted."""
+    from grpo_box.config import RunConfig
+    from grpo_box.runs import create_run
+    from grpo_box.ui.train_tab import resume_run
+
+    config = RunConfig()
+    config.output.runs_dir, config.output.run_name = str(tmp_path / "runs"), "stopped"
+    run = create_run(config)
+    run.set_status("stopped", step=1, max_steps=3)
+    seen: list[tuple[list[str], str]] = []
+    using: list[list[str]] = []
+
+    def during(line: str) -> None:
+        using.append(child.children_using(run.path))  # what the Runs tab's Delete asks
+        try:
+            resume_run(str(run.path))
+        except UserError as exc:
+            seen.append((child.model_children(), str(exc)))
+
+    with pytest.raises(child.ChildError):  # no adapter to evaluate: it fails, after saying so on stderr
+        child.run_cli(["eval", str(run.path), "--json"], timeout=120, on_line=during)
+    busy, message = seen[0]
+    assert busy == [f"python -m grpo_box eval {run.path}"] and using[0] == busy
+    assert child.children_using(tmp_path) == []
+    assert message.startswith(f"`{busy[0]}` is running in this app and holds a model in memory. Training would")
+    assert child.model_children() == []  # gone once it ended
+    assert run.status()["state"] == "stopped"  # nothing started
+    listed: list[list[str]] = []
+    with pytest.raises(child.ChildError):  # an estimate loads no model (here it fails, on stderr)
+        child.run_cli(["estimate", "--preset", "cpu", "--set", "grpo.num_generations=3"], timeout=120,
+                      on_line=lambda line: listed.append(child.model_children()))
+    assert listed and listed[0] == []

@@ -54,6 +54,24 @@ def test_hints_flag_no_signal_and_a_reward_that_never_pays():
     assert hints(_metrics(2))[0][0] == "info" and "Watch the reward curves" in hints(_metrics(2))[0][1]
 
 
+def test_a_finished_run_whose_evaluation_failed_says_so_beside_its_status():
+    status = {"state": "finished", "step": 2, "max_steps": 2, "evaluation_error": "the trained model's evaluation "
+              "failed (OutOfMemoryError: …); training is saved: run `python -m grpo_box eval runs/r`"}
+    html = status_html("r", status, _metrics(2), alive=False)
+    assert "Evaluation not done" in html and "training is saved" in html and "What happened" not in html
+
+
+def test_hints_repeat_the_workers_warning_for_an_all_masked_step():
+    from grpo_box.callbacks import ALL_MASKED
+
+    metrics = _metrics(5)
+    for m in metrics[2:4]:
+        m["warning"] = ALL_MASKED  # as RunFilesCallback writes it beside the step's metrics
+    texts = [text for kind, text in hints(metrics) if kind == "warning"]
+    assert f"Step 3, 4: {ALL_MASKED}" in texts
+    assert not any("updated nothing" in t for _, t in hints(_metrics(5)))
+
+
 def test_a_sampled_group_shows_reasoning_answer_scores_total_and_advantage():
     sample = {"step": 4, "prompt": "What is 2 + 3?", "completions": ["<think>2 plus 3</think><answer>5</answer>", "6"],
               "rewards": {"correctness": [1.0, 0.0], "xml_count": [0.5, None]}, "advantages": [0.7, -0.7]}

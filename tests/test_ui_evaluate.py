@@ -47,6 +47,17 @@ def test_summary_colours_the_change() -> None:
     assert eval_view.summary_html({}) == ""
 
 
+def test_base_and_trained_scored_on_different_rows_are_flagged_above_the_table(tmp_path: Path) -> None:
+    from grpo_box.evaluate import mismatch_warning
+
+    trained = {**TRAINED, "rows": 2}
+    warning = mismatch_warning(BASE, trained, tmp_path)  # the engine's own words, as eval.json keeps them
+    html = eval_view.summary_html({**RESULTS, "trained": trained, "warning": warning})
+    assert html.index("Not a like-for-like comparison") < html.index("evaluate-summary-table")
+    assert "base scored on 3 rows, trained on 2" in html and "Evaluate base and trained" in html
+    assert "Not a like-for-like" not in eval_view.summary_html(RESULTS)
+
+
 def test_bars_stand_side_by_side_from_zero() -> None:
     frame = eval_view.bar_frame(RESULTS)
     assert list(frame["bar"][:2]) == ["accuracy · base", "accuracy · trained"]

@@ -14,7 +14,9 @@ line per GGUF, download paths allowed once, and a missing 16-bit base explained 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -159,6 +161,14 @@ def test_evaluate_chat_export_serve_from_the_page(app: LiveApp, page: Session) -
     from grpo_box.ui import chat_cache
 
     assert "demo-q4_k_m.gguf" in str(chat_cache.loaded_key())  # the reply came from the GGUF in llama.cpp
+    first = chat_cache.loaded_key()
+    gguf = app.runs_dir / "demo" / "export" / "demo-q4_k_m.gguf"
+    shutil.copy2(gguf, gguf.with_suffix(".again"))
+    os.replace(gguf.with_suffix(".again"), gguf)  # exported again under the same name, as an export does
+    again = page.call("/chat_send", "demo", "gguf:demo-q4_k_m.gguf", reopened["chat.system"], 0.0, 1.0, 16,
+                      "wait", "What is 2 + 2?", [], [])
+    assert "finished in" in again["chat.note"], again["chat.note"]
+    assert chat_cache.loaded_key() != first and chat_cache.loaded_key()[:3] == first[:3]  # the new file, loaded
 
     started = page.call("/serve_start", "demo", "demo-q4_k_m.gguf", "", "127.0.0.1", 0)
     url = re.search(r'id="serve-url">([^<]+)<', started["serve.status"]).group(1)
@@ -185,6 +195,17 @@ def test_evaluate_chat_export_serve_from_the_page(app: LiveApp, page: Session) -
 
 
 # -- what goes wrong ----------------------------------------------------------------------------
+def test_chat_with_a_run_without_adapter_says_what_to_choose(page: Session) -> None:
+    """Said in the page's words (its Model choice), not the engine's (the CLI's --base flag); the
+    message typed stays in the box, to send again."""
+    out = page.call("/chat_send", "untrained", "trained", None, 0.0, 1.0, 16, "wait", "What is 2 + 2?", [], [])
+    assert "untrained has no trained adapter yet" in out["chat.note"]
+    assert "Choose 'base model (untrained)' in Model" in out["chat.note"] and "--base" not in out["chat.note"]
+    assert out["chat.input"] == {"__type__": "update"} and out["chat.bot"] == []  # the box is left as typed
+    compared = page.call("/chat_compare", "untrained", None, "What is 2 + 2?", 0.0, 1.0, 16, "wait")
+    assert "Compare needs one: train it first" in compared["chat.note"] and "--base" not in compared["chat.note"]
+
+
 def test_export_of_a_run_without_adapter_says_train_first(page: Session) -> None:
     out = page.call("/export_run", "untrained", ["q4_k_m"], False, False)
     assert "Export failed" in out["export.message"] and "train first" in out["export.message"]

@@ -73,8 +73,9 @@ def build(reg: Registry) -> None:
     reg.add("chat.history", gr.State([]))  # the conversation as the model sees it (whole replies)
     reg.add("chat.bot", gr.Chatbot(label="Chat", height=420, elem_id="chat-bot", buttons=["copy"]))
     with gr.Row():
-        reg.add("chat.input", gr.Textbox(label="Message", placeholder="Ask something…", lines=2, scale=5,
-                                         elem_id="chat-input"))
+        # lines=1: Gradio sends on Enter only for a one-line box (Shift+Enter adds a line; it grows to max_lines)
+        reg.add("chat.input", gr.Textbox(label="Message", placeholder="Ask something… (Enter sends, Shift+Enter: "
+                                         "a new line)", lines=1, max_lines=8, scale=5, elem_id="chat-input"))
         with gr.Column(scale=1, min_width=120):
             reg.add("chat.send", gr.Button("Send", variant="primary", elem_id="chat-send"))
             reg.add("chat.stop", gr.Button("Stop", elem_id="chat-stop"))
@@ -100,14 +101,13 @@ def build(reg: Registry) -> None:
 def wire(reg: Registry) -> None:
     run = reg["chat.run"]
     sampling = [reg["chat.temperature"], reg["chat.top_p"], reg["chat.max_tokens"], reg["chat.when_training"]]
-    run_choice.wire_refresh(reg, "chat")
-    send = reg["chat.send"].click(
-        _send(reg), inputs=[run, reg["chat.model"], reg["chat.system"], *sampling, reg["chat.input"],
-                            reg["chat.history"], reg["chat.bot"]],
+    run_choice.wire_refresh(reg, "chat", _models(reg), [reg["chat.model"]], inputs=[reg["chat.model"]])
+    send = gr.on(  # the button, or Enter in the message box
+        [reg["chat.send"].click, reg["chat.input"].submit], _send(reg),
+        inputs=[run, reg["chat.model"], reg["chat.system"], *sampling, reg["chat.input"], reg["chat.history"],
+                reg["chat.bot"]],
         outputs=[reg["chat.bot"], reg["chat.history"], reg["chat.input"], reg["chat.note"]],
         api_name="chat_send", concurrency_limit=8, show_progress="hidden")
-    reg["chat.clear"].click(lambda: ([], [], ""), outputs=[reg["chat.bot"], reg["chat.history"], reg["chat.reference"]],
-                            api_visibility="private")
     reg["chat.heldout"].click(_heldout(reg), inputs=[run, reg["chat.heldout_index"]],
                               outputs=[reg["chat.input"], reg["chat.reference"], reg["chat.heldout_index"],
                                        reg["chat.compare_input"]], api_name="chat_heldout")
@@ -116,6 +116,10 @@ def wire(reg: Registry) -> None:
                                *sampling[1:]],
         outputs=[reg["chat.compare_base"], reg["chat.compare_trained"], reg["chat.note"]],
         api_name="chat_compare", concurrency_limit=8, show_progress="hidden")
+    # cleared only once the stream is cancelled: cleared alongside, a late chunk would bring the reply back
+    reg["chat.clear"].click(None, cancels=[send, compare], api_visibility="private") \
+        .then(lambda: ([], [], ""), outputs=[reg["chat.bot"], reg["chat.history"], reg["chat.reference"]],
+              api_visibility="private")
     reg["chat.stop"].click(lambda: messages.warning("Stopped: the reply was cut short."), outputs=[reg["chat.note"]],
                            cancels=[send, compare], api_visibility="private")
     # another run: its model, not this stream; the chat is cleared only once the stream is cancelled,
@@ -123,7 +127,8 @@ def wire(reg: Registry) -> None:
     run.change(None, cancels=[send, compare], api_visibility="private") \
         .then(_open(reg), inputs=[run], api_name="chat_open",
               outputs=[reg[k] for k in ("chat.system", "chat.model", "chat.note", "chat.bot", "chat.history",
-                                        "chat.reference", "chat.compare_base", "chat.compare_trained")])
+                                        "chat.reference", "chat.compare_base", "chat.compare_trained",
+                                        "chat.heldout_index")])
 
 
 def page_load(reg: Registry) -> tuple[list[Any], list[Any], Any]:
@@ -155,9 +160,16 @@ def source(run: Path, choice: str) -> tuple[ChatSource, bool]:
         trained = resolve_source(run)
     except chat.ChatError:
         if choice == "trained":
-            raise
+            raise UserError(no_adapter(run.name)) from None
         return base_only, False  # no adapter yet: the base model alone
     return trained, choice == "base"
+
+
+def no_adapter(name: str, compare: bool = False) -> str:
+    """The page's words for a run with no trained adapter (the engine's name the CLI's --base flag)."""
+    what = "Compare needs one: train it first (Train tab)." if compare else (
+        "Choose 'base model (untrained)' in Model, or train it first (Train tab).")
+    return f"{name} has no trained adapter yet (no adapter/ and no checkpoint). {what}"
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -165,7 +177,7 @@ def _open(reg: Registry):
     def open_(name: str | None) -> tuple[Any, ...]:
         """Preselect the run's system prompt and list its models (adapter, base, exported GGUFs)."""
         run = run_choice.run_path(reg, name)
-        empty = ([], [], "", [], [])
+        empty = ([], [], "", [], [], -1)  # bot, history, reference, both panes, held-out position
         if run is None:
             return "", gr.update(choices=_model_choices(None), value="trained"), "", *empty
         try:
@@ -179,6 +191,19 @@ def _open(reg: Registry):
         return system, gr.update(choices=_model_choices(run), value=value), note, *empty
 
     return open_
+
+
+def _models(reg: Registry):
+    def models(name: str, chosen: str | None) -> tuple[Any]:
+        """The run's models listed again (a GGUF exported since it was chosen); the choice kept while it exists."""
+        run = run_choice.run_path(reg, name)
+        if run is None:
+            return (gr.skip(),)
+        choices = _model_choices(run)
+        kept = chosen if chosen in {value for _, value in choices} else choices[0][1]
+        return (gr.update(choices=choices, value=kept),)
+
+    return models
 
 
 def _has_adapter(run: Path) -> bool:
@@ -213,17 +238,23 @@ def _send(reg: Registry):
             if isinstance(update, Note) and update.finished:
                 note = update.html  # shown with the finished reply, so "finished" means the page is final
                 continue
+            if isinstance(update, Note) and update.failed:  # the message goes back to the box, to send again
+                yield bot[:-1], history, text, update.html
+                return
             if isinstance(update, Note):
                 yield bot, history, "", update.html
-                if update.failed:
-                    return
                 continue
             reply = update.text
-            yield bot + _assistant(update), history, "", gr.skip()
-        history = [*turn, {"role": "assistant", "content": reply}]
-        yield bot + _assistant(chat.ChatChunk.of("", reply, src.template, done=True)), history, "", note
+            # the history follows the page at every chunk: a reply stopped halfway is part of the
+            # conversation the next message continues, as the page shows it
+            yield bot + _assistant(update), _with_reply(turn, reply), "", gr.skip()
+        yield bot + _assistant(chat.ChatChunk.of("", reply, src.template, done=True)), _with_reply(turn, reply), "", note
 
     return send
+
+
+def _with_reply(turn: list[dict[str, str]], reply: str) -> list[dict[str, str]]:
+    return [*turn, {"role": "assistant", "content": reply}]
 
 
 def _compare(reg: Registry):
@@ -238,6 +269,10 @@ def _compare(reg: Registry):
             return
         try:
             src = resolve_source(run)
+        except chat.ChatError:
+            yield gr.skip(), gr.skip(), messages.error(no_adapter(run.name, compare=True),
+                                                       "Compare needs a trained adapter")
+            return
         except UserError as exc:
             yield gr.skip(), gr.skip(), messages.error(str(exc), "Compare needs a trained adapter")
             return
@@ -278,7 +313,7 @@ def _generate(reg: Registry, src: ChatSource, base: bool, turn: list[dict[str, s
 def _reply(src: ChatSource, base: bool, turn: list[dict[str, str]], system: str | None, sampling: Sampling,
            where: chat_cache.Placement, has_gpu: bool) -> Iterator[chat.ChatChunk | Note]:
     """Load (if needed) and stream one reply on `where.device`; call inside `chat_cache.turn()`."""
-    if chat_cache.loaded_key() != (src.model, src.adapter, where.device):
+    if not chat_cache.is_loaded(src, where.device):
         yield Note(messages.ok(f"Loading {Path(src.model).name}… {where.note}"))
     try:
         generator = chat_cache.generator(src, where.device, has_gpu)

@@ -8,6 +8,9 @@ in user code therefore never takes the app down. A failure becomes a `ChildError
 is the engine's own one-line `error: …` when there is one (a UserError the CLI printed), else
 the last lines of stderr. `Claims` keeps two handlers from starting the same child job at once
 (the Export tab's one merge/export slot, the Evaluate tab's one evaluation per run).
+
+Every child is listed while it runs, so `check_no_model_child` can refuse to start training (or,
+on a GPU, a second model load) while an evaluation, merge, export or dry run holds a model.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the folder holding grpo_bo
 TAIL_LINES = 12
 
 LineCallback = Callable[[str], None]
+# the CLI verbs whose child loads a model (what `check_no_model_child` waits for)
+MODEL_VERBS = (("eval",), ("merge",), ("export",), ("rewards", "score"))
+_LIVE: dict[int, tuple[str, ...]] = {}  # pid: the arguments of each child running now
+_LIVE_LOCK = threading.Lock()
 
 
 class ChildError(UserError, RuntimeError):
@@ -113,6 +120,17 @@ def run_cli(args: Sequence[str], *, timeout: float = 600.0, on_line: LineCallbac
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True, encoding="utf-8", errors="replace", cwd=cwd, env=child_env(env),
                             start_new_session=True)
+    with _LIVE_LOCK:
+        _LIVE[proc.pid] = tuple(str(a) for a in args)
+    try:
+        return _follow(proc, shown, timeout, on_line)
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.pop(proc.pid, None)
+
+
+def _follow(proc: subprocess.Popen, shown: str, timeout: float, on_line: LineCallback | None) -> ChildResult:
+    """Pass the child's stderr lines on until it exits (killing it after `timeout` s); its result."""
     lines: queue.Queue[str | None] = queue.Queue()
     stdout_parts: list[str] = []
     readers = [threading.Thread(target=_pump, args=(proc.stderr, lines), daemon=True),
@@ -136,6 +154,39 @@ def run_cli(args: Sequence[str], *, timeout: float = 600.0, on_line: LineCallbac
         raise ChildError(error_message(stderr, proc.returncode), returncode=proc.returncode,
                          stderr_tail=tail(stderr), command=shown)
     return ChildResult(proc.returncode, "".join(stdout_parts), stderr)
+
+
+def model_children() -> list[str]:
+    """The commands (`python -m grpo_box …`) of this app's children that hold a model now."""
+    return [_shown(args) for args in _running() if any(args[:len(verb)] == verb for verb in MODEL_VERBS)]
+
+
+def children_using(folder: Path) -> list[str]:
+    """The commands of this app's children working on `folder` now (a run an evaluation or export reads)."""
+    target = folder.resolve()
+    return [_shown(args) for args in _running() if any(_names(arg, target) for arg in args)]
+
+
+def _running() -> list[tuple[str, ...]]:
+    with _LIVE_LOCK:
+        return list(_LIVE.values())
+
+
+def _shown(args: tuple[str, ...]) -> str:
+    return " ".join(["python -m grpo_box", *args[:2]])
+
+
+def _names(arg: str, target: Path) -> bool:
+    return arg.startswith(("/", ".", "~")) and Path(arg).expanduser().resolve() == target
+
+
+def check_no_model_child(what: str) -> None:
+    """Refuse `what` (e.g. "Training") while a child of this app holds a model: both would compete
+    for the memory (on a GPU, one runs out of it; on the CPU, both crawl)."""
+    busy = model_children()
+    if busy:
+        raise UserError(f"`{busy[0]}` is running in this app and holds a model in memory. {what} would compete with "
+                        "it for that memory: start it when that is done (its tab shows how far it got).")
 
 
 def run_json(args: Sequence[str], *, timeout: float = 600.0, on_line: LineCallback | None = None,

@@ -153,6 +153,10 @@ def hints(metrics: list[dict[str, Any]], beta: float = 0.0, window: int = 5) -> 
             notes.append(("warning", f"'{fn}' has paid nothing in {len(values)} steps: the model never meets it. "
                                      "Check its tags match the template, try it in the Rewards tab's dry run, or "
                                      "give partial credit first (xml_count, soft_format)."))
+    flagged = [m for m in recent if m.get("warning")]
+    if flagged:  # the worker's own per-step warning (a step whose completions were all masked out)
+        steps = ", ".join(str(m.get("step")) for m in flagged)
+        notes.append(("warning", f"Step {steps}: {flagged[-1]['warning']}"))
     clipped = [_number(m.get("completions/clipped_ratio")) for m in recent]
     clipped = [c for c in clipped if c is not None]
     if clipped and sum(clipped) / len(clipped) > 0.5:

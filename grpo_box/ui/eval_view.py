@@ -21,6 +21,8 @@ import pandas as pd
 from grpo_box.chat import split_think_answer
 from grpo_box.runs import EVAL
 
+from . import messages
+
 FILTERS = ("all", "fixed by training", "broken by training")
 MODELS = ("base", "trained")
 _PERCENT = ("accuracy", "pass_at_1", "pass_at_k", "clipped_ratio")
@@ -80,8 +82,18 @@ def summary_html(results: dict[str, Any]) -> str:
         cells = [html.escape(label), *(cell(lookup(results.get(m), key), key) for m in MODELS)]
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) +
                     f"<td{colour}>{cell(change, key, signed=True)}</td></tr>")
-    return (f'<table id="evaluate-summary-table" class="grpo-box-table"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+    table = (f'<table id="evaluate-summary-table" class="grpo-box-table"><thead><tr>{head}</tr></thead>'
+             f'<tbody>{"".join(body)}</tbody></table>')
+    return _mismatch(results) + table
+
+
+def _mismatch(results: dict[str, Any]) -> str:
+    """The engine's warning that base and trained were scored on different rows (after a resume)."""
+    warning = results.get("warning")
+    if not warning:
+        return ""
+    return messages.box("warning", f"{warning} (the 'Evaluate base and trained' button here does the same).",
+                        "Not a like-for-like comparison")
 
 
 def bar_frame(results: dict[str, Any]) -> pd.DataFrame | None:

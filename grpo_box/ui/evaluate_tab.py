@@ -20,9 +20,10 @@ from typing import Any
 import gradio as gr
 
 from grpo_box import job
+from grpo_box.errors import UserError
 
 from . import eval_view, messages, run_choice
-from .child import ChildError, Claims, parse_progress, run_json
+from .child import ChildError, Claims, check_no_model_child, parse_progress, run_json
 from .registry import Registry
 
 EVAL_TIMEOUT = 6 * 3600.0
@@ -56,7 +57,7 @@ def build(reg: Registry) -> None:
 
 def wire(reg: Registry) -> None:
     shown = [reg["evaluate.summary"], reg["evaluate.chart"], reg["evaluate.filter"], reg["evaluate.examples"]]
-    run_choice.wire_refresh(reg, "evaluate")
+    run_choice.wire_refresh(reg, "evaluate", _show(reg), [reg["evaluate.message"], *shown])
     reg["evaluate.run"].change(lambda: None, outputs=[reg["evaluate.chart"]], api_visibility="private") \
         .then(_show(reg), inputs=[reg["evaluate.run"]], outputs=[reg["evaluate.message"], *shown],
               api_name="evaluate_show")
@@ -99,11 +100,21 @@ def _show(reg: Registry):
         run = run_choice.run_path(reg, name)
         if run is None:
             return "", "", None, gr.update(value="all"), ""
-        note = "" if eval_view.read(run) else messages.warning(
-            f"{name} has no evaluation yet: press 'Evaluate base and trained'.")
-        return (note, *view(run))
+        return (_note(name, run), *view(run))
 
     return show
+
+
+def _note(name: str, run: Path) -> str:
+    """What the page says above a run's results: an evaluation in progress, or none made yet."""
+    holder = _RUNNING.holder(str(run))
+    if holder is not None:
+        where = f" ({holder['line']})" if holder.get("line") else ""
+        return messages.warning(f"{name} is being evaluated since {holder['since']}{where}. The result shows here "
+                                "when it is done: press Refresh then.", "In progress")
+    if eval_view.read(run):
+        return ""
+    return messages.warning(f"{name} has no evaluation yet: press 'Evaluate base and trained'.")
 
 
 def _evaluate(reg: Registry):
@@ -118,6 +129,11 @@ def _evaluate(reg: Registry):
         if busy is not None and reg.ctx.hardware.gpu is not None:
             return messages.error(f"A training job is running ({busy.path.name}) and needs the GPU; evaluate once it "
                                   "has finished or been stopped.", "Not started"), *skip
+        if reg.ctx.hardware.gpu is not None:  # a second model on the card would run it out of memory
+            try:
+                check_no_model_child(f"Evaluating {name}")
+            except UserError as exc:
+                return messages.error(str(exc), "Not started"), *skip
         if not _RUNNING.claim(str(run), run=name):
             return messages.error(already_running(name or "", _RUNNING.holder(str(run))), "Not started"), *skip
         try:
@@ -136,8 +152,7 @@ def already_running(name: str, holder: dict[str, Any] | None) -> str:
     """Why a second evaluation of run `name` does not start (`holder`: the running one's claim)."""
     since = f" since {holder['since']}" if holder else ""
     return (f"{name} is already being evaluated{since} (from this or another page). Both would write its "
-            "eval.json, so this one was not started: its result shows here when it is done (choose the run again "
-            "to read it).")
+            "eval.json, so this one was not started: its result shows here when it is done (press Refresh then).")
 
 
 def _run_eval(run: Path, limit: float | None, k: int, progress: gr.Progress) -> None:
@@ -145,7 +160,14 @@ def _run_eval(run: Path, limit: float | None, k: int, progress: gr.Progress) -> 
     if limit and int(limit) > 0:
         args += ["--limit", str(int(limit))]
     progress(0.0, desc="loading the model")
-    run_json(args, timeout=EVAL_TIMEOUT, on_line=progress_bar(progress, k))
+    bar = progress_bar(progress, k)
+
+    def on_line(line: str) -> None:
+        bar(line)
+        if parse_progress(line) is not None:  # a page opened meanwhile says how far it got
+            _RUNNING.note(str(run), line=line.strip())
+
+    run_json(args, timeout=EVAL_TIMEOUT, on_line=on_line)
 
 
 def phase_fraction(line: str, k: int) -> float | None:

@@ -23,7 +23,7 @@ from grpo_box import job
 from grpo_box.errors import UserError
 
 from . import export_view, messages, push_panel, run_choice, serve_panel
-from .child import ChildError, Claims
+from .child import ChildError, Claims, check_no_model_child
 from .cli_stream import CHECK_FAILED, parse_percent, stream_cli
 from .registry import Registry
 
@@ -79,7 +79,7 @@ def build(reg: Registry) -> None:
 # -- wire -----------------------------------------------------------------------------------------
 def wire(reg: Registry) -> None:
     run = reg["export.run"]
-    run_choice.wire_refresh(reg, "export")
+    run_choice.wire_refresh(reg, "export", _show(reg), _view_outputs(reg) + [reg["export.message"]])
     run.change(_show(reg), inputs=[run], outputs=_view_outputs(reg) + [reg["export.message"]], api_name="export_show")
     reg["export.merge"].click(_merge(reg), inputs=[run, reg["export.allow_4bit"]],
                               outputs=[reg["export.message"], reg["export.merge_report"]], api_name="export_merge",
@@ -201,6 +201,11 @@ def refusal(reg: Registry, run: Path | None, name: str | None = None) -> str | N
     if busy is not None:
         return (f"A training job is running ({busy.path.name}). Merging and exporting load the model and would "
                 "compete with it for memory: export once it has finished, or stop it in the Train tab.")
+    if reg.ctx.hardware.gpu is not None:  # an evaluation holds the card (a merge or export holds the slot)
+        try:
+            check_no_model_child("Merging or exporting")
+        except UserError as exc:
+            return str(exc)
     return None
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from grpo_box.catalog import Arch, resolve_arch
 from grpo_box.config import ConfigError, RunConfig
-from grpo_box.memory import Card, estimate_report, preset_card_gb, ram_verdict
+from grpo_box.memory import Card, detected_card, estimate_report, preset_card_gb, ram_verdict
 
 from .context import Hardware
 
@@ -30,9 +30,10 @@ LABELS = {
 
 
 def card_for(config: RunConfig, hardware: Hardware) -> Card:
-    """The detected GPU; without one, the preset's card (a GPU preset) or none (the cpu preset)."""
-    if hardware.gpu is not None:
-        return Card(hardware.gpu.vram_gb, f"detected {hardware.gpu.name} ({hardware.gpu.vram_gb:g} GB)")
+    """The detected GPU with its free memory now; without one, the preset's card (a GPU preset) or
+    none (the cpu preset)."""
+    if hardware.gpu is not None:  # what is free now: another process (or this app's chat) may hold some
+        return detected_card(hardware.gpu)
     preset_gb = preset_card_gb(config.preset)
     if preset_gb:
         return Card(preset_gb, f"assumed: preset's {preset_gb:g} GB card, no GPU detected")

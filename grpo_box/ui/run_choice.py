@@ -1,19 +1,20 @@
 """Choosing a run in the Evaluate, Chat and Export tabs: names under the app's runs folder.
 
 Runs live under `reg.ctx.runs_dir` (or the engine's default folder); a dropdown holds their
-names, newest first, and a handler turns a name back into its folder, refusing names that would
-leave the runs folder. Reading only `*/config.yaml` mtimes keeps listing instant however large
-the runs are. `exported_ggufs` lists a run's model GGUFs for the Chat and Serve pickers.
+names, newest first by creation (the engine's `runs.run_dirs`, which skips a run deleted while it
+is listed), and a handler turns a name back into its folder, refusing names that would leave the
+runs folder. `exported_ggufs` lists a run's model GGUFs for the Chat and Serve pickers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from grpo_box.runs import CONFIG, EXPORT, default_runs_dir
+from grpo_box.runs import CONFIG, EXPORT, default_runs_dir, run_dirs
 
 
 def runs_root(reg: Any) -> Path:
@@ -22,11 +23,7 @@ def runs_root(reg: Any) -> Path:
 
 def run_names(reg: Any) -> list[str]:
     """Run folder names, most recently created first."""
-    root = runs_root(reg)
-    if not root.is_dir():
-        return []
-    found = sorted(root.glob("*/" + CONFIG), key=lambda p: p.stat().st_mtime, reverse=True)
-    return [p.parent.name for p in found]
+    return [run.path.name for run in run_dirs(runs_root(reg))]
 
 
 def run_path(reg: Any, name: str | None) -> Path | None:
@@ -56,13 +53,23 @@ def dropdown(reg: Any, current: str | None = None) -> Any:
     return gr.update(choices=names, value=names[0] if names else None)
 
 
-def wire_refresh(reg: Any, tab: str) -> None:
+def wire_refresh(reg: Any, tab: str, reshow: Callable[..., tuple[Any, ...]] | None = None,
+                 outputs: Sequence[Any] = (), inputs: Sequence[Any] = ()) -> None:
     """The tab's run list is read again on its Refresh button and whenever the tab is opened: a run
     trained or deleted meanwhile (in another tab or page) is listed or dropped, and a vanished
-    choice moves to the newest."""
+    choice moves to the newest. When the choice stays, `reshow(name, *inputs)` fills `outputs` again: the
+    dropdown's own change event fires only for a new value, and what the run holds (its evaluation,
+    its exports) may have changed since it was chosen."""
     run = reg[f"{tab}.run"]
+
+    def refresh(current: str | None, *extra: Any) -> tuple[Any, ...]:
+        update = dropdown(reg, current)
+        if reshow is not None and current and "value" not in update:
+            return update, *reshow(current, *extra)
+        return update, *(gr.skip(),) * len(outputs)
+
     for event in (reg[f"{tab}.refresh"].click, reg[f"app.tab_{tab}"].select):
-        event(lambda current: dropdown(reg, current), inputs=[run], outputs=[run], api_visibility="private")
+        event(refresh, inputs=[run, *inputs], outputs=[run, *outputs], api_visibility="private")
 
 
 def exported_ggufs(run: Path) -> list[Path]:

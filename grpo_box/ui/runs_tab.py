@@ -22,6 +22,7 @@ from grpo_box.errors import UserError
 from grpo_box.runs import RunFileError, list_runs, open_run
 
 from . import cluster_panel, messages, run_choice, watch
+from .child import children_using
 from .curves import AXIS_FORMAT, overlay_frame, plot_frame
 from .registry import Registry
 from .run_made import made_html
@@ -69,9 +70,14 @@ def build(reg: Registry) -> None:
 
 def wire(reg: Registry) -> None:
     listing = [reg["runs.table"], reg["runs.pick"], reg["runs.compare"]]
-    reg["runs.refresh"].click(_listing(reg), outputs=listing, api_name="runs_list")
     detail = [reg[k] for k in ("runs.status", "runs.plot_reward", "runs.plot_signal", "runs.config",
                                "runs.sample_pick", "runs.sample_view")]
+    # the list keeps the chosen run, so its change event does not fire: the run is read again here
+    # (it may have trained on, been evaluated or exported since it was opened)
+    reg["runs.refresh"].click(_listing(reg), outputs=listing, api_name="runs_list") \
+        .then(_open(reg), inputs=[reg["runs.pick"]], outputs=detail, api_visibility="private") \
+        .then(lambda name: made_html(_path(reg, name)), inputs=[reg["runs.pick"]], outputs=[reg["runs.made"]],
+              api_visibility="private")
     reg["runs.pick"].change(_clear, outputs=detail[1:3], api_visibility="private") \
         .then(_open(reg), inputs=[reg["runs.pick"]], outputs=detail, api_name="runs_open") \
         .then(lambda name: made_html(_path(reg, name)), inputs=[reg["runs.pick"]], outputs=[reg["runs.made"]],
@@ -206,6 +212,10 @@ def _delete(reg: Registry):
             return messages.error(str(exc)), False
         if job.worker_alive(run):
             return messages.error(f"{name} is training: stop it before deleting it."), False
+        busy = children_using(run.path)
+        if busy:
+            return messages.error(f"`{busy[0]}` is working on {name} right now (Evaluate or Export tab): delete it "
+                                  "once that is done."), False
         shutil.rmtree(run.path)
         watch.forget(str(run.path))
         return messages.ok(f"Deleted {name}."), False

@@ -21,6 +21,7 @@ from grpo_box.models import is_bundled
 from grpo_box.runs import RunDir, open_run
 
 from . import fields, messages, watch
+from .child import check_no_model_child
 from .curves import AXIS_FORMAT, PLOTS, plot_frame, step_axis
 from .gauge import model_arch
 from .registry import Registry
@@ -178,6 +179,7 @@ def _start(reg: Registry):
             if refusal:
                 return gr.skip(), gr.skip(), messages.error(refusal, "Not started")
             job.check_machine_free()  # before a run folder is made for a start that cannot happen
+            check_no_model_child("Training")
             _release_chat_model()
             run = start_run(config)
             try:
@@ -240,6 +242,7 @@ def resume_run(path: str, more_steps: int = 0) -> RunDir:
     if job.worker_alive(run):
         raise UserError(f"{run.path.name} is still training")
     job.check_machine_free()  # before More steps changes the run for a resume that cannot start
+    check_no_model_child("Training")
     if more_steps > 0:
         run.extend(more_steps)
     else:  # the engine's own check, worded for this page (it names the CLI's --steps)

@@ -47,6 +47,8 @@ def status_html(name: str, status: dict[str, Any], metrics: list[dict[str, Any]]
     if status.get("error"):
         kind = "warning" if state == "stopped" else "error"
         out += messages.box(kind, str(status["error"]), "What happened")
+    if status.get("evaluation_error"):  # training is saved; only its held-out evaluation failed
+        out += messages.box("warning", str(status["evaluation_error"]), "Evaluation not done")
     if state in ("failed", "stopped") and not alive:
         out += messages.box("ok", "Resume continues from the last checkpoint (metrics after it are redone).")
     return out

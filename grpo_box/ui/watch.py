@@ -9,7 +9,8 @@ running job through the machine lock (job.reattach) and monitors it again.
 
 `follow_in_background()` polls the watched runs that are still training from a daemon thread, so
 a worker that dies is settled and an auto-fit retry starts even while no page is open (the
-monitor does both only when polled).
+monitor does both only when polled). It also drops a chat model idling on the GPU once any job
+trains, so a job started from the CLI does not run out of memory beside a forgotten chat.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from grpo_box import job
 from grpo_box.config import RunConfig
 from grpo_box.errors import UserError
 from grpo_box.runs import CONFIG, RunDir, open_run
+from grpo_box.ui import chat_cache
 
 _LOCK = threading.Lock()
 _MONITORS: dict[str, "_Watched"] = {}
@@ -93,11 +95,10 @@ def reattach() -> str | None:
 
 def latest_run(runs_dir: str | None) -> str | None:
     """The most recently started run under `runs_dir`, for a page opened when nothing trains."""
-    from grpo_box.runs import default_runs_dir
+    from grpo_box.runs import run_dirs
 
-    root = Path(runs_dir).expanduser() if runs_dir else default_runs_dir()
-    found = sorted(root.glob("*/config.yaml"), key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
-    return str(found[0].parent) if found else None
+    found = run_dirs(runs_dir)
+    return str(found[0].path) if found else None
 
 
 def forget(path: str) -> None:
@@ -113,7 +114,10 @@ def unsettled() -> list[str]:
 
 
 def follow_once() -> None:
-    """Poll every unsettled watched run once (settles dead workers, starts auto-fit retries)."""
+    """Poll every unsettled watched run once (settles dead workers, starts auto-fit retries), and let
+    go of an idle chat model on the GPU while any job trains (started here, in the CLI or elsewhere)."""
+    if job.running_run() is not None:
+        chat_cache.drop_idle_gpu_model()
     for path in unsettled():
         try:
             poll(path)
