@@ -150,6 +150,7 @@ class Monitor:
         self.metrics: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
         self._tails = {METRICS: JsonlTail(run.file(METRICS)), SAMPLES: JsonlTail(run.file(SAMPLES))}
+        self._unrecorded: str | None = None  # a dead worker's settled message the run folder refused
 
     def alive(self) -> bool:
         return self.job.alive() if self.job is not None else worker_alive(self.run)
@@ -168,7 +169,7 @@ class Monitor:
         reset = reset_m or reset_s
         if reset:  # the update then carries everything, to replace what the caller had
             metrics, samples = list(self.metrics), list(self.samples)
-        status = self.run.status()
+        status = self._status()
         starting = alive and self.job is not None and status.get("pid") != self.job.process.pid
         return Update(status, alive, metrics, samples, reset, log_tail(self.run), events, starting)
 
@@ -178,7 +179,15 @@ class Monitor:
         message = self.run.settle_dead(_how_it_ended(self.job), self._where())
         if message:
             events.append(message)
-        return self.run.status().get("state", "created")
+            self._unrecorded = message  # kept in case the run folder could not record it (read-only, full)
+        return self._status().get("state", "created")
+
+    def _status(self) -> dict[str, Any]:
+        """The run's status; a dead worker's settled state even where the folder could not record it."""
+        status = self.run.status()
+        if self._unrecorded and status.get("state") in UNSETTLED:
+            return {**status, "state": "failed", "error": self._unrecorded}
+        return status
 
     def _where(self) -> str:
         return "the output above" if self.job is not None and self.job.attached else str(self.run.file(LOG))
@@ -195,14 +204,20 @@ class Monitor:
             if self.run.worker_alive():
                 self.job = None  # someone else's child: followed through the run's locks
                 return True
-            message = (f"out of memory at step {fit.get('after_step', '?')}; auto-fit saved a smaller setting, "
-                       f"but its fresh process could not start ({exc}). Resume the run when the machine is free")
+            message = (f"out of memory {_when(fit)}; auto-fit saved a smaller setting, but its fresh process "
+                       f"could not start ({exc}). Resume the run when the machine is free")
             self.run.set_status("stopped", error=message)
             events.append(message)
             return False
-        events.append(f"out of memory at step {fit.get('after_step', '?')}: auto-fit resumes from the last "
-                      f"checkpoint in a fresh process with: {fit.get('change', 'a smaller setting')}")
+        where = "starts again" if fit.get("phase") == "start-up" else "resumes from the last checkpoint"
+        events.append(f"out of memory {_when(fit)}: auto-fit {where} in a fresh process with: "
+                      f"{fit.get('change', 'a smaller setting')}")
         return True
+
+
+def _when(fit: dict[str, Any]) -> str:
+    """When the out-of-memory error an auto-fit retry answers happened ("at start-up", "at step 3")."""
+    return "at start-up" if fit.get("phase") == "start-up" else f"at step {fit.get('after_step', '?')}"
 
 
 def _how_it_ended(job: Job | None) -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import replace_dir
 from .errors import UserError
 from .hardware import has_cuda
 from .inference import NEUTRAL_HF, eos_token_ids, run_adapter_dir
@@ -409,7 +409,7 @@ def _save_atomic(model: Any, tokenizer: Any, base: BaseSource, report: MergeRepo
         tokenizer.save_pretrained(str(tmp))
         _copy_generation_config(base, tmp)
         (tmp / MERGE_INFO).write_text(json.dumps(report.to_dict(), indent=2))
-        _swap_dir(tmp, out)
+        replace_dir(tmp, out)
     except SafetensorError as exc:  # safetensors reports I/O failures (a full disk) as its own type
         raise OSError(f"saving the merged weights to {out.parent} failed: {exc}") from exc
     finally:
@@ -421,11 +421,3 @@ def _copy_generation_config(base: BaseSource, out: Path) -> None:
     src = Path(base.path) / "generation_config.json"
     if src.is_file() and not base.quantized_4bit:
         shutil.copyfile(src, out / "generation_config.json")
-
-
-def _swap_dir(new: Path, target: Path) -> None:
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)

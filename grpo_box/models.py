@@ -21,9 +21,11 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import replace_dir
 from .errors import UserError
 
 BUNDLED_PREFIX = "bundled:"
@@ -261,15 +263,18 @@ def ensure_bundled_model(force: bool = False) -> Path:
     marker = target / _MARKER
     if not force and marker.is_file() and json.loads(marker.read_text()).get("version") == _IMPORT_VERSION:
         return target
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    gguf = bundled_gguf_path()
-    _import_weights(gguf, tmp)
-    _import_tokenizer(gguf, tmp)
-    (tmp / _MARKER).write_text(json.dumps({"version": _IMPORT_VERSION, "source": str(gguf)}))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # a unique folder: two processes importing at once (the app and a test, say) never share one
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the model is an ordinary data folder
+        gguf = bundled_gguf_path()
+        _import_weights(gguf, tmp)
+        _import_tokenizer(gguf, tmp)
+        (tmp / _MARKER).write_text(json.dumps({"version": _IMPORT_VERSION, "source": str(gguf)}))
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -523,6 +523,9 @@ def test_the_run_list_shows_a_dead_worker_settled_even_in_a_read_only_folder(tmp
         [row] = list_runs(mount)
         assert row["state"] == "failed" and "ended before finishing" in row["error"]
         assert run.status()["state"] == "running"  # computed, not written: the folder is read-only
+        update = job.Monitor(run).poll()  # the app's follower and pages: settled, so it stops polling
+        assert update.settled and update.status["state"] == "failed"
+        assert "ended before finishing" in update.status["error"]
 
 
 def test_a_recycled_pid_in_status_json_does_not_count_as_alive(tmp_path):

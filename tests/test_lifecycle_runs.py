@@ -196,3 +196,10 @@ def test_more_steps_must_be_at_least_one(tmp_path, steps):
     run = _run(tmp_path, "run")
     with pytest.raises(UserError, match="at least 1"):
         run.extend(steps)
+
+
+def test_an_auto_fit_retry_says_when_its_out_of_memory_happened():
+    from grpo_box.job import _when
+
+    assert _when({"phase": "start-up", "after_step": 0}) == "at start-up"
+    assert _when({"phase": "rollout", "after_step": 3}) == "at step 3"
