@@ -131,21 +131,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 @command("resume")
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue a stopped or failed run; `--steps N` trains N steps past where it is (also after it finished)."""
-    from . import job, locks
+    from . import job
     from .runs import open_run
 
     run = open_run(args.run_dir)
-    if locks.run_is_training(run.path):
-        print(f"error: {run.path.name} is still training; stop it first (python -m grpo_box stop {run.path})",
-              file=sys.stderr)
-        return 2
-    job.check_machine_free()  # before --steps changes the run for a start that cannot happen
-    if args.steps is not None:
-        total = run.extend(args.steps)
-        print(f"{run.path.name}: training {args.steps} more steps (to step {total})", file=sys.stderr)
-    run.check_resumable()
-    if run.last_checkpoint() is None:
-        print(f"{run.path} has no checkpoint yet; starting it from step 0", file=sys.stderr)
+    for note in job.prepare_resume(run, args.steps):
+        print(note, file=sys.stderr)
     return job.run_attached(run, resume=True)
 
 

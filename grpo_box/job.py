@@ -26,11 +26,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import locks
+from .errors import UserError
 from .locks import JobBusy
 from .runs import LOG, METRICS, RETRYING, SAMPLES, UNSETTLED, JsonlTail, RunDir, open_run
 
@@ -93,6 +95,30 @@ def check_machine_free() -> None:
     busy = locks.running_job()
     if busy is not None:
         raise JobBusy(locks.busy_message(busy), busy)
+
+
+def prepare_resume(run: RunDir, more_steps: int | None = None, how: str | None = None,
+                   before_change: Callable[[], None] | None = None) -> list[str]:
+    """Check that `run` can resume now and add `more_steps` (None: none) to it; the notes to show.
+
+    The one resume rule for the CLI and the app. Refused (UserError): a run still training, a
+    machine busy with another job, a finished run without more steps (`how` says where to give
+    them; default: the CLI's --steps). The checks come before the run is changed, and
+    `before_change` (the app's own check of its children) runs just before that too."""
+    if worker_alive(run):
+        raise UserError(f"{run.path.name} is still training; stop it first (the Train tab's Stop, or "
+                        f"python -m grpo_box stop {run.path})")
+    check_machine_free()  # before --steps changes the run for a resume that cannot start
+    if before_change is not None:
+        before_change()
+    notes = []
+    if more_steps is not None:  # `extend` refuses fewer than one step
+        notes.append(f"{run.path.name}: training {more_steps} more steps (to step {run.extend(more_steps)})")
+    else:
+        run.check_resumable(how)
+    if run.last_checkpoint() is None:
+        notes.append(f"{run.path} has no checkpoint yet; starting it from step 0")
+    return notes
 
 
 def request_stop(run: RunDir) -> None:

@@ -203,3 +203,31 @@ def test_an_auto_fit_retry_says_when_its_out_of_memory_happened():
 
     assert _when({"phase": "start-up", "after_step": 0}) == "at start-up"
     assert _when({"phase": "rollout", "after_step": 3}) == "at step 3"
+
+
+def test_resume_has_one_rule_for_the_cli_and_the_app(tmp_path):
+    """`job.prepare_resume` (the CLI's resume and the app's Resume): a run whose worker lives is
+    refused before anything changes, with both ways to stop it; a finished run needs more steps,
+    asked for in the caller's words; the app's own check runs before the run is changed."""
+    from helpers import machine_held
+
+    run = _run(tmp_path, "r", max_steps=2)
+    run.set_status("finished", step=2, max_steps=2)
+    with machine_held(run.path, lock="run"):
+        with pytest.raises(UserError, match=r"r is still training; stop it first \(the Train tab's Stop, or "
+                                             r"python -m grpo_box stop "):
+            job.prepare_resume(run, 3)
+    assert run.config().grpo.max_steps == 2
+    with pytest.raises(UserError, match="type more steps here"):
+        job.prepare_resume(run, None, how="type more steps here")
+    checked: list[int] = []
+
+    def app_check() -> None:
+        checked.append(run.config().grpo.max_steps)
+        raise UserError("an evaluation holds the model")
+
+    with pytest.raises(UserError, match="an evaluation holds the model"):
+        job.prepare_resume(run, 3, before_change=app_check)
+    assert checked == [2] and run.config().grpo.max_steps == 2
+    assert job.prepare_resume(run, 3) == ["r: training 3 more steps (to step 3)",
+                                          f"{run.path} has no checkpoint yet; starting it from step 0"]

@@ -239,14 +239,9 @@ def _resume(path: str | None, more_steps: float | None) -> tuple[Any, Any, str]:
 def resume_run(path: str, more_steps: int = 0) -> RunDir:
     """Resume `path` in a child (after extending a finished run by `more_steps`); shared with the Runs tab."""
     run = open_run(path)
-    if job.worker_alive(run):
-        raise UserError(f"{run.path.name} is still training")
-    job.check_machine_free()  # before More steps changes the run for a resume that cannot start
-    check_no_model_child("Training")
-    if more_steps > 0:
-        run.extend(more_steps)
-    else:  # the engine's own check, worded for this page (it names the CLI's --steps)
-        run.check_resumable('type how many more steps in "More steps" on the Train tab and click Resume')
+    # the engine's rule, worded for this page (it names the CLI's --steps)
+    job.prepare_resume(run, more_steps or None, how='type how many more steps in "More steps" on the Train tab and click '
+                       'Resume', before_change=lambda: check_no_model_child("Training"))
     _release_chat_model()
     started = job.start(run, resume=True)
     watch.register(run, started)
