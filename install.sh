@@ -107,6 +107,15 @@ sys.exit(0 if ok else 1)"; then
     echo "then run ./install.sh again, ${CPU_INSTEAD}" >&2
     exit 1
   fi
+  step "checking that bitsandbytes (4-bit) and vLLM (fast rollouts) import"
+  # both load their CUDA kernels on import: a wheel built for another CUDA fails here, not mid-run
+  if ! .venv/bin/python -c "
+import bitsandbytes, vllm
+print('bitsandbytes', bitsandbytes.__version__, 'vllm', vllm.__version__)"; then
+    echo "bitsandbytes or vLLM does not load beside this torch (see the error above): run ./install.sh" >&2
+    echo "again; if it persists, ${CPU_INSTEAD}" >&2
+    exit 1
+  fi
 else
   step "no NVIDIA GPU: installing the CPU stack (CPU torch ${TORCH_CPU_VERSION}, no CUDA libraries)"
   # PyPI's Linux torch wheel is the CUDA build (~3 GB of nvidia-* packages): take the CPU build from a

@@ -883,6 +883,16 @@ def test_install_removes_the_xformers_unsloth_pulls_in_on_the_gpu():
                for line in metadata.read_text().splitlines())  # why the uninstall is needed
 
 
+def test_install_on_the_gpu_imports_bitsandbytes_and_vllm_before_it_says_done():
+    """Both load CUDA kernels on import: a wheel for another CUDA fails the install, with what to do,
+    instead of the first 4-bit load or vLLM rollout."""
+    script = (ROOT / "install.sh").read_text()
+    gpu_branch = script[script.index('step "NVIDIA GPU found'):script.index('step "no NVIDIA GPU')]
+    check = gpu_branch[gpu_branch.index('step "checking that bitsandbytes'):]
+    assert gpu_branch.index('step "checking that torch uses the GPU') < gpu_branch.index('step "checking that bitsandbytes')
+    assert "import bitsandbytes, vllm" in check and "exit 1" in check and "${CPU_INSTEAD}" in check
+
+
 def test_install_imports_unsloth_without_leaving_a_compiled_cache_in_the_repository():
     """`import unsloth` writes ./unsloth_compiled_cache unless UNSLOTH_COMPILE_LOCATION says where
     (unsloth_zoo.compiler): every import in install.sh points it at a scratch folder."""
