@@ -87,3 +87,19 @@ def test_save_and_load_config(app, tmp_path):
     assert "Could not load broken.yaml" in refused["setup.error"] and "not valid YAML" in refused["setup.error"]
     assert "Traceback" not in refused["setup.error"]
     assert "--set grpo.max_steps=4" in other.call("/show_command")["setup.command"]  # the state is unchanged
+
+
+def test_the_gauge_judges_a_detected_card_by_its_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A desktop's display (or another program) holds part of the card: the gauge says so and sizes
+    vLLM's share from what is free, as Unsloth will (the reading is NVML's, stood in for here)."""
+    from grpo_box import hardware
+    from grpo_box.hardware import GpuInfo
+    from grpo_box.ui.context import Hardware
+    from grpo_box.ui.gauge import card_for, memory_report
+
+    monkeypatch.setattr(hardware, "free_vram_gb", lambda gpu=None: 6.6)
+    machine = Hardware(gpu=GpuInfo("NVIDIA GeForce RTX 3070", 7.6, (8, 6)))
+    config = resolve_config("8gb")
+    card = card_for(config, machine)
+    assert card.free_gb == 6.6 and card.label == "detected NVIDIA GeForce RTX 3070 (7.6 GB, 6.6 GB free)"
+    assert memory_report(config, machine)["free_gb"] == 6.6
