@@ -27,7 +27,6 @@ from .child import ChildError, Claims, check_no_model_child
 from .cli_stream import CHECK_FAILED, parse_percent, stream_cli
 from .registry import Registry
 
-DEFAULT_QUANTS = ["q4_k_m"]
 EXPORT_TIMEOUT = 6 * 3600.0
 _SLOT = Claims()  # one merge or export at a time in this app, under the key _ONE
 _ONE = "export"
@@ -42,7 +41,7 @@ FOUR_BIT_HELP = ("Only used when the original 16-bit base weights are not on dis
 
 # -- build ----------------------------------------------------------------------------------------
 def build(reg: Registry) -> None:
-    from grpo_box.export import BITS_PER_WEIGHT
+    from grpo_box.export import BITS_PER_WEIGHT, DEFAULT_QUANTS
 
     with gr.Row():
         reg.add("export.run", gr.Dropdown(label="Run", choices=[], allow_custom_value=True, elem_id="export-run",
@@ -56,7 +55,7 @@ def build(reg: Registry) -> None:
         reg.add("export.merge_report", gr.HTML(elem_id="export-merge-report"))
     gr.Markdown("### 2. GGUF for llama.cpp, Ollama and Open WebUI\nExport merges first when needed, then converts, "
                 "quantizes and checks every file in llama.cpp against the merged model.")
-    reg.add("export.quants", gr.CheckboxGroup(choices=list(BITS_PER_WEIGHT), value=DEFAULT_QUANTS,
+    reg.add("export.quants", gr.CheckboxGroup(choices=list(BITS_PER_WEIGHT), value=list(DEFAULT_QUANTS),
                                               label="Quantizations (estimated size)", elem_id="export-quants"))
     with gr.Row():
         reg.add("export.lora", gr.Checkbox(label="Also the adapter alone as a GGUF LoRA (llama.cpp --lora, Ollama "
