@@ -48,14 +48,10 @@ PLOTS: dict[str, tuple[str, str, Series]] = {
 
 def reward_functions(metrics: list[dict[str, Any]]) -> list[str]:
     """Reward function names in the order they first appear (`rewards/<fn>/mean`)."""
-    names: list[str] = []
-    for record in metrics:
-        for key in record:
-            if key.startswith("rewards/") and key.endswith("/mean"):
-                name = key[len("rewards/"):-len("/mean")]
-                if name not in names:
-                    names.append(name)
-    return names
+    keys: dict[str, Any] = {}
+    for record in metrics:  # dict.update keeps first appearances in order, at C speed (a tick reads every step)
+        keys.update(record)
+    return [key[len("rewards/"):-len("/mean")] for key in keys if key.startswith("rewards/") and key.endswith("/mean")]
 
 
 def series_for(plot: str, metrics: list[dict[str, Any]]) -> Series:
@@ -132,6 +128,21 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
 
 
+def _steps_paying_nothing(metrics: list[dict[str, Any]], key: str) -> int:
+    """How many steps logged `key` when none was ever above 0 and at least one was 0 (else 0); stops
+    at the first step that paid, so a reward that works costs a tick almost nothing."""
+    values = 0
+    best: float | None = None
+    for record in metrics:
+        value = _number(record.get(key))
+        if value is None:
+            continue
+        if value > 0.0:
+            return 0
+        values, best = values + 1, value if best is None else max(best, value)
+    return values if best == 0.0 else 0
+
+
 def hints(metrics: list[dict[str, Any]], beta: float = 0.0, window: int = 5) -> list[tuple[str, str]]:
     """(kind, text) notes for the hint box: kind is "info" or "warning"."""
     notes = [("info", "GRPO's loss starts near 0 and stays small: that is normal. Watch the reward curves; they "
@@ -147,10 +158,9 @@ def hints(metrics: list[dict[str, Any]], beta: float = 0.0, window: int = 5) -> 
                                  "every group scored the same. Make the rubric more graded (add a format or "
                                  "length reward), raise grpo.temperature or grpo.num_generations, or use easier data."))
     for fn in reward_functions(metrics):
-        values = [_number(m.get(f"rewards/{fn}/mean")) for m in metrics]
-        values = [v for v in values if v is not None]
-        if len(values) >= window and max(values) == 0.0:
-            notes.append(("warning", f"'{fn}' has paid nothing in {len(values)} steps: the model never meets it. "
+        steps = _steps_paying_nothing(metrics, f"rewards/{fn}/mean")
+        if steps >= window:
+            notes.append(("warning", f"'{fn}' has paid nothing in {steps} steps: the model never meets it. "
                                      "Check its tags match the template, try it in the Rewards tab's dry run, or "
                                      "give partial credit first (xml_count, soft_format)."))
     flagged = [m for m in recent if m.get("warning")]
