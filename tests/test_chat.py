@@ -205,7 +205,13 @@ def test_whole_replies_use_fast_generate_with_the_lora_request(run: RunDir, bund
         calls["fast_inference"] = kwargs["fast_inference"]
         return FakeUnslothModel(), AutoTokenizer.from_pretrained(str(bundled_model_dir))
 
+    from grpo_box import hardware
+    from grpo_box.hardware import GpuInfo
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # the card the faked CUDA is on (a usable one: the load checks it before anything else)
+    monkeypatch.setattr(hardware, "detect_gpu", lambda runner=None: GpuInfo("NVIDIA GeForce RTX 3070", 7.6, (8, 6),
+                                                                           "580.65"))
     monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(
         FastLanguageModel=types.SimpleNamespace(from_pretrained=from_pretrained)))
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=lambda **kw: kw))

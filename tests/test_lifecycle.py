@@ -467,39 +467,6 @@ def test_a_stop_during_the_final_evaluation_ends_it_and_the_run_stays_finished(t
     assert f"python -m grpo_box eval {run.path}" in status["evaluation_error"]
 
 
-# The user presses Stop while the model loads (after the real load, before the trainer starts).
-STOP_WHILE_LOADING = textwrap.dedent(
-    """
-    import sys
-    from grpo_box import modeling, train
-    from grpo_box.runs import open_run
-    run = open_run(sys.argv[1])
-    load = modeling.load_policy
-    def load_then_stop(config):
-        loaded = load(config)
-        run.request_stop()
-        return loaded
-    modeling.load_policy = load_then_stop
-    train.run_training(run)
-    """
-)
-
-
-@pytest.mark.slow
-def test_a_stop_asked_for_while_loading_ends_the_run_before_its_first_step(tmp_path):
-    run = _new_run(tmp_path / "runs", "grpo.max_steps=1", "evaluate=false")
-    script = tmp_path / "stop_while_loading.py"
-    script.write_text(STOP_WHILE_LOADING)
-    done = subprocess.run([sys.executable, str(script), str(run.path)], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    status = run.status()
-    assert (status["state"], status["step"], status["phase"]) == ("stopped", 0, "done"), status
-    assert "stopped before training began" in status["error"] and "resume starts it again" in status["error"]
-    assert _steps(run) == [] and run.checkpoints() == [] and not run.has_adapter()
-    run.check_resumable()  # a plain `resume` takes it on (how resume trains is tested elsewhere)
-
-
 def test_stop_on_a_run_that_is_not_training_or_is_read_only_says_so(tmp_path):
     run = _new_run(tmp_path)
     run.set_status("finished", step=3, max_steps=3)

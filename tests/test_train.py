@@ -100,7 +100,9 @@ def _wait_for_state(run: RunDir, child: Any, states: tuple[str, ...], timeout: f
 
 
 @pytest.mark.slow
-def test_sigterm_while_the_model_loads_still_stops_with_a_checkpoint(tmp_path):
+def test_sigterm_while_the_model_loads_stops_the_run_before_its_first_step(tmp_path):
+    """The stop is kept until the model has loaded, then the run ends before a step that would only be
+    thrown away: nothing trained, nothing lost, and a plain resume starts it."""
     from grpo_box import job
     from grpo_box.train import start_run
 
@@ -113,8 +115,10 @@ def test_sigterm_while_the_model_loads_still_stops_with_a_checkpoint(tmp_path):
     child.process.send_signal(signal.SIGTERM)
     assert job.wait(child) == 0, run.file("train.log").read_text()[-3000:]
     status = run.status()
-    assert status["state"] == "stopped" and status["step"] == 1
-    assert [c.name for c in run.checkpoints()] == ["checkpoint-1"]
+    assert (status["state"], status["step"], status["phase"]) == ("stopped", 0, "done"), status
+    assert "stopped before training began" in status["error"] and "resume starts it again" in status["error"]
+    assert run.checkpoints() == [] and not run.has_adapter() and not run.metrics()
+    run.check_resumable()
 
 
 def test_a_child_killed_outright_is_marked_failed_not_left_running(tmp_path):
