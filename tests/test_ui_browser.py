@@ -84,7 +84,11 @@ def test_a_new_user_trains_from_the_browser(browser, app, tmp_path):
     page.click("#tab-rewards-button")
     page.wait_for_selector("#rewards-table", state="visible")
     page.click("#rewards-try")
-    page.wait_for_selector("#rewards-try-table table", timeout=300000)
+    # done when its groups are listed (the empty table is there from the start); Start would be refused
+    # while the dry run's child still holds the model
+    page.wait_for_function("() => (document.querySelector('#rewards-try-summary')?.innerText || '').includes('group 1')",
+                           timeout=300000)
+    page.wait_for_selector("#rewards-try-table table", timeout=30000)
 
     # Train: start, watch the reward plot draw, stop, resume to the end
     page.click("#tab-train-button")
