@@ -41,7 +41,7 @@ from .models import BaseSource, locate_base
 from .progress import Progress
 from .chat_format import apply_run_format, prompt_text
 from .prompts import Messages, build_messages, preamble
-from .runs import ADAPTER_CONFIG, EXPORT, RunDir, open_run, read_adapter_config
+from .runs import ADAPTER_CONFIG, ADAPTER_FILES, EXPORT, RunDir, open_run, read_adapter_config
 
 MERGED = "merged"
 MERGE_INFO = "grpo_box_merge.json"
@@ -51,7 +51,6 @@ DEFAULT_PROMPTS = (
     "Name three primary colors.",
     "Write one sentence about the sea.",
 )
-_WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", ADAPTER_CONFIG)
 
 
 class MergeError(UserError, RuntimeError):
@@ -176,7 +175,7 @@ def _checkpoint_note(run: RunDir, adapter: Path) -> list[str]:
 
 def adapter_fingerprint(adapter_dir: Path) -> str:
     digest = hashlib.sha256()
-    for name in _WEIGHT_FILES:
+    for name in ADAPTER_FILES:
         path = adapter_dir / name
         if path.is_file():
             digest.update(name.encode())

@@ -441,6 +441,8 @@ class JsonlTail:
 
 
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT writes it into every LoRA adapter folder it saves
+# what identifies an adapter's weights (merge fingerprints them; chat reloads when they change)
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", ADAPTER_CONFIG)
 
 
 def is_adapter_dir(path: str | Path | None) -> bool:

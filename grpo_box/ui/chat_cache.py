@@ -36,6 +36,7 @@ from grpo_box.chat import ChatSource
 from grpo_box.hardware import has_cuda
 from grpo_box.inference import BaseGenerator, from_gguf, is_gguf, load_for_generation
 from grpo_box.llama_tools import gpu_layers
+from grpo_box.runs import ADAPTER_FILES
 
 _LOCK = threading.Lock()
 _STOP = threading.Event()  # set by release(): a streaming reply stops at its next token
@@ -111,17 +112,17 @@ def is_loaded(src: ChatSource, device: str) -> bool:
 
 
 def _key(src: ChatSource, device: str) -> tuple[Any, ...]:
-    weights = src.model if is_gguf(src.model) else (Path(src.adapter) / "adapter_model.safetensors"
-                                                    if src.adapter else None)
-    return src.model, src.adapter, device, _identity(weights)
+    files = [src.model] if is_gguf(src.model) else [Path(src.adapter) / name for name in ADAPTER_FILES
+                                                     if src.adapter]
+    return src.model, src.adapter, device, tuple(_identity(path) for path in files)
 
 
-def _identity(path: str | Path | None) -> tuple[int, int] | None:
+def _identity(path: str | Path) -> tuple[int, int] | None:
     try:
-        stat = os.stat(path) if path else None
+        stat = os.stat(path)
     except OSError:
         return None
-    return (stat.st_ino, stat.st_mtime_ns) if stat else None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def _load(src: ChatSource, device: str, has_gpu: bool) -> BaseGenerator:

@@ -72,17 +72,15 @@ def build(reg: Registry) -> None:
                                                elem_id="chat-when-training"))
     reg.add("chat.history", gr.State([]))  # the conversation as the model sees it (whole replies)
     reg.add("chat.bot", gr.Chatbot(label="Chat", height=420, elem_id="chat-bot", buttons=["copy"]))
-    with gr.Row():
-        # lines=1: Gradio sends on Enter only for a one-line box (Shift+Enter adds a line; it grows to max_lines)
-        reg.add("chat.input", gr.Textbox(label="Message", placeholder="Ask something… (Enter sends, Shift+Enter: "
-                                         "a new line)", lines=1, max_lines=8, scale=5, elem_id="chat-input"))
-        with gr.Column(scale=1, min_width=120):
-            reg.add("chat.send", gr.Button("Send", variant="primary", elem_id="chat-send"))
-            reg.add("chat.stop", gr.Button("Stop", elem_id="chat-stop"))
-            reg.add("chat.clear", gr.Button("Clear", elem_id="chat-clear"))
-    with gr.Row():
-        reg.add("chat.heldout", gr.Button("Held-out prompt", elem_id="chat-heldout", scale=0))
-        reg.add("chat.reference", gr.HTML(elem_id="chat-reference"))
+    # lines=1: Gradio sends on Enter only for a one-line box (Shift+Enter adds a line; it grows to max_lines)
+    reg.add("chat.input", gr.Textbox(label="Message", placeholder="Ask something… (Enter sends, Shift+Enter: "
+                                     "a new line)", lines=1, max_lines=8, elem_id="chat-input"))
+    with gr.Row(equal_height=True):
+        reg.add("chat.send", gr.Button("Send", variant="primary", elem_id="chat-send", scale=2))
+        reg.add("chat.stop", gr.Button("Stop", elem_id="chat-stop", scale=1))
+        reg.add("chat.clear", gr.Button("Clear", elem_id="chat-clear", scale=1))
+        reg.add("chat.heldout", gr.Button("Held-out prompt", elem_id="chat-heldout", scale=1))
+    reg.add("chat.reference", gr.HTML(elem_id="chat-reference"))
     reg.add("chat.heldout_index", gr.State(-1))
     with gr.Accordion("Compare: the same prompt to the base and the trained model", open=True):
         with gr.Row():

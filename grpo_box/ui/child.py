@@ -180,13 +180,21 @@ def _names(arg: str, target: Path) -> bool:
     return arg.startswith(("/", ".", "~")) and Path(arg).expanduser().resolve() == target
 
 
-def check_no_model_child(what: str) -> None:
-    """Refuse `what` (e.g. "Training") while a child of this app holds a model: both would compete
-    for the memory (on a GPU, one runs out of it; on the CPU, both crawl)."""
+def model_child_refusal(what: str) -> str | None:
+    """Why `what` (e.g. "Training") cannot start now, or None: a child of this app holds a model, and
+    both would compete for the memory (on a GPU, one runs out of it; on the CPU, both crawl)."""
     busy = model_children()
-    if busy:
-        raise UserError(f"`{busy[0]}` is running in this app and holds a model in memory. {what} would compete with "
-                        "it for that memory: start it when that is done (its tab shows how far it got).")
+    if not busy:
+        return None
+    return (f"`{busy[0]}` is running in this app and holds a model in memory. {what} would compete with "
+            "it for that memory: start it when that is done (its tab shows how far it got).")
+
+
+def check_no_model_child(what: str) -> None:
+    """`model_child_refusal` as a UserError, for handlers that already turn those into messages."""
+    refusal = model_child_refusal(what)
+    if refusal:
+        raise UserError(refusal)
 
 
 def run_json(args: Sequence[str], *, timeout: float = 600.0, on_line: LineCallback | None = None,

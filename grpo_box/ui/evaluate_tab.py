@@ -20,10 +20,9 @@ from typing import Any
 import gradio as gr
 
 from grpo_box import job
-from grpo_box.errors import UserError
 
 from . import eval_view, messages, run_choice
-from .child import ChildError, Claims, check_no_model_child, parse_progress, run_json
+from .child import ChildError, Claims, model_child_refusal, parse_progress, run_json
 from .registry import Registry
 
 EVAL_TIMEOUT = 6 * 3600.0
@@ -129,11 +128,9 @@ def _evaluate(reg: Registry):
         if busy is not None and reg.ctx.hardware.gpu is not None:
             return messages.error(f"A training job is running ({busy.path.name}) and needs the GPU; evaluate once it "
                                   "has finished or been stopped.", "Not started"), *skip
-        if reg.ctx.hardware.gpu is not None:  # a second model on the card would run it out of memory
-            try:
-                check_no_model_child(f"Evaluating {name}")
-            except UserError as exc:
-                return messages.error(str(exc), "Not started"), *skip
+        refusal = model_child_refusal(f"Evaluating {name}") if reg.ctx.hardware.gpu is not None else None
+        if refusal:  # a second model on the card would run it out of memory
+            return messages.error(refusal, "Not started"), *skip
         if not _RUNNING.claim(str(run), run=name):
             return messages.error(already_running(name or "", _RUNNING.holder(str(run))), "Not started"), *skip
         try:

@@ -23,7 +23,7 @@ from grpo_box import job
 from grpo_box.errors import UserError
 
 from . import export_view, messages, push_panel, run_choice, serve_panel
-from .child import ChildError, Claims, check_no_model_child
+from .child import ChildError, Claims, model_child_refusal
 from .cli_stream import CHECK_FAILED, parse_percent, stream_cli
 from .registry import Registry
 
@@ -201,10 +201,7 @@ def refusal(reg: Registry, run: Path | None, name: str | None = None) -> str | N
         return (f"A training job is running ({busy.path.name}). Merging and exporting load the model and would "
                 "compete with it for memory: export once it has finished, or stop it in the Train tab.")
     if reg.ctx.hardware.gpu is not None:  # an evaluation holds the card (a merge or export holds the slot)
-        try:
-            check_no_model_child("Merging or exporting")
-        except UserError as exc:
-            return str(exc)
+        return model_child_refusal("Merging or exporting")
     return None
 
 
