@@ -1036,7 +1036,8 @@ def test_the_smoke_bundle_unpacks_without_the_xz_program(tmp_path):
 def test_the_smoke_check_runs_end_to_end_on_the_cpu(tmp_path):
     """--dry-run: every part of bench/gpu_smoke.sh on a tiny random model (about 2 minutes on 2 cores)."""
     out = subprocess.run(["bash", str(ROOT / "bench/gpu_smoke.sh"), "--dry-run"], capture_output=True, text=True,
-                         timeout=600, cwd=ROOT, env={**os.environ, "GPU_SMOKE_WORK": str(tmp_path / "work")})
+                         timeout=600, cwd=ROOT, env={**os.environ, "GPU_SMOKE_WORK": str(tmp_path / "work"),
+                                                     "PYTHON": sys.executable})
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-4000:]
     summary = text[text.index("==== GPU smoke summary ===="):]

@@ -4,6 +4,7 @@ and the Unsloth GPU boundary (checked on CPU, run for real behind the cuda marke
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -137,26 +138,6 @@ def test_a_child_killed_outright_is_marked_failed_not_left_running(tmp_path):
 
 
 @pytest.mark.slow
-def test_trained_run_merges_and_exports_gguf_that_llama_cpp_answers(trained):
-    """The last mile on a really trained adapter: merge, f16 + q4_k_m GGUF, both loaded and checked."""
-    from grpo_box.export import export_run
-    from grpo_box.merge import merge_with_report
-
-    run = trained["run"]
-    assert run.status()["state"] == "finished", "the training test above failed first"
-    merge = merge_with_report(run.path)
-    assert merge.ok and merge.matches == len(merge.prompts) >= 3  # merged greedy == base + adapter
-    report = export_run(run.path, ["f16", "q4_k_m"])
-    f16, q4 = (next(f for f in report.files if f.quant == q) for q in ("f16", "q4_k_m"))
-    # f16 greedy == merged HF greedy, except where the merged model itself was at a near-tie
-    assert f16.verified and f16.identical + f16.near_ties == f16.prompts >= 3 and f16.identical >= 1
-    assert f16.eos_token == "<|im_end|>" and f16.eos_ok and f16.chat_template_ok
-    assert f16.chat_stops and f16.chat_reply.strip()  # a chat reply ends at <|im_end|>
-    assert Path(q4.path).is_file() and q4.prompts >= 3 and q4.chat_template_ok
-    assert report.ok and Path(q4.modelfile).is_file()
-
-
-@pytest.mark.slow
 def test_the_readme_demo_trains_evaluates_and_exports(tmp_path):
     """The README's main command, shortened: one step, four held-out rows."""
     result = run_cli("demo", "--set", "grpo.max_steps=1", "--set", "data.eval_size=4", "--set",
@@ -166,8 +147,15 @@ def test_the_readme_demo_trains_evaluates_and_exports(tmp_path):
     assert run.status()["state"] == "finished" and run.has_adapter()
     evaluation = json.loads(run.file("eval.json").read_text())
     assert evaluation["base"]["rows"] == evaluation["trained"]["rows"] == 4 and "delta" in evaluation
+    # the last mile on a really trained adapter (test_export checks each part on a random LoRA)
+    merged = re.search(r"merged: (\d+)/(\d+) prompts identical to base \+ adapter", result.stdout + result.stderr)
+    assert merged and merged[1] == merged[2] and int(merged[2]) >= 3, result.stderr[-2000:]
     report = json.loads((run.path / "export" / "export.json").read_text())
     assert report["ok"] and {f["quant"] for f in report["files"]} == {"f16", "q4_k_m"}
+    f16, q4 = (next(f for f in report["files"] if f["quant"] == q) for q in ("f16", "q4_k_m"))
+    assert f16["verified"] and f16["identical"] + f16["near_ties"] == f16["prompts"] >= 3 and f16["identical"] >= 1
+    assert f16["eos_token"] == "<|im_end|>" and f16["eos_ok"] and f16["chat_stops"] and f16["chat_reply"].strip()
+    assert Path(q4["path"]).is_file() and q4["prompts"] >= 3 and q4["chat_template_ok"] and Path(q4["modelfile"]).is_file()
     assert "step 1/1 | reward" in result.stdout + result.stderr
     assert f"python -m grpo_box chat {run.path}" in result.stdout
 

@@ -12,6 +12,7 @@ from ui_helpers import launch_app, value
 
 from grpo_box.__main__ import build_parser
 from grpo_box.presets import resolve_config
+from grpo_box.ui import messages
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def app(tmp_path_factory):
 
 def test_page_starts_on_the_cpu_preset_and_bundled_model_without_a_gpu(app):
     reg = app.reg
-    assert "CPU only" in reg["setup.hardware"].value and "11–15 s a step" in reg["setup.hardware"].value
+    assert "CPU only" in reg["setup.hardware"].value and messages.CPU_PRESET_PACE in reg["setup.hardware"].value
     assert reg["setup.preset"].value == "cpu"
     assert reg["setup.model.name"].value == "bundled:smollm2-135m-instruct"
     assert "in RAM" in reg["setup.verdict"].value

@@ -12,9 +12,9 @@ from typing import Any
 
 from grpo_box.errors import UserError
 
-# The cpu preset's measured pace (bench/learning_demo.py, 2 cores): ~15 s a step at first, 11-13 s
-# once the model answers in the format.
-CPU_PRESET_PACE = "about 11–15 s a step on 2 cores"
+# The cpu preset's measured pace on 2 cores (bench/learning_demo.py): 11-15 s a step on one machine,
+# up to 28 s on a slower one; the Train tab shows the run's own pace and ETA once it trains.
+CPU_PRESET_PACE = "about 11–30 s a step on 2 cores, depending on the CPU"
 
 _STYLES = {
     "error": "border-left:4px solid #c62828;background:#fdecea;color:#5f1010",

@@ -60,7 +60,7 @@ def hardware_markdown(hw: Hardware) -> str:
     ram = f", {hw.ram_gb:g} GB RAM" if hw.ram_gb else ""
     return (f"**CPU only** (no NVIDIA GPU found; {cores}{ram}). Proposed preset: **{preset}**.\n\n"
             f"Training runs on the CPU here: the cpu preset (the bundled 135M model) takes {messages.CPU_PRESET_PACE}, "
-            "so its 60 steps take 12–15 minutes. A GPU preset's model would take minutes a step; "
+            "so its 60 steps take roughly 12–30 minutes. A GPU preset's model would take minutes a step; "
             "its memory estimate below is for the card the preset is meant for.")
 
 
