@@ -4,8 +4,8 @@
 reports and Modelfiles); `runs` re-exports it. It writes a temporary file beside the target,
 named `<name>.<random>.tmp` so two writers of the same file never share one, flushes it to disk
 and renames it over the target. `replace_dir` swaps a finished folder in for an old one (the
-cluster bundle, the merged model, the bundled model's import). This module imports nothing from the
-engine, so `config` can use it too.
+cluster bundle, the merged model, the bundled model's import, llama.cpp's converter). This module
+imports nothing from the engine, so `config` can use it too.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from .atomic import replace_dir
 from .errors import UserError
 from .progress import Progress
 
@@ -205,9 +206,8 @@ def prepare_converter(sdist: str | Path | None = None, download: bool = False) -
         info = {"format": _MARKER_VERSION, "version": version, "sdist": str(tarball),
                 "sha256": _sha256(tarball), "gguf_py": vendored_gguf_version(tmp)}
         (tmp / _MARKER).write_text(json.dumps(info, indent=2))
-        shutil.rmtree(home, ignore_errors=True)
-        try:
-            tmp.rename(home)
+        try:  # the old folder stays usable until the new one is in place
+            replace_dir(tmp, home)
         except OSError:
             if not _is_ready(home, version):  # else another process just finished the same job
                 raise

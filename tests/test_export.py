@@ -619,6 +619,10 @@ def test_prepare_converter_extracts_only_the_converter(tmp_path: Path, monkeypat
     assert {"convert_lora_to_gguf.py", "conversion", "gguf-py", "LICENSE", "grpo_box_converter.json"} <= names
     assert "ggml" not in names and "src" not in names, "only the converter files, not the C++ tree"
     assert llama_tools.ensure_converter() == script
+    (script.parent / "stale.txt").write_text("from an earlier extraction")
+    assert llama_tools.prepare_converter(sdist) == script  # again over the first: swapped in whole
+    assert not (script.parent / "stale.txt").exists() and script.is_file()
+    assert [p.name for p in script.parent.parent.iterdir()] == [script.parent.name]  # no temporary or old folder
 
 
 def test_push_of_a_folder_leaves_local_paths_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
