@@ -3,9 +3,11 @@ merge/export's exit code 1 told apart (a failed check after the work finished, o
 
 from __future__ import annotations
 
-import sys
+import threading
+import time
 
 import pytest
+from ui_helpers import child_runs
 
 from grpo_box.errors import UserError
 from grpo_box.ui import child
@@ -42,26 +44,19 @@ def test_error_message_prefers_the_engines_line_and_hides_tracebacks():
 
 
 # -- merge/export's exit code 1: a failed check or a crash --------------------------------------
-def _child_runs(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
-    """`stream_cli` runs this Python code instead of `python -m grpo_box …`."""
-    from grpo_box.ui import cli_stream
-
-    monkeypatch.setattr(cli_stream, "cli_command", lambda args: [sys.executable, "-c", code])
-
-
 def test_an_exit_1_after_the_work_finished_is_a_failed_check(monkeypatch: pytest.MonkeyPatch) -> None:
     from grpo_box.ui import cli_stream
 
-    _child_runs(monkeypatch, "import sys; print('  50.0% merging'); print('  100.0% merged: 1/3'); sys.exit(1)")
+    child_runs(monkeypatch, "import sys; print('  50.0% merging'); print('  100.0% merged: 1/3'); sys.exit(1)")
     assert cli_stream.stream_cli(["merge", "r"], timeout=60).returncode == cli_stream.CHECK_FAILED
-    _child_runs(monkeypatch, "import sys, json; print(json.dumps({'ok': False})); sys.exit(1)")  # the --json form
+    child_runs(monkeypatch, "import sys, json; print(json.dumps({'ok': False})); sys.exit(1)")  # the --json form
     assert cli_stream.stream_cli(["export", "r", "--json"], timeout=60).returncode == cli_stream.CHECK_FAILED
 
 
 def test_an_exit_1_from_a_crash_is_an_error_with_its_last_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     from grpo_box.ui import cli_stream
 
-    _child_runs(monkeypatch, "print('  40.0% quantizing', flush=True)\ndef step():\n    raise KeyError('tensor x')\n"
+    child_runs(monkeypatch, "print('  40.0% quantizing', flush=True)\ndef step():\n    raise KeyError('tensor x')\n"
                              "step()")
     with pytest.raises(child.ChildError) as caught:
         cli_stream.stream_cli(["export", "r"], timeout=60)
@@ -126,3 +121,35 @@ def test_training_is_refused_while_a_child_holds_a_model(tmp_path) -> None:
         child.run_cli(["estimate", "--preset", "cpu", "--set", "grpo.num_generations=3"], timeout=120,
                       on_line=lambda line: listed.append(child.model_children()))
     assert listed and listed[0] == []
+
+
+# -- Cancel --------------------------------------------------------------------------------------
+STUBBORN = ("import signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "print('working', file=sys.stderr, flush=True); time.sleep(120)")
+
+
+def test_a_child_that_ignores_the_cancel_is_killed_after_the_grace(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Cancel names the verb and the run folder; only that child is interrupted, and one that ignores the
+    interrupt is killed once the grace is over. The handler gets ChildCancelled, not a crash or a timeout."""
+    child_runs(monkeypatch, STUBBORN)
+    monkeypatch.setattr(child, "CANCEL_GRACE_SECONDS", 1.0)
+    outcome: dict[str, BaseException] = {}
+    started = threading.Event()
+
+    def evaluate() -> None:
+        try:
+            child.run_cli(["eval", str(tmp_path), "--json"], timeout=120, on_line=lambda line: started.set())
+        except BaseException as exc:  # noqa: BLE001 - the test looks at what was raised
+            outcome["raised"] = exc
+
+    worker = threading.Thread(target=evaluate)
+    worker.start()
+    assert started.wait(30)
+    assert child.cancel_children(["export"], tmp_path) == []  # another verb: not this child
+    assert child.cancel_children(["eval"], tmp_path / "other") == []  # another run: not this child
+    began = time.monotonic()
+    assert child.cancel_children(["eval"], tmp_path) == [f"python -m grpo_box eval {tmp_path}"]
+    worker.join(30)
+    assert not worker.is_alive() and time.monotonic() - began < 15
+    assert isinstance(outcome.get("raised"), child.ChildCancelled), outcome
+    assert "was cancelled" in str(outcome["raised"]) and child.model_children() == []

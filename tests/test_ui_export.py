@@ -29,7 +29,7 @@ from typing import Any
 import gradio as gr
 import pytest
 from helpers import ENV, ROOT, make_random_lora
-from ui_helpers import LiveApp, Session, launch_app, value
+from ui_helpers import LiveApp, Session, child_runs, launch_app, value
 
 from grpo_box.config import RunConfig
 from grpo_box.runs import RunDir, create_run
@@ -318,6 +318,41 @@ def test_a_second_merge_or_export_while_one_runs_is_a_toast_not_a_message_under_
     assert export_tab._show(app.reg)("demo")[-1] == ""  # and nothing once it is done
 
 
+def test_cancel_interrupts_an_evaluation_and_an_export_and_keeps_what_was_saved(app: LiveApp, page: Session) -> None:
+    """Cancel from another page: the child (listed while it runs, so training waits for it) is interrupted,
+    its temporary files go, and eval.json and the earlier export stay byte for byte."""
+    import threading
+
+    from grpo_box.ui import child, export_tab
+
+    run = app.runs_dir / "demo"
+    evaluation = (run / "eval.json").read_bytes()
+    exported = snapshot(run / "export")
+    results: dict[str, Any] = {}
+    for verb, call, args, cancel in (("eval", "/evaluate_run", ("demo", 0, 1), "/evaluate_cancel"),
+                                     ("export", "/export_run", ("demo", ["q8_0"], False, False), "/export_cancel")):
+        worker = threading.Thread(target=lambda: results.update({verb: app.client().call(call, *args)}))
+        worker.start()
+        deadline = time.time() + 120
+        while not any(f"grpo_box {verb}" in c for c in child.model_children()) and time.time() < deadline:
+            time.sleep(0.2)
+        busy = child.model_child_refusal("Training")
+        assert busy and f"python -m grpo_box {verb}" in busy  # training would wait for it
+        while verb == "export" and "convert" not in (export_tab._SLOT.holder(export_tab._ONE) or {}).get("line", ""):
+            time.sleep(0.2)  # cancelled while llama.cpp converts: the step that leaves a .partial file
+        time.sleep(2)
+        said = page.call(cancel, "demo")
+        assert "Cancelling the" in str(said), said
+        worker.join(timeout=60)
+        assert not worker.is_alive() and not child.model_children()
+    assert "The evaluation of demo was cancelled. Its earlier results are kept." in results["eval"]["evaluate.message"]
+    assert "The export of demo was cancelled" in results["export"]["export.message"]
+    assert (run / "eval.json").read_bytes() == evaluation
+    assert snapshot(run / "export") == exported  # no demo-q8_0.gguf, no .partial file left behind
+    nothing = page.call("/export_cancel", "demo")
+    assert "No merge or export of demo is running" in str(nothing)
+
+
 # -- without the live app -----------------------------------------------------------------------
 class FakeRegistry(dict):
     """Enough of the app's registry for a handler: the runs folder, no GPU, components by key."""
@@ -341,12 +376,6 @@ def offline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRegistry
     return FakeRegistry(tmp_path / "runs")
 
 
-def _child_runs(monkeypatch: pytest.MonkeyPatch, code: str) -> None:
-    from grpo_box.ui import cli_stream
-
-    monkeypatch.setattr(cli_stream, "cli_command", lambda args: [sys.executable, "-c", code])
-
-
 CRASH = "print('  40.0% converting', flush=True)\nraise RuntimeError('llama.cpp converter blew up')"
 CHECK_FAILED = "import sys; print('  100.0% done: some checks FAILED'); sys.exit(1)"
 
@@ -355,11 +384,11 @@ def test_a_crashed_merge_is_a_failure_not_a_failed_check(offline_run: FakeRegist
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from grpo_box.ui import export_tab
 
-    _child_runs(monkeypatch, CRASH)
+    child_runs(monkeypatch, CRASH)
     crashed, _ = export_tab._merge(offline_run)("demo", False)
     assert "Merge failed" in crashed and "crashed before it finished" in crashed, crashed
     assert "RuntimeError: llama.cpp converter blew up" in crashed and "check failed" not in crashed
-    _child_runs(monkeypatch, CHECK_FAILED)
+    child_runs(monkeypatch, CHECK_FAILED)
     checked, _ = export_tab._merge(offline_run)("demo", False)
     assert "Merged, but the check failed" in checked
 
@@ -368,11 +397,11 @@ def test_a_crashed_export_is_a_failure_not_failed_checks(offline_run: FakeRegist
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from grpo_box.ui import export_tab
 
-    _child_runs(monkeypatch, CRASH)
+    child_runs(monkeypatch, CRASH)
     crashed = export_tab._export(offline_run)("demo", ["q4_k_m"], False, False)[0]
     assert "Export failed" in crashed and "RuntimeError: llama.cpp converter blew up" in crashed, crashed
     assert "checks failed" not in crashed
-    _child_runs(monkeypatch, CHECK_FAILED)
+    child_runs(monkeypatch, CHECK_FAILED)
     checked = export_tab._export(offline_run)("demo", ["q4_k_m"], False, False)[0]
     assert "Exported, with failed checks" in checked
 

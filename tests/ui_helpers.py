@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,3 +89,10 @@ def launch_app(tmp: Path, hardware: Any = None) -> Iterator[LiveApp]:
 def value(update: Any) -> Any:
     """A component's value from a returned update ({"value": ..., "__type__": "update"}) or plain value."""
     return update.get("value") if isinstance(update, dict) and update.get("__type__") == "update" else update
+
+
+def child_runs(monkeypatch: Any, code: str) -> None:
+    """The app's CLI children (`run_cli`, `stream_cli`) run this Python code instead of `python -m grpo_box …`."""
+    from grpo_box.ui import child
+
+    monkeypatch.setattr(child, "cli_command", lambda args: [sys.executable, "-c", code])

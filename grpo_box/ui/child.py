@@ -10,7 +10,8 @@ the last lines of stderr. `Claims` keeps two handlers from starting the same chi
 (the Export tab's one merge/export slot, the Evaluate tab's one evaluation per run).
 
 Every child is listed while it runs, so `check_no_model_child` can refuse to start training (or,
-on a GPU, a second model load) while an evaluation, merge, export or dry run holds a model.
+on a GPU, a second model load) while an evaluation, merge, export or dry run holds a model, and
+`cancel_children` can interrupt the one a page's Cancel button names.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ LineCallback = Callable[[str], None]
 # the CLI verbs whose child loads a model (what `check_no_model_child` waits for)
 MODEL_VERBS = (("eval",), ("merge",), ("export",), ("rewards", "score"))
 _LIVE: dict[int, tuple[str, ...]] = {}  # pid: the arguments of each child running now
+_CANCELLED: dict[int, float] = {}  # pid: when (time.monotonic) a cancelled child is killed if still running
 _LIVE_LOCK = threading.Lock()
+CANCEL_GRACE_SECONDS = 20.0  # a cancelled child's time to remove its temporary files
 
 
 class ChildError(UserError, RuntimeError):
@@ -52,6 +55,10 @@ class ChildError(UserError, RuntimeError):
         self.returncode = returncode
         self.stderr_tail = stderr_tail
         self.command = command
+
+
+class ChildCancelled(ChildError):
+    """The user cancelled the child (`cancel_children`) before it finished."""
 
 
 @dataclass
@@ -115,22 +122,68 @@ def run_cli(args: Sequence[str], *, timeout: float = 600.0, on_line: LineCallbac
     ChildError when the command exits non-zero or runs past `timeout` seconds (then it and its
     own children are killed).
     """
-    argv = cli_command(args)
     shown = " ".join(["python", "-m", "grpo_box", *[str(a) for a in args]])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, encoding="utf-8", errors="replace", cwd=cwd, env=child_env(env),
-                            start_new_session=True)
+    proc = start_child(args, cwd, env)
+    with listed(proc, args):
+        return _follow(proc, shown, timeout, on_line)
+
+
+def start_child(args: Sequence[str], cwd: str | Path | None = None,
+                env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python -m grpo_box ARGS` in its own process group (a timeout or a cancel reaches its children
+    too), both output streams piped as text."""
+    return subprocess.Popen(cli_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace", cwd=cwd,
+                            env=child_env(env), start_new_session=True)
+
+
+@contextlib.contextmanager
+def listed(proc: subprocess.Popen, args: Sequence[str]) -> Iterator[None]:
+    """List `proc` as running `args` while the block runs (`model_children`, `children_using` and
+    `cancel_children` see it)."""
     with _LIVE_LOCK:
         _LIVE[proc.pid] = tuple(str(a) for a in args)
     try:
-        return _follow(proc, shown, timeout, on_line)
+        yield
     finally:
         with _LIVE_LOCK:
             _LIVE.pop(proc.pid, None)
+            _CANCELLED.pop(proc.pid, None)
+
+
+def kill_time(proc: subprocess.Popen, timeout_at: float) -> Callable[[], float]:
+    """When (time.monotonic) `proc` is to be killed: its timeout, or sooner once it was cancelled."""
+    return lambda: min(timeout_at, _CANCELLED.get(proc.pid, timeout_at))
+
+
+def check_cancelled(proc: subprocess.Popen, shown: str, stderr: str) -> None:
+    """Raise ChildCancelled when `proc` (exited) was cancelled and did not finish anyway."""
+    with _LIVE_LOCK:
+        cancelled = proc.pid in _CANCELLED
+    if cancelled and proc.returncode != 0:  # one that finished just as the cancel came counts as done
+        raise ChildCancelled(f"`{shown}` was cancelled", returncode=proc.returncode, stderr_tail=tail(stderr),
+                             command=shown)
+
+
+def cancel_children(verbs: Sequence[str], folder: Path) -> list[str]:
+    """Cancel this app's children running one of `verbs` (e.g. "eval") on `folder`: an interrupt to
+    each one's process group, as Ctrl+C in a terminal, so the engine's cleanup removes its temporary
+    files; `run_cli` kills it if it still runs CANCEL_GRACE_SECONDS later and raises ChildCancelled.
+    Returns the commands cancelled (none: nothing of the kind was running)."""
+    target = folder.resolve()
+    with _LIVE_LOCK:
+        chosen = {pid: args for pid, args in _LIVE.items()
+                  if args[:1] and args[0] in verbs and any(_names(arg, target) for arg in args)}
+        _CANCELLED.update({pid: time.monotonic() + CANCEL_GRACE_SECONDS for pid in chosen})
+    for pid in chosen:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGINT)
+    return [_shown(args) for args in chosen.values()]
 
 
 def _follow(proc: subprocess.Popen, shown: str, timeout: float, on_line: LineCallback | None) -> ChildResult:
-    """Pass the child's stderr lines on until it exits (killing it after `timeout` s); its result."""
+    """Pass the child's stderr lines on until it exits (killing it after `timeout` s, or after the
+    grace of a cancel); its result."""
     lines: queue.Queue[str | None] = queue.Queue()
     stdout_parts: list[str] = []
     readers = [threading.Thread(target=_pump, args=(proc.stderr, lines), daemon=True),
@@ -138,8 +191,7 @@ def _follow(proc: subprocess.Popen, shown: str, timeout: float, on_line: LineCal
     for reader in readers:
         reader.start()
     stderr_lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    timed_out = _drain(lines, stderr_lines, on_line, deadline)
+    timed_out = _drain(lines, stderr_lines, on_line, kill_time(proc, time.monotonic() + timeout))
     if timed_out:
         _kill(proc)
     proc.wait()
@@ -147,6 +199,7 @@ def _follow(proc: subprocess.Popen, shown: str, timeout: float, on_line: LineCal
         reader.join(timeout=5)
     _drain(lines, stderr_lines, on_line, None)
     stderr = "".join(stderr_lines)
+    check_cancelled(proc, shown, stderr)
     if timed_out:
         raise ChildError(f"`{shown}` took longer than {timeout:g} s and was stopped", returncode=None,
                          stderr_tail=tail(stderr), command=shown)
@@ -238,16 +291,17 @@ def _pump(stream: Any, lines: "queue.Queue[str | None]") -> None:
 
 
 def _drain(lines: "queue.Queue[str | None]", seen: list[str], on_line: LineCallback | None,
-           deadline: float | None) -> bool:
-    """Hand stderr lines to `on_line` until the stream ends; True when `deadline` passed first."""
+           deadline: Callable[[], float] | None) -> bool:
+    """Hand stderr lines to `on_line` until the stream ends; True when `deadline()` (a monotonic time,
+    asked again each half second: a cancel brings it forward) passed first."""
     while True:
-        wait = 0.0 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+        wait = 0.0 if deadline is None else max(0.0, min(0.5, deadline() - time.monotonic()))
         try:
             line = lines.get(timeout=wait) if deadline is not None else lines.get_nowait()
         except queue.Empty:
             if deadline is None:
                 return False
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline():
                 return True
             continue
         if line is None:

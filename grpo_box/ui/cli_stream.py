@@ -9,7 +9,8 @@ callback. Exit code 0 is success, anything but 0 and 1 is an error whose message
 but a check failed" (the report says which), and Python exits with it on an uncaught exception.
 Only a command that finished says so: its last progress line reached 100% (or, with `--json`, it
 printed its JSON result); an exit 1 without that is a crash, raised as a ChildError that shows the
-crash's last stderr lines. A timeout kills the whole process group, as `child.run_cli` does.
+crash's last stderr lines. A timeout kills the whole process group, and the child is listed while
+it runs (`child.listed`: training waits for it, Cancel can interrupt it), as `child.run_cli` does.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .child import ChildError, ChildResult, LineCallback, _kill, child_env, cli_command, error_message, tail
+from .child import (ChildError, ChildResult, LineCallback, _kill, check_cancelled, error_message, kill_time, listed,
+                    start_child, tail)
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)%\s+(.*)$")
 CHECK_FAILED = 1  # the CLI's exit code for "finished, but a check failed" (and Python's for a crash)
@@ -45,23 +47,28 @@ def stream_cli(args: Sequence[str], *, on_line: LineCallback | None = None, time
     Raises ChildError (the CLI's own message) on an exit code outside `ok_codes` or a timeout.
     """
     shown = " ".join(["python", "-m", "grpo_box", *map(str, args)])
-    proc = subprocess.Popen(cli_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace",
-                            cwd=cwd, env=child_env(env), start_new_session=True)
+    proc = start_child(args, cwd, env)
+    with listed(proc, args):
+        return _follow(proc, shown, timeout, on_line, ok_codes)
+
+
+def _follow(proc: subprocess.Popen, shown: str, timeout: float, on_line: LineCallback | None,
+            ok_codes: tuple[int, ...]) -> ChildResult:
     lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
     readers = [threading.Thread(target=_pump, args=(proc.stdout, "out", lines), daemon=True),
                threading.Thread(target=_pump, args=(proc.stderr, "err", lines), daemon=True)]
     for reader in readers:
         reader.start()
     seen: dict[str, list[str]] = {"out": [], "err": []}
-    open_streams, deadline = len(readers), time.monotonic() + timeout
+    open_streams, deadline = len(readers), kill_time(proc, time.monotonic() + timeout)
     while open_streams:
         try:
-            item = lines.get(timeout=max(0.0, min(0.5, deadline - time.monotonic())))
+            item = lines.get(timeout=max(0.0, min(0.5, deadline() - time.monotonic())))
         except queue.Empty:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline():
                 _kill(proc)
                 proc.wait()
+                check_cancelled(proc, shown, "".join(seen["err"]))
                 raise ChildError(f"`{shown}` took longer than {timeout:g} s and was stopped",
                                  stderr_tail=tail("".join(seen["err"])), command=shown) from None
             continue
@@ -74,6 +81,7 @@ def stream_cli(args: Sequence[str], *, on_line: LineCallback | None = None, time
             on_line(line.rstrip("\n"))
     proc.wait()
     stdout, stderr = "".join(seen["out"]), "".join(seen["err"])
+    check_cancelled(proc, shown, stderr)
     if proc.returncode not in ok_codes:
         raise ChildError(error_message(stderr or stdout, proc.returncode), returncode=proc.returncode,
                          stderr_tail=tail(stderr), command=shown)

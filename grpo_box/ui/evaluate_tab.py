@@ -4,7 +4,8 @@ Evaluation runs as `python -m grpo_box eval RUN --json [--limit N] [--k K]` in a
 (it loads the model and the run's reward functions, user code included), its progress lines
 moving the page's progress bar forward through its phases (base, then trained; each greedy, then
 sampled for pass@k). One evaluation of a run at a time: a second one, from another page, would
-write the same `eval.json`, so it is refused while the first runs. The result is read back from
+write the same `eval.json`, so it is refused while the first runs; Cancel (from any page) interrupts
+it and leaves `eval.json` as it was. The result is read back from
 the run's `eval.json`, so opening a run shows its last evaluation without rerunning it, including
 the one training itself wrote.
 The page shows a summary table, a bar chart (accuracy, the weighted total and each reward's mean,
@@ -22,7 +23,8 @@ import gradio as gr
 from grpo_box import job
 
 from . import eval_view, messages, run_choice
-from .child import ChildError, Claims, model_child_refusal, parse_progress, run_json
+from .child import (ChildCancelled, ChildError, Claims, cancel_children, model_child_refusal, parse_progress,
+                    run_json)
 from .registry import Registry
 
 EVAL_TIMEOUT = 6 * 3600.0
@@ -41,7 +43,10 @@ def build(reg: Registry) -> None:
                                             precision=0, elem_id="evaluate-limit"))
         reg.add("evaluate.k", gr.Number(label="pass@k: samples per prompt (1 = greedy only)", value=1, minimum=1,
                                         maximum=64, precision=0, elem_id="evaluate-k"))
-        reg.add("evaluate.start", gr.Button("Evaluate base and trained", variant="primary", elem_id="evaluate-start"))
+        with gr.Column(scale=1, min_width=200):
+            reg.add("evaluate.start", gr.Button("Evaluate base and trained", variant="primary",
+                                                elem_id="evaluate-start"))
+            reg.add("evaluate.cancel", gr.Button("Cancel", elem_id="evaluate-cancel"))
     reg.add("evaluate.message", gr.HTML(elem_id="evaluate-message"))
     with gr.Row():
         reg.add("evaluate.summary", gr.HTML(elem_id="evaluate-summary"))
@@ -63,6 +68,8 @@ def wire(reg: Registry) -> None:
     reg["evaluate.start"].click(_evaluate(reg), inputs=[reg["evaluate.run"], reg["evaluate.limit"], reg["evaluate.k"]],
                                 outputs=[reg["evaluate.message"], *shown], api_name="evaluate_run",
                                 concurrency_limit=2)
+    reg["evaluate.cancel"].click(_cancel(reg), inputs=[reg["evaluate.run"]], outputs=[reg["evaluate.message"]],
+                                 api_name="evaluate_cancel")
     reg["evaluate.filter"].change(_filter(reg), inputs=[reg["evaluate.run"], reg["evaluate.filter"]],
                                   outputs=[reg["evaluate.examples"]], api_visibility="private")
 
@@ -135,6 +142,9 @@ def _evaluate(reg: Registry):
             return messages.error(already_running(name or "", _RUNNING.holder(str(run))), "Not started"), *skip
         try:
             _run_eval(run, limit, int(k or 1), progress)
+        except ChildCancelled:
+            kept = " Its earlier results are kept." if eval_view.read(run) else ""
+            return messages.warning(f"The evaluation of {name} was cancelled.{kept}", "Cancelled"), *skip
         except ChildError as exc:
             return messages.error(str(exc), "Evaluation failed"), *skip
         finally:
@@ -143,6 +153,19 @@ def _evaluate(reg: Registry):
         return messages.ok(f"Evaluated {name}; the results are saved in its eval.json.{note}"), *view(run)
 
     return evaluate
+
+
+def _cancel(reg: Registry):
+    def cancel(name: str | None) -> str:
+        """Interrupt the run's evaluation (whichever page started it); its eval.json stays as it was."""
+        run = run_choice.run_path(reg, name)
+        if run is None:
+            return messages.warning(run_choice.no_run(reg, name))
+        if not cancel_children(["eval"], run):
+            return messages.warning(f"No evaluation of {name} is running in this app.")
+        return messages.warning(f"Cancelling the evaluation of {name}…", "Cancelling")
+
+    return cancel
 
 
 def already_running(name: str, holder: dict[str, Any] | None) -> str:

@@ -23,7 +23,7 @@ from grpo_box import job
 from grpo_box.errors import UserError
 
 from . import export_view, messages, push_panel, run_choice, serve_panel
-from .child import ChildError, Claims, model_child_refusal
+from .child import ChildCancelled, ChildError, Claims, cancel_children, model_child_refusal
 from .cli_stream import CHECK_FAILED, parse_percent, stream_cli
 from .registry import Registry
 
@@ -61,6 +61,7 @@ def build(reg: Registry) -> None:
         reg.add("export.lora", gr.Checkbox(label="Also the adapter alone as a GGUF LoRA (llama.cpp --lora, Ollama "
                                                  "ADAPTER)", value=False, elem_id="export-lora"))
         reg.add("export.start", gr.Button("Export", variant="primary", elem_id="export-start", scale=0))
+        reg.add("export.cancel", gr.Button("Cancel the merge or export", elem_id="export-cancel", scale=0))
     reg.add("export.table", gr.HTML(elem_id="export-table"))
     reg.add("export.files", gr.File(label="Downloads", file_count="multiple", interactive=False,
                                     elem_id="export-files"))
@@ -87,6 +88,7 @@ def wire(reg: Registry) -> None:
                                                     reg["export.allow_4bit"]],
                               outputs=[reg["export.message"], *_view_outputs(reg)], api_name="export_run",
                               concurrency_limit=2, show_progress_on=[reg["export.table"]])
+    reg["export.cancel"].click(_cancel(reg), inputs=[run], outputs=[reg["export.message"]], api_name="export_cancel")
     serve_panel.wire(reg)
     push_panel.wire(reg)
 
@@ -171,6 +173,7 @@ def _show(reg: Registry):
 
 # -- merge and export -----------------------------------------------------------------------------
 _BUSY_TEXT = "Another merge or export is running in this app; try again when it is done."
+KEPT = "the files it had started are removed and earlier exports of this run are as they were."
 
 
 def _claim(what: str, name: str) -> bool:
@@ -252,6 +255,8 @@ def _merge(reg: Registry):
         try:
             args = ["merge", str(run)] + (["--allow-4bit-merge"] if allow_4bit else [])
             result = stream_cli(args, timeout=EXPORT_TIMEOUT, on_line=lambda line: _progress(progress, line))
+        except ChildCancelled:
+            return messages.warning(f"The merge of {name} was cancelled; {KEPT}", "Cancelled"), gr.skip()
         except ChildError as exc:
             return messages.error(str(exc), "Merge failed"), gr.skip()
         finally:
@@ -287,6 +292,8 @@ def _export(reg: Registry):
         progress(0.0, desc="starting the export")
         try:
             result = stream_cli(args, timeout=EXPORT_TIMEOUT, on_line=lambda line: _progress(progress, line))
+        except ChildCancelled:
+            return [messages.warning(f"The export of {name} was cancelled; {KEPT}", "Cancelled"), *view(run, quants)]
         except ChildError as exc:
             return [messages.error(f"{exc}\n\nEarlier exports of this run were left as they were.", "Export failed"),
                     *view(run, quants)]
@@ -300,6 +307,22 @@ def _export(reg: Registry):
         return [note, *view(run, quants)]
 
     return export
+
+
+def _cancel(reg: Registry):
+    def cancel(name: str | None) -> str:
+        """Interrupt the run's merge or export (whichever page started it); earlier files stay."""
+        run = run_choice.run_path(reg, name)
+        if run is None:
+            return messages.warning(run_choice.no_run(reg, name))
+        now = _SLOT.holder(_ONE)
+        if cancel_children(["merge", "export"], run):
+            return messages.warning(f"Cancelling the {now['what'] if now else 'merge or export'} of {name}…",
+                                    "Cancelling")
+        other = f" (the {now['what']} running now is {now['run']}'s: choose that run to cancel it)" if now else ""
+        return messages.warning(f"No merge or export of {name} is running in this app{other}.")
+
+    return cancel
 
 
 def _progress(progress: gr.Progress, line: str) -> None:
