@@ -61,7 +61,7 @@ def build(reg: Registry) -> None:
         reg.add("export.lora", gr.Checkbox(label="Also the adapter alone as a GGUF LoRA (llama.cpp --lora, Ollama "
                                                  "ADAPTER)", value=False, elem_id="export-lora"))
         reg.add("export.start", gr.Button("Export", variant="primary", elem_id="export-start", scale=0))
-        reg.add("export.cancel", gr.Button("Cancel the merge or export", elem_id="export-cancel", scale=0))
+        reg.add("export.cancel", gr.Button("Cancel", elem_id="export-cancel", scale=0, min_width=120))
     reg.add("export.table", gr.HTML(elem_id="export-table"))
     reg.add("export.files", gr.File(label="Downloads", file_count="multiple", interactive=False,
                                     elem_id="export-files"))
