@@ -526,8 +526,9 @@ def _in_range(spec: FieldSpec, value: float) -> bool:
 
 
 def check_run_name(name: str | None) -> str | None:
-    """A run name is a plain folder name: no separators, no leading dot. The problem, or None."""
-    if name is None or RUN_NAME_PATTERN.match(name):
+    """A run name is a plain folder name: no separators, no leading dot. The problem, or None.
+    None or empty (a cleared form field) means a generated name."""
+    if not name or RUN_NAME_PATTERN.match(name):
         return None
     return (f"output.run_name={name!r}: use a plain folder name of letters, digits and - _ . "
             "(no slashes, no leading dot), e.g. gsm8k-try1")

@@ -91,6 +91,24 @@ def test_resume_from_the_runs_tab_trains_the_stopped_run(app):
     assert run.has_adapter() and [m["step"] for m in run.metrics()] == [1]
 
 
+def test_a_new_run_with_a_runs_settings_fills_setup_and_keeps_the_old_run(app):
+    run = _run(app, "recipe", [0.5], "finished")
+    config = run.config()
+    config.grpo.learning_rate = 3.5e-5  # a setting the user tuned for that run
+    config.save(run.file("config.yaml"))
+    before = run.file("config.yaml").read_bytes()
+    page = app.client()
+    page.call("/select_preset", "cpu")
+    page.call("/set_options", json.dumps({"grpo.learning_rate": 1e-4, "output.run_name": "other"}))
+    page.call("/runs_list")
+    out = page.call("/runs_reuse", "recipe")
+    assert "Setup now holds recipe's settings" in out["runs.message"], out["runs.message"]
+    assert value(out["setup.grpo.learning_rate"]) == pytest.approx(3.5e-5)
+    command = page.call("/show_command")["setup.command"]
+    assert "learning_rate=3.5e-05" in command and "run_name" not in command  # a new run gets its own name
+    assert run.file("config.yaml").read_bytes() == before
+
+
 def test_auto_fit_set_in_train_is_the_setup_setting_and_in_the_command(app):
     page = app.client()
     page.call("/select_preset", "cpu")

@@ -179,3 +179,15 @@ def test_train_tab_cpu_note_names_the_model_it_trains():
     assert "with the bundled model" in _cpu_note(state.config())
     other = state.set("model.name", "HuggingFaceTB/SmolLM2-360M-Instruct").config()
     assert "with HuggingFaceTB/SmolLM2-360M-Instruct" in _cpu_note(other) and "with the bundled" not in _cpu_note(other)
+
+
+def test_a_cleared_run_name_means_a_generated_one_and_starts(tmp_path):
+    """Typing a run name and emptying the box again must not leave `output.run_name=''` (which the
+    engine once refused as a bad folder name) in the config or the command."""
+    from grpo_box.train import start_run
+
+    state = UIState("cpu").set("output.run_name", "mine").set("output.run_name", "  ")
+    assert state.config().output.run_name is None and "run_name" not in state.command()
+    assert state.set("data.system_prompt", "").config().data.system_prompt == ""  # an empty system prompt is a value
+    config = resolve_config("cpu", overrides=["output.run_name=", f"output.runs_dir={tmp_path}"])  # from the CLI
+    assert start_run(config).path.name.endswith("-cpu")  # a generated name, not a refusal

@@ -73,7 +73,7 @@ def build_app(runs_dir: str | None = None, *, files_dir: str | None = None,
         reg.add("app.state", gr.State(initial_state(ctx)))
         gr.Markdown("# GRPO Box\nTeach a model to reason with GRPO: choose the setup, the data and the "
                     "rewards, then train and watch it learn.", elem_id="app-header")
-        with gr.Tabs(elem_id="app-tabs"):
+        with reg.add("app.tabs", gr.Tabs(elem_id="app-tabs")):
             for label, tab_id, module_name in TABS:
                 with reg.add(f"app.tab_{tab_id}", gr.Tab(label, id=tab_id, elem_id=f"tab-{tab_id}")):
                     module = _tab_module(module_name)

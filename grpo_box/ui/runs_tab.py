@@ -21,7 +21,7 @@ from grpo_box import job
 from grpo_box.errors import UserError
 from grpo_box.runs import RunFileError, list_runs, open_run
 
-from . import cluster_panel, messages, run_choice, watch
+from . import cluster_panel, messages, run_choice, setup_tab, watch
 from .child import children_using
 from .curves import AXIS_FORMAT, overlay_frame, plot_frame
 from .registry import Registry
@@ -40,6 +40,7 @@ def build(reg: Registry) -> None:
         reg.add("runs.pick", gr.Dropdown(label="Open a run", choices=[], elem_id="runs-pick"))
         reg.add("runs.watch", gr.Button("Watch in the Train tab", elem_id="runs-watch", scale=0))
         reg.add("runs.resume", gr.Button("Resume", elem_id="runs-resume", scale=0))
+        reg.add("runs.reuse", gr.Button("New run with these settings", elem_id="runs-reuse", scale=0))
     with gr.Row():
         reg.add("runs.confirm", gr.Checkbox(label="Yes, delete this run and all its files", value=False,
                                             elem_id="runs-confirm"))
@@ -90,6 +91,9 @@ def wire(reg: Registry) -> None:
                             outputs=[reg["train.run"], reg["train.seen"], reg["runs.message"]], api_name="runs_watch")
     reg["runs.resume"].click(_resume(reg), inputs=[reg["runs.pick"]],
                              outputs=[reg["train.run"], reg["train.seen"], reg["runs.message"]], api_name="runs_resume")
+    reg["runs.reuse"].click(_reuse(reg), inputs=[reg["runs.pick"]],
+                            outputs=reg.components(["app.state", *reg.sync_keys(), "runs.message", "app.tabs"]),
+                            api_name="runs_reuse")
     reg["runs.delete"].click(_delete(reg), inputs=[reg["runs.pick"], reg["runs.confirm"]],
                              outputs=[reg["runs.message"], reg["runs.confirm"]], api_name="runs_delete") \
         .then(_listing(reg), outputs=listing, api_visibility="private")
@@ -114,6 +118,25 @@ def table(root: Path) -> pd.DataFrame:
         out.append({"name": r["name"], "state": r["state"], "step": r["step"], "max_steps": r["max_steps"],
                     "reward": _fmt(r["reward"]), "accuracy": _pct(r["accuracy"]), "started": started})
     return pd.DataFrame(out, columns=COLUMNS)
+
+
+def _reuse(reg: Registry):
+    def reuse(name: str | None) -> dict[Any, Any]:
+        """The run's settings into Setup for a new run (its own name, so nothing of the old run is touched)."""
+        path = _path(reg, name)
+        if path is None:
+            return reg.updates({"runs.message": messages.warning(run_choice.no_run(reg, name))})
+        try:
+            state = setup_tab.state_from_yaml(reg, open_run(path).file("config.yaml").read_text(encoding="utf-8"))
+            state = state.set("output.run_name", None)
+        except (UserError, OSError, UnicodeDecodeError) as exc:
+            return reg.updates({"runs.message": messages.error(str(exc), f"Could not read {name}'s settings:")})
+        note = messages.ok(f"Setup now holds {name}'s settings (a new run gets its own name): change what you want "
+                           "to try, then press Start in the Train tab.")
+        return reg.updates({"app.state": state, **reg.sync(state), "runs.message": note,
+                            "app.tabs": gr.Tabs(selected="setup")})
+
+    return reuse
 
 
 def _listing(reg: Registry):

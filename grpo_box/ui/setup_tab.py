@@ -184,6 +184,12 @@ def _fixed(reg: Registry, key: str) -> dict[str, Any]:
 
 
 # -- events ---------------------------------------------------------------------------------------
+def state_from_yaml(reg: Registry, text: str) -> UIState:
+    """The form's state for a config file's text (a saved config, a run's config.yaml); runs stay in
+    the folder the app lists. UserError when the text is not a valid config."""
+    return UIState.from_yaml(text).set(RUNS_DIR_KEY, reg.ctx.runs_dir or "")
+
+
 def wire(reg: Registry) -> None:
     hw: Hardware = reg.ctx.hardware
     keys = form_keys()
@@ -233,8 +239,7 @@ def wire(reg: Registry) -> None:
         if not path:
             return {}
         try:
-            text = Path(path).read_text(encoding="utf-8")
-            new = UIState.from_yaml(text).set(RUNS_DIR_KEY, reg.ctx.runs_dir or "")  # runs stay where the app lists them
+            new = state_from_yaml(reg, Path(path).read_text(encoding="utf-8"))
         except (UserError, UnicodeDecodeError, OSError) as exc:
             return reg.updates({"setup.error": messages.error(str(exc), f"Could not load {Path(path).name}:")})
         return reg.updates({"app.state": new, **reg.sync(new)})

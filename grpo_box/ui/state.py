@@ -66,6 +66,11 @@ def _kinds() -> dict[str, str]:
     return {spec.key: spec.kind for spec in field_specs()}
 
 
+# text settings where an emptied box means "not set" (a generated run name, no reward file); elsewhere
+# (the system prompt) an empty text is a value of its own
+BLANK_IS_UNSET = ("output.run_name", "reward_file")
+
+
 def coerce(key: str, value: Any) -> Any:
     """A widget's value as the setting's type: 3.0 -> 3 for an int, "1e-5" -> 1e-05 for a float.
 
@@ -74,6 +79,8 @@ def coerce(key: str, value: Any) -> Any:
     kind = _kinds().get(key)
     if isinstance(value, bool) or value is None:
         return value
+    if key in BLANK_IS_UNSET and isinstance(value, str) and not value.strip():
+        return None
     if kind == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
     if kind == "float" and isinstance(value, int):
