@@ -107,7 +107,7 @@ def test_train_from_the_page_survives_a_killed_worker_and_an_app_restart(tmp_pat
         assert run.last_checkpoint() is not None and run.file("metrics.jsonl").is_file()
         at_kill = run.last_checkpoint().name
 
-        resumed = page.predict(0, api_name="/train_resume")
+        resumed, _ = page.predict(0, api_name="/train_resume")
         assert "Resumed" in resumed, resumed
         _poll_until(page, lambda p: p["state"] == "running" and (p["step"] or 0) >= int(at_kill.split("-")[1]) + 1)
     finally:
@@ -125,10 +125,14 @@ def test_train_from_the_page_survives_a_killed_worker_and_an_app_restart(tmp_pat
         table = page.predict(api_name="/runs_list")[0]
         row = dict(zip(table["headers"], table["data"][0]))
         assert (row["name"], row["state"], row["step"]) == (run.path.name, "finished", 5)
-        refused = page.predict(0, api_name="/train_resume")  # Resume on a finished run, no more steps typed
+        refused, _ = page.predict(0, api_name="/train_resume")  # Resume on a finished run, no more steps typed
         assert "already finished its 5 steps" in refused and '"More steps"' in refused, refused
         assert "python -m" not in refused and run.status()["state"] == "finished"
-        negative = page.predict(-3, api_name="/train_resume")  # the page's own message, not a Gradio error toast
+        negative, _ = page.predict(-3, api_name="/train_resume")  # the page's own message, not a Gradio error toast
         assert "More steps is -3: type a whole number" in negative and run.status()["state"] == "finished"
+        extended, used = page.predict(1, api_name="/train_resume")
+        # used once: the box goes back to 0, so a later Resume of this run does not add the step again
+        assert "Resumed" in extended and "now to step 6" in extended and used == 0, extended
+        assert _poll_until(page, lambda p: p["state"] == "finished")["step"] == 6
     finally:
         app.kill()

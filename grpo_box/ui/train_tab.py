@@ -89,7 +89,8 @@ def wire(reg: Registry) -> None:
         .then(_tick, inputs=[run, seen, state], outputs=[seen, *view], api_visibility="private")
     reg["train.stop"].click(_stop, inputs=[run], outputs=[reg["train.message"]], api_name="train_stop")
     reg["train.resume"].click(_resume, inputs=[run, reg["train.more_steps"]],
-                              outputs=[run, seen, reg["train.message"]], api_name="train_resume")
+                              outputs=[run, seen, reg["train.message"], reg["train.more_steps"]],
+                              api_name="train_resume")
     reg["train.timer"].tick(_tick, inputs=[run, seen, state], outputs=[seen, *view], api_name="train_poll",
                             show_progress="hidden")
     reg["train.sample_pick"].change(run_sample_html, inputs=[run, reg["train.sample_pick"]],
@@ -222,18 +223,23 @@ def _stop(path: str | None) -> str:
     return messages.ok("Stop requested: the run saves a checkpoint at the end of its current step, then stops.")
 
 
-def _resume(path: str | None, more_steps: float | None) -> tuple[Any, Any, str]:
+def _resume(path: str | None, more_steps: float | None) -> tuple[Any, Any, str, Any]:
+    """Resume the watched run; "More steps" is used once (back to 0), so a later Resume of the same
+    run, stopped again, goes on to the target it has instead of adding the steps a second time."""
+    skip = gr.skip()
     if not path:
-        return gr.skip(), gr.skip(), messages.warning("Choose a run to resume (Runs tab) first.")
+        return skip, skip, messages.warning("Choose a run to resume (Runs tab) first."), skip
     more = float(more_steps or 0)
     if more < 0 or not more.is_integer():
-        return gr.skip(), gr.skip(), messages.error(f"More steps is {more_steps:g}: type a whole number of steps to add "
-                                                    "(0 resumes a stopped run where it stopped).", "Not resumed")
+        return skip, skip, messages.error(f"More steps is {more_steps:g}: type a whole number of steps to add "
+                                          "(0 resumes a stopped run where it stopped).", "Not resumed"), skip
     try:
         run = resume_run(path, int(more))
     except UserError as exc:
-        return gr.skip(), gr.skip(), messages.error(str(exc), "Not resumed")
-    return str(run.path), watch.Seen(), messages.ok(f"Resumed {run.path.name} from its last checkpoint.")
+        return skip, skip, messages.error(str(exc), "Not resumed"), skip
+    target = f", now to step {run.status().get('max_steps')}" if more else ""
+    return (str(run.path), watch.Seen(), messages.ok(f"Resumed {run.path.name} from its last checkpoint{target}."),
+            0 if more else skip)
 
 
 def resume_run(path: str, more_steps: int = 0) -> RunDir:
