@@ -38,6 +38,7 @@ import datasets
 from . import tasks
 from .config import DataConfig, RunConfig
 from .errors import UserError
+from .jsonlines import loads_line, problem as json_problem
 from .chat_format import apply_run_format, prompt_text
 from .prompts import PREVIEW_ROWS, build_messages, preamble
 from .rewards.answers import reference_answer
@@ -230,10 +231,10 @@ def _read_jsonl(path: Path, limit: int) -> list[Located]:
                 continue
             where = f"{path}, line {lineno}"
             try:
-                obj = json.loads(line)
+                obj = loads_line(line)
             except json.JSONDecodeError as exc:
                 raise DataError(
-                    f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                    f"{where}: {json_problem(exc)}; "
                     'each line must be one JSON object, e.g. {"question": "...", "answer": "..."}'
                 ) from exc
             if not isinstance(obj, dict):

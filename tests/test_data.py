@@ -158,7 +158,12 @@ def test_broken_jsonl_line_names_file_and_line(tmp_path):
     with pytest.raises(DataError) as err:
         load_rows(cfg_for(path))
     message = str(err.value)
-    assert "broken.jsonl, line 3" in message and "not valid JSON" in message and "column" in message
+    assert "broken.jsonl, line 3" in message and "not valid JSON" in message
+    assert "Expecting value at column 29" in message  # where the value is missing, not "column 1" of the next line
+    from grpo_box.ui.columns import DataFileError, read_columns
+
+    with pytest.raises(DataFileError, match=r"line 3: not valid JSON \(Expecting value at column 29\)"):
+        read_columns(path)  # the Data tab's quick read says the same
 
 
 def test_jsonl_line_that_is_not_an_object(tmp_path):

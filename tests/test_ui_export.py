@@ -288,6 +288,8 @@ def test_export_while_a_training_job_runs_is_refused(app: LiveApp, page: Session
         assert "A training job is running (untrained)" in out["export.message"] and "Not exported" in out["export.message"]
         merged = page.call("/export_merge", "demo", False)
         assert "A training job is running" in merged["export.message"]
+        scored = page.call("/evaluate_run", "untrained", 2, 1)["evaluate.message"]  # the run that trains
+        assert "untrained is still training" in scored and "Not started" in scored, scored
     finally:
         holder.kill()
         holder.wait()

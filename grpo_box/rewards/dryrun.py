@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo_box.config import RewardSpec, read_text, read_yaml
+from grpo_box.jsonlines import loads_line, problem as json_problem
 from grpo_box.rewards.answers import to_text
 from grpo_box.rewards.guard import DEFAULT_REWARD_TIMEOUT
 from grpo_box.rewards.registry import RESERVED_COLUMNS, RewardError
@@ -232,9 +233,9 @@ def load_groups(path: str | Path) -> list[dict[str, Any]]:
 def _parse_row(path: Path, lineno: int, line: str) -> dict[str, Any]:
     where = f"data file {path}, line {lineno}"
     try:
-        row = json.loads(line)
+        row = loads_line(line)
     except json.JSONDecodeError as exc:
-        raise RewardError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        raise RewardError(f"{where}: {json_problem(exc)}") from exc
     if not isinstance(row, dict) or "prompt" not in row:
         raise RewardError(f"{where}: each line must be an object with a 'prompt'")
     if ("completion" in row) == ("completions" in row):

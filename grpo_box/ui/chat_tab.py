@@ -116,8 +116,8 @@ def wire(reg: Registry) -> None:
         api_name="chat_compare", concurrency_limit=8, show_progress="hidden")
     # cleared only once the stream is cancelled: cleared alongside, a late chunk would bring the reply back
     reg["chat.clear"].click(None, cancels=[send, compare], api_visibility="private") \
-        .then(lambda: ([], [], ""), outputs=[reg["chat.bot"], reg["chat.history"], reg["chat.reference"]],
-              api_visibility="private")
+        .then(lambda: ([], [], "", ""), outputs=[reg["chat.bot"], reg["chat.history"], reg["chat.reference"],
+                                                 reg["chat.note"]], api_visibility="private")
     reg["chat.stop"].click(lambda: messages.warning("Stopped: the reply was cut short."), outputs=[reg["chat.note"]],
                            cancels=[send, compare], api_visibility="private")
     # another run: its model, not this stream; the chat is cleared only once the stream is cancelled,

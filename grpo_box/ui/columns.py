@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from grpo_box.errors import UserError
+from grpo_box.jsonlines import loads_line, problem as json_problem
 
 SUFFIXES = (".jsonl", ".csv", ".parquet")
 HEAD_LINES = 200
@@ -51,9 +52,9 @@ def _jsonl(path: Path) -> list[str]:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = loads_line(line)
             except json.JSONDecodeError as exc:
-                raise DataFileError(f"{path}, line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                raise DataFileError(f"{path}, line {lineno}: {json_problem(exc)}; "
                                     'each line must be one JSON object, e.g. {"question": "...", "answer": "..."}'
                                     ) from None
             if not isinstance(obj, dict):

@@ -132,6 +132,11 @@ def _evaluate(reg: Registry):
         if run is None:
             return messages.warning(run_choice.no_run(reg, name)), *skip
         busy = job.running_run()
+        if busy is not None and busy.path == run.resolve():
+            return messages.error(f"{name} is still training: its adapter changes with every checkpoint, so its score "
+                                  "would not be the finished model's. Evaluate it once it has finished or been "
+                                  "stopped.",
+                                  "Not started"), *skip
         if busy is not None and reg.ctx.hardware.gpu is not None:
             return messages.error(f"A training job is running ({busy.path.name}) and needs the GPU; evaluate once it "
                                   "has finished or been stopped.", "Not started"), *skip

@@ -73,12 +73,14 @@ def wire(reg: Registry) -> None:
     listing = [reg["runs.table"], reg["runs.pick"], reg["runs.compare"]]
     detail = [reg[k] for k in ("runs.status", "runs.plot_reward", "runs.plot_signal", "runs.config",
                                "runs.sample_pick", "runs.sample_view")]
-    # the list keeps the chosen run, so its change event does not fire: the run is read again here
-    # (it may have trained on, been evaluated or exported since it was opened)
-    reg["runs.refresh"].click(_listing(reg), outputs=listing, api_name="runs_list") \
-        .then(_open(reg), inputs=[reg["runs.pick"]], outputs=detail, api_visibility="private") \
-        .then(lambda name: made_html(_path(reg, name)), inputs=[reg["runs.pick"]], outputs=[reg["runs.made"]],
-              api_visibility="private")
+    # Refresh, and opening the tab, read the list again; it keeps the chosen run, so its change event
+    # does not fire: the run is read again here (it may have trained on, been evaluated or exported)
+    for event, api in ((reg["runs.refresh"].click, {"api_name": "runs_list"}),
+                       (reg["app.tab_runs"].select, {"api_visibility": "private"})):
+        event(_listing(reg), outputs=listing, **api) \
+            .then(_open(reg), inputs=[reg["runs.pick"]], outputs=detail, api_visibility="private") \
+            .then(lambda name: made_html(_path(reg, name)), inputs=[reg["runs.pick"]], outputs=[reg["runs.made"]],
+                  api_visibility="private")
     reg["runs.pick"].change(_clear, outputs=detail[1:3], api_visibility="private") \
         .then(_open(reg), inputs=[reg["runs.pick"]], outputs=detail, api_name="runs_open") \
         .then(lambda name: made_html(_path(reg, name)), inputs=[reg["runs.pick"]], outputs=[reg["runs.made"]],
