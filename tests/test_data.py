@@ -491,3 +491,10 @@ def test_run_config_keeps_absolute_data_and_reward_paths(tmp_path, monkeypatch):
     assert len(_rows(saved, "held_out", None)) == 2
     assert [f.name for f in build_rubric(["user:one"], saved.reward_file)[0]] == ["user:one"]
     assert RunConfig().data.source == "task:arithmetic"  # task sources are left alone
+
+
+def test_a_file_whose_prompt_and_answer_are_one_column_is_refused(tmp_path):
+    path = tmp_path / "onecol.csv"
+    path.write_text("question\nWhat is 2+2?\nWhat is 3+3?\n")
+    with pytest.raises(DataError, match="both 'question'.*no other column, so add one with each question's answer"):
+        load_rows(cfg_for(path, prompt_column="question", answer_column="question"))

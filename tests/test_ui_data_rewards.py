@@ -50,6 +50,13 @@ def test_uploaded_file_columns_and_bad_files_get_the_engines_message(app, tmp_pa
                                                        ["level", "level"]]
     assert str(app.files_dir / "uploads") in value(up["data.path"])  # a copy that outlives Gradio's temp file
 
+    one = tmp_path / "onecol.csv"
+    one.write_text("question\nWhat is 2+2?\nWhat is 3+3?\n")
+    single = session.call("/upload_data", handle_file(str(one)))["data.error"]
+    assert "onecol.csv: the prompt and the answer column are both 'question'" in single and "only that column" in single
+    paired = session.call("/upload_data", handle_file(str(tmp_path / "qa.csv")))  # the good file again: no error
+    assert paired["data.error"] == "" and value(paired["data.answer_column"]) == "solution"
+
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"question": "What is 2+2?", "answer": "4"}\n{"question": "What is 3+3?", "answer": \n')
     bad = session.call("/upload_data", handle_file(str(broken)))

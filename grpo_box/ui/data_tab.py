@@ -88,12 +88,28 @@ def columns_of(path: str) -> tuple[list[str], str]:
 
 
 def column_updates(state: UIState, columns: list[str]) -> dict[str, Any]:
-    out = {}
-    for key, guesses in (("prompt_column", PROMPT_GUESSES), ("answer_column", ANSWER_GUESSES)):
-        current = state.value(f"data.{key}")
-        value = guess(columns, current, guesses) if columns else current
-        out[f"data.{key}"] = gr.update(choices=list(dict.fromkeys([*columns, value])), value=value)
-    return out
+    return {f"data.{key}": gr.update(choices=list(dict.fromkeys([*columns, value])), value=value)
+            for key, value in picked_columns(state, columns).items()}
+
+
+def same_column_problem(name: str, picked: dict[str, str], columns: list[str]) -> str:
+    """What to do when the prompt and the answer would be one column (a file with one column); "" when not."""
+    if not columns or picked["prompt_column"] != picked["answer_column"]:
+        return ""
+    return (f"{name}: the prompt and the answer column are both {picked['prompt_column']!r}; the reference "
+            "answers need a column of their own" +
+            (": choose it below" if len(columns) > 1 else ": this file has only that column, so add one with each "
+                                                          "question's answer"))
+
+
+def picked_columns(state: UIState, columns: list[str]) -> dict[str, str]:
+    """The prompt and answer columns for a file with `columns`: the chosen ones where the file has
+    them, else likely names; the answer guess avoids the prompt's column where there is another."""
+    prompt = guess(columns, state.value("data.prompt_column"), PROMPT_GUESSES) if columns else \
+        state.value("data.prompt_column")
+    current = state.value("data.answer_column")
+    answer = guess([c for c in columns if c != prompt] or columns, current, ANSWER_GUESSES) if columns else current
+    return {"prompt_column": prompt, "answer_column": answer}
 
 
 def visibility(kind: str) -> dict[str, Any]:
@@ -108,8 +124,8 @@ def view(state: UIState) -> dict[str, Any]:
     task, difficulty = parse_task(source) if kind == "task" else (next(iter(TASKS)), 1)
     path = source if kind == "file" else ""
     columns, problem = columns_of(path)
-    picked = {key: (guess(columns, state.value(f"data.{key}"), guesses) if columns else state.value(f"data.{key}"))
-              for key, guesses in (("prompt_column", PROMPT_GUESSES), ("answer_column", ANSWER_GUESSES))}
+    picked = picked_columns(state, columns)
+    problem = problem or same_column_problem(Path(path).name, picked, columns)
     return {"kind": kind, "task": task, "difficulty": difficulty, "max_difficulty": get_task(task).max_difficulty,
             "path": path, "hub_id": source if kind == "hub" else "", "columns": columns, **picked,
             "problem": problem, "system": template_system(state)}
@@ -294,6 +310,7 @@ def wire(reg: Registry) -> None:
             return reg.updates({"data.error": messages.error(f"could not keep the uploaded file: {exc}")})
         columns, problem = columns_of(str(path))
         problem = problem.replace(str(path), Path(uploaded).name)  # the name the user picked, not the kept copy's
+        problem = problem or same_column_problem(Path(uploaded).name, picked_columns(state, columns), columns)
         out: dict[str, Any] = {"data.path": str(path), "data.kind": "file", **visibility("file"),
                                "data.error": messages.error(problem, "This file cannot be used:") if problem else ""}
         if not problem:
