@@ -127,8 +127,16 @@ def test_rubric_editor_and_one_dry_run_on_the_bundled_model(app):
     assert [r[1] for r in moved["rewards.table"]["data"]][2:] == ["target_length", "correctness"]
     unknown = session.call("/rubric_update", 1, "xml_cnt", 1.0, "{}")
     assert "unknown reward 'xml_cnt'" in unknown["rewards.error"] and "did you mean 'xml_count'" in unknown["rewards.error"]
+    for params, said in (('{"nope": 1}', "reward 'target_length' has no param 'nope'; its params (with defaults): "
+                                         "target=200, unit='tokens'"),
+                         ('{"target": "long"}', "param target='long' should be a int")):
+        refused = session.call("/rubric_add", None, "target_length", 1.0, params)  # said at once, not by a dry run
+        assert said in refused["rewards.error"], refused["rewards.error"]  # and no row added (see the removal below)
     removed = session.call("/rubric_remove", 1, "", 1.0, "")
     assert [r[1] for r in removed["rewards.table"]["data"]] == ["think_format", "target_length", "correctness"]
+    assert value(removed["rewards.row"]) is None  # a double click removes one row, then asks which
+    twice = session.call("/rubric_remove", None, "", 1.0, "")
+    assert "choose a row first" in twice["rewards.error"]
 
     result = session.call("/try_rubric", 1)
     table = result["rewards.try_table"]

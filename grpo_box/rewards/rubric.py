@@ -267,6 +267,12 @@ def _builtin_reward(spec: RewardSpec) -> tuple[Callable, dict[str, Any]]:
     return info.func, params
 
 
+def check_builtin(spec: RewardSpec) -> None:
+    """Raise RewardError when a registered reward's params are unknown, of the wrong kind or out of
+    range: the rubric build's own check, for the app's rubric editor (only our own code runs)."""
+    _builtin_reward(spec)
+
+
 def _checked_params(spec: RewardSpec, defaults: dict[str, Any]) -> dict[str, Any]:
     params = spec.params or {}
     if not isinstance(params, dict):

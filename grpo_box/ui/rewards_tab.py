@@ -224,14 +224,19 @@ def edit_rubric(state: UIState, action: str, row: Any, name: str, weight: Any, p
             raise UserError("choose a reward to add")
         entry = {"name": name.strip(), "weight": float(weight if weight is not None else 1.0),
                  "params": parse_params(params)}
+        if entry["name"] in registered():  # unknown or bad params now, not after a dry run loads the model
+            from grpo_box.config import RewardSpec
+            from grpo_box.rewards.rubric import check_builtin
+
+            check_builtin(RewardSpec(**entry))
         if action == "add":  # below the chosen row, else at the end
             index = index + 1 if index is not None and index < len(rewards) else len(rewards)
             rewards.insert(index, entry)
         else:
             rewards[index] = entry
-    elif action == "remove":
+    elif action == "remove":  # no row chosen afterwards: a second click must not remove the next row
         rewards.pop(index)
-        index = min(index, len(rewards) - 1) if rewards else None
+        index = None
     else:
         other = index - 1 if action == "up" else index + 1
         if 0 <= other < len(rewards):
