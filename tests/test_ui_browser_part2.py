@@ -229,3 +229,22 @@ def test_export_verifies_downloads_and_serves(browser: Any, app: Any, tmp_path: 
         page.click("#serve-stop")
         page.wait_for_selector("#serve-state[data-state=stopped]", timeout=60000)
     errors.assert_none()
+
+
+def test_a_difficulty_typed_past_the_tasks_range_is_no_error_toast(browser: Any, app: Any) -> None:
+    """Typing 9 as the difficulty (the arithmetic task goes to 5) ends at a valid level with a message
+    beside the form, never at Gradio's red "Value 9 is greater than maximum value 5" toast."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = PageErrors(page)
+    page.goto(app.url)
+    page.click("#tab-data-button")
+    page.wait_for_selector("#data-difficulty input[type=number]", state="visible")
+    set_number(page, "data-difficulty", "9")
+    page.locator("#data-difficulty input[type=number]").press("Tab")
+    page.wait_for_timeout(2000)
+    page.wait_for_function("() => (document.querySelector('#data-error')?.innerText || '').includes('outside')",
+                           timeout=30000)
+    assert "Difficulty 9 is outside this task's 1 to 5: using 5" in page.locator("#data-error").inner_text()
+    assert page.locator("#data-difficulty input[type=number]").input_value() == "5"
+    errors.assert_none()
+    page.close()

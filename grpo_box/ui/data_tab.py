@@ -136,7 +136,7 @@ def sync(state: UIState) -> dict[str, Any]:
     v = view(state)
     return {
         "data.kind": v["kind"], "data.task": v["task"],
-        "data.difficulty": gr.update(value=v["difficulty"], maximum=v["max_difficulty"]),
+        "data.difficulty": gr.update(value=v["difficulty"], info=difficulty_info(v["max_difficulty"])),
         "data.task_note": task_note(v["task"]), "data.path": v["path"], "data.hub_id": v["hub_id"],
         "data.system_prompt": v["system"], "data.data.template": state.value("data.template"),
         "data.error": messages.error(v["problem"]) if v["problem"] else config_problem(state), "data.preview": "",
@@ -158,9 +158,10 @@ def build(reg: Registry) -> None:
         with gr.Row():
             reg.add("data.task", gr.Dropdown([(f"{t.name}: {t.description}", t.name) for t in TASKS.values()],
                                              value=v["task"], label="Task", elem_id="data-task"))
-            reg.add("data.difficulty", gr.Number(v["difficulty"], label="Difficulty", minimum=1,
-                                                 maximum=v["max_difficulty"], step=1, precision=0,
-                                                 info="1 is easy enough for a small model to score sometimes",
+            # no minimum/maximum on the box: Gradio answers a value past them with a red error toast; the
+            # form's handler brings it into the task's range and says so instead
+            reg.add("data.difficulty", gr.Number(v["difficulty"], label="Difficulty", step=1, precision=0,
+                                                 info=difficulty_info(v["max_difficulty"]),
                                                  elem_id="data-difficulty"))
         reg.add("data.task_note", gr.Markdown(task_note(v["task"]), elem_id="data-task-note"))
     reg.add("data.task_group", task_group)
@@ -206,6 +207,10 @@ def build(reg: Registry) -> None:
     reg.add_syncer(keys, sync)
 
 
+def difficulty_info(limit: int) -> str:
+    return f"1 to {limit}; 1 is easy enough for a small model to score sometimes"
+
+
 # -- events ---------------------------------------------------------------------------------------
 def apply_form(values: dict[str, Any]) -> dict[str, Any]:
     """The form changed: rebuild data.source and the other data settings in the state."""
@@ -215,9 +220,14 @@ def apply_form(values: dict[str, Any]) -> dict[str, Any]:
     if kind == "task":
         task = values.get("data.task") or next(iter(TASKS))
         limit = get_task(task).max_difficulty
-        level = min(max(int(values.get("data.difficulty") or 1), 1), limit)
+        typed = values.get("data.difficulty")
+        level = min(max(int(typed or 1), 1), limit)
         state.set("data.source", task_source(task, level))
-        out.update({"data.task_note": task_note(task), "data.difficulty": gr.update(maximum=limit)})
+        out.update({"data.task_note": task_note(task),
+                    "data.difficulty": gr.update(value=level, info=difficulty_info(limit))})
+        if typed is not None and typed != level:
+            out["data.error"] = messages.warning(f"Difficulty {typed:g} is outside this task's 1 to {limit}: "
+                                                 f"using {level}.")
     elif kind == "file":
         path = (values.get("data.path") or "").strip()
         columns, problem = columns_of(path)
