@@ -80,6 +80,11 @@ def test_a_sampled_group_shows_reasoning_answer_scores_total_and_advantage():
     assert "<strong>2.25</strong>" in html  # 2 × 1.0 + 0.5 × 0.5, weighted as the trainer weights it
     assert "0.7" in html and "-0.7" in html
     assert sample_choices([sample, {**sample, "step": 5}]) == [("step 5 · group 1", 1), ("step 4 · group 1", 0)]
+    # the cpu preset's prompt: the one-shot example comes first; the question still shows at the top
+    one_shot = {**sample, "prompt": "system: Think first.\nuser: What is 1 + 1?\nassistant: <think>1 plus 1</think>"
+                                    "<answer>2</answer>\nuser: What is 7 + 3?"}
+    shown = sample_html(one_shot, "think", {})
+    assert "question (step 4):</strong> What is 7 + 3?<details>" in shown and "system: Think first." in shown
 
 
 def test_weights_follow_the_names_the_trainer_logs_a_repeated_reward_under():

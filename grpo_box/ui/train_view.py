@@ -95,11 +95,22 @@ def sample_html(sample: dict[str, Any] | None, template: str | None, weights: di
         rows.append(f"<tr><td>{i + 1}</td><td>{text}</td>{cells}<td><strong>{_num(total)}</strong></td>"
                     f"<td>{_num(advantage)}</td></tr>")
     header = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-    prompt = html.escape(str(sample.get("prompt", "")))
+    prompt = str(sample.get("prompt", ""))
     return (f'<div id="train-sample-table"><div style="white-space:pre-wrap;background:#f5f5f5;padding:6px;'
-            f'border-radius:4px;max-height:160px;overflow:auto"><strong>prompt (step {sample.get("step")})</strong>\n'
-            f'{prompt}</div><table style="width:100%;font-size:0.9em"><tr><th>#</th><th>completion</th>{header}'
+            f'border-radius:4px"><strong>question (step {sample.get("step")}):</strong> '
+            f'{html.escape(last_user_turn(prompt))}<details><summary>the whole prompt</summary>'
+            f'<div style="max-height:240px;overflow:auto">{html.escape(prompt)}</div></details></div>'
+            f'<table style="width:100%;font-size:0.9em"><tr><th>#</th><th>completion</th>{header}'
             f'<th>total (weighted)</th><th>advantage</th></tr>{"".join(rows)}</table></div>')
+
+
+def last_user_turn(prompt: str) -> str:
+    """The question of a logged prompt ("system: …\nuser: …\nassistant: …\nuser: <question>"): its last
+    user turn, so a one-shot example before it does not push the question out of sight."""
+    at = prompt.rfind("\nuser: ")
+    if at >= 0:
+        return prompt[at + len("\nuser: "):]
+    return prompt[len("user: "):] if prompt.startswith("user: ") else prompt
 
 
 def rubric_weights(config: RunConfig) -> dict[str, float]:
