@@ -34,6 +34,10 @@ def test_offline_task_preview_runs_the_engine_in_a_child_process(app):
     session.call("/set_options", json.dumps({"data.one_shot": False, "data.prefill": False}))
     plain = session.call("/preview_data", "task", "", "")["data.preview"]
     assert "What is 3 + 5?" not in plain and "&lt;think&gt;\n</pre>" not in plain
+    to_file = session.form("/apply_data", {"data.kind": "file", "data.path": ""})  # the source changes: the
+    assert to_file["data.preview"] == "" and "Upload a file" in to_file["data.error"]  # task's rows go
+    same = session.form("/apply_data", {"data.kind": "task", "data.task": "sort", "data.difficulty": 2})
+    assert same["data.preview"] != ""  # unchanged source: skipped, not cleared (a preview on screen stays)
 
 
 def test_uploaded_file_columns_and_bad_files_get_the_engines_message(app, tmp_path):

@@ -216,6 +216,7 @@ def apply_form(values: dict[str, Any]) -> dict[str, Any]:
     """The form changed: rebuild data.source and the other data settings in the state."""
     state: UIState = values["app.state"]
     kind = values.get("data.kind") or "task"
+    before = state.value("data.source")
     out: dict[str, Any] = {"data.error": "", **visibility(kind)}
     if kind == "task":
         task = values.get("data.task") or next(iter(TASKS))
@@ -256,6 +257,8 @@ def apply_form(values: dict[str, Any]) -> dict[str, Any]:
     out["app.state"] = state
     if not out["data.error"]:
         out["data.error"] = config_problem(state)
+    if kind != source_kind(before) or state.value("data.source") != before:
+        out["data.preview"] = ""  # it showed the rows of the source chosen before
     return out
 
 
@@ -305,7 +308,7 @@ def preview_html(rows: list[dict[str, Any]]) -> str:
 def wire(reg: Registry) -> None:
     form_inputs = reg.inputs("app.state", *FORM)
     outputs = reg.components(["app.state", "data.error", "data.task_note", "data.difficulty", "data.prompt_column",
-                              "data.answer_column", *GROUPS])
+                              "data.answer_column", "data.preview", *GROUPS])
     triggers = [reg[k].input for k in FORM if k != "data.path"] + [reg["data.path"].submit, reg["data.path"].blur]
     gr.on(triggers, reg.keyed(apply_form), inputs=form_inputs, outputs=outputs, api_name="apply_data",
           show_progress="hidden", trigger_mode="always_last")
