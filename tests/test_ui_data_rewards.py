@@ -76,6 +76,7 @@ def test_uploaded_file_columns_and_bad_files_get_the_engines_message(app, tmp_pa
     chosen = value(session.call("/upload_data", handle_file(str(empty)))["data.path"])
     failed = session.call("/preview_data", "file", chosen, "")  # the head reads fine; the engine's reader in the child finds row 3
     assert "line 3: empty 'answer'" in failed["data.error"] and "Traceback" not in failed["data.error"]
+    assert "empty_answer.jsonl, line 3" in failed["data.error"] and "uploads" not in failed["data.error"]
 
 
 def test_hub_dataset_form_and_an_unknown_id_offline(app):

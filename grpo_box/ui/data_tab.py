@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,11 @@ def config_problem(state: UIState) -> str:
     return messages.config_problem(state, "These data settings cannot be used:")
 
 
+def users_names(text: str, uploads_dir: Path) -> str:
+    """`text` (an engine message) with each kept upload's path replaced by the name the user uploaded."""
+    return re.sub(re.escape(str(uploads_dir)) + r"/([^/\s,:]+)-[0-9a-f]{8}(\.[a-z]+)", r"\1\2", text)
+
+
 def upload_file(files_dir: Path, uploaded: str) -> Path:
     """Copy an upload under `files_dir` (Gradio's temp copy does not last); same content, same name."""
     src = Path(uploaded)
@@ -322,7 +328,7 @@ def wire(reg: Registry) -> None:
         except OSError as exc:
             return reg.updates({"data.error": messages.error(f"could not keep the uploaded file: {exc}")})
         columns, problem = columns_of(str(path))
-        problem = problem.replace(str(path), Path(uploaded).name)  # the name the user picked, not the kept copy's
+        problem = users_names(problem, reg.ctx.uploads_dir)  # the name the user picked, not the kept copy's
         problem = problem or same_column_problem(Path(uploaded).name, picked_columns(state, columns), columns)
         out: dict[str, Any] = {"data.path": str(path), "data.kind": "file", **visibility("file"),
                                "data.error": messages.error(problem, "This file cannot be used:") if problem else ""}
@@ -362,7 +368,8 @@ def wire(reg: Registry) -> None:
                                        "--json"], timeout=PREVIEW_TIMEOUT,
                                       on_line=lambda line: progress(None, desc=line.strip()[:120]))
         except UserError as exc:
-            return reg.updates({"data.error": messages.error(str(exc), "The data cannot be previewed:"),
+            return reg.updates({"data.error": messages.error(users_names(str(exc), reg.ctx.uploads_dir),
+                                                             "The data cannot be previewed:"),
                                 "data.preview": ""})
         return reg.updates({"data.error": "", "data.preview": preview_html(rows)})
 
