@@ -102,6 +102,7 @@ def test_reward_file_errors_are_shown_and_nothing_saved_is_lost(app):
     saved = session.call("/save_reward_file", "mine.py", BROKEN_SYNTAX)
     assert "Not saved" in saved["rewards.check"] and "line 1: syntax error" in saved["rewards.check"]
     assert "Traceback" not in saved["rewards.check"] and ".check" not in saved["rewards.check"]
+    assert "mine.py, line 1" in saved["rewards.check"] and str(app.files_dir) not in saved["rewards.check"]
     assert not (app.files_dir / "rewards" / "mine.py").exists()
 
     good = (app.reg["rewards.code"].value)  # the example the editor starts from

@@ -128,7 +128,8 @@ def save_reward_file(folder: Path, name: str, code: str) -> tuple[Path, dict[str
     try:
         result = child.run_json(["rewards", "check", str(draft), "--json"], timeout=CHECK_TIMEOUT)
     except child.ChildError as exc:
-        message = str(exc).replace(str(draft.resolve()), str(target)).replace(str(draft), str(target))
+        # named as the user named it: the checked draft's path, or the target's, would read as saved
+        message = str(exc).replace(str(draft.resolve()), name).replace(str(draft), name)
         raise UserError(message) from None
     os.replace(draft, target)
     result["file"] = str(target)
