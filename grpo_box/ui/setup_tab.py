@@ -127,16 +127,15 @@ def build(reg: Registry) -> None:
     hw: Hardware = reg.ctx.hardware
     reg.add("setup.hardware", gr.Markdown(hardware_markdown(hw), elem_id="setup-hardware"))
     with gr.Row():
-        with gr.Column(scale=3):
-            with gr.Row():
-                reg.add("setup.preset", gr.Dropdown(preset_choices(), value=state.preset, label="Preset",
-                                                    info="A starting point for a card size; every value stays editable",
-                                                    elem_id="setup-preset"))
-                name_spec = fields.spec(MODEL_KEY)
-                name = state.value(MODEL_KEY)
-                reg.add(f"setup.{MODEL_KEY}", gr.Dropdown(model_choices(state.preset, name), value=name,
-                                                          allow_custom_value=True, label="Model",
-                                                          info=name_spec.help, elem_id="setup-model"))
+        with gr.Column(scale=3):  # preset and model one above the other: side by side, their long labels were cut
+            reg.add("setup.preset", gr.Dropdown(preset_choices(), value=state.preset, label="Preset",
+                                                info="A starting point for a card size; every value stays editable",
+                                                elem_id="setup-preset"))
+            name_spec = fields.spec(MODEL_KEY)
+            name = state.value(MODEL_KEY)
+            reg.add(f"setup.{MODEL_KEY}", gr.Dropdown(model_choices(state.preset, name), value=name,
+                                                      allow_custom_value=True, label="Model",
+                                                      info=name_spec.help, elem_id="setup-model"))
             reg.add("setup.model_note", gr.Markdown(model_note(name), elem_id="setup-model-note"))
             _build_sections(reg, state)
         with gr.Column(scale=2):
