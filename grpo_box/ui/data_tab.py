@@ -308,7 +308,11 @@ def preview_html(rows: list[dict[str, Any]]) -> str:
                 f"reference answer: <code>{html.escape(str(row.get('answer')))}</code>")
         parts.append(f'<div class="data-preview-row">{head}<pre style="white-space:pre-wrap;background:#f6f8fa;'
                      f'padding:8px;border-radius:4px">{html.escape(str(row.get("text", "")))}</pre></div>')
-    return "".join(parts) or "<em>No rows.</em>"
+    if not parts:
+        return "<em>No rows.</em>"
+    note = ('<p class="data-preview-note">The first training prompts, each with the row it came from: the held-out '
+            "rows (picked at random with the seed) are never trained on, so the numbering skips them.</p>")
+    return note + "".join(parts)
 
 
 def wire(reg: Registry) -> None:
