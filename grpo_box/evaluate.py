@@ -44,7 +44,8 @@ import datasets
 from .config import RunConfig
 from .errors import UserError
 from .data import check_prompt_lengths, load_rows
-from .inference import BaseGenerator, Completion, Sampling, load_for_generation, run_adapter_dir
+from .inference import (BaseGenerator, Completion, Sampling, adapter_dir_step, load_for_generation,
+                        run_adapter_dir)
 from .models import check_model_source, load_error, resolve_model
 from .progress import RowsProgress
 from .prompts import answer_tag_for
@@ -336,6 +337,8 @@ def evaluate_run(
     results = read_eval(run.path)
     results.update(_base_and_trained(run.config(), adapter, base, k=k, limit=limit, progress=progress,
                                      max_new_tokens=max_new_tokens, generator=generator))
+    if adapter is not None:  # which training step was scored: a run trained further makes it out of date
+        results["trained_step"] = adapter_dir_step(run, adapter)
     results["delta"] = compare(results.get("base"), results.get("trained"))
     results.pop("warning", None)
     warning = mismatch_warning(results.get("base"), results.get("trained"), run.path)

@@ -117,6 +117,16 @@ def run_adapter_dir(run: RunDir) -> Path | None:
     return run.adapter_dir
 
 
+def adapter_dir_step(run: RunDir, adapter: Path) -> int | None:
+    """The training step of `adapter` (the run's adapter/ or one of its checkpoint-N folders)."""
+    if adapter == run.adapter_dir:
+        return run.adapter_step()
+    try:
+        return int(adapter.name.rsplit("-", 1)[-1])
+    except ValueError:
+        return None
+
+
 def load_for_generation(
     model_name_or_dir: str | Path,
     adapter_dir: str | Path | None = None,

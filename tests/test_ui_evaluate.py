@@ -118,6 +118,24 @@ def test_the_tab_reads_eval_json_back_and_filters(app: Any) -> None:
     assert "Run no-such-run no longer exists" in missing["evaluate.message"]  # a name no folder has
 
 
+def test_an_evaluation_of_an_earlier_step_is_marked_out_of_date(tmp_path: Path) -> None:
+    """Trained on (a resume with more steps) after it was evaluated: the page says so, with both steps."""
+    from grpo_box.ui import evaluate_tab
+
+    config = RunConfig()
+    config.output.runs_dir, config.output.run_name = str(tmp_path / "runs"), "extended"
+    run = create_run(config)
+    run.adapter_dir.mkdir(parents=True)
+    (run.adapter_dir / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    run.record_adapter_step(5)
+    scored = {**RESULTS, "trained_step": 3}
+    assert "trained: the adapter at step 3" in eval_view.summary_html(scored)
+    said = evaluate_tab.out_of_date("extended", run.path, scored)
+    assert "Out of date" in said and "at step 3" in said and "on to step 5" in said
+    assert evaluate_tab.out_of_date("extended", run.path, {**RESULTS, "trained_step": 5}) == ""
+    assert evaluate_tab.out_of_date("extended", run.path, RESULTS) == ""  # an eval.json from before steps were kept
+
+
 # -- progress and one evaluation per run (no model) ----------------------------------------------
 def _lines(k: int) -> list[str]:
     """The child's progress lines for base then trained, greedy then (k > 1) sampled, 4 prompts."""

@@ -127,6 +127,7 @@ def test_evaluate_chat_export_serve_from_the_page(app: LiveApp, page: Session) -
     assert "Evaluated demo" in done["evaluate.message"], done["evaluate.message"]
     summary = done["evaluate.summary"]
     assert "<th>base</th><th>trained</th>" in summary and "accuracy" in summary
+    assert "trained: the adapter at step 3" in summary  # which training step was scored
     chart = value(done["evaluate.chart"])
     models = {row[2] for row in chart["data"]}
     assert models == {"base", "trained"} and any("correctness" in row[0] for row in chart["data"])

@@ -84,7 +84,9 @@ def summary_html(results: dict[str, Any]) -> str:
                     f"<td{colour}>{cell(change, key, signed=True)}</td></tr>")
     table = (f'<table id="evaluate-summary-table" class="grpo-box-table"><thead><tr>{head}</tr></thead>'
              f'<tbody>{"".join(body)}</tbody></table>')
-    return _mismatch(results) + table
+    step = results.get("trained_step")
+    caption = f'<p id="evaluate-trained-step">trained: the adapter at step {step}</p>' if step is not None else ""
+    return _mismatch(results) + table + caption
 
 
 def _mismatch(results: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import gradio as gr
 
 from grpo_box import job
+from grpo_box.errors import UserError
 
 from . import eval_view, messages, run_choice
 from .child import (ChildCancelled, ChildError, Claims, cancel_children, model_child_refusal, parse_progress,
@@ -118,9 +119,28 @@ def _note(name: str, run: Path) -> str:
         where = f" ({holder['line']})" if holder.get("line") else ""
         return messages.warning(f"{name} is being evaluated since {holder['since']}{where}. The result shows here "
                                 "when it is done: press Refresh then.", "In progress")
-    if eval_view.read(run):
-        return ""
+    results = eval_view.read(run)
+    if results:
+        return out_of_date(name, run, results)
     return messages.warning(f"{name} has no evaluation yet: press 'Evaluate base and trained'.")
+
+
+def out_of_date(name: str, run: Path, results: dict[str, Any]) -> str:
+    """A warning when the run has trained past the step its evaluation scored ("" when current)."""
+    from grpo_box.inference import adapter_dir_step, run_adapter_dir
+    from grpo_box.runs import open_run
+
+    scored = results.get("trained_step")
+    try:
+        opened = open_run(run)
+        adapter = run_adapter_dir(opened)
+        now = adapter_dir_step(opened, adapter) if adapter is not None else None
+    except (OSError, UserError):
+        return ""
+    if scored is None or now is None or now <= scored:
+        return ""
+    return messages.warning(f"This evaluation scored {name}'s adapter at step {scored}; the run has trained on to step "
+                            f"{now} since. Press 'Evaluate base and trained' for the current model.", "Out of date")
 
 
 def _evaluate(reg: Registry):
