@@ -525,6 +525,17 @@ def _in_range(spec: FieldSpec, value: float) -> bool:
     return True
 
 
+def column_clash(prompt_column: str, answer_column: str, columns: list[str]) -> str | None:
+    """Why a data file cannot use these columns when prompt and answer would be one column, or None.
+    The one rule for the data reader and the Data tab (which names the file before it)."""
+    if prompt_column != answer_column:
+        return None
+    others = [c for c in columns if c != prompt_column]
+    return (f"data.prompt_column and data.answer_column are both {prompt_column!r}: the reference answers need "
+            "a column of their own; " + (f"set data.answer_column to one of: {', '.join(others)}" if others else
+                                         "this file has no other column, so add one with each question's answer"))
+
+
 def check_run_name(name: str | None) -> str | None:
     """A run name is a plain folder name: no separators, no leading dot. The problem, or None.
     None or empty (a cleared form field) means a generated name."""

@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl
 import datasets
 
 from . import tasks
-from .config import DataConfig, RunConfig
+from .config import DataConfig, RunConfig, column_clash
 from .errors import UserError
 from .jsonlines import loads_line, problem as json_problem
 from .chat_format import apply_run_format, prompt_text
@@ -309,12 +309,9 @@ def _map_columns(raw: list[Located], cfg: DataConfig, origin: str) -> list[Row]:
                 f"{origin}: no column {column!r} (data.{setting}); columns found: {', '.join(columns)}. "
                 f"Set data.{setting} to one of them"
             )
-    if cfg.prompt_column == cfg.answer_column:
-        others = [c for c in columns if c != cfg.prompt_column]
-        raise DataError(f"{origin}: data.prompt_column and data.answer_column are both {cfg.prompt_column!r}: the "
-                        "reference answers need a column of their own; "
-                        + (f"set data.answer_column to one of: {', '.join(others)}" if others else
-                           "this file has no other column, so add one with each question's answer"))
+    clash = column_clash(cfg.prompt_column, cfg.answer_column, columns)
+    if clash:
+        raise DataError(f"{origin}: {clash}")
     extras = [c for c in columns if c not in _RESERVED and c not in (cfg.prompt_column, cfg.answer_column)]
     return [_mapped_row(where, row, cfg, extras) for where, row in raw]
 

@@ -57,7 +57,8 @@ def test_uploaded_file_columns_and_bad_files_get_the_engines_message(app, tmp_pa
     one = tmp_path / "onecol.csv"
     one.write_text("question\nWhat is 2+2?\nWhat is 3+3?\n")
     single = session.call("/upload_data", handle_file(str(one)))["data.error"]
-    assert "onecol.csv: the prompt and the answer column are both 'question'" in single and "only that column" in single
+    assert "onecol.csv: data.prompt_column and data.answer_column are both 'question'" in single  # the engine's words
+    assert "this file has no other column, so add one with each question's answer" in single
     paired = session.call("/upload_data", handle_file(str(tmp_path / "qa.csv")))  # the good file again: no error
     assert paired["data.error"] == "" and value(paired["data.answer_column"]) == "solution"
 

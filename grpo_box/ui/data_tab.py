@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 
 import gradio as gr
 
+from grpo_box.config import column_clash
 from grpo_box.errors import UserError
 from grpo_box.prompts import PREVIEW_ROWS, get_template
 from grpo_box.tasks import TASKS, get_task
@@ -94,13 +95,9 @@ def column_updates(state: UIState, columns: list[str]) -> dict[str, Any]:
 
 
 def same_column_problem(name: str, picked: dict[str, str], columns: list[str]) -> str:
-    """What to do when the prompt and the answer would be one column (a file with one column); "" when not."""
-    if not columns or picked["prompt_column"] != picked["answer_column"]:
-        return ""
-    return (f"{name}: the prompt and the answer column are both {picked['prompt_column']!r}; the reference "
-            "answers need a column of their own" +
-            (": choose it below" if len(columns) > 1 else ": this file has only that column, so add one with each "
-                                                          "question's answer"))
+    """The engine's `column_clash` for file `name` (a file with one column); "" when there is none."""
+    clash = column_clash(picked["prompt_column"], picked["answer_column"], columns) if columns else None
+    return f"{name}: {clash}" if clash else ""
 
 
 def picked_columns(state: UIState, columns: list[str]) -> dict[str, str]:
