@@ -18,6 +18,12 @@ aliasing: a warning normally, but a hard error whenever `CI` is set in the envir
 (`error_on_custom_op_aliasing` defaults to `bool(os.getenv("CI"))`). The op is Inductor's own, so
 `tolerate_inductor_pool_aliasing` keeps it a warning everywhere.
 
+On the CPU, Unsloth's torch.compile of those graphs buys nothing and costs each process about 5 s
+of Inductor compiling (and needs a C++ compiler); `prepare_environment` sets
+`UNSLOTH_COMPILE_DISABLE=1` there (Unsloth's own switch; a value the user set wins). A tiny run's
+rewards are identical with and without it (`UNSLOTH_COMPILE_DISABLE=0 bench/grpo_speed.py` times
+the compiled path).
+
 `unsloth_load_kwargs` / `unsloth_peft_kwargs` are the exact arguments handed to Unsloth; they are
 pure functions so a CPU test can check that boundary.
 
@@ -99,6 +105,8 @@ def prepare_environment(config: RunConfig, cuda: bool | None = None) -> dict[str
         env["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] = "1" if standby and config.model.vllm_standby_util_override else "0"
     else:
         env["UNSLOTH_ALLOW_CPU"] = "1"
+        if "UNSLOTH_COMPILE_DISABLE" not in os.environ:  # one a user set wins
+            env["UNSLOTH_COMPILE_DISABLE"] = "1"  # see the module docstring: the CPU path runs eagerly
     os.environ.update(env)
     return env
 

@@ -4,6 +4,7 @@ and the Unsloth GPU boundary (checked on CPU, run for real behind the cuda marke
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -468,7 +469,13 @@ def test_unsloth_gpu_arguments_follow_the_preset(monkeypatch):
     config.model.vllm_standby = False
     env = prepare_environment(config, cuda=True)
     assert env["UNSLOTH_VLLM_STANDBY"] == "0" and env["UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE"] == "0"
-    assert prepare_environment(load_preset("cpu"), cuda=False)["UNSLOTH_ALLOW_CPU"] == "1"
+    monkeypatch.delenv("UNSLOTH_COMPILE_DISABLE", raising=False)
+    cpu = prepare_environment(load_preset("cpu"), cuda=False)
+    assert cpu["UNSLOTH_ALLOW_CPU"] == "1" and cpu["UNSLOTH_COMPILE_DISABLE"] == "1"  # eager on the CPU
+    assert "UNSLOTH_COMPILE_DISABLE" not in prepare_environment(config, cuda=True)  # compiled on a GPU
+    monkeypatch.setenv("UNSLOTH_COMPILE_DISABLE", "0")  # a user's own choice stands
+    assert "UNSLOTH_COMPILE_DISABLE" not in prepare_environment(load_preset("cpu"), cuda=False)
+    assert os.environ["UNSLOTH_COMPILE_DISABLE"] == "0"
 
 
 def test_merge_and_inference_ask_the_one_cuda_probe_that_survives_a_broken_driver(monkeypatch):
