@@ -101,6 +101,8 @@ def test_a_new_user_trains_from_the_browser(browser, app, tmp_path):
     ticks = page.evaluate("() => [...document.querySelectorAll('#train-plot-reward g.role-axis-label text')]"
                           ".map(t => t.textContent)")
     assert "5" in ticks and not [t for t in ticks if "e" in t], ticks  # the whole run's axis, plain numbers
+    # while the worker lives only Stop is offered
+    assert page.locator("#train-start").is_disabled() and page.locator("#train-resume").is_disabled()
     page.click("#train-stop")
     page.wait_for_function("() => document.querySelector('#train-state')?.innerText === 'stopped'", timeout=300000)
     stopped_at = int(page.locator("#train-step").inner_text())

@@ -44,6 +44,10 @@ def test_progress_gives_step_elapsed_and_eta():
     assert (p["step"], p["max_steps"], p["elapsed"], p["per_step"], p["eta"]) == (3, 10, 60.0, 20.0, 140.0)
     html = status_html("run-1", {"state": "running", "step": 3, "max_steps": 10}, _metrics(3), alive=True)
     assert 'id="train-step">3<' in html and "ETA 2m 20s" in html
+    for loading in ({"phase": "loading"}, {}):  # a resume loading the model: the ETA would stand still
+        again = status_html("run-1", {"state": "running", "step": 3, "max_steps": 10, **loading}, _metrics(3),
+                            alive=True, starting=not loading)
+        assert "elapsed 1m 00s" in again and "ETA" not in again, again
 
 
 def test_hints_flag_no_signal_and_a_reward_that_never_pays():

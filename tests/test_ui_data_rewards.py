@@ -126,23 +126,23 @@ def test_rubric_editor_and_one_dry_run_on_the_bundled_model(app):
     session.call("/select_preset", "cpu")
     session.call("/set_options", json.dumps({"grpo.num_generations": 2, "grpo.per_device_train_batch_size": 2,
                                              "grpo.max_completion_length": 12, "data.source": "task:arithmetic"}))
-    added = session.call("/rubric_add", None, "target_length", 0.25, '{"target": 40}')
+    added = session.call("/rubric_add", None, "target_length", 0.25, '{"target": 40}', "")
     rows = added["rewards.table"]["data"]
     assert [r[1] for r in rows] == ["xml_count", "think_format", "correctness", "target_length"]
     assert json.loads(rows[3][3]) == {"target": 40} and value(added["rewards.row"]) == 4
-    moved = session.call("/rubric_up", 4, "target_length", 0.25, '{"target": 40}')
+    moved = session.call("/rubric_up", 4, "target_length", 0.25, '{"target": 40}', "")
     assert [r[1] for r in moved["rewards.table"]["data"]][2:] == ["target_length", "correctness"]
-    unknown = session.call("/rubric_update", 1, "xml_cnt", 1.0, "{}")
+    unknown = session.call("/rubric_update", 1, "xml_cnt", 1.0, "{}", "")
     assert "unknown reward 'xml_cnt'" in unknown["rewards.error"] and "did you mean 'xml_count'" in unknown["rewards.error"]
     for params, said in (('{"nope": 1}', "reward 'target_length' has no param 'nope'; its params (with defaults): "
                                          "target=200, unit='tokens'"),
                          ('{"target": "long"}', "param target='long' should be a int")):
-        refused = session.call("/rubric_add", None, "target_length", 1.0, params)  # said at once, not by a dry run
+        refused = session.call("/rubric_add", None, "target_length", 1.0, params, "")  # said at once, not by a dry run
         assert said in refused["rewards.error"], refused["rewards.error"]  # and no row added (see the removal below)
-    removed = session.call("/rubric_remove", 1, "", 1.0, "")
+    removed = session.call("/rubric_remove", 1, "", 1.0, "", "")
     assert [r[1] for r in removed["rewards.table"]["data"]] == ["think_format", "target_length", "correctness"]
     assert value(removed["rewards.row"]) is None  # a double click removes one row, then asks which
-    twice = session.call("/rubric_remove", None, "", 1.0, "")
+    twice = session.call("/rubric_remove", None, "", 1.0, "", "")
     assert "choose a row first" in twice["rewards.error"]
 
     result = session.call("/try_rubric", 1)
@@ -158,3 +158,11 @@ def test_rubric_editor_and_one_dry_run_on_the_bundled_model(app):
         assert "grpo-box-warning" in box and "no learning signal" in box
     else:
         assert sorted(row[6] for row in table["data"])[0] < 0 < sorted(row[6] for row in table["data"])[-1]
+
+    # the dry run on screen scored the old rubric: an edit clears it and says why
+    empty = session.call("/rubric_update", 2, "target_length", None, '{"target": 40}', box)
+    assert "the weight of target_length is empty: type a number" in empty["rewards.error"]
+    assert "rubric changed" not in str(empty["rewards.try_warnings"])  # refused: the rubric and the dry run stand
+    edited = session.call("/rubric_update", 2, "target_length", 0.5, '{"target": 40}', box)
+    assert "The rubric changed since this dry run" in edited["rewards.try_warnings"]
+    assert edited["rewards.try_summary"] == "" and not (value(edited["rewards.try_table"]) or {}).get("data")

@@ -223,8 +223,10 @@ def edit_rubric(state: UIState, action: str, row: Any, name: str, weight: Any, p
     if action in ("add", "update"):
         if not name:
             raise UserError("choose a reward to add")
-        entry = {"name": name.strip(), "weight": float(weight if weight is not None else 1.0),
-                 "params": parse_params(params)}
+        if weight is None or weight == "":
+            raise UserError(f"the weight of {name.strip()} is empty: type a number (1.0 counts it fully, 0.5 half, "
+                            "a negative weight penalises)")
+        entry = {"name": name.strip(), "weight": float(weight), "params": parse_params(params)}
         if entry["name"] in registered():  # unknown or bad params now, not after a dry run loads the model
             from grpo_box.config import RewardSpec
             from grpo_box.rewards.rubric import check_builtin
@@ -247,13 +249,26 @@ def edit_rubric(state: UIState, action: str, row: Any, name: str, weight: Any, p
     return {"app.state": state, **rubric_view(state), "rewards.row": None if index is None else index + 1}
 
 
+def stale_dry_run(shown: Any) -> dict[str, Any]:
+    """A rubric edit makes a dry run on screen out of date (its scores, or its error about a row that
+    may be gone): it is cleared, with a note saying why, instead of standing beside the new rubric."""
+    if not shown:
+        return {}
+    return {"rewards.try_warnings": messages.warning("The rubric changed since this dry run: click Try the rubric "
+                                                     "to score the new one."),
+            "rewards.try_summary": "", "rewards.try_table": None}
+
+
 def wire(reg: Registry) -> None:
-    editor = reg.components(["app.state", "rewards.row", "rewards.name", "rewards.weight", "rewards.params"])
-    rubric_out = reg.components(["app.state", "rewards.table", "rewards.error", "rewards.row"])
+    editor = reg.components(["app.state", "rewards.row", "rewards.name", "rewards.weight", "rewards.params",
+                             "rewards.try_warnings"])
+    rubric_out = reg.components(["app.state", "rewards.table", "rewards.error", "rewards.row", "rewards.try_warnings",
+                                 "rewards.try_summary", "rewards.try_table"])
     for action in ("add", "update", "remove", "up", "down"):
-        def handler(state: UIState, row: Any, name: str, weight: Any, params: str, _action: str = action):
+        def handler(state: UIState, row: Any, name: str, weight: Any, params: str, shown: Any = None,
+                    _action: str = action):
             try:
-                return reg.updates(edit_rubric(state, _action, row, name, weight, params))
+                return reg.updates({**edit_rubric(state, _action, row, name, weight, params), **stale_dry_run(shown)})
             except UserError as exc:
                 return reg.updates({"rewards.error": messages.error(str(exc))})
 

@@ -4,7 +4,8 @@ hints, sampled groups and the log tail of the run being watched, refreshed by a 
 Training runs in the engine's child process (job.start); this tab only writes the run's config,
 starts the child, asks for a stop (job.request_stop, which returns at once) and reads the run
 directory back through the shared monitors in `watch`. A reload or a restarted app finds the
-running job again (`watch.reattach`). Plots get `None` until they have rows and a fresh frame
+running job again (`watch.reattach`). Each tick also sets which of Start, Stop and Resume the
+watched run allows. Plots get `None` until they have rows and a fresh frame
 whenever their set of series changes (Gradio 6's LinePlot otherwise draws no lines).
 """
 
@@ -116,7 +117,14 @@ def page_load(reg: Registry) -> tuple[list[Any], list[Any], Any]:
 
 def _view_outputs(reg: Registry) -> list[Any]:
     return [reg["train.status"], reg["train.hints"], reg["train.log"], reg["train.sample_pick"],
-            reg["train.sample_view"], *[reg[f"train.plot_{p}"] for p in PLOT_IDS]]
+            reg["train.sample_view"], *[reg[f"train.plot_{p}"] for p in PLOT_IDS],
+            reg["train.start"], reg["train.stop"], reg["train.resume"]]
+
+
+def _buttons(busy: bool) -> tuple[Any, Any, Any]:
+    """Start, Stop and Resume as the watched run allows: while its worker lives only Stop is offered
+    (the engine refuses the others anyway, but a button that cannot work should look it)."""
+    return gr.update(interactive=not busy), gr.update(interactive=busy), gr.update(interactive=not busy)
 
 
 # -- handlers -------------------------------------------------------------------------------------
@@ -258,25 +266,26 @@ def _tick(path: str | None, seen: watch.Seen, state: UIState) -> tuple[Any, ...]
     """One timer tick: poll the watched run; send plots and samples only when they changed."""
     skip = gr.skip()
     if not path:
-        return (seen, "", hints_html([], 0.0), "", skip, skip, *[skip] * len(PLOT_IDS))
+        return (seen, "", hints_html([], 0.0), "", skip, skip, *[skip] * len(PLOT_IDS), *_buttons(False))
     try:
         update, metrics, samples, generation = watch.poll(path)
         config = watch.run_config(path)
     except (UserError, FileNotFoundError) as exc:
-        return (seen, messages.error(str(exc)), skip, skip, skip, skip, *[skip] * len(PLOT_IDS))
+        return (seen, messages.error(str(exc)), skip, skip, skip, skip, *[skip] * len(PLOT_IDS), *_buttons(False))
+    buttons = _buttons(update.alive)
     fresh = seen.run != path or seen.generation != generation
     status = status_html(config.output.run_name or path, update.status, metrics, update.alive, update.starting)
     log = update.log_tail
     if fresh:  # another run, or a rewrite: clear the plots first, draw on the next tick
         cleared = watch.Seen(path, generation, 0, 0)
         return (cleared, status, skip, log, gr.update(choices=[], value=None), sample_html(None, None),
-                *[None] * len(PLOT_IDS))
+                *[None] * len(PLOT_IDS), *buttons)
     if len(metrics) == seen.metrics and len(samples) == seen.samples:
-        return (seen, status, skip, log, skip, skip, *[skip] * len(PLOT_IDS))
+        return (seen, status, skip, log, skip, skip, *[skip] * len(PLOT_IDS), *buttons)
     x_lim = step_axis(config.grpo.max_steps, metrics)
     shown = {"visible": config.grpo.beta > 0}  # the KL plot only where there is a KL term
     plots = [gr.update(value=plot_frame(p, metrics), x_lim=x_lim, **(shown if p == "kl" else {})) for p in PLOT_IDS]
     pick = gr.update(choices=sample_choices(samples), value=len(samples) - 1 if samples else None)
     view = sample_html(samples[-1] if samples else None, config.data.template, rubric_weights(config))
     new_seen = watch.Seen(path, generation, len(metrics), len(samples))
-    return (new_seen, status, hints_html(metrics, config.grpo.beta), log, pick, view, *plots)
+    return (new_seen, status, hints_html(metrics, config.grpo.beta), log, pick, view, *plots, *buttons)

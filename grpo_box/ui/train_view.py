@@ -35,7 +35,8 @@ def status_html(name: str, status: dict[str, Any], metrics: list[dict[str, Any]]
     else:
         state_text = state
     colour = _STATE_COLOURS.get(state, "#616161")
-    eta = f" · ETA {duration(p['eta'])}" if alive and p["eta"] is not None else ""
+    # not while (re)loading: the ETA would stand still for the half minute a resume takes to load
+    eta = f" · ETA {duration(p['eta'])}" if alive and state_text == "running" and p["eta"] is not None else ""
     per = f" · {p['per_step']:.1f} s/step" if p["per_step"] else ""
     bar = (f'<div style="background:#e0e0e0;border-radius:4px;height:14px;margin:6px 0">'
            f'<div id="train-progress-fill" style="width:{100 * p["fraction"]:.1f}%;background:{colour};height:14px;'
