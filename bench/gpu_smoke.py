@@ -405,7 +405,8 @@ def run_checks(args: argparse.Namespace, summary: Summary) -> int:
         return summary.print()
 
     section("imports (the bundle on PYTHONPATH)")
-    code = ("import unsloth, trl, peft, datasets, math_verify\n"
+    code = ("from grpo_box.models import use_data_home_for_caches; use_data_home_for_caches()\n"  # not ./unsloth_compiled_cache
+            "import unsloth, trl, peft, datasets, math_verify\n"
             "import grpo_box.train, grpo_box.rewards\n"
             "from trl import GRPOTrainer\n"
             "import importlib.util as u\n"

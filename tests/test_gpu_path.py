@@ -1034,7 +1034,9 @@ def test_the_smoke_bundle_unpacks_without_the_xz_program(tmp_path):
 
 @pytest.mark.slow
 def test_the_smoke_check_runs_end_to_end_on_the_cpu(tmp_path):
-    """--dry-run: every part of bench/gpu_smoke.sh on a tiny random model (about 2 minutes on 2 cores)."""
+    """--dry-run: every part of bench/gpu_smoke.sh on a tiny random model (about a minute on 2 cores)."""
+    stray = ROOT / "unsloth_compiled_cache"  # Unsloth's default cache folder, in the current directory
+    had_stray = stray.exists()
     out = subprocess.run(["bash", str(ROOT / "bench/gpu_smoke.sh"), "--dry-run"], capture_output=True, text=True,
                          timeout=600, cwd=ROOT, env={**os.environ, "GPU_SMOKE_WORK": str(tmp_path / "work"),
                                                      "PYTHON": sys.executable})
@@ -1045,6 +1047,7 @@ def test_the_smoke_check_runs_end_to_end_on_the_cpu(tmp_path):
                  "peak VRAM vs estimate", "float16 step"):
         assert f"PASS  {part}" in summary, summary
     assert "==== 9 passed, 0 failed ====" in summary
+    assert had_stray or not stray.exists(), "the check left unsloth_compiled_cache in the repository"
 
 
 # ------------------------------------------------------------------------------------------------
