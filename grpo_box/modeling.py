@@ -18,11 +18,10 @@ aliasing: a warning normally, but a hard error whenever `CI` is set in the envir
 (`error_on_custom_op_aliasing` defaults to `bool(os.getenv("CI"))`). The op is Inductor's own, so
 `tolerate_inductor_pool_aliasing` keeps it a warning everywhere.
 
-On the CPU, Unsloth's torch.compile of those graphs buys nothing and costs each process about 5 s
+On the CPU, Unsloth's torch.compile of those graphs buys nothing and costs each process 5-13 s
 of Inductor compiling (and needs a C++ compiler); `prepare_environment` sets
-`UNSLOTH_COMPILE_DISABLE=1` there (Unsloth's own switch; a value the user set wins). A tiny run's
-rewards are identical with and without it (`UNSLOTH_COMPILE_DISABLE=0 bench/grpo_speed.py` times
-the compiled path).
+`UNSLOTH_COMPILE_DISABLE=1` there (Unsloth's own switch; a value the user set wins). The rewards
+are identical with and without it; README's Benchmarks section has the measured times.
 
 `unsloth_load_kwargs` / `unsloth_peft_kwargs` are the exact arguments handed to Unsloth; they are
 pure functions so a CPU test can check that boundary.
